@@ -1,0 +1,1 @@
+"""edgeforge pipeline machinery: config, artifact cache, runner and CLI."""

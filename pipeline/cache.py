@@ -1,0 +1,183 @@
+"""Content-addressed artifact store: `<root>/cache/<stage>/<key>/` with a manifest written last.
+
+An entry is trusted only through its manifest: every file's sha256 is recorded there and checked
+before the entry is used. A stage writes into a temp directory beside the cache; publishing writes
+the manifest last and renames the directory into place, so a failed or killed stage publishes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+TEMP_PREFIX = ".tmp-"
+# Libraries whose versions change what a stage produces; a new version means a new key.
+KEYED_LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "torch-pruning", "numpy")
+
+
+def library_versions() -> dict[str, str]:
+    return {name: metadata.version(name) for name in KEYED_LIBRARIES}
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def stage_key(
+    stage: str,
+    version: int,
+    params: dict[str, Any],
+    upstream: dict[str, str],
+    external: dict[str, Any],
+    versions: dict[str, str],
+) -> str:
+    """sha256 over everything that determines a stage's output."""
+    payload = {
+        "stage": stage,
+        "version": version,
+        "params": params,
+        "upstream": upstream,
+        "external": external,
+        "versions": versions,
+    }
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """A verified, published cache entry."""
+
+    stage: str
+    key: str
+    path: Path
+    manifest: dict[str, Any]
+
+    def file(self, name: str) -> Path:
+        if name not in self.manifest["files"]:
+            raise KeyError(f"{self.stage} artifact {self.key[:12]} has no file {name!r}")
+        return self.path / name
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.manifest["metrics"]
+
+
+class ArtifactStore:
+    """The cache under `root/cache`; `root` is the artifacts directory."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.cache = self.root / "cache"
+
+    def entry_dir(self, stage: str, key: str) -> Path:
+        return self.cache / stage / key
+
+    def lookup(self, stage: str, key: str) -> Artifact | None:
+        """The verified entry, or None. A corrupt entry is reported, removed and treated as a miss."""
+        path = self.entry_dir(stage, key)
+        if not path.exists():
+            return None
+        problem, manifest = verify_entry(path, key)
+        if problem is None:
+            return Artifact(stage, key, path, manifest)
+        log.warning("%s: cached entry %s is corrupt (%s); removing it and rebuilding", stage, key[:12], problem)
+        self._remove(path)
+        return None
+
+    def new_temp_dir(self, stage: str, key: str) -> Path:
+        parent = self.cache / stage
+        parent.mkdir(parents=True, exist_ok=True)
+        path = parent / f"{TEMP_PREFIX}{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        path.mkdir()
+        return path
+
+    def publish(self, stage: str, key: str, temp_dir: Path, manifest: dict[str, Any]) -> Artifact:
+        """Hash every file in `temp_dir`, write the manifest last, then rename the directory into place."""
+        files = {}
+        for path in sorted(p for p in temp_dir.rglob("*") if p.is_file()):
+            _fsync(path)
+            files[path.relative_to(temp_dir).as_posix()] = sha256_file(path)
+        manifest = {
+            **manifest,
+            "stage": stage,
+            "key": key,
+            "files": files,
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        manifest_path = temp_dir / MANIFEST
+        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        _fsync(manifest_path)
+        final = self.entry_dir(stage, key)
+        if final.exists():  # a forced re-run replaces the old entry
+            self._remove(final)
+        os.rename(temp_dir, final)
+        _fsync_dir(final.parent)
+        return Artifact(stage, key, final, manifest)
+
+    def discard(self, temp_dir: Path) -> None:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+    def clean(self) -> list[Path]:
+        """Remove the cache and the release folder; return what was removed."""
+        removed = [p for p in (self.cache, self.root / "release") if p.exists()]
+        for path in removed:
+            shutil.rmtree(path)
+        return removed
+
+    def _remove(self, path: Path) -> None:
+        # Rename first so a half-removed entry never looks like a published one.
+        trash = path.parent / f"{TEMP_PREFIX}removed-{path.name[:16]}-{uuid.uuid4().hex[:8]}"
+        os.rename(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def verify_entry(path: Path, key: str) -> tuple[str | None, dict[str, Any]]:
+    """(None, manifest) when the entry is intact, else (what is wrong, {})."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        return "no manifest", {}
+    except (OSError, ValueError):
+        return "unreadable manifest", {}
+    if not isinstance(manifest, dict) or manifest.get("key") != key or not isinstance(manifest.get("files"), dict):
+        return "manifest does not match its key", {}
+    for name, expected in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing", {}
+        if sha256_file(file) != expected:
+            return f"{name} sha256 mismatch", {}
+    return None, manifest
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

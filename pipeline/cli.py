@@ -1,0 +1,164 @@
+"""The `edgeforge` command: parses arguments and calls the runner, nothing more."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline import runner
+from pipeline.cache import ArtifactStore
+from pipeline.config import load_config
+from pipeline.errors import EdgeforgeError
+from stages import STAGE_NAMES
+
+log = logging.getLogger("edgeforge")
+
+
+class Group(click.Group):
+    """Turns expected failures into one line on stderr and their exit code (a traceback with --debug)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgeforgeError as error:
+            if ctx.params.get("debug"):
+                raise
+            click.echo(f"error: {error}", err=True)
+            ctx.exit(error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: the running stage published nothing; cached stages are intact", err=True)
+            ctx.exit(130)
+
+
+config_option = click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML config (sections: data, teacher, distill, prune, export, quantize, bench, signoff). "
+    "Without it, the built-in defaults, the same as configs/default.yaml.",
+)
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+    help="Override one config value, e.g. --set prune.ratio=0.5 (repeatable; applied after --config).",
+)
+force_option = click.option(
+    "--force", multiple=True, metavar="STAGE|all",
+    help="Re-run STAGE and every stage after it that depends on it, even if cached (repeatable).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of text.")
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--artifacts", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts"), show_default=True,
+    envvar="EDGEFORGE_ARTIFACTS", help="Artifacts directory (cache/ and release/), relative to the working directory.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Also log each training epoch.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for expected errors too.")
+@click.pass_context
+def cli(ctx: click.Context, artifacts: Path, verbose: bool, debug: bool) -> None:
+    """Compress a model for the edge: data, teacher, distill, prune, export, quantize, bench, report.
+
+    Each stage's output is cached under ARTIFACTS/cache/<stage>/<key>/; the edge model and the
+    sign-off report land in ARTIFACTS/release/. Start with `edgeforge run`.
+    """
+    # Libraries log progress at INFO (onnxscript's optimizer, the exporter); show only their warnings.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    for ours in ("pipeline", "stages", "edgeforge"):
+        logging.getLogger(ours).setLevel(logging.DEBUG if verbose else logging.INFO)
+    ctx.obj = ArtifactStore(artifacts)
+
+
+def _execute(store: ArtifactStore, config_file, overrides, target: str, force, as_json: bool) -> None:
+    config = load_config(config_file, overrides)
+    results = runner.run_pipeline(config, store, target=target, force=tuple(force))
+    release = None
+    if results[-1].name == "report":
+        release = runner.publish_release(store, results[-1].artifact)
+    if as_json:
+        summary = {
+            "stages": [{"name": r.name, "key": r.key, "cached": r.cached, "seconds": round(r.seconds, 3)} for r in results],
+            "release": str(release) if release else None,
+        }
+        if release:
+            summary["edge_model"] = results[-1].artifact.metrics["edge_model"]
+            summary["signoff_passed"] = results[-1].artifact.metrics["signoff_passed"]
+        click.echo(json.dumps(summary, indent=2))
+    elif release:
+        click.echo(f"edge model: {release / 'model.onnx'}\nreport:     {release / 'report.md'}")
+    if release:
+        runner.check_signoff(results[-1].artifact)
+
+
+@cli.command()
+@config_option
+@set_option
+@click.option("--until", type=click.Choice(STAGE_NAMES), default=STAGE_NAMES[-1], show_default=True,
+              help="Stop after this stage.")
+@force_option
+@json_option
+@click.pass_obj
+def run(store: ArtifactStore, config_file, overrides, until, force, as_json) -> None:
+    """Run every stage (up to --until), reusing cached ones.
+
+    Exits 0 when the sign-off passes, 1 when a gate fails (after writing the report) or a stage
+    fails, 2 for bad input.
+    """
+    _execute(store, config_file, overrides, until, force, as_json)
+
+
+@cli.command()
+@click.argument("name", metavar="NAME")
+@config_option
+@set_option
+@force_option
+@json_option
+@click.pass_obj
+def stage(store: ArtifactStore, name, config_file, overrides, force, as_json) -> None:
+    """Run stage NAME and whatever it needs upstream (cached stages are reused).
+
+    NAME is one of: data, teacher, distill, prune, export, quantize, bench, report.
+    """
+    runner.get_stage(name)
+    _execute(store, config_file, overrides, name, force, as_json)
+
+
+@cli.command()
+@config_option
+@set_option
+@json_option
+@click.pass_obj
+def status(store: ArtifactStore, config_file, overrides, as_json) -> None:
+    """Show each stage's cache key and whether it is cached or stale for this config."""
+    rows = runner.stage_status(load_config(config_file, overrides), store)
+    if as_json:
+        click.echo(json.dumps({"stages": rows}, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['name']:<9} {'cached' if row['cached'] else 'stale':<7} {row['key'][:12]}")
+
+
+@cli.command()
+@click.pass_obj
+def report(store: ArtifactStore) -> None:
+    """Print the latest sign-off report (ARTIFACTS/release/report.md); exit 1 if its sign-off failed."""
+    release = store.root / "release"
+    if not (release / "report.json").is_file():
+        raise EdgeforgeError(f"no report in {release}: run `edgeforge run` first")
+    click.echo((release / "report.md").read_text(), nl=False)
+    if not json.loads((release / "report.json").read_text())["signoff"]["passed"]:
+        raise EdgeforgeError("sign-off failed (see the Gates table above)")
+
+
+@cli.command()
+@click.pass_obj
+def clean(store: ArtifactStore) -> None:
+    """Delete ARTIFACTS/cache and ARTIFACTS/release (every cached stage and the release)."""
+    removed = store.clean()
+    click.echo("removed " + ", ".join(str(p) for p in removed) if removed else "nothing to remove")
+
+
+def main() -> None:
+    cli(prog_name="edgeforge")

@@ -1,0 +1,178 @@
+"""Resolved configuration: stage dataclass defaults, then a YAML file, then `--set section.key=value`.
+
+Every value is type-checked against the stage's frozen params dataclass; unknown sections and keys
+are errors listing the known ones. Relative paths in a YAML file resolve against that file's folder,
+relative paths given with `--set` against the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One params instance per config section, in stage order."""
+
+    sections: dict[str, Any]
+
+    def section(self, name: str) -> Any:
+        return self.sections[name]
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: params_to_dict(params) for name, params in self.sections.items()}
+
+
+def params_to_dict(params: Any) -> dict[str, Any]:
+    """JSON-ready dict of a params dataclass (tuples become lists)."""
+    return {f.name: _jsonable(getattr(params, f.name)) for f in dataclasses.fields(params)}
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def section_classes() -> dict[str, type]:
+    from stages import STAGES  # stages import pipeline helpers; import here to keep that one-way
+
+    return {stage.SECTION: stage.Params for stage in STAGES}
+
+
+def load_config(path: Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Build the config from defaults, an optional YAML file and `section.key=value` overrides."""
+    classes = section_classes()
+    values: dict[str, dict[str, Any]] = {name: {} for name in classes}
+    if path is not None:
+        for section, key, value in _read_yaml(path, classes):
+            values[section][key] = _resolve_path(classes[section], key, value, path.parent)
+    for item in overrides:
+        section, key, value = _parse_override(item, classes)
+        values[section][key] = _resolve_path(classes[section], key, value, Path.cwd())
+    sections = {}
+    for name, cls in classes.items():
+        hints = typing.get_type_hints(cls)
+        checked = {key: coerce(f"{name}.{key}", value, hints[key]) for key, value in values[name].items()}
+        sections[name] = cls(**checked)
+    signoff, bench = sections["signoff"], sections["bench"]
+    if signoff.latency_batch not in bench.batch_sizes:
+        raise ConfigError(
+            f"signoff.latency_batch={signoff.latency_batch} is not measured: add it to bench.batch_sizes "
+            f"(now {list(bench.batch_sizes)})"
+        )
+    return Config(sections)
+
+
+def _read_yaml(path: Path, classes: dict[str, type]) -> list[tuple[str, str, Any]]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}; pass an existing YAML file") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise ConfigError(f"config file {path} is not valid YAML{line}; fix the syntax") from None
+    if document is None:
+        return []
+    if not isinstance(document, dict):
+        raise ConfigError(f"config file {path} must be a mapping of sections, like 'teacher: {{epochs: 5}}'")
+    items = []
+    for section, body in document.items():
+        _check_section(section, classes)
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"section '{section}' in {path} must be a mapping of keys, got {body!r}")
+        for key, value in body.items():
+            _check_key(section, key, classes)
+            items.append((section, key, value))
+    return items
+
+
+def _parse_override(item: str, classes: dict[str, type]) -> tuple[str, str, Any]:
+    name, sep, raw = item.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot:
+        raise ConfigError(f"--set {item!r} must look like section.key=value, for example prune.ratio=0.5")
+    _check_section(section, classes)
+    _check_key(section, key, classes)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML: keep the text, the type check below decides
+    return section, key, value
+
+
+def _check_section(section: object, classes: dict[str, type]) -> None:
+    if section not in classes:
+        raise ConfigError(f"unknown config section {section!r}; known sections: {', '.join(classes)}")
+
+
+def _check_key(section: str, key: object, classes: dict[str, type]) -> None:
+    known = [f.name for f in dataclasses.fields(classes[section])]
+    if key not in known:
+        raise ConfigError(f"unknown config key '{section}.{key}'; known keys of {section}: {', '.join(known)}")
+
+
+def _resolve_path(cls: type, key: str, value: Any, base: Path) -> Any:
+    field = next(f for f in dataclasses.fields(cls) if f.name == key)
+    if field.metadata.get("path") and isinstance(value, str) and value:
+        return str((base / value).resolve())
+    return value
+
+
+def coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against a params annotation; return it in the annotated type or raise ConfigError."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{key} must not be null; expected {_describe(annotation)}")
+    for option in options:
+        if option is type(None):
+            continue
+        converted = _convert(value, option)
+        if converted is not _NO:
+            return converted
+    raise ConfigError(f"{key}={value!r} has the wrong type; expected {_describe(annotation)}")
+
+
+_NO = object()
+
+
+def _convert(value: Any, option: Any) -> Any:
+    if typing.get_origin(option) is tuple:
+        (item_type, _ellipsis) = typing.get_args(option)
+        items = value if isinstance(value, list | tuple) else [value]
+        converted = [_convert(item, item_type) for item in items]
+        return _NO if not items or _NO in converted else tuple(converted)
+    if option is bool:
+        return value if isinstance(value, bool) else _NO
+    if option is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
+    if option is float:
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else _NO
+    if option is str:
+        return value if isinstance(value, str) else _NO
+    raise TypeError(f"unsupported params annotation {option!r}")  # a programming error, not user input
+
+
+def _describe(annotation: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    parts = []
+    for option in options:
+        if typing.get_origin(option) is tuple:
+            parts.append(f"a non-empty list of {names[typing.get_args(option)[0]].removeprefix('an ').removeprefix('a ')}s")
+        else:
+            parts.append(names[option])
+    return " or ".join(parts)

@@ -1,0 +1,42 @@
+"""What changes a latency number: CPU, ISA flags, cores, library versions. Recorded beside every number."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "asimd")
+
+
+def _cpuinfo() -> dict[str, str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def describe(threads: int) -> dict[str, object]:
+    import onnxruntime
+
+    info = _cpuinfo()
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    return {
+        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "threads": threads,
+        "isa": sorted(flag for flag in ISA_FLAGS if flag in flags),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": metadata.version("torch"),
+        "onnx": metadata.version("onnx"),
+        "onnxruntime": onnxruntime.__version__,
+        "torch_pruning": metadata.version("torch-pruning"),
+        "providers": onnxruntime.get_available_providers(),
+    }

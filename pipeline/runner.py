@@ -1,0 +1,153 @@
+"""Runs the stages in order, reusing verified cache entries and publishing new ones atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pipeline.cache import Artifact, ArtifactStore, library_versions, stage_key
+from pipeline.config import Config, params_to_dict
+from pipeline.errors import ConfigError, SignoffFailed, StageError
+from stages import STAGE_NAMES, STAGES
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageResult:
+    name: str
+    key: str
+    cached: bool
+    seconds: float
+    artifact: Artifact
+
+
+def get_stage(name: str) -> ModuleType:
+    for stage in STAGES:
+        if stage.NAME == name:
+            return stage
+    raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
+
+
+def needed_stages(target: str) -> list[ModuleType]:
+    """`target` and every stage it depends on, in pipeline order."""
+    needed = {target}
+    for stage in reversed(STAGES):
+        if stage.NAME in needed:
+            needed.update(stage.INPUTS)
+    return [stage for stage in STAGES if stage.NAME in needed]
+
+
+def downstream_of(names: set[str]) -> set[str]:
+    """`names` and every stage that depends on one of them."""
+    affected = set(names)
+    for stage in STAGES:
+        if affected.intersection(stage.INPUTS):
+            affected.add(stage.NAME)
+    return affected
+
+
+def plan_keys(config: Config, stages: list[ModuleType]) -> dict[str, str]:
+    """Every stage's cache key, computed from config and upstream keys without running anything."""
+    versions = library_versions()
+    keys: dict[str, str] = {}
+    for stage in stages:
+        params = config.section(stage.SECTION)
+        external = stage.fingerprint(params) if hasattr(stage, "fingerprint") else {}
+        upstream = {name: keys[name] for name in stage.INPUTS}
+        keys[stage.NAME] = stage_key(stage.NAME, stage.VERSION, params_to_dict(params), upstream, external, versions)
+    return keys
+
+
+def run_pipeline(
+    config: Config, store: ArtifactStore, target: str = STAGE_NAMES[-1], force: tuple[str, ...] = ()
+) -> list[StageResult]:
+    """Run `target` and what it needs. `force` names stages to re-run (with their downstream), or 'all'."""
+    get_stage(target)
+    for name in force:
+        if name != "all":
+            get_stage(name)
+    forced = set(STAGE_NAMES) if "all" in force else downstream_of(set(force))
+    stages = needed_stages(target)
+    keys = plan_keys(config, stages)
+    artifacts: dict[str, Artifact] = {}
+    results = []
+    for stage in stages:
+        key = keys[stage.NAME]
+        started = time.perf_counter()
+        artifact = None if stage.NAME in forced else store.lookup(stage.NAME, key)
+        cached = artifact is not None
+        if artifact is None:
+            artifact = run_stage(stage, config, store, key, {name: artifacts[name] for name in stage.INPUTS})
+        seconds = time.perf_counter() - started
+        artifacts[stage.NAME] = artifact
+        results.append(StageResult(stage.NAME, key, cached, seconds, artifact))
+        state = "cached" if cached else f"ran in {seconds:.1f}s"
+        log.info("%s: %s (%s) %s", stage.NAME, state, key[:12], artifact.metrics.get("summary", ""))
+    return results
+
+
+def run_stage(stage: ModuleType, config: Config, store: ArtifactStore, key: str, inputs: dict[str, Artifact]) -> Artifact:
+    """Run one stage into a temp directory and publish it; on any failure publish nothing."""
+    params = config.section(stage.SECTION)
+    temp_dir = store.new_temp_dir(stage.NAME, key)
+    try:
+        started = time.perf_counter()
+        metrics = stage.run(params, inputs, temp_dir)
+        seconds = time.perf_counter() - started
+        written = sorted(p.relative_to(temp_dir).as_posix() for p in temp_dir.rglob("*") if p.is_file())
+        if written != sorted(stage.OUTPUTS):
+            raise StageError(f"{stage.NAME}: wrote {written}, but declares {sorted(stage.OUTPUTS)}")
+        manifest = {
+            "version": stage.VERSION,
+            "section": stage.SECTION,
+            "params": params_to_dict(params),
+            "upstream": {name: artifact.key for name, artifact in inputs.items()},
+            "config": config.to_dict(),
+            "versions": library_versions(),
+            "metrics": metrics,
+            "seconds": seconds,
+        }
+        return store.publish(stage.NAME, key, temp_dir, manifest)
+    except BaseException:
+        store.discard(temp_dir)
+        raise
+
+
+def publish_release(store: ArtifactStore, report: Artifact) -> Path:
+    """Copy the report stage's verified files to `<artifacts>/release/`, replacing the old release whole."""
+    release = store.root / "release"
+    staging = store.root / f".release-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    try:
+        for name in report.manifest["files"]:
+            shutil.copyfile(report.file(name), staging / name)
+        old = store.root / f".release-old-{uuid.uuid4().hex[:8]}"
+        if release.exists():
+            os.rename(release, old)
+        os.rename(staging, release)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return release
+
+
+def check_signoff(report: Artifact) -> None:
+    failed = report.metrics["failed_gates"]
+    if not report.metrics["signoff_passed"]:
+        names = ", ".join(failed) if failed else "no model passed the accuracy gates"
+        raise SignoffFailed(f"sign-off failed: {names} (see release/report.md)")
+
+
+def stage_status(config: Config, store: ArtifactStore) -> list[dict[str, Any]]:
+    """Each stage: its key and whether a verified entry for it is in the cache."""
+    keys = plan_keys(config, list(STAGES))
+    return [{"name": name, "key": key, "cached": store.lookup(name, key) is not None} for name, key in keys.items()]

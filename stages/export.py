@@ -1,0 +1,87 @@
+"""export: ONNX for the teacher, the student and the pruned student, each verified before publishing.
+
+Verification: onnx.checker (full check), then onnxruntime against PyTorch on real test images at
+batch 1 and batch N; the largest difference and the tolerance go into the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.cache import Artifact
+from pipeline.errors import StageError, require
+from pipeline.models import count_macs_and_params, load_model
+from pipeline.onnx_tools import export_onnx, run_batches, session
+from pipeline.train import normalize
+from stages import data
+
+NAME = "export"
+SECTION = "export"
+VERSION = 1
+INPUTS = ("data", "teacher", "distill", "prune")
+OUTPUTS = ("teacher.onnx", "student.onnx", "pruned.onnx")
+SOURCES = {"teacher": "teacher", "student": "distill", "pruned": "prune"}  # ONNX name -> stage
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    opset: int = 18  # ONNX opset of the exported graphs
+    compare_batch: int = 64  # batch N of the onnxruntime-vs-PyTorch check (batch 1 is always checked)
+    atol: float = 1e-4  # allowed |onnxruntime - PyTorch| on logits, plus rtol * |PyTorch|
+    rtol: float = 1e-3
+
+    def __post_init__(self):
+        require(17 <= self.opset <= 21, "export.opset", self.opset, "an ONNX opset from 17 to 21")
+        require(self.compare_batch >= 2, "export.compare_batch", self.compare_batch, "an integer >= 2")
+        require(self.atol >= 0, "export.atol", self.atol, "a number >= 0")
+        require(self.rtol >= 0, "export.rtol", self.rtol, "a number >= 0")
+
+
+def compare_with_torch(
+    model: torch.nn.Module, onnx_path: Path, inputs: torch.Tensor, params: Params, name: str
+) -> dict[str, float]:
+    """Max |difference| of logits at batch 1 and batch N; raises StageError beyond tolerance."""
+    sess = session(onnx_path)
+    result = {}
+    for batch in (1, params.compare_batch):
+        x = inputs[:batch]
+        with torch.no_grad():
+            expected = model(x).numpy()
+        actual = run_batches(sess, x.numpy(), batch=batch)
+        difference = float(np.max(np.abs(actual - expected)))
+        if not np.allclose(actual, expected, atol=params.atol, rtol=params.rtol):
+            raise StageError(
+                f"export: {name}.onnx differs from PyTorch by {difference:.3g} at batch {batch} "
+                f"(atol {params.atol}, rtol {params.rtol})"
+            )
+        result[f"max_abs_diff_batch_{batch}"] = difference
+    return result
+
+
+def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
+    dataset = data.load(inputs["data"])
+    test_inputs = normalize(torch.from_numpy(dataset.test_images[: params.compare_batch]), *dataset.norm)
+    models = {}
+    for name, stage in SOURCES.items():
+        model, spec = load_model(inputs[stage].path)
+        path = out_dir / f"{name}.onnx"
+        export_onnx(model, spec, path, params.opset)
+        macs, n_params = count_macs_and_params(model, spec)
+        models[name] = {
+            "macs": macs,
+            "params": n_params,
+            "size_bytes": path.stat().st_size,
+            "input_shape": ["batch", spec.in_channels, *spec.image_size],
+            **compare_with_torch(model, path, test_inputs, params, name),
+        }
+    worst = max(v for m in models.values() for k, v in m.items() if k.startswith("max_abs_diff"))
+    return {
+        "models": models,
+        "tolerance": {"atol": params.atol, "rtol": params.rtol},
+        "summary": f"{', '.join(models)} exported (opset {params.opset}); max |onnxruntime - PyTorch| {worst:.2g}",
+    }

@@ -1,0 +1,119 @@
+"""quantize: post-training static int8 of the pruned model in onnxruntime (QDQ, calibrated on train images).
+
+Every argument of quantize_static is passed explicitly and recorded: its defaults have changed
+across onnxruntime versions. On x86 without VNNI, u8 x s8 products can saturate a 16-bit
+intermediate (../shared/FACTS.md), hence `reduce_range: true` (7-bit weights) by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from pipeline.cache import Artifact
+from pipeline.errors import StageError, require
+from pipeline.onnx_tools import INPUT_NAME, run_batches, session
+from pipeline.train import normalize
+from stages import data
+
+NAME = "quantize"
+SECTION = "quantize"
+VERSION = 1
+INPUTS = ("data", "export")
+OUTPUTS = ("int8.onnx",)
+SOURCE = "pruned"  # the ONNX model of the export stage that is quantized
+METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    calibration_samples: int = 512  # training images used to calibrate activation ranges (never test images)
+    calibration_batch: int = 64
+    method: str = "minmax"  # calibration: minmax, entropy or percentile
+    per_channel: bool = True  # one weight scale per output channel
+    reduce_range: bool = True  # 7-bit weights: avoids u8 x s8 saturation on CPUs without VNNI
+    activation_type: str = "uint8"  # uint8 or int8
+    weight_type: str = "int8"  # int8 or uint8
+    seed: int = 0  # which training images calibrate
+
+    def __post_init__(self):
+        require(self.calibration_samples >= 1, "quantize.calibration_samples", self.calibration_samples, "an integer >= 1")
+        require(self.calibration_batch >= 1, "quantize.calibration_batch", self.calibration_batch, "an integer >= 1")
+        require(self.method in METHODS, "quantize.method", self.method, " or ".join(METHODS))
+        require(self.activation_type in TYPES, "quantize.activation_type", self.activation_type, " or ".join(TYPES))
+        require(self.weight_type in TYPES, "quantize.weight_type", self.weight_type, " or ".join(TYPES))
+
+
+class ImageReader(CalibrationDataReader):
+    """Feeds calibration batches of preprocessed training images to onnxruntime."""
+
+    def __init__(self, inputs: np.ndarray, batch: int):
+        self._batches = iter([inputs[i : i + batch] for i in range(0, len(inputs), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+def calibration_inputs(dataset: data.Dataset, params: Params) -> np.ndarray:
+    rng = np.random.default_rng(params.seed)
+    count = min(params.calibration_samples, len(dataset.train_images))
+    chosen = np.sort(rng.choice(len(dataset.train_images), size=count, replace=False))
+    return normalize(torch.from_numpy(dataset.train_images[chosen]), *dataset.norm).numpy()
+
+
+def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
+    dataset = data.load(inputs["data"])
+    source = inputs["export"].file(f"{SOURCE}.onnx")
+    prepared = out_dir / "prepared.onnx"
+    quant_pre_process(str(source), str(prepared), skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=False)
+    arguments = {
+        "quant_format": "QDQ",
+        "per_channel": params.per_channel,
+        "reduce_range": params.reduce_range,
+        "activation_type": params.activation_type,
+        "weight_type": params.weight_type,
+        "calibrate_method": params.method,
+        "op_types_to_quantize": None,
+        "nodes_to_exclude": None,
+        "extra_options": {},
+    }
+    calibration = calibration_inputs(dataset, params)
+    quantize_static(
+        str(prepared),
+        str(out_dir / "int8.onnx"),
+        ImageReader(calibration, params.calibration_batch),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=None,
+        per_channel=params.per_channel,
+        reduce_range=params.reduce_range,
+        activation_type=TYPES[params.activation_type],
+        weight_type=TYPES[params.weight_type],
+        nodes_to_quantize=None,
+        nodes_to_exclude=None,
+        use_external_data_format=False,
+        calibrate_method=METHODS[params.method],
+        calibration_providers=["CPUExecutionProvider"],
+        extra_options={},
+    )
+    prepared.unlink()
+    # Dynamic batch has broken after quantization in some onnxruntime versions: check batch 1 and N.
+    sess = session(out_dir / "int8.onnx")
+    for batch in (1, min(len(calibration), 7)):
+        logits = run_batches(sess, calibration[:batch], batch=batch)
+        if logits.shape != (batch, len(dataset.class_names)) or not np.all(np.isfinite(logits)):
+            raise StageError(f"quantize: int8 model gave logits of shape {logits.shape} at batch {batch}")
+    return {
+        "source": f"{SOURCE}.onnx",
+        "calibration_images": len(calibration),
+        "arguments": arguments,
+        "size_bytes": (out_dir / "int8.onnx").stat().st_size,
+        "summary": f"{SOURCE}.onnx -> int8.onnx (QDQ, {params.method}, {len(calibration)} training images)",
+    }

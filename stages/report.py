@@ -1,0 +1,210 @@
+"""report: pick the edge model, evaluate the sign-off gates, write report.json, report.md and model.onnx.
+
+The edge model is the fastest model (p50 at `signoff.latency_batch`, CPU) among those that pass the
+accuracy gates; int8 is not assumed faster. If no model passes them, the most accurate one is named
+and the sign-off fails. The runner copies this stage's files to `artifacts/release/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipeline.cache import Artifact
+from pipeline.errors import require
+from stages.bench import PROVIDER
+
+NAME = "report"
+SECTION = "signoff"
+VERSION = 1
+INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
+OUTPUTS = ("report.json", "report.md", "model.onnx")
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    min_accuracy: float = 0.9  # test accuracy the edge model must reach
+    max_drop_vs_teacher: float = 0.03  # largest accuracy loss allowed against the teacher
+    max_drop_vs_student: float = 0.02  # ...and against the fp32 distilled student
+    latency_batch: int = 1  # batch size at which models are compared and latency gated (one of bench.batch_sizes)
+    max_latency_ms: float | None = None  # p90 limit at latency_batch on CPU; null: no latency gate
+    min_speedup_vs_teacher: float | None = None  # teacher p50 / edge p50 at latency_batch; null: no gate
+    max_size_bytes: int | None = None  # ONNX file size limit; null: no gate
+
+    def __post_init__(self):
+        require(0 <= self.min_accuracy <= 1, "signoff.min_accuracy", self.min_accuracy, "a number in [0, 1]")
+        require(0 <= self.max_drop_vs_teacher <= 1, "signoff.max_drop_vs_teacher", self.max_drop_vs_teacher, "a number in [0, 1]")
+        require(0 <= self.max_drop_vs_student <= 1, "signoff.max_drop_vs_student", self.max_drop_vs_student, "a number in [0, 1]")
+        require(self.latency_batch >= 1, "signoff.latency_batch", self.latency_batch, "an integer >= 1")
+        require(self.max_latency_ms is None or self.max_latency_ms > 0, "signoff.max_latency_ms", self.max_latency_ms, "a number > 0 or null")
+        require(self.min_speedup_vs_teacher is None or self.min_speedup_vs_teacher > 0, "signoff.min_speedup_vs_teacher", self.min_speedup_vs_teacher, "a number > 0 or null")
+        require(self.max_size_bytes is None or self.max_size_bytes > 0, "signoff.max_size_bytes", self.max_size_bytes, "an integer > 0 or null")
+
+
+def gate(name: str, limit: float, value: float, passed: bool) -> dict[str, Any]:
+    return {"name": name, "limit": limit, "value": value, "passed": bool(passed)}
+
+
+def accuracy_gates(model: dict, teacher: dict, student: dict, params: Params) -> list[dict[str, Any]]:
+    return [
+        gate("min_accuracy", params.min_accuracy, model["accuracy"], model["accuracy"] >= params.min_accuracy),
+        gate("max_drop_vs_teacher", params.max_drop_vs_teacher, teacher["accuracy"] - model["accuracy"],
+             teacher["accuracy"] - model["accuracy"] <= params.max_drop_vs_teacher + 1e-12),
+        gate("max_drop_vs_student", params.max_drop_vs_student, student["accuracy"] - model["accuracy"],
+             student["accuracy"] - model["accuracy"] <= params.max_drop_vs_student + 1e-12),
+    ]
+
+
+def p(model: dict, batch: int, stat: str) -> float:
+    return model["latency"][PROVIDER][str(batch)][stat]
+
+
+def choose_edge_model(models: list[dict], params: Params) -> tuple[dict, list[str]]:
+    """The fastest model passing the accuracy gates (ties: smaller file); else the most accurate."""
+    by_name = {m["name"]: m for m in models}
+    passing = [m for m in models if all(g["passed"] for g in accuracy_gates(m, by_name["teacher"], by_name["student"], params))]
+    if passing:
+        winner = min(passing, key=lambda m: (p(m, params.latency_batch, "p50_ms"), m["size_bytes"]))
+        return winner, [m["name"] for m in passing]
+    return max(models, key=lambda m: m["accuracy"]), []
+
+
+def signoff_gates(edge: dict, models: list[dict], params: Params) -> list[dict[str, Any]]:
+    by_name = {m["name"]: m for m in models}
+    gates = accuracy_gates(edge, by_name["teacher"], by_name["student"], params)
+    batch = params.latency_batch
+    if params.max_latency_ms is not None:
+        value = p(edge, batch, "p90_ms")
+        gates.append(gate(f"max_latency_ms_p90_batch_{batch}", params.max_latency_ms, value, value <= params.max_latency_ms))
+    if params.min_speedup_vs_teacher is not None:
+        value = p(by_name["teacher"], batch, "p50_ms") / p(edge, batch, "p50_ms")
+        gates.append(gate(f"min_speedup_vs_teacher_batch_{batch}", params.min_speedup_vs_teacher, value,
+                          value >= params.min_speedup_vs_teacher))
+    if params.max_size_bytes is not None:
+        value = edge["size_bytes"]
+        gates.append(gate("max_size_bytes", params.max_size_bytes, value, value <= params.max_size_bytes))
+    return gates
+
+
+def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
+    bench = inputs["bench"].metrics
+    models = [{**m, "path": f"cache/{m['stage']}/{m['key']}/{m['file']}"} for m in bench["models"]]
+    edge, passing = choose_edge_model(models, params)
+    gates = signoff_gates(edge, models, params)
+    dataset = json.loads(inputs["data"].file("dataset.json").read_text())
+    config = {inputs[name].manifest["section"]: inputs[name].manifest["params"] for name in INPUTS}
+    config[SECTION] = dataclasses.asdict(params)
+    distill = inputs["distill"].metrics
+    report = {
+        "config": config,
+        "environment": bench["environment"],
+        "session_options": bench["session_options"],
+        "bench_method": bench["method"],
+        "models": models,
+        "edge_model": edge["name"],
+        "edge_model_reason": (
+            f"fastest p50 at batch {params.latency_batch} among models passing the accuracy gates: {', '.join(passing)}"
+            if passing else "no model passed the accuracy gates; the most accurate is named"
+        ),
+        "signoff": {"passed": bool(passing) and all(g["passed"] for g in gates), "gates": gates},
+        "distillation": {
+            "student_accuracy": distill["test_accuracy"],
+            "baseline_accuracy": distill["baseline_test_accuracy"],
+            "temperature": config["distill"]["temperature"],
+            "alpha": config["distill"]["alpha"],
+        },
+        "pruning": {k: inputs["prune"].metrics[k] for k in ("params_before", "params", "macs_before", "macs",
+                                                            "test_accuracy_before_finetune", "test_accuracy")},
+        "quantization": inputs["quantize"].metrics["arguments"],
+        "export_tolerance": inputs["export"].metrics["tolerance"],
+        "dataset": {k: dataset[k] for k in ("name", "class_names", "image_shape", "mean", "std", "preprocessing", "split",
+                                            "source_sha256")},
+        "input": {"name": "input", "shape": ["batch", *dataset["image_shape"]], "dtype": "float32"},
+    }
+    shutil.copyfile(inputs[edge["stage"]].file(edge["file"]), out_dir / "model.onnx")
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "report.md").write_text(render_markdown(report))
+    verdict = "PASSED" if report["signoff"]["passed"] else "FAILED"
+    return {
+        "edge_model": edge["name"],
+        "signoff_passed": report["signoff"]["passed"],
+        "failed_gates": [g["name"] for g in gates if not g["passed"]],
+        "summary": f"edge model {edge['name']} ({edge['accuracy']:.4f}); sign-off {verdict}",
+    }
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    signoff = report["signoff"]
+    env = report["environment"]
+    batches = list(report["models"][0]["latency"][PROVIDER])
+    lines = [
+        "# edgeforge sign-off report",
+        "",
+        f"**Sign-off: {'PASSED' if signoff['passed'] else 'FAILED'}.** Edge model: **{report['edge_model']}** "
+        f"(`release/model.onnx`): {report['edge_model_reason']}.",
+        "",
+        "## Models (teacher → student → pruned → int8)",
+        "",
+        f"Accuracy on the test split, computed in onnxruntime; latency on {PROVIDER} with "
+        f"{env['threads']} intra-op threads, in milliseconds.",
+        "",
+    ]
+    header = ["model", "accuracy", "agrees with teacher", "params", "MACs", "size (bytes)"]
+    header += [f"bs{b} p50 / p90 / p99" for b in batches]
+    rows = []
+    for m in report["models"]:
+        row = [m["name"], f"{m['accuracy']:.4f}", f"{m['agreement_with_teacher']:.4f}", f"{m['params']:,}",
+               f"{m['macs']:,}", f"{m['size_bytes']:,}"]
+        row += [" / ".join(f"{m['latency'][PROVIDER][b][s]:.3f}" for s in ("p50_ms", "p90_ms", "p99_ms")) for b in batches]
+        rows.append(row)
+    lines += _table(header, rows)
+    distill, prune = report["distillation"], report["pruning"]
+    baseline = distill["baseline_accuracy"]
+    gain = "not measured (distill.baseline: false)" if baseline is None else (
+        f"{baseline:.4f} without the teacher → {distill['student_accuracy']:.4f} distilled "
+        f"({distill['student_accuracy'] - baseline:+.4f})")
+    lines += [
+        "",
+        "## What each step bought",
+        "",
+        f"- Distillation (T={distill['temperature']}, α={distill['alpha']}), PyTorch test accuracy of the student: {gain}.",
+        f"- Pruning: params {prune['params_before']:,} → {prune['params']:,}, MACs {prune['macs_before']:,} → "
+        f"{prune['macs']:,}; accuracy {prune['test_accuracy_before_finetune']:.4f} right after pruning, "
+        f"{prune['test_accuracy']:.4f} after the distillation fine-tune.",
+        "- Quantization arguments (onnxruntime quantize_static): "
+        + ", ".join(f"{k}={v}" for k, v in report["quantization"].items()) + ".",
+        f"- Export check: onnxruntime vs PyTorch within atol {report['export_tolerance']['atol']}, "
+        f"rtol {report['export_tolerance']['rtol']} at batch 1 and N.",
+        "",
+        "## Gates",
+        "",
+    ]
+    lines += _table(["gate", "limit", "value", "verdict"],
+                    [[g["name"], f"{g['limit']:g}", f"{g['value']:.4g}", "pass" if g["passed"] else "**FAIL**"]
+                     for g in signoff["gates"]])
+    data = report["dataset"]
+    lines += [
+        "",
+        "## Deploying the edge model",
+        "",
+        f"Input `{report['input']['name']}`: {report['input']['dtype']} of shape {report['input']['shape']} "
+        f"(dynamic batch). Preprocessing: {data['preprocessing']}, with mean {data['mean']} and std {data['std']} "
+        f"(from the training split). Output `logits`, classes in order: {', '.join(data['class_names'])}.",
+        "",
+        "## Environment",
+        "",
+    ]
+    lines += [f"- {k}: {v}" for k, v in env.items()]
+    lines += [f"- session options: {report['session_options']}", f"- method: {report['bench_method']}"]
+    lines += ["", "## Artifacts", ""]
+    lines += _table(["model", "path (under artifacts/)", "sha256"], [[m["name"], m["path"], m["sha256"]] for m in report["models"]])
+    lines += ["", f"Dataset: {data['name']}, source sha256 {data['source_sha256']}, split {data['split']}."]
+    return "\n".join(lines) + "\n"

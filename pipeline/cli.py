@@ -35,16 +35,23 @@ class Group(click.Group):
 
 
 config_option = click.option(
-    "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
     help="YAML config (sections: data, teacher, distill, prune, export, quantize, bench, signoff). "
     "Without it, the built-in defaults, the same as configs/default.yaml.",
 )
 set_option = click.option(
-    "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
     help="Override one config value, e.g. --set prune.ratio=0.5 (repeatable; applied after --config).",
 )
 force_option = click.option(
-    "--force", multiple=True, metavar="STAGE|all",
+    "--force",
+    multiple=True,
+    metavar="STAGE|all",
     help="Re-run STAGE and every stage after it that depends on it, even if cached (repeatable).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of text.")
@@ -52,8 +59,12 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--artifacts", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts"), show_default=True,
-    envvar="EDGEFORGE_ARTIFACTS", help="Artifacts directory (cache/ and release/), relative to the working directory.",
+    "--artifacts",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("artifacts"),
+    show_default=True,
+    envvar="EDGEFORGE_ARTIFACTS",
+    help="Artifacts directory (cache/ and release/), relative to the working directory.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Also log each training epoch.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for expected errors too.")
@@ -79,7 +90,9 @@ def _execute(store: ArtifactStore, config_file, overrides, target: str, force, a
         release = runner.publish_release(store, results[-1].artifact)
     if as_json:
         summary = {
-            "stages": [{"name": r.name, "key": r.key, "cached": r.cached, "seconds": round(r.seconds, 3)} for r in results],
+            "stages": [
+                {"name": r.name, "key": r.key, "cached": r.cached, "seconds": round(r.seconds, 3)} for r in results
+            ],
             "release": str(release) if release else None,
         }
         if release:
@@ -95,8 +108,9 @@ def _execute(store: ArtifactStore, config_file, overrides, target: str, force, a
 @cli.command()
 @config_option
 @set_option
-@click.option("--until", type=click.Choice(STAGE_NAMES), default=STAGE_NAMES[-1], show_default=True,
-              help="Stop after this stage.")
+@click.option(
+    "--until", type=click.Choice(STAGE_NAMES), default=STAGE_NAMES[-1], show_default=True, help="Stop after this stage."
+)
 @force_option
 @json_option
 @click.pass_obj

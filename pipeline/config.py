@@ -172,7 +172,9 @@ def _describe(annotation: Any) -> str:
     parts = []
     for option in options:
         if typing.get_origin(option) is tuple:
-            parts.append(f"a non-empty list of {names[typing.get_args(option)[0]].removeprefix('an ').removeprefix('a ')}s")
+            parts.append(
+                f"a non-empty list of {names[typing.get_args(option)[0]].removeprefix('an ').removeprefix('a ')}s"
+            )
         else:
             parts.append(names[option])
     return " or ".join(parts)

@@ -94,7 +94,9 @@ def run_pipeline(
     return results
 
 
-def run_stage(stage: ModuleType, config: Config, store: ArtifactStore, key: str, inputs: dict[str, Artifact]) -> Artifact:
+def run_stage(
+    stage: ModuleType, config: Config, store: ArtifactStore, key: str, inputs: dict[str, Artifact]
+) -> Artifact:
     """Run one stage into a temp directory and publish it; on any failure publish nothing."""
     params = config.section(stage.SECTION)
     temp_dir = store.new_temp_dir(stage.NAME, key)

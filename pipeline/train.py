@@ -143,18 +143,29 @@ def fit(
         history.append(row)
         log.debug(
             "%s: epoch %d/%d loss %.4f (ce %.4f, kd %.4f) train acc %.4f, %.0f img/s",
-            stage, epoch, recipe.epochs, row["loss"], row["ce"], row["kd"], row["train_accuracy"], row["images_per_s"],
+            stage,
+            epoch,
+            recipe.epochs,
+            row["loss"],
+            row["ce"],
+            row["kd"],
+            row["train_accuracy"],
+            row["images_per_s"],
         )
     model.to(memory_format=torch.contiguous_format).eval()
     return history
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, norm: tuple[list[float], list[float]], batch: int = 512) -> torch.Tensor:
+def predict(
+    model: nn.Module, images: torch.Tensor, norm: tuple[list[float], list[float]], batch: int = 512
+) -> torch.Tensor:
     """Logits for uint8 `images`, in eval mode."""
     model.eval()
     return torch.cat([model(normalize(images[i : i + batch], *norm)) for i in range(0, len(images), batch)])
 
 
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: tuple[list[float], list[float]]) -> float:
+def accuracy(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: tuple[list[float], list[float]]
+) -> float:
     return (predict(model, images, norm).argmax(1) == labels).float().mean().item()

@@ -28,8 +28,12 @@ SECTION = "bench"
 VERSION = 1
 INPUTS = ("data", "export", "quantize")
 OUTPUTS = ("bench.json",)
-MODELS = {"teacher": ("export", "teacher.onnx"), "student": ("export", "student.onnx"),
-          "pruned": ("export", "pruned.onnx"), "int8": ("quantize", "int8.onnx")}  # name -> (stage, file)
+MODELS = {
+    "teacher": ("export", "teacher.onnx"),
+    "student": ("export", "student.onnx"),
+    "pruned": ("export", "pruned.onnx"),
+    "int8": ("quantize", "int8.onnx"),
+}  # name -> (stage, file)
 PROVIDER = "CPUExecutionProvider"
 
 
@@ -79,12 +83,14 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         for batch in params.batch_sizes:
             feed = {INPUT_NAME: np.ascontiguousarray(np.resize(test_inputs, (batch, *test_inputs.shape[1:])))}
             latency[str(batch)] = measure(sess, feed, params.warmup_runs, params.min_runs, params.min_seconds)
-        models.append({
-            **model_facts(name, inputs),
-            "accuracy": float((predictions == dataset.test_labels).mean()),
-            "agreement_with_teacher": float((predictions == teacher_predictions).mean()),
-            "latency": {PROVIDER: latency},
-        })
+        models.append(
+            {
+                **model_facts(name, inputs),
+                "accuracy": float((predictions == dataset.test_labels).mean()),
+                "agreement_with_teacher": float((predictions == teacher_predictions).mean()),
+                "latency": {PROVIDER: latency},
+            }
+        )
     results = {
         "models": models,
         "environment": environment.describe(params.threads),
@@ -93,5 +99,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     }
     (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     batch = str(params.batch_sizes[0])
-    line = ", ".join(f"{m['name']} {m['accuracy']:.4f} / {m['latency'][PROVIDER][batch]['p50_ms']:.3f} ms" for m in models)
+    line = ", ".join(
+        f"{m['name']} {m['accuracy']:.4f} / {m['latency'][PROVIDER][batch]['p50_ms']:.3f} ms" for m in models
+    )
     return {**results, "summary": f"accuracy / p50 at batch {batch}: {line}"}

@@ -112,7 +112,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "test_size": len(test_index),
         "classes": len(class_names),
         "image_shape": list(images.shape[1:]),
-        "summary": f"{params.name}: {len(train_index)} train / {len(test_index)} test images, {len(class_names)} classes",
+        "summary": f"{params.name}: {len(train_index)} train / {len(test_index)} test images, "
+        f"{len(class_names)} classes",
     }
 
 

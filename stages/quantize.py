@@ -28,7 +28,11 @@ VERSION = 1
 INPUTS = ("data", "export")
 OUTPUTS = ("int8.onnx",)
 SOURCE = "pruned"  # the ONNX model of the export stage that is quantized
-METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
+METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
 TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 
 
@@ -44,7 +48,9 @@ class Params:
     seed: int = 0  # which training images calibrate
 
     def __post_init__(self):
-        require(self.calibration_samples >= 1, "quantize.calibration_samples", self.calibration_samples, "an integer >= 1")
+        require(
+            self.calibration_samples >= 1, "quantize.calibration_samples", self.calibration_samples, "an integer >= 1"
+        )
         require(self.calibration_batch >= 1, "quantize.calibration_batch", self.calibration_batch, "an integer >= 1")
         require(self.method in METHODS, "quantize.method", self.method, " or ".join(METHODS))
         require(self.activation_type in TYPES, "quantize.activation_type", self.activation_type, " or ".join(TYPES))
@@ -73,7 +79,9 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     dataset = data.load(inputs["data"])
     source = inputs["export"].file(f"{SOURCE}.onnx")
     prepared = out_dir / "prepared.onnx"
-    quant_pre_process(str(source), str(prepared), skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=False)
+    quant_pre_process(
+        str(source), str(prepared), skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=False
+    )
     arguments = {
         "quant_format": "QDQ",
         "per_channel": params.per_channel,

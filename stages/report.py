@@ -36,12 +36,37 @@ class Params:
 
     def __post_init__(self):
         require(0 <= self.min_accuracy <= 1, "signoff.min_accuracy", self.min_accuracy, "a number in [0, 1]")
-        require(0 <= self.max_drop_vs_teacher <= 1, "signoff.max_drop_vs_teacher", self.max_drop_vs_teacher, "a number in [0, 1]")
-        require(0 <= self.max_drop_vs_student <= 1, "signoff.max_drop_vs_student", self.max_drop_vs_student, "a number in [0, 1]")
+        require(
+            0 <= self.max_drop_vs_teacher <= 1,
+            "signoff.max_drop_vs_teacher",
+            self.max_drop_vs_teacher,
+            "a number in [0, 1]",
+        )
+        require(
+            0 <= self.max_drop_vs_student <= 1,
+            "signoff.max_drop_vs_student",
+            self.max_drop_vs_student,
+            "a number in [0, 1]",
+        )
         require(self.latency_batch >= 1, "signoff.latency_batch", self.latency_batch, "an integer >= 1")
-        require(self.max_latency_ms is None or self.max_latency_ms > 0, "signoff.max_latency_ms", self.max_latency_ms, "a number > 0 or null")
-        require(self.min_speedup_vs_teacher is None or self.min_speedup_vs_teacher > 0, "signoff.min_speedup_vs_teacher", self.min_speedup_vs_teacher, "a number > 0 or null")
-        require(self.max_size_bytes is None or self.max_size_bytes > 0, "signoff.max_size_bytes", self.max_size_bytes, "an integer > 0 or null")
+        require(
+            self.max_latency_ms is None or self.max_latency_ms > 0,
+            "signoff.max_latency_ms",
+            self.max_latency_ms,
+            "a number > 0 or null",
+        )
+        require(
+            self.min_speedup_vs_teacher is None or self.min_speedup_vs_teacher > 0,
+            "signoff.min_speedup_vs_teacher",
+            self.min_speedup_vs_teacher,
+            "a number > 0 or null",
+        )
+        require(
+            self.max_size_bytes is None or self.max_size_bytes > 0,
+            "signoff.max_size_bytes",
+            self.max_size_bytes,
+            "an integer > 0 or null",
+        )
 
 
 def gate(name: str, limit: float, value: float, passed: bool) -> dict[str, Any]:
@@ -51,10 +76,18 @@ def gate(name: str, limit: float, value: float, passed: bool) -> dict[str, Any]:
 def accuracy_gates(model: dict, teacher: dict, student: dict, params: Params) -> list[dict[str, Any]]:
     return [
         gate("min_accuracy", params.min_accuracy, model["accuracy"], model["accuracy"] >= params.min_accuracy),
-        gate("max_drop_vs_teacher", params.max_drop_vs_teacher, teacher["accuracy"] - model["accuracy"],
-             teacher["accuracy"] - model["accuracy"] <= params.max_drop_vs_teacher + 1e-12),
-        gate("max_drop_vs_student", params.max_drop_vs_student, student["accuracy"] - model["accuracy"],
-             student["accuracy"] - model["accuracy"] <= params.max_drop_vs_student + 1e-12),
+        gate(
+            "max_drop_vs_teacher",
+            params.max_drop_vs_teacher,
+            teacher["accuracy"] - model["accuracy"],
+            teacher["accuracy"] - model["accuracy"] <= params.max_drop_vs_teacher + 1e-12,
+        ),
+        gate(
+            "max_drop_vs_student",
+            params.max_drop_vs_student,
+            student["accuracy"] - model["accuracy"],
+            student["accuracy"] - model["accuracy"] <= params.max_drop_vs_student + 1e-12,
+        ),
     ]
 
 
@@ -65,7 +98,9 @@ def p(model: dict, batch: int, stat: str) -> float:
 def choose_edge_model(models: list[dict], params: Params) -> tuple[dict, list[str]]:
     """The fastest model passing the accuracy gates (ties: smaller file); else the most accurate."""
     by_name = {m["name"]: m for m in models}
-    passing = [m for m in models if all(g["passed"] for g in accuracy_gates(m, by_name["teacher"], by_name["student"], params))]
+    passing = [
+        m for m in models if all(g["passed"] for g in accuracy_gates(m, by_name["teacher"], by_name["student"], params))
+    ]
     if passing:
         winner = min(passing, key=lambda m: (p(m, params.latency_batch, "p50_ms"), m["size_bytes"]))
         return winner, [m["name"] for m in passing]
@@ -78,11 +113,19 @@ def signoff_gates(edge: dict, models: list[dict], params: Params) -> list[dict[s
     batch = params.latency_batch
     if params.max_latency_ms is not None:
         value = p(edge, batch, "p90_ms")
-        gates.append(gate(f"max_latency_ms_p90_batch_{batch}", params.max_latency_ms, value, value <= params.max_latency_ms))
+        gates.append(
+            gate(f"max_latency_ms_p90_batch_{batch}", params.max_latency_ms, value, value <= params.max_latency_ms)
+        )
     if params.min_speedup_vs_teacher is not None:
         value = p(by_name["teacher"], batch, "p50_ms") / p(edge, batch, "p50_ms")
-        gates.append(gate(f"min_speedup_vs_teacher_batch_{batch}", params.min_speedup_vs_teacher, value,
-                          value >= params.min_speedup_vs_teacher))
+        gates.append(
+            gate(
+                f"min_speedup_vs_teacher_batch_{batch}",
+                params.min_speedup_vs_teacher,
+                value,
+                value >= params.min_speedup_vs_teacher,
+            )
+        )
     if params.max_size_bytes is not None:
         value = edge["size_bytes"]
         gates.append(gate("max_size_bytes", params.max_size_bytes, value, value <= params.max_size_bytes))
@@ -107,7 +150,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "edge_model": edge["name"],
         "edge_model_reason": (
             f"fastest p50 at batch {params.latency_batch} among models passing the accuracy gates: {', '.join(passing)}"
-            if passing else "no model passed the accuracy gates; the most accurate is named"
+            if passing
+            else "no model passed the accuracy gates; the most accurate is named"
         ),
         "signoff": {"passed": bool(passing) and all(g["passed"] for g in gates), "gates": gates},
         "distillation": {
@@ -116,12 +160,23 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
             "temperature": config["distill"]["temperature"],
             "alpha": config["distill"]["alpha"],
         },
-        "pruning": {k: inputs["prune"].metrics[k] for k in ("params_before", "params", "macs_before", "macs",
-                                                            "test_accuracy_before_finetune", "test_accuracy")},
+        "pruning": {
+            k: inputs["prune"].metrics[k]
+            for k in (
+                "params_before",
+                "params",
+                "macs_before",
+                "macs",
+                "test_accuracy_before_finetune",
+                "test_accuracy",
+            )
+        },
         "quantization": inputs["quantize"].metrics["arguments"],
         "export_tolerance": inputs["export"].metrics["tolerance"],
-        "dataset": {k: dataset[k] for k in ("name", "class_names", "image_shape", "mean", "std", "preprocessing", "split",
-                                            "source_sha256")},
+        "dataset": {
+            k: dataset[k]
+            for k in ("name", "class_names", "image_shape", "mean", "std", "preprocessing", "split", "source_sha256")
+        },
         "input": {"name": "input", "shape": ["batch", *dataset["image_shape"]], "dtype": "float32"},
     }
     shutil.copyfile(inputs[edge["stage"]].file(edge["file"]), out_dir / "model.onnx")
@@ -161,35 +216,54 @@ def render_markdown(report: dict[str, Any]) -> str:
     header += [f"bs{b} p50 / p90 / p99" for b in batches]
     rows = []
     for m in report["models"]:
-        row = [m["name"], f"{m['accuracy']:.4f}", f"{m['agreement_with_teacher']:.4f}", f"{m['params']:,}",
-               f"{m['macs']:,}", f"{m['size_bytes']:,}"]
-        row += [" / ".join(f"{m['latency'][PROVIDER][b][s]:.3f}" for s in ("p50_ms", "p90_ms", "p99_ms")) for b in batches]
+        row = [
+            m["name"],
+            f"{m['accuracy']:.4f}",
+            f"{m['agreement_with_teacher']:.4f}",
+            f"{m['params']:,}",
+            f"{m['macs']:,}",
+            f"{m['size_bytes']:,}",
+        ]
+        row += [
+            " / ".join(f"{m['latency'][PROVIDER][b][s]:.3f}" for s in ("p50_ms", "p90_ms", "p99_ms")) for b in batches
+        ]
         rows.append(row)
     lines += _table(header, rows)
     distill, prune = report["distillation"], report["pruning"]
     baseline = distill["baseline_accuracy"]
-    gain = "not measured (distill.baseline: false)" if baseline is None else (
-        f"{baseline:.4f} without the teacher → {distill['student_accuracy']:.4f} distilled "
-        f"({distill['student_accuracy'] - baseline:+.4f})")
+    gain = (
+        "not measured (distill.baseline: false)"
+        if baseline is None
+        else (
+            f"{baseline:.4f} without the teacher → {distill['student_accuracy']:.4f} distilled "
+            f"({distill['student_accuracy'] - baseline:+.4f})"
+        )
+    )
     lines += [
         "",
         "## What each step bought",
         "",
-        f"- Distillation (T={distill['temperature']}, α={distill['alpha']}), PyTorch test accuracy of the student: {gain}.",
+        f"- Distillation (T={distill['temperature']}, α={distill['alpha']}), "
+        f"PyTorch test accuracy of the student: {gain}.",
         f"- Pruning: params {prune['params_before']:,} → {prune['params']:,}, MACs {prune['macs_before']:,} → "
         f"{prune['macs']:,}; accuracy {prune['test_accuracy_before_finetune']:.4f} right after pruning, "
         f"{prune['test_accuracy']:.4f} after the distillation fine-tune.",
         "- Quantization arguments (onnxruntime quantize_static): "
-        + ", ".join(f"{k}={v}" for k, v in report["quantization"].items()) + ".",
+        + ", ".join(f"{k}={v}" for k, v in report["quantization"].items())
+        + ".",
         f"- Export check: onnxruntime vs PyTorch within atol {report['export_tolerance']['atol']}, "
         f"rtol {report['export_tolerance']['rtol']} at batch 1 and N.",
         "",
         "## Gates",
         "",
     ]
-    lines += _table(["gate", "limit", "value", "verdict"],
-                    [[g["name"], f"{g['limit']:g}", f"{g['value']:.4g}", "pass" if g["passed"] else "**FAIL**"]
-                     for g in signoff["gates"]])
+    lines += _table(
+        ["gate", "limit", "value", "verdict"],
+        [
+            [g["name"], f"{g['limit']:g}", f"{g['value']:.4g}", "pass" if g["passed"] else "**FAIL**"]
+            for g in signoff["gates"]
+        ],
+    )
     data = report["dataset"]
     lines += [
         "",
@@ -205,6 +279,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [f"- {k}: {v}" for k, v in env.items()]
     lines += [f"- session options: {report['session_options']}", f"- method: {report['bench_method']}"]
     lines += ["", "## Artifacts", ""]
-    lines += _table(["model", "path (under artifacts/)", "sha256"], [[m["name"], m["path"], m["sha256"]] for m in report["models"]])
+    lines += _table(
+        ["model", "path (under artifacts/)", "sha256"], [[m["name"], m["path"], m["sha256"]] for m in report["models"]]
+    )
     lines += ["", f"Dataset: {data['name']}, source sha256 {data['source_sha256']}, split {data['split']}."]
     return "\n".join(lines) + "\n"

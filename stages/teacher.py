@@ -83,7 +83,9 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         recipe_for(params, params.epochs),
         stage=NAME,
     )
-    test_accuracy = accuracy(model, torch.from_numpy(dataset.test_images), torch.from_numpy(dataset.test_labels), dataset.norm)
+    test_accuracy = accuracy(
+        model, torch.from_numpy(dataset.test_images), torch.from_numpy(dataset.test_labels), dataset.norm
+    )
     save_model(model, spec, out_dir)
     macs, n_params = count_macs_and_params(model, spec)
     return {

@@ -1,0 +1,30 @@
+"""Shared fixtures: one tiny pipeline run on digits, reused by the tests that inspect its artifacts."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.cache import ArtifactStore
+from pipeline.config import load_config
+from pipeline.runner import run_pipeline
+
+# Small enough to run in seconds, big enough that accuracies mean something on digits.
+TINY = (
+    "teacher.width=16",
+    "teacher.epochs=8",
+    "distill.epochs=8",
+    "prune.finetune_epochs=4",
+    "quantize.calibration_samples=256",
+    "bench.batch_sizes=[1, 8]",
+    "bench.warmup_runs=2",
+    "bench.min_runs=20",
+    "bench.min_seconds=0",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """(store, {stage name: StageResult}) of a complete tiny pipeline run."""
+    store = ArtifactStore(tmp_path_factory.mktemp("artifacts"))
+    results = run_pipeline(load_config(overrides=TINY), store)
+    return store, {result.name: result for result in results}

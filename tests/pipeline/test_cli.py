@@ -1,0 +1,102 @@
+"""The command line as a user meets it: JSON output, caching, exit codes and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from tests.conftest import TINY
+
+SETS = [arg for item in TINY for arg in ("--set", item)]
+
+
+def edgeforge(store_root, *args):
+    return CliRunner().invoke(cli, ["--artifacts", str(store_root), *args])
+
+
+def stages_of(result):
+    assert result.exit_code == 0, result.output
+    return {stage["name"]: stage["cached"] for stage in json.loads(result.stdout)["stages"]}
+
+
+def test_second_run_reuses_every_stage_and_releases(tiny_run):
+    store, _ = tiny_run
+    result = edgeforge(store.root, "run", *SETS, "--json")
+    assert stages_of(result) == dict.fromkeys(
+        ["data", "teacher", "distill", "prune", "export", "quantize", "bench", "report"], True
+    )
+    summary = json.loads(result.stdout)
+    assert summary["signoff_passed"] is True
+    release = store.root / "release"
+    assert sorted(p.name for p in release.iterdir()) == ["model.onnx", "report.json", "report.md"]
+    assert json.loads((release / "report.json").read_text())["edge_model"] == summary["edge_model"]
+
+
+def test_a_param_change_reruns_that_stage_and_after_only(tiny_run):
+    store, _ = tiny_run
+    cached = stages_of(edgeforge(store.root, "run", *SETS, "--set", "prune.ratio=0.375", "--json"))
+    assert cached == {
+        "data": True,
+        "teacher": True,
+        "distill": True,
+        "prune": False,
+        "export": False,
+        "quantize": False,
+        "bench": False,
+        "report": False,
+    }
+
+
+def test_stage_runs_only_what_it_needs_and_status_shows_it(tmp_path):
+    assert stages_of(edgeforge(tmp_path, "stage", "teacher", *SETS, "--json")) == {"data": False, "teacher": False}
+    status = json.loads(edgeforge(tmp_path, "status", *SETS, "--json").stdout)["stages"]
+    assert [(s["name"], s["cached"]) for s in status[:3]] == [("data", True), ("teacher", True), ("distill", False)]
+    assert all(len(s["key"]) == 64 for s in status)
+    assert stages_of(edgeforge(tmp_path, "stage", "teacher", *SETS, "--force", "teacher", "--json")) == {
+        "data": True,
+        "teacher": False,
+    }
+
+
+def test_a_failed_gate_exits_1_after_writing_the_report(tiny_run):
+    store, _ = tiny_run
+    result = edgeforge(store.root, "run", *SETS, "--set", "signoff.max_size_bytes=1000")
+    assert result.exit_code == 1
+    assert "error: sign-off failed: max_size_bytes (see release/report.md)" in result.stderr
+    report = json.loads((store.root / "release" / "report.json").read_text())
+    assert report["signoff"]["passed"] is False
+    assert edgeforge(store.root, "report").exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--set", "prune.ratio=1.5"], "error: prune.ratio=1.5 is not allowed: expected a fraction of channels"),
+        (["run", "--set", "teacher.epoch=3"], "error: unknown config key 'teacher.epoch'; known keys of teacher:"),
+        (["run", "--set", "distill.model=vgg"], "error: distill.model='vgg' is not a known model; available: cnn, mlp"),
+        (["run", "--set", "data.name=imagenet"], "error: data.name='imagenet' is not a known dataset"),
+        (["stage", "deploy"], "error: unknown stage 'deploy'; stages: data, teacher"),
+        (["run", "--force", "deploy"], "error: unknown stage 'deploy'"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(tiny_run, args, message):
+    store, _ = tiny_run
+    before = sorted(p.relative_to(store.root) for p in store.cache.rglob("*"))
+    process = subprocess.run(
+        [sys.executable, "-c", "from pipeline.cli import main; main()", "--artifacts", str(store.root), *args],
+        capture_output=True,
+        text=True,
+    )
+    assert process.returncode == 2
+    assert process.stderr.startswith(message)
+    assert process.stderr.count("\n") == 1 and "Traceback" not in process.stderr
+    assert sorted(p.relative_to(store.root) for p in store.cache.rglob("*")) == before
+
+
+def test_report_without_a_run_says_what_to_do(tmp_path):
+    result = edgeforge(tmp_path, "report")
+    assert result.exit_code == 1
+    assert result.stderr == f"error: no report in {tmp_path / 'release'}: run `edgeforge run` first\n"

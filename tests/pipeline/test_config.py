@@ -1,0 +1,96 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Config, load_config
+from pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_default_yaml_is_the_builtin_defaults():
+    assert load_config(ROOT / "configs" / "default.yaml").to_dict() == load_config().to_dict()
+
+
+def test_yaml_then_set_overrides(tmp_path):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("teacher:\n  epochs: 3\nprune:\n  ratio: 0.25\n")
+    config = load_config(config_file, ["prune.ratio=0.75", "bench.batch_sizes=[1, 4]"])
+    assert isinstance(config, Config)
+    assert config.section("teacher").epochs == 3
+    assert config.section("prune").ratio == 0.75
+    assert config.section("bench").batch_sizes == (1, 4)
+
+
+def test_int_is_accepted_for_float_but_not_the_reverse():
+    assert load_config(overrides=["distill.temperature=2"]).section("distill").temperature == 2.0
+    with pytest.raises(ConfigError, match=r"^teacher.epochs=2.5 has the wrong type; expected an integer$"):
+        load_config(overrides=["teacher.epochs=2.5"])
+
+
+def test_bool_is_not_an_integer():
+    with pytest.raises(ConfigError, match=r"teacher.epochs=True has the wrong type"):
+        load_config(overrides=["teacher.epochs=true"])
+
+
+def test_unknown_key_lists_the_known_ones():
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'teacher.epoch'; known keys of teacher: model, width, epochs"
+    ):
+        load_config(overrides=["teacher.epoch=3"])
+
+
+def test_unknown_section_in_yaml(tmp_path):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("teachr:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown config section 'teachr'; known sections: data, teacher"):
+        load_config(config_file)
+
+
+def test_out_of_range_value_names_key_value_and_range():
+    with pytest.raises(
+        ConfigError, match=r"^prune.ratio=1.5 is not allowed: expected a fraction of channels in \[0, 1\)$"
+    ):
+        load_config(overrides=["prune.ratio=1.5"])
+
+
+def test_unknown_model_and_dataset_names():
+    with pytest.raises(ConfigError, match=r"teacher.model='vgg' is not a known model; available: cnn, mlp"):
+        load_config(overrides=["teacher.model=vgg"])
+    with pytest.raises(ConfigError, match=r"data.name='cifar' is not a known dataset; available: digits"):
+        load_config(overrides=["data.name=cifar"])
+
+
+def test_malformed_inputs(tmp_path):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("teacher: [epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"is not valid YAML \(line \d+\); fix the syntax"):
+        load_config(bad_yaml)
+    not_mapping = tmp_path / "list.yaml"
+    not_mapping.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match=r"must be a mapping of sections"):
+        load_config(not_mapping)
+    with pytest.raises(ConfigError, match=r"--set 'ratio' must look like section.key=value"):
+        load_config(overrides=["ratio"])
+    with pytest.raises(ConfigError, match=r"cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_null_only_where_allowed():
+    assert load_config(overrides=["signoff.max_latency_ms=null"]).section("signoff").max_latency_ms is None
+    with pytest.raises(ConfigError, match=r"teacher.epochs must not be null"):
+        load_config(overrides=["teacher.epochs=null"])
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "c.yaml").write_text("data:\n  root: ../datasets\n")
+    assert load_config(folder / "c.yaml").section("data").root == str(tmp_path / "datasets")
+
+
+def test_latency_batch_must_be_benchmarked():
+    with pytest.raises(
+        ConfigError, match=r"signoff.latency_batch=1 is not measured: add it to bench.batch_sizes \(now \[8\]\)"
+    ):
+        load_config(overrides=["bench.batch_sizes=[8]"])

@@ -1,0 +1,54 @@
+import pytest
+
+from pipeline.cache import ArtifactStore
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+from pipeline.runner import downstream_of, get_stage, needed_stages, plan_keys, run_pipeline
+from stages import STAGES, teacher
+from tests.conftest import TINY
+
+
+def names(stages):
+    return [s.NAME for s in stages]
+
+
+def test_a_stage_needs_only_its_upstream():
+    assert names(needed_stages("teacher")) == ["data", "teacher"]
+    assert names(needed_stages("quantize")) == ["data", "teacher", "distill", "prune", "export", "quantize"]
+
+
+def test_force_reaches_downstream_only():
+    assert downstream_of({"prune"}) == {"prune", "export", "quantize", "bench", "report"}
+
+
+def test_changing_one_stage_changes_its_key_and_downstream_keys_only():
+    before = plan_keys(load_config(), list(STAGES))
+    after = plan_keys(load_config(overrides=["prune.ratio=0.25"]), list(STAGES))
+    assert [name for name in before if before[name] != after[name]] == [
+        "prune",
+        "export",
+        "quantize",
+        "bench",
+        "report",
+    ]
+
+
+def test_unknown_stage():
+    with pytest.raises(ConfigError, match=r"^unknown stage 'foo'; stages: data, teacher, distill"):
+        get_stage("foo")
+
+
+def test_a_failing_stage_publishes_nothing_and_keeps_upstream(tmp_path, monkeypatch):
+    store = ArtifactStore(tmp_path)
+    config = load_config(overrides=TINY)
+
+    def crash(params, inputs, out_dir):
+        (out_dir / "model.pt").write_bytes(b"half-written")
+        raise RuntimeError("killed mid-stage")
+
+    monkeypatch.setattr(teacher, "run", crash)
+    with pytest.raises(RuntimeError, match="killed mid-stage"):
+        run_pipeline(config, store, target="teacher")
+    assert [p.name for p in (tmp_path / "cache" / "teacher").iterdir()] == []  # no entry, no temp dir
+    data_key = plan_keys(config, needed_stages("data"))["data"]
+    assert store.lookup("data", data_key) is not None

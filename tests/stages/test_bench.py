@@ -1,0 +1,25 @@
+import numpy as np
+import pytest
+
+from pipeline.latency import summarize
+from stages.bench import PROVIDER
+
+
+def test_percentiles_of_a_known_sample():
+    stats = summarize(np.arange(1, 101, dtype=np.float64))
+    assert stats["p50_ms"] == pytest.approx(50.5)
+    assert stats["p90_ms"] == pytest.approx(90.1)
+    assert stats["p99_ms"] == pytest.approx(99.01)
+    assert stats["runs"] == 100
+
+
+def test_bench_measures_every_model_at_every_batch(tiny_run):
+    _, results = tiny_run
+    metrics = results["bench"].artifact.metrics
+    assert [m["name"] for m in metrics["models"]] == ["teacher", "student", "pruned", "int8"]
+    for model in metrics["models"]:
+        for batch in ("1", "8"):
+            stats = model["latency"][PROVIDER][batch]
+            assert stats["runs"] >= 20 and 0 < stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
+        assert 0.5 < model["accuracy"] <= 1.0
+    assert metrics["environment"]["threads"] == 2 and metrics["environment"]["cores"] >= 1

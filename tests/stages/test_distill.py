@@ -1,0 +1,51 @@
+import math
+
+import pytest
+import torch
+
+from pipeline.train import kd_loss
+
+
+def test_kd_loss_matches_a_hand_computation():
+    student = torch.tensor([[2.0, 0.5, -1.0]])
+    teacher = torch.tensor([[1.0, 3.0, 0.0]])
+    labels = torch.tensor([0])
+    t, alpha = 2.0, 0.7
+
+    def softmax(xs):
+        exps = [math.exp(x / t) for x in xs]
+        return [e / sum(exps) for e in exps]
+
+    p_teacher, p_student = softmax([1.0, 3.0, 0.0]), softmax([2.0, 0.5, -1.0])
+    kl = sum(pt * math.log(pt / ps) for pt, ps in zip(p_teacher, p_student, strict=True))
+    ce = -math.log(math.exp(2.0) / sum(math.exp(x) for x in [2.0, 0.5, -1.0]))
+
+    losses = kd_loss(student, teacher, labels, temperature=t, alpha=alpha)
+    assert losses["ce"].item() == pytest.approx(ce, rel=1e-6)
+    assert losses["kd"].item() == pytest.approx(t * t * kl, rel=1e-6)
+    assert losses["total"].item() == pytest.approx((1 - alpha) * ce + alpha * t * t * kl, rel=1e-6)
+
+
+def test_alpha_zero_is_plain_cross_entropy():
+    student, teacher = torch.randn(4, 10), torch.randn(4, 10)
+    labels = torch.tensor([1, 2, 3, 4])
+    losses = kd_loss(student, teacher, labels, temperature=4.0, alpha=0.0)
+    assert losses["total"].item() == pytest.approx(torch.nn.functional.cross_entropy(student, labels).item())
+    assert losses["kd"].item() == 0.0
+
+
+def test_kd_term_is_zero_when_student_matches_teacher_and_grows_otherwise():
+    logits = torch.randn(8, 10)
+    labels = torch.zeros(8, dtype=torch.long)
+    assert kd_loss(logits, logits, labels, 4.0, 1.0)["kd"].item() == pytest.approx(0.0, abs=1e-6)
+    assert kd_loss(logits, logits.flip(1), labels, 4.0, 1.0)["kd"].item() > 0.01
+
+
+def test_distill_stage_records_both_parts_and_the_baseline(tiny_run):
+    _, results = tiny_run
+    metrics = results["distill"].artifact.metrics
+    assert metrics["params"] < results["teacher"].artifact.metrics["params"] / 3  # clearly smaller student
+    assert all(row["kd"] > 0 and row["ce"] > 0 for row in metrics["history"])
+    assert all(row["kd"] == 0 for row in metrics["baseline_history"])
+    assert 0.5 < metrics["baseline_test_accuracy"] <= 1.0
+    assert metrics["test_accuracy"] > 0.8

@@ -1,0 +1,31 @@
+import onnx
+
+from stages.bench import PROVIDER
+
+
+def test_int8_model_is_qdq_and_within_a_point_of_fp32(tiny_run):
+    _, results = tiny_run
+    int8 = onnx.load(str(results["quantize"].artifact.file("int8.onnx")))
+    ops = {node.op_type for node in int8.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    models = {m["name"]: m for m in results["bench"].artifact.metrics["models"]}
+    assert abs(models["int8"]["accuracy"] - models["pruned"]["accuracy"]) <= 0.01
+    assert models["int8"]["size_bytes"] < models["pruned"]["size_bytes"]
+    assert set(models["int8"]["latency"][PROVIDER]) == {"1", "8"}  # dynamic batch survives quantization
+
+
+def test_every_quantization_argument_is_recorded(tiny_run):
+    _, results = tiny_run
+    metrics = results["quantize"].artifact.metrics
+    assert metrics["arguments"] == {
+        "quant_format": "QDQ",
+        "per_channel": True,
+        "reduce_range": True,
+        "activation_type": "uint8",
+        "weight_type": "int8",
+        "calibrate_method": "minmax",
+        "op_types_to_quantize": None,
+        "nodes_to_exclude": None,
+        "extra_options": {},
+    }
+    assert metrics["calibration_images"] == 256

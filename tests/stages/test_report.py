@@ -1,0 +1,68 @@
+import json
+
+from stages.bench import PROVIDER
+from stages.report import Params, choose_edge_model, signoff_gates
+
+
+def model(name, accuracy, p50, size=1000):
+    return {
+        "name": name,
+        "accuracy": accuracy,
+        "size_bytes": size,
+        "latency": {PROVIDER: {"1": {"p50_ms": p50, "p90_ms": p50 * 1.2, "p99_ms": p50 * 1.5, "runs": 100}}},
+    }
+
+
+MODELS = [
+    model("teacher", 0.99, 1.0),
+    model("student", 0.98, 0.3),
+    model("pruned", 0.97, 0.2),
+    model("int8", 0.90, 0.1),
+]
+
+
+def test_edge_model_is_the_fastest_that_passes_the_accuracy_gates():
+    edge, passing = choose_edge_model(MODELS, Params(max_drop_vs_teacher=0.03, max_drop_vs_student=0.02))
+    assert edge["name"] == "pruned"  # int8 is faster but loses 8 points
+    assert passing == ["teacher", "student", "pruned"]
+
+
+def test_int8_is_not_assumed_faster():
+    models = MODELS[:3] + [model("int8", 0.97, 0.25)]
+    assert choose_edge_model(models, Params())[0]["name"] == "pruned"
+
+
+def test_no_model_passing_names_the_most_accurate_and_fails():
+    edge, passing = choose_edge_model(MODELS, Params(min_accuracy=0.995))
+    assert edge["name"] == "teacher" and passing == []
+
+
+def test_optional_gates_are_evaluated_only_when_set():
+    edge = MODELS[2]
+    assert [g["name"] for g in signoff_gates(edge, MODELS, Params())] == [
+        "min_accuracy",
+        "max_drop_vs_teacher",
+        "max_drop_vs_student",
+    ]
+    gates = signoff_gates(edge, MODELS, Params(max_latency_ms=0.2, min_speedup_vs_teacher=4.0, max_size_bytes=999))
+    verdicts = {g["name"]: (g["value"], g["passed"]) for g in gates}
+    assert verdicts["max_latency_ms_p90_batch_1"][1] is False  # p90 0.24 > 0.2
+    assert verdicts["min_speedup_vs_teacher_batch_1"] == (5.0, True)
+    assert verdicts["max_size_bytes"] == (1000, False)
+
+
+def test_report_files_follow_the_schema(tiny_run):
+    store, results = tiny_run
+    artifact = results["report"].artifact
+    report = json.loads(artifact.file("report.json").read_text())
+    assert set(report) >= {"config", "environment", "models", "edge_model", "signoff"}
+    assert set(report["environment"]) >= {"cpu", "cores", "threads", "torch", "onnx", "onnxruntime", "providers"}
+    assert report["config"]["prune"]["ratio"] == 0.5 and report["config"]["signoff"]["min_accuracy"] == 0.9
+    for entry in report["models"]:
+        assert (store.root / entry["path"]).is_file()
+        assert set(entry) >= {"name", "path", "sha256", "params", "macs", "size_bytes", "accuracy", "latency"}
+    edge = next(m for m in report["models"] if m["name"] == report["edge_model"])
+    assert artifact.manifest["files"]["model.onnx"] == edge["sha256"]
+    markdown = artifact.file("report.md").read_text()
+    assert f"Edge model: **{report['edge_model']}**" in markdown
+    assert "| min_accuracy | 0.9 |" in markdown

@@ -37,6 +37,7 @@ class Params:
         if self.name not in DATASETS:
             raise ConfigError(f"data.name={self.name!r} is not a known dataset; available: {', '.join(DATASETS)}")
         require(0.0 < self.test_fraction < 1.0, "data.test_fraction", self.test_fraction, "a number in (0, 1)")
+        require(self.name != "digits" or self.root is None, "data.root", self.root, "null for the embedded digits set")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
 
 from pipeline.cache import Artifact
+from pipeline.config import params_to_dict, section_classes
 from pipeline.errors import require
 from stages.bench import PROVIDER
 
@@ -132,6 +134,18 @@ def signoff_gates(edge: dict, models: list[dict], params: Params) -> list[dict[s
     return gates
 
 
+def reproduce_command(config: dict[str, dict[str, Any]]) -> str:
+    """`edgeforge run` with a --set for every value that differs from the built-in defaults."""
+    overrides = []
+    for section, cls in section_classes().items():
+        for key, default in params_to_dict(cls()).items():
+            value = config[section][key]
+            if value != default:
+                text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+                overrides.append(f"--set {shlex.quote(f'{section}.{key}={text}')}")
+    return " ".join(["edgeforge run", *overrides])
+
+
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
     bench = inputs["bench"].metrics
     models = [{**m, "path": f"cache/{m['stage']}/{m['key']}/{m['file']}"} for m in bench["models"]]
@@ -178,6 +192,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
             for k in ("name", "class_names", "image_shape", "mean", "std", "preprocessing", "split", "source_sha256")
         },
         "input": {"name": "input", "shape": ["batch", *dataset["image_shape"]], "dtype": "float32"},
+        "reproduce": reproduce_command(config),
     }
     shutil.copyfile(inputs[edge["stage"]].file(edge["file"]), out_dir / "model.onnx")
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -282,5 +297,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _table(
         ["model", "path (under artifacts/)", "sha256"], [[m["name"], m["path"], m["sha256"]] for m in report["models"]]
     )
+    lines += ["", "## Reproduce", "", "```", report["reproduce"], "```"]
     lines += ["", f"Dataset: {data['name']}, source sha256 {data['source_sha256']}, split {data['split']}."]
     return "\n".join(lines) + "\n"

@@ -66,3 +66,12 @@ def test_report_files_follow_the_schema(tiny_run):
     markdown = artifact.file("report.md").read_text()
     assert f"Edge model: **{report['edge_model']}**" in markdown
     assert "| min_accuracy | 0.9 |" in markdown
+
+
+def test_reproduce_command_lists_every_non_default_value(tiny_run):
+    _, results = tiny_run
+    report = json.loads(results["report"].artifact.file("report.json").read_text())
+    command = report["reproduce"]
+    assert command.startswith("edgeforge run --set teacher.width=16 --set teacher.epochs=8")
+    assert "--set 'bench.batch_sizes=[1,8]'" in command
+    assert "prune.ratio" not in command  # a default

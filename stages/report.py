@@ -21,7 +21,7 @@ from stages.bench import PROVIDER
 
 NAME = "report"
 SECTION = "signoff"
-VERSION = 1
+VERSION = 2
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 OUTPUTS = ("report.json", "report.md", "model.onnx")
 
@@ -32,6 +32,7 @@ class Params:
     max_drop_vs_teacher: float = 0.03  # largest accuracy loss allowed against the teacher
     max_drop_vs_student: float = 0.02  # ...and against the fp32 distilled student
     latency_batch: int = 1  # batch size at which models are compared and latency gated (one of bench.batch_sizes)
+    latency_tie: float = 0.1  # p50s within this fraction of the fastest count as equally fast (most accurate wins)
     max_latency_ms: float | None = None  # p90 limit at latency_batch on CPU; null: no latency gate
     min_speedup_vs_teacher: float | None = None  # teacher p50 / edge p50 at latency_batch; null: no gate
     max_size_bytes: int | None = None  # ONNX file size limit; null: no gate
@@ -51,6 +52,7 @@ class Params:
             "a number in [0, 1]",
         )
         require(self.latency_batch >= 1, "signoff.latency_batch", self.latency_batch, "an integer >= 1")
+        require(0 <= self.latency_tie < 1, "signoff.latency_tie", self.latency_tie, "a fraction in [0, 1)")
         require(
             self.max_latency_ms is None or self.max_latency_ms > 0,
             "signoff.max_latency_ms",
@@ -98,15 +100,21 @@ def p(model: dict, batch: int, stat: str) -> float:
 
 
 def choose_edge_model(models: list[dict], params: Params) -> tuple[dict, list[str]]:
-    """The fastest model passing the accuracy gates (ties: smaller file); else the most accurate."""
+    """The fastest model passing the accuracy gates, else the most accurate one.
+
+    Models within `latency_tie` of the fastest p50 count as equally fast and the most accurate of them
+    wins (then the smaller file): a microsecond of noise must not ship a less accurate model.
+    """
     by_name = {m["name"]: m for m in models}
     passing = [
         m for m in models if all(g["passed"] for g in accuracy_gates(m, by_name["teacher"], by_name["student"], params))
     ]
-    if passing:
-        winner = min(passing, key=lambda m: (p(m, params.latency_batch, "p50_ms"), m["size_bytes"]))
-        return winner, [m["name"] for m in passing]
-    return max(models, key=lambda m: m["accuracy"]), []
+    if not passing:
+        return max(models, key=lambda m: m["accuracy"]), []
+    fastest = min(p(m, params.latency_batch, "p50_ms") for m in passing)
+    tied = [m for m in passing if p(m, params.latency_batch, "p50_ms") <= fastest * (1 + params.latency_tie)]
+    winner = max(tied, key=lambda m: (m["accuracy"], -m["size_bytes"]))
+    return winner, [m["name"] for m in passing]
 
 
 def signoff_gates(edge: dict, models: list[dict], params: Params) -> list[dict[str, Any]]:
@@ -163,7 +171,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "models": models,
         "edge_model": edge["name"],
         "edge_model_reason": (
-            f"fastest p50 at batch {params.latency_batch} among models passing the accuracy gates: {', '.join(passing)}"
+            f"the most accurate of the models within {params.latency_tie:.0%} of the fastest p50 at batch "
+            f"{params.latency_batch}, among those passing the accuracy gates ({', '.join(passing)})"
             if passing
             else "no model passed the accuracy gates; the most accurate is named"
         ),

@@ -27,6 +27,12 @@ def test_edge_model_is_the_fastest_that_passes_the_accuracy_gates():
     assert passing == ["teacher", "student", "pruned"]
 
 
+def test_a_model_within_the_latency_tie_loses_to_a_more_accurate_one():
+    models = [model("teacher", 0.99, 1.0), model("student", 0.98, 0.105), model("pruned", 0.97, 0.1)]
+    assert choose_edge_model(models, Params(latency_tie=0.1))[0]["name"] == "student"
+    assert choose_edge_model(models, Params(latency_tie=0.0))[0]["name"] == "pruned"
+
+
 def test_int8_is_not_assumed_faster():
     models = MODELS[:3] + [model("int8", 0.97, 0.25)]
     assert choose_edge_model(models, Params())[0]["name"] == "pruned"

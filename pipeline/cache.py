@@ -7,14 +7,17 @@ the manifest last and renames the directory into place, so a failed or killed st
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 TEMP_PREFIX = ".tmp-"
+LOCK_PREFIX = ".lock-"
+CHECKPOINTS = "checkpoints"  # inside a temp dir: survives a failed run so the next one resumes; never published
 # Libraries whose versions change what a stage produces; a new version means a new key.
 KEYED_LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "torch-pruning", "numpy")
 
@@ -104,15 +109,34 @@ class ArtifactStore:
         self._remove(path)
         return None
 
-    def new_temp_dir(self, stage: str, key: str) -> Path:
+    @contextlib.contextmanager
+    def locked(self, stage: str, key: str) -> Iterator[None]:
+        """Hold the lock of one stage key: a second process running the same key waits here."""
         parent = self.cache / stage
         parent.mkdir(parents=True, exist_ok=True)
-        path = parent / f"{TEMP_PREFIX}{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        path.mkdir()
+        with open(parent / f"{LOCK_PREFIX}{key}", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released by the OS if this process dies
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def temp_dir(self, stage: str, key: str) -> Path:
+        """The stage key's work directory (call with the key's lock held).
+
+        Its name is stable so that a run killed mid-stage leaves checkpoints the next run resumes
+        from; anything else a dead run left there is removed.
+        """
+        path = self.cache / stage / f"{TEMP_PREFIX}{key}"
+        path.mkdir(parents=True, exist_ok=True)
+        for leftover in path.iterdir():
+            if leftover.name != CHECKPOINTS:
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         return path
 
     def publish(self, stage: str, key: str, temp_dir: Path, manifest: dict[str, Any]) -> Artifact:
         """Hash every file in `temp_dir`, write the manifest last, then rename the directory into place."""
+        shutil.rmtree(temp_dir / CHECKPOINTS, ignore_errors=True)
         files = {}
         for path in sorted(p for p in temp_dir.rglob("*") if p.is_file()):
             _fsync(path)
@@ -135,7 +159,12 @@ class ArtifactStore:
         return Artifact(stage, key, final, manifest)
 
     def discard(self, temp_dir: Path) -> None:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        """Drop a failed run's outputs, keeping its checkpoints for the next run to resume from."""
+        for leftover in temp_dir.iterdir():
+            if leftover.name != CHECKPOINTS:
+                shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
+        if not (temp_dir / CHECKPOINTS).exists():
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
     def clean(self) -> list[Path]:
         """Remove the cache and the release folder; return what was removed."""

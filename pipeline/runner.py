@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pipeline.cache import Artifact, ArtifactStore, library_versions, stage_key
+from pipeline.cache import CHECKPOINTS, Artifact, ArtifactStore, library_versions, stage_key
 from pipeline.config import Config, params_to_dict
 from pipeline.errors import ConfigError, SignoffFailed, StageError
 from stages import STAGE_NAMES, STAGES
@@ -82,10 +82,16 @@ def run_pipeline(
     for stage in stages:
         key = keys[stage.NAME]
         started = time.perf_counter()
-        artifact = None if stage.NAME in forced else store.lookup(stage.NAME, key)
+        reuse = stage.NAME not in forced
+        artifact = store.lookup(stage.NAME, key) if reuse else None
         cached = artifact is not None
         if artifact is None:
-            artifact = run_stage(stage, config, store, key, {name: artifacts[name] for name in stage.INPUTS})
+            with store.locked(stage.NAME, key):
+                # Another process may have published this key while we waited for the lock.
+                artifact = store.lookup(stage.NAME, key) if reuse else None
+                cached = artifact is not None
+                if artifact is None:
+                    artifact = run_stage(stage, config, store, key, {name: artifacts[name] for name in stage.INPUTS})
         seconds = time.perf_counter() - started
         artifacts[stage.NAME] = artifact
         results.append(StageResult(stage.NAME, key, cached, seconds, artifact))
@@ -99,12 +105,16 @@ def run_stage(
 ) -> Artifact:
     """Run one stage into a temp directory and publish it; on any failure publish nothing."""
     params = config.section(stage.SECTION)
-    temp_dir = store.new_temp_dir(stage.NAME, key)
+    temp_dir = store.temp_dir(stage.NAME, key)
     try:
         started = time.perf_counter()
         metrics = stage.run(params, inputs, temp_dir)
         seconds = time.perf_counter() - started
-        written = sorted(p.relative_to(temp_dir).as_posix() for p in temp_dir.rglob("*") if p.is_file())
+        written = sorted(
+            p.relative_to(temp_dir).as_posix()
+            for p in temp_dir.rglob("*")
+            if p.is_file() and p.relative_to(temp_dir).parts[0] != CHECKPOINTS
+        )
         if written != sorted(stage.OUTPUTS):
             raise StageError(f"{stage.NAME}: wrote {written}, but declares {sorted(stage.OUTPUTS)}")
         manifest = {

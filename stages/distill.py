@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from pipeline.cache import Artifact
+from pipeline.cache import CHECKPOINTS, Artifact
 from pipeline.errors import require
 from pipeline.models import build_model, check_model_name, count_macs_and_params, load_model, save_model
 from pipeline.train import accuracy, fit
@@ -38,6 +38,8 @@ class Params:
     shift: int = 1
     flip: bool = False
     seed: int = 0
+    schedule: str = "onecycle"  # learning rate per step: onecycle or cosine
+    device: str = "auto"  # auto (CUDA when present), cpu or cuda
     temperature: float = 4.0  # T: softens both distributions; the KD term is scaled by T^2
     alpha: float = 0.9  # weight of the KD term; 0 trains on labels only
     baseline: bool = True  # also train the student without the teacher, for the report
@@ -59,7 +61,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     torch.manual_seed(params.seed)
     student = build_model(spec)
     recipe = recipe_for(params, params.epochs, params.temperature, params.alpha)
-    history = fit(student, images, labels, dataset.norm, recipe, teacher=teacher, stage=NAME)
+    checkpoints = out_dir / CHECKPOINTS
+    history = fit(student, images, labels, dataset.norm, recipe, teacher, NAME, checkpoints / "student.pt")
     test_accuracy = accuracy(student, *test, dataset.norm)
     save_model(student, spec, out_dir)
 
@@ -69,7 +72,16 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         torch.manual_seed(params.seed)
         baseline = build_model(spec)
         baseline_recipe = recipe_for(params, params.epochs, params.temperature, alpha=0.0)
-        baseline_history = fit(baseline, images, labels, dataset.norm, baseline_recipe, stage=f"{NAME} baseline")
+        baseline_history = fit(
+            baseline,
+            images,
+            labels,
+            dataset.norm,
+            baseline_recipe,
+            None,
+            f"{NAME} baseline",
+            checkpoints / "baseline.pt",
+        )
         baseline_accuracy = accuracy(baseline, *test, dataset.norm)
 
     macs, n_params = count_macs_and_params(student, spec)

@@ -14,12 +14,12 @@ from typing import Any
 import torch
 import torch_pruning as tp
 
-from pipeline.cache import Artifact
+from pipeline.cache import CHECKPOINTS, Artifact
 from pipeline.errors import require
 from pipeline.models import classifier_head, count_macs_and_params, load_model, save_model
 from pipeline.train import accuracy, fit
 from stages import data
-from stages.teacher import recipe_for
+from stages.teacher import check_recipe_params, recipe_for
 
 NAME = "prune"
 SECTION = "prune"
@@ -42,6 +42,8 @@ class Params:
     shift: int = 1
     flip: bool = False
     seed: int = 0
+    schedule: str = "onecycle"  # learning rate per step: onecycle or cosine
+    device: str = "auto"  # auto (CUDA when present), cpu or cuda
     temperature: float = 4.0
     alpha: float = 0.9
 
@@ -49,8 +51,7 @@ class Params:
         require(0 <= self.ratio < 1, "prune.ratio", self.ratio, "a fraction of channels in [0, 1)")
         require(self.importance in IMPORTANCES, "prune.importance", self.importance, " or ".join(IMPORTANCES))
         require(self.finetune_epochs >= 0, "prune.finetune_epochs", self.finetune_epochs, "an integer >= 0")
-        require(self.batch_size >= 1, "prune.batch_size", self.batch_size, "an integer >= 1")
-        require(self.lr > 0, "prune.lr", self.lr, "a number > 0")
+        check_recipe_params("prune", self)
         require(self.temperature > 0, "prune.temperature", self.temperature, "a number > 0")
         require(0 <= self.alpha <= 1, "prune.alpha", self.alpha, "a number in [0, 1]")
 
@@ -86,7 +87,10 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     training = []
     if params.finetune_epochs > 0:
         images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
-        training = fit(student, images, labels, dataset.norm, recipe, teacher=teacher, stage=NAME)
+        checkpoint = out_dir / CHECKPOINTS / "finetune.pt"
+        training = fit(
+            student, images, labels, dataset.norm, recipe, teacher=teacher, stage=NAME, checkpoint=checkpoint
+        )
     test_accuracy = accuracy(student, *test, dataset.norm)
     save_model(student, spec, out_dir, pruning_history=history)
     return {

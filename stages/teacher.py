@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from pipeline.cache import Artifact
+from pipeline.cache import CHECKPOINTS, Artifact
 from pipeline.errors import require
 from pipeline.models import ModelSpec, build_model, check_model_name, count_macs_and_params, save_model
 from pipeline.train import Recipe, accuracy, fit
@@ -33,6 +33,8 @@ class Params:
     shift: int = 1  # random translation in pixels
     flip: bool = False  # random horizontal flips
     seed: int = 0
+    schedule: str = "onecycle"  # learning rate per step: onecycle or cosine
+    device: str = "auto"  # auto (CUDA when present), cpu or cuda
 
     def __post_init__(self):
         check_model_name("teacher.model", self.model)
@@ -40,14 +42,21 @@ class Params:
 
 
 def check_training_params(section: str, params: Any) -> None:
-    """Range checks shared by every stage that trains."""
+    """Range checks of the stages that train a model from scratch."""
     require(params.width >= 1, f"{section}.width", params.width, "an integer >= 1")
     require(params.epochs >= 1, f"{section}.epochs", params.epochs, "an integer >= 1")
+    check_recipe_params(section, params)
+
+
+def check_recipe_params(section: str, params: Any) -> None:
+    """Range checks shared by every stage that trains (teacher, distill, prune's fine-tune)."""
     require(params.batch_size >= 1, f"{section}.batch_size", params.batch_size, "an integer >= 1")
     require(params.lr > 0, f"{section}.lr", params.lr, "a number > 0")
     require(params.weight_decay >= 0, f"{section}.weight_decay", params.weight_decay, "a number >= 0")
     require(0 <= params.label_smoothing < 1, f"{section}.label_smoothing", params.label_smoothing, "a number in [0, 1)")
     require(params.shift >= 0, f"{section}.shift", params.shift, "an integer >= 0")
+    require(params.schedule in ("onecycle", "cosine"), f"{section}.schedule", params.schedule, "onecycle or cosine")
+    require(params.device in ("auto", "cpu", "cuda"), f"{section}.device", params.device, "auto, cpu or cuda")
 
 
 def spec_for(dataset: data.Dataset, model: str, width: int) -> ModelSpec:
@@ -67,6 +76,8 @@ def recipe_for(params: Any, epochs: int, temperature: float = 1.0, alpha: float 
         flip=params.flip,
         temperature=temperature,
         alpha=alpha,
+        schedule=params.schedule,
+        device=params.device,
     )
 
 
@@ -82,6 +93,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         dataset.norm,
         recipe_for(params, params.epochs),
         stage=NAME,
+        checkpoint=out_dir / CHECKPOINTS / "teacher.pt",
     )
     test_accuracy = accuracy(
         model, torch.from_numpy(dataset.test_images), torch.from_numpy(dataset.test_labels), dataset.norm

@@ -37,7 +37,7 @@ def test_key_ignores_dict_order():
 
 
 def publish(store, content=b"weights"):
-    temp = store.new_temp_dir("teacher", "k" * 64)
+    temp = store.temp_dir("teacher", "k" * 64)
     (temp / "model.pt").write_bytes(content)
     return store.publish("teacher", "k" * 64, temp, {"metrics": {"accuracy": 0.9}})
 
@@ -50,7 +50,7 @@ def test_publish_then_lookup(tmp_path):
     assert set(manifest["files"]) == {"model.pt"}
     found = store.lookup("teacher", "k" * 64)
     assert found is not None and found.metrics == {"accuracy": 0.9}
-    assert [p.name for p in (tmp_path / "cache" / "teacher").iterdir()] == ["k" * 64]  # no temp dir left
+    assert sorted(p.name for p in (tmp_path / "cache" / "teacher").iterdir()) == ["k" * 64]  # no temp dir left
 
 
 def test_edited_file_is_a_miss_and_is_removed(tmp_path, caplog):

@@ -1,5 +1,6 @@
 import pytest
 
+from pipeline import train
 from pipeline.cache import ArtifactStore
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
@@ -49,6 +50,37 @@ def test_a_failing_stage_publishes_nothing_and_keeps_upstream(tmp_path, monkeypa
     monkeypatch.setattr(teacher, "run", crash)
     with pytest.raises(RuntimeError, match="killed mid-stage"):
         run_pipeline(config, store, target="teacher")
-    assert [p.name for p in (tmp_path / "cache" / "teacher").iterdir()] == []  # no entry, no temp dir
+    left = [p.name for p in (tmp_path / "cache" / "teacher").iterdir() if not p.name.startswith(".lock-")]
+    assert left == []  # no entry, and no temp dir: there was no checkpoint to keep
     data_key = plan_keys(config, needed_stages("data"))["data"]
     assert store.lookup("data", data_key) is not None
+
+
+def test_an_interrupted_training_stage_resumes_to_the_same_result(tmp_path, monkeypatch, caplog):
+    config = load_config(overrides=["teacher.width=4", "teacher.epochs=3"])
+    saves = []
+    original_save = train._save_checkpoint
+
+    def save_then_die_after_epoch_2(path, state):
+        original_save(path, state)
+        saves.append(path)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_save_checkpoint", save_then_die_after_epoch_2)
+    interrupted = ArtifactStore(tmp_path / "interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, interrupted, target="teacher")
+    key = plan_keys(config, needed_stages("teacher"))["teacher"]
+    assert interrupted.lookup("teacher", key) is None
+    assert (interrupted.cache / "teacher" / f".tmp-{key}" / "checkpoints" / "teacher.pt").is_file()
+
+    monkeypatch.setattr(train, "_save_checkpoint", original_save)
+    caplog.set_level("INFO")
+    resumed = run_pipeline(config, interrupted, target="teacher")[-1].artifact
+    assert "teacher: resuming after epoch 2" in caplog.text
+    assert not (interrupted.cache / "teacher" / f".tmp-{key}").exists()  # checkpoint gone once published
+    assert [row["epoch"] for row in resumed.metrics["history"]] == [1, 2, 3]
+
+    clean = run_pipeline(config, ArtifactStore(tmp_path / "clean"), target="teacher")[-1].artifact
+    assert resumed.manifest["files"]["model.pt"] == clean.manifest["files"]["model.pt"]

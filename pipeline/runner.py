@@ -54,16 +54,22 @@ def downstream_of(names: set[str]) -> set[str]:
     return affected
 
 
-def plan_keys(config: Config, stages: list[ModuleType]) -> dict[str, str]:
+def plan_keys(config: Config, stages: list[ModuleType], store: ArtifactStore) -> dict[str, str]:
     """Every stage's cache key, computed from config and upstream keys without running anything."""
+    return {name: key for name, (key, _) in _plan(config, stages, store).items()}
+
+
+def _plan(config: Config, stages: list[ModuleType], store: ArtifactStore) -> dict[str, tuple[str, dict]]:
+    """Each stage's key and external inputs (content hashes of source data or user code)."""
     versions = library_versions()
-    keys: dict[str, str] = {}
+    plan: dict[str, tuple[str, dict]] = {}
     for stage in stages:
         params = config.section(stage.SECTION)
-        external = stage.fingerprint(params) if hasattr(stage, "fingerprint") else {}
-        upstream = {name: keys[name] for name in stage.INPUTS}
-        keys[stage.NAME] = stage_key(stage.NAME, stage.VERSION, params_to_dict(params), upstream, external, versions)
-    return keys
+        external = stage.fingerprint(params, store.cache) if hasattr(stage, "fingerprint") else {}
+        upstream = {name: plan[name][0] for name in stage.INPUTS}
+        key = stage_key(stage.NAME, stage.VERSION, params_to_dict(params), upstream, external, versions)
+        plan[stage.NAME] = (key, external)
+    return plan
 
 
 def run_pipeline(
@@ -76,11 +82,11 @@ def run_pipeline(
             get_stage(name)
     forced = set(STAGE_NAMES) if "all" in force else downstream_of(set(force))
     stages = needed_stages(target)
-    keys = plan_keys(config, stages)
+    plan = _plan(config, stages, store)
     artifacts: dict[str, Artifact] = {}
     results = []
     for stage in stages:
-        key = keys[stage.NAME]
+        key, external = plan[stage.NAME]
         started = time.perf_counter()
         reuse = stage.NAME not in forced
         artifact = store.lookup(stage.NAME, key) if reuse else None
@@ -91,7 +97,8 @@ def run_pipeline(
                 artifact = store.lookup(stage.NAME, key) if reuse else None
                 cached = artifact is not None
                 if artifact is None:
-                    artifact = run_stage(stage, config, store, key, {name: artifacts[name] for name in stage.INPUTS})
+                    upstream = {name: artifacts[name] for name in stage.INPUTS}
+                    artifact = run_stage(stage, config, store, key, upstream, external)
         seconds = time.perf_counter() - started
         artifacts[stage.NAME] = artifact
         results.append(StageResult(stage.NAME, key, cached, seconds, artifact))
@@ -101,7 +108,7 @@ def run_pipeline(
 
 
 def run_stage(
-    stage: ModuleType, config: Config, store: ArtifactStore, key: str, inputs: dict[str, Artifact]
+    stage: ModuleType, config: Config, store: ArtifactStore, key: str, inputs: dict[str, Artifact], external: dict
 ) -> Artifact:
     """Run one stage into a temp directory and publish it; on any failure publish nothing."""
     params = config.section(stage.SECTION)
@@ -122,6 +129,7 @@ def run_stage(
             "section": stage.SECTION,
             "params": params_to_dict(params),
             "upstream": {name: artifact.key for name, artifact in inputs.items()},
+            "external": external,
             "config": config.to_dict(),
             "versions": library_versions(),
             "metrics": metrics,
@@ -161,5 +169,5 @@ def check_signoff(report: Artifact) -> None:
 
 def stage_status(config: Config, store: ArtifactStore) -> list[dict[str, Any]]:
     """Each stage: its key and whether a verified entry for it is in the cache."""
-    keys = plan_keys(config, list(STAGES))
+    keys = plan_keys(config, list(STAGES), store)
     return [{"name": name, "key": key, "cached": store.lookup(name, key) is not None} for name, key in keys.items()]

@@ -197,8 +197,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "quantization": inputs["quantize"].metrics["arguments"],
         "export_tolerance": inputs["export"].metrics["tolerance"],
         "dataset": {
-            k: dataset[k]
-            for k in ("name", "class_names", "image_shape", "mean", "std", "preprocessing", "split", "source_sha256")
+            **{k: dataset[k] for k in ("name", "class_names", "image_shape", "mean", "std", "preprocessing", "split")},
+            **inputs["data"].manifest["external"],
         },
         "input": {"name": "input", "shape": ["batch", *dataset["image_shape"]], "dtype": "float32"},
         "reproduce": reproduce_command(config),

@@ -22,9 +22,10 @@ def test_force_reaches_downstream_only():
     assert downstream_of({"prune"}) == {"prune", "export", "quantize", "bench", "report"}
 
 
-def test_changing_one_stage_changes_its_key_and_downstream_keys_only():
-    before = plan_keys(load_config(), list(STAGES))
-    after = plan_keys(load_config(overrides=["prune.ratio=0.25"]), list(STAGES))
+def test_changing_one_stage_changes_its_key_and_downstream_keys_only(tmp_path):
+    store = ArtifactStore(tmp_path)
+    before = plan_keys(load_config(), list(STAGES), store)
+    after = plan_keys(load_config(overrides=["prune.ratio=0.25"]), list(STAGES), store)
     assert [name for name in before if before[name] != after[name]] == [
         "prune",
         "export",
@@ -52,7 +53,7 @@ def test_a_failing_stage_publishes_nothing_and_keeps_upstream(tmp_path, monkeypa
         run_pipeline(config, store, target="teacher")
     left = [p.name for p in (tmp_path / "cache" / "teacher").iterdir() if not p.name.startswith(".lock-")]
     assert left == []  # no entry, and no temp dir: there was no checkpoint to keep
-    data_key = plan_keys(config, needed_stages("data"))["data"]
+    data_key = plan_keys(config, needed_stages("data"), store)["data"]
     assert store.lookup("data", data_key) is not None
 
 
@@ -71,7 +72,7 @@ def test_an_interrupted_training_stage_resumes_to_the_same_result(tmp_path, monk
     interrupted = ArtifactStore(tmp_path / "interrupted")
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(config, interrupted, target="teacher")
-    key = plan_keys(config, needed_stages("teacher"))["teacher"]
+    key = plan_keys(config, needed_stages("teacher"), interrupted)["teacher"]
     assert interrupted.lookup("teacher", key) is None
     assert (interrupted.cache / "teacher" / f".tmp-{key}" / "checkpoints" / "teacher.pt").is_file()
 

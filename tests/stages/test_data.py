@@ -1,4 +1,7 @@
+import json
+
 import numpy as np
+import pytest
 
 from stages import data
 
@@ -21,3 +24,74 @@ def test_data_artifact_holds_uint8_images_and_train_statistics(tiny_run):
     assert dataset.train_images.max() == 255
     assert np.isclose(dataset.mean[0], (dataset.train_images / 255.0).mean())
     assert results["data"].artifact.manifest["metrics"]["test_size"] == len(dataset.test_labels)
+
+
+def write_folder(root, size=8):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("test", 2)):
+        for label in ("cat", "dog"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def test_imagefolder_becomes_a_data_artifact_with_class_names(tmp_path):
+    from pipeline.cache import ArtifactStore
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+
+    write_folder(tmp_path / "pets")
+    config = load_config(overrides=["data.name=imagefolder", f"data.root={tmp_path / 'pets'}"])
+    artifact = run_pipeline(config, ArtifactStore(tmp_path / "artifacts"), target="data")[-1].artifact
+    dataset = data.load(artifact)
+    assert dataset.class_names == ["cat", "dog"]
+    assert dataset.train_images.shape == (12, 3, 8, 8) and dataset.test_images.shape == (4, 3, 8, 8)
+    assert artifact.manifest["external"]["files"] == 16
+    assert json.loads(artifact.file("dataset.json").read_text())["split"] == {
+        "method": "the source's own train/test split"
+    }
+
+
+def test_one_changed_image_changes_the_key_and_untouched_files_are_not_read(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from pipeline.cache import ArtifactStore
+    from pipeline.config import load_config
+    from pipeline.runner import STAGES, plan_keys
+
+    write_folder(tmp_path / "pets")
+    store = ArtifactStore(tmp_path / "artifacts")
+    config = load_config(overrides=["data.name=imagefolder", f"data.root={tmp_path / 'pets'}"])
+    first = plan_keys(config, list(STAGES), store)
+
+    hashed = []
+    monkeypatch.setattr(data, "sha256_file", lambda path: hashed.append(path) or "x")
+    assert plan_keys(config, list(STAGES), store) == first
+    assert hashed == []  # size and mtime unchanged: nothing read
+
+    monkeypatch.undo()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "pets" / "train" / "dog" / "3.png")
+    second = plan_keys(config, list(STAGES), store)
+    assert all(first[name] != second[name] for name in first)  # data and everything downstream
+
+
+def test_dataset_problems_are_config_errors(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.root=None is not allowed: expected the folder holding the cifar10"):
+        load_config(overrides=["data.name=cifar10"])
+    with pytest.raises(ConfigError, match=r"data.download=True is not allowed: expected false for imagefolder"):
+        load_config(overrides=["data.name=imagefolder", "data.root=x", "data.download=true"])
+    write_folder(tmp_path / "pets")
+    (tmp_path / "pets" / "train" / "cat" / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ConfigError, match=r"cannot decode image .*bad.png"):
+        data.run(
+            load_config(overrides=["data.name=imagefolder", f"data.root={tmp_path / 'pets'}"]).section("data"),
+            {},
+            tmp_path,
+        )

@@ -1,0 +1,85 @@
+"""Training throughput: the pipeline's training loop against a bare forward+backward, in one run.
+
+The bare loop trains on one pre-normalized batch held in memory, so it measures the model alone; the
+pipeline loop (pipeline.train.fit) adds shuffling, uint8 -> float, augmentation, normalization and
+bookkeeping. Both use the same model, batch size, optimizer and channels_last layout.
+
+    python benchmarks/throughput.py --config configs/cifar10-cpu.yaml --model resnet20 --batch-size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.cache import ArtifactStore
+from pipeline.config import load_config
+from pipeline.models import ModelSpec, build_model
+from pipeline.runner import run_pipeline
+from pipeline.train import Recipe, fit, normalize
+from stages import data
+
+
+def bare_images_per_s(spec: ModelSpec, batch: torch.Tensor, labels: torch.Tensor, steps: int) -> float:
+    model = build_model(spec).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    x = batch.contiguous(memory_format=torch.channels_last)
+    for step in range(steps + 3):  # 3 warm-up steps
+        if step == 3:
+            started = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return steps * len(batch) / (time.perf_counter() - started)
+
+
+def pipeline_images_per_s(spec: ModelSpec, dataset: data.Dataset, batch_size: int, steps: int) -> float:
+    images = torch.from_numpy(dataset.train_images[: batch_size * steps])
+    labels = torch.from_numpy(dataset.train_labels[: batch_size * steps])
+    recipe = Recipe(epochs=1, batch_size=batch_size, lr=0.01, weight_decay=5e-4, label_smoothing=0.0, seed=0,
+                    shift=4, flip=True, device="cpu")
+    fit(build_model(spec), images[: batch_size * 3], labels[: batch_size * 3], dataset.norm, recipe)  # warm-up
+    history = fit(build_model(spec), images, labels, dataset.norm, recipe)
+    return history[0]["images_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    results = run_pipeline(load_config(args.config), ArtifactStore(args.artifacts), target="data")
+    dataset = data.load(results[-1].artifact)
+    _, channels, height, width = dataset.train_images.shape
+    spec = ModelSpec(args.model, args.width, channels, len(dataset.class_names), (height, width))
+    batch = normalize(torch.from_numpy(dataset.train_images[: args.batch_size]), *dataset.norm)
+    labels = torch.from_numpy(dataset.train_labels[: args.batch_size])
+    bare, pipeline = [], []
+    for _ in range(args.repeats):  # interleaved, so drift hits both alike
+        bare.append(bare_images_per_s(spec, batch, labels, args.steps))
+        pipeline.append(pipeline_images_per_s(spec, dataset, args.batch_size, args.steps))
+    summary = {
+        "model": f"{args.model} width {args.width}",
+        "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(),
+        "bare_images_per_s": [round(v, 1) for v in bare],
+        "pipeline_images_per_s": [round(v, 1) for v in pipeline],
+        "median_ratio": round(statistics.median(pipeline) / statistics.median(bare), 3),
+    }
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

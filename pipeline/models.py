@@ -1,5 +1,8 @@
 """Model builders behind one factory, and loading/saving models without pickled code.
 
+Built-in models are the names in MODELS; a name `package.module:function` is the user's own builder,
+imported with importlib and called as `function(in_channels=..., num_classes=...)`.
+
 A saved model is `model.pt` (a state_dict, loaded with weights_only=True) plus `model.json`
 (the builder name and arguments, and torch-pruning's history for pruned models). Loading builds
 a fresh model, replays the pruning history on it, then loads the weights.
@@ -8,8 +11,12 @@ a fresh model, replays the pruning history on it, then loads the weights.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import torch_pruning as tp
@@ -22,8 +29,8 @@ from pipeline.errors import ConfigError
 class ModelSpec:
     """Everything needed to rebuild a model's architecture."""
 
-    name: str  # a key of MODELS
-    width: int  # cnn: channels of the first block; mlp: hidden units
+    name: str  # a key of MODELS, or 'package.module:function' for a user model
+    width: int  # cnn: channels of the first block; mlp: hidden units; resnet*, mobilenetv2: stem channels
     in_channels: int
     num_classes: int
     image_size: tuple[int, int]  # (height, width)
@@ -32,11 +39,19 @@ class ModelSpec:
         return torch.zeros(batch, self.in_channels, *self.image_size)
 
 
-def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+def conv_block(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int = 3,
+    stride: int = 1,
+    groups: int = 1,
+    activation: type[nn.Module] = nn.ReLU,
+) -> nn.Sequential:
+    """Conv (same padding, no bias: BN follows), BatchNorm, activation."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
         nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
+        activation(inplace=True),
     )
 
 
@@ -67,24 +82,228 @@ def mlp(spec: ModelSpec) -> nn.Module:
     )
 
 
-MODELS = {"cnn": cnn, "mlp": mlp}
+class BasicBlock(nn.Module):
+    """Two 3x3 conv+BN layers plus a shortcut, ReLU after the sum (He et al. 2016)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        # Option B (a 1x1 conv+BN projection) rather than option A's zero padding: a real layer that
+        # torch-pruning's dependency graph can prune together with the block it joins.
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+def cifar_resnet(spec: ModelSpec, blocks_per_stage: int) -> nn.Module:
+    """CIFAR ResNet-(6n+2) of He et al. 2016 (section 4.2) with projection shortcuts.
+
+    A 3x3 conv stem of `width` channels, then three stages of n BasicBlocks with width, 2*width and
+    4*width channels (stride 2 at the first block of stages 2 and 3), global average pool, linear head.
+    `width` is the stem's channel count: 16 is the published network, 8 half width, 32 double width.
+    """
+    w = spec.width
+    layers: list[nn.Module] = [conv_block(spec.in_channels, w)]
+    channels = w
+    for stage, out_channels in enumerate((w, 2 * w, 4 * w)):
+        for block in range(blocks_per_stage):
+            layers.append(BasicBlock(channels, out_channels, stride=2 if stage > 0 and block == 0 else 1))
+            channels = out_channels
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, spec.num_classes))
+
+
+def resnet8(spec: ModelSpec) -> nn.Module:
+    """ResNet-8 (n=1 block per stage); `width` = stem channels, 16 published. See cifar_resnet."""
+    return cifar_resnet(spec, 1)
+
+
+def resnet14(spec: ModelSpec) -> nn.Module:
+    """ResNet-14 (n=2 blocks per stage); `width` = stem channels, 16 published. See cifar_resnet."""
+    return cifar_resnet(spec, 2)
+
+
+def resnet20(spec: ModelSpec) -> nn.Module:
+    """ResNet-20 (n=3 blocks per stage, 0.27M params at width 16); `width` = stem channels. See cifar_resnet."""
+    return cifar_resnet(spec, 3)
+
+
+def resnet32(spec: ModelSpec) -> nn.Module:
+    """ResNet-32 (n=5 blocks per stage, 0.46M params at width 16); `width` = stem channels. See cifar_resnet."""
+    return cifar_resnet(spec, 5)
+
+
+def resnet56(spec: ModelSpec) -> nn.Module:
+    """ResNet-56 (n=9 blocks per stage, 0.85M params at width 16); `width` = stem channels. See cifar_resnet."""
+    return cifar_resnet(spec, 9)
+
+
+def resnet110(spec: ModelSpec) -> nn.Module:
+    """ResNet-110 (n=18 blocks per stage, 1.7M params at width 16); `width` = stem channels. See cifar_resnet."""
+    return cifar_resnet(spec, 18)
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Nearest multiple of `divisor`, at least `divisor` and never more than 10% below `value` (MobileNet's rule)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expansion by t (none when t=1), 3x3 depthwise, linear 1x1 projection.
+
+    The input is added to the output when stride and channels are unchanged.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: int):
+        super().__init__()
+        hidden = in_channels * expansion
+        layers: list[nn.Module] = []
+        if expansion != 1:
+            layers.append(conv_block(in_channels, hidden, 1, activation=nn.ReLU6))
+        layers += [
+            conv_block(hidden, hidden, 3, stride, groups=hidden, activation=nn.ReLU6),
+            # No activation after the projection: ReLU in the narrow layer destroys information (the paper's 3.2).
+            nn.Conv2d(hidden, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        ]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x) if self.residual else self.block(x)
+
+
+# (expansion t, output channels c, blocks n, stride s of the first block) at the published width. The second
+# row has stride 1 instead of ImageNet's 2, and the stem has stride 1: a 32x32 input is downsampled 8x, not 32x.
+MOBILENETV2_STAGES = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+
+def mobilenetv2(spec: ModelSpec) -> nn.Module:
+    """MobileNetV2 (Sandler et al. 2018), CIFAR variant: stride-1 stem, 8x total downsampling, ReLU6.
+
+    A 3x3 conv stem, 17 inverted-residual blocks, a 1x1 conv to 1280 channels, global average pool, linear
+    head. `width` is the stem's channel count: 32 is the published network, and every layer (the last
+    1280 included) is scaled by width/32 and rounded to a multiple of 8 (at least 8). The adaptive pool
+    makes any input of 8x8 or more work.
+    """
+    scale = spec.width / 32
+    channels = make_divisible(spec.width)
+    layers: list[nn.Module] = [conv_block(spec.in_channels, channels, activation=nn.ReLU6)]
+    for expansion, stage_channels, blocks, stride in MOBILENETV2_STAGES:
+        out_channels = make_divisible(stage_channels * scale)
+        for block in range(blocks):
+            layers.append(InvertedResidual(channels, out_channels, stride if block == 0 else 1, expansion))
+            channels = out_channels
+    last = make_divisible(1280 * scale)
+    layers += [conv_block(channels, last, 1, activation=nn.ReLU6), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers, nn.Linear(last, spec.num_classes))
+
+
+MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {
+    "cnn": cnn,
+    "mlp": mlp,
+    "resnet8": resnet8,
+    "resnet14": resnet14,
+    "resnet20": resnet20,
+    "resnet32": resnet32,
+    "resnet56": resnet56,
+    "resnet110": resnet110,
+    "mobilenetv2": mobilenetv2,
+}
+
+
+def is_user_model(name: str) -> bool:
+    """A 'package.module:function' name: the user's own builder rather than a key of MODELS."""
+    return ":" in name
+
+
+def import_user_module(key: str, name: str) -> tuple[ModuleType, str]:
+    """(module, attribute name) of a user model name, or a one-line ConfigError saying what to fix."""
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute.isidentifier():
+        expected = f"one of {', '.join(MODELS)} or 'package.module:function'"
+        raise ConfigError(f"{key}={name!r} is not a model name: expected {expected}")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # the user's module may fail in any way while importing; say how, in one line
+        reason = (str(error) if isinstance(error, ImportError) else f"{type(error).__name__}: {error}").splitlines()
+        raise ConfigError(
+            f"{key}={name!r}: cannot import module {module_name!r} ({reason[0] if reason else type(error).__name__}); "
+            "make it importable (pip install -e . or PYTHONPATH)"
+        ) from error
+    return module, attribute
+
+
+def user_builder(key: str, name: str) -> Callable[..., nn.Module]:
+    """The callable a user model name points at, or a one-line ConfigError."""
+    module, attribute = import_user_module(key, name)
+    builder = getattr(module, attribute, None)
+    if not callable(builder):
+        raise ConfigError(f"{key}={name!r}: module {module.__name__!r} has no callable {attribute!r}")
+    return builder
 
 
 def check_model_name(key: str, name: str) -> None:
-    if name not in MODELS:
-        raise ConfigError(f"{key}={name!r} is not a known model; available: {', '.join(sorted(MODELS))}")
+    if is_user_model(name):
+        user_builder(key, name)
+    elif name not in MODELS:
+        raise ConfigError(f"{key}={name!r} is not a known model; available: {', '.join(MODELS)}")
+
+
+def model_source_sha256(name: str) -> str | None:
+    """sha256 of a user model's module file, so editing the model changes the cache key; None for built-in models.
+
+    Only the named module's own file is hashed, not the modules it imports.
+    """
+    if not is_user_model(name):
+        return None
+    module, _ = import_user_module("model", name)
+    path = getattr(module, "__file__", None)
+    if not path:
+        raise ConfigError(f"model={name!r}: module {module.__name__!r} has no source file to hash; make it a .py file")
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
     check_model_name("model", spec.name)
-    return MODELS[spec.name](spec)
+    if not is_user_model(spec.name):
+        return MODELS[spec.name](spec)
+    model = user_builder("model", spec.name)(in_channels=spec.in_channels, num_classes=spec.num_classes)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model={spec.name!r} returned {type(model).__name__}, not a torch.nn.Module; "
+            "it is called as build(in_channels=..., num_classes=...)"
+        )
+    return model
 
 
 def classifier_head(model: nn.Module, num_classes: int) -> nn.Linear:
     """The final linear layer: its outputs are the classes and must never be pruned."""
     heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
     if not heads:
-        raise ValueError("model has no nn.Linear producing the class logits")
+        raise ConfigError(
+            f"the model has no nn.Linear producing the {num_classes} class logits, which pruning must keep; "
+            "end the model with one"
+        )
     return heads[-1]
 
 

@@ -14,7 +14,14 @@ import torch
 
 from pipeline.cache import CHECKPOINTS, Artifact
 from pipeline.errors import require
-from pipeline.models import build_model, check_model_name, count_macs_and_params, load_model, save_model
+from pipeline.models import (
+    build_model,
+    check_model_name,
+    count_macs_and_params,
+    load_model,
+    model_source_sha256,
+    save_model,
+)
 from pipeline.train import accuracy, fit
 from stages import data
 from stages.teacher import check_training_params, recipe_for, spec_for
@@ -28,8 +35,8 @@ OUTPUTS = ("model.pt", "model.json")
 
 @dataclasses.dataclass(frozen=True)
 class Params:
-    model: str = "cnn"  # student architecture: cnn or mlp
-    width: int = 8  # cnn: channels of the first block; mlp: hidden units
+    model: str = "cnn"  # student architecture: see teacher.model
+    width: int = 8  # see teacher.width
     epochs: int = 30
     batch_size: int = 64
     lr: float = 0.1
@@ -49,6 +56,12 @@ class Params:
         check_training_params("distill", self)
         require(self.temperature > 0, "distill.temperature", self.temperature, "a number > 0")
         require(0 <= self.alpha <= 1, "distill.alpha", self.alpha, "a number in [0, 1]")
+
+
+def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
+    """A user model's source file is an input: editing it must re-run this stage."""
+    source = model_source_sha256(params.model)
+    return {"model_source_sha256": source} if source else {}
 
 
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:

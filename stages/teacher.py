@@ -10,7 +10,14 @@ import torch
 
 from pipeline.cache import CHECKPOINTS, Artifact
 from pipeline.errors import require
-from pipeline.models import ModelSpec, build_model, check_model_name, count_macs_and_params, save_model
+from pipeline.models import (
+    ModelSpec,
+    build_model,
+    check_model_name,
+    count_macs_and_params,
+    model_source_sha256,
+    save_model,
+)
 from pipeline.train import Recipe, accuracy, fit
 from stages import data
 
@@ -23,8 +30,8 @@ OUTPUTS = ("model.pt", "model.json")
 
 @dataclasses.dataclass(frozen=True)
 class Params:
-    model: str = "cnn"  # architecture: cnn or mlp
-    width: int = 32  # cnn: channels of the first block; mlp: hidden units
+    model: str = "cnn"  # cnn, mlp, resnet8..resnet110, mobilenetv2, or package.module:function
+    width: int = 32  # cnn: first block channels; mlp: hidden units; resnet*/mobilenetv2: stem channels
     epochs: int = 30
     batch_size: int = 64
     lr: float = 0.1  # peak of the one-cycle schedule (SGD, Nesterov momentum 0.9)
@@ -79,6 +86,12 @@ def recipe_for(params: Any, epochs: int, temperature: float = 1.0, alpha: float 
         schedule=params.schedule,
         device=params.device,
     )
+
+
+def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
+    """A user model's source file is an input: editing it must re-run this stage."""
+    source = model_source_sha256(params.model)
+    return {"model_source_sha256": source} if source else {}
 
 
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:

@@ -85,3 +85,17 @@ def test_an_interrupted_training_stage_resumes_to_the_same_result(tmp_path, monk
 
     clean = run_pipeline(config, ArtifactStore(tmp_path / "clean"), target="teacher")[-1].artifact
     assert resumed.manifest["files"]["model.pt"] == clean.manifest["files"]["model.pt"]
+
+
+def test_editing_a_user_model_changes_the_teacher_key(tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(
+        "import torch.nn as nn\n\ndef build(in_channels, num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 64, num_classes))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    store = ArtifactStore(tmp_path / "artifacts")
+    config = load_config(overrides=["teacher.model=my_models:build"])
+    before = plan_keys(config, list(STAGES), store)
+    (tmp_path / "my_models.py").write_text((tmp_path / "my_models.py").read_text() + "# tuned\n")
+    after = plan_keys(config, list(STAGES), store)
+    assert before["data"] == after["data"] and before["teacher"] != after["teacher"]

@@ -1,6 +1,7 @@
 # edgeforge: `make all` produces an edge model, `make test` runs the suite.
 # Both install into .venv first when needed (pinned by constraints.txt).
 
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 CONFIG ?= configs/default.yaml
@@ -9,7 +10,7 @@ BIN := $(VENV)/bin
 EDGEFORGE := $(BIN)/edgeforge --artifacts $(ARTIFACTS)
 STAGES := data teacher distill prune export quantize bench report
 
-.PHONY: all test install install-dev lint status clean $(STAGES)
+.PHONY: all test install install-dev lint status clean bench-cifar10 $(STAGES)
 
 all: install
 	$(EDGEFORGE) run --config $(CONFIG)
@@ -29,6 +30,16 @@ lint: install-dev
 
 clean: install
 	$(EDGEFORGE) clean
+
+# The CIFAR-10 CPU profile's numbers for BENCHMARKS.md: training throughput of the pipeline against a bare
+# forward+backward (same run), the whole profile from an empty cache, then a second run that re-runs nothing.
+CIFAR10_CPU := configs/cifar10-cpu.yaml
+bench-cifar10: install
+	$(BIN)/python benchmarks/throughput.py --config $(CIFAR10_CPU) --artifacts $(ARTIFACTS) --model resnet20 --batch-size 256
+	$(BIN)/python benchmarks/throughput.py --config $(CIFAR10_CPU) --artifacts $(ARTIFACTS) --model resnet8 --batch-size 256
+	time $(EDGEFORGE) run --config $(CIFAR10_CPU) || true
+	time $(EDGEFORGE) run --config $(CIFAR10_CPU) --json || true
+	$(EDGEFORGE) report || true
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

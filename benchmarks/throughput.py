@@ -42,8 +42,17 @@ def bare_images_per_s(spec: ModelSpec, batch: torch.Tensor, labels: torch.Tensor
 def pipeline_images_per_s(spec: ModelSpec, dataset: data.Dataset, batch_size: int, steps: int) -> float:
     images = torch.from_numpy(dataset.train_images[: batch_size * steps])
     labels = torch.from_numpy(dataset.train_labels[: batch_size * steps])
-    recipe = Recipe(epochs=1, batch_size=batch_size, lr=0.01, weight_decay=5e-4, label_smoothing=0.0, seed=0,
-                    shift=4, flip=True, device="cpu")
+    recipe = Recipe(
+        epochs=1,
+        batch_size=batch_size,
+        lr=0.01,
+        weight_decay=5e-4,
+        label_smoothing=0.0,
+        seed=0,
+        shift=4,
+        flip=True,
+        device="cpu",
+    )
     fit(build_model(spec), images[: batch_size * 3], labels[: batch_size * 3], dataset.norm, recipe)  # warm-up
     history = fit(build_model(spec), images, labels, dataset.norm, recipe)
     return history[0]["images_per_s"]

@@ -42,12 +42,21 @@ class Recipe:
     device: str = "cpu"  # auto, cpu or cuda
 
 
-def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
-    """uint8 NCHW pixels to the float input every model (and every ONNX export) expects."""
-    x = images.float().div_(255.0)
-    mean_t = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - mean_t) / std_t
+def normalize(
+    images: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
+    """uint8 NCHW pixels to the float input every model (and every ONNX export) expects.
+
+    (pixel / 255 - mean) / std, computed as pixel * scale + shift in one pass, written straight
+    into the requested memory layout.
+    """
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, -1, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)]).view(1, -1, 1, 1)
+    out = torch.empty(images.shape, dtype=torch.float32, memory_format=memory_format)
+    return torch.addcmul(shift, images, scale, out=out)
 
 
 def kd_loss(
@@ -236,8 +245,8 @@ def _train_epoch(loop: _Loop, epoch: int) -> dict[str, float]:
     use_bf16 = device.type == "cuda"  # bf16 autocast: tensor-core speed without loss scaling
     for step, start in enumerate(progress, 1):
         index = order[start : start + recipe.batch_size]
-        pixels = augment(images[index].float(), recipe.shift, recipe.flip, generator)
-        x = normalize(pixels, *norm).contiguous(memory_format=torch.channels_last)
+        pixels = augment(images[index], recipe.shift, recipe.flip, generator)  # on uint8: 4x less to move
+        x = normalize(pixels, *norm, memory_format=torch.channels_last)
         x, y = x.to(device, non_blocking=True), labels[index].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(x)

@@ -94,3 +94,11 @@ def test_latency_batch_must_be_benchmarked():
         ConfigError, match=r"signoff.latency_batch=1 is not measured: add it to bench.batch_sizes \(now \[8\]\)"
     ):
         load_config(overrides=["bench.batch_sizes=[8]"])
+
+
+@pytest.mark.parametrize("name", ["default", "cifar10-cpu", "cifar10-gpu", "mnist"])
+def test_every_shipped_profile_is_a_valid_config(name):
+    config = load_config(ROOT / "configs" / f"{name}.yaml")
+    if name.startswith("cifar10"):
+        assert config.section("data").root == str((ROOT.parent / "shared" / "datasets" / "cifar10").resolve())
+        assert config.section("teacher").model in ("resnet20", "resnet56")

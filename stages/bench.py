@@ -25,7 +25,7 @@ from stages import data
 
 NAME = "bench"
 SECTION = "bench"
-VERSION = 1
+VERSION = 2
 INPUTS = ("data", "export", "quantize")
 OUTPUTS = ("bench.json",)
 MODELS = {
@@ -33,6 +33,7 @@ MODELS = {
     "student": ("export", "student.onnx"),
     "pruned": ("export", "pruned.onnx"),
     "int8": ("quantize", "int8.onnx"),
+    "student_int8": ("quantize", "student_int8.onnx"),
 }  # name -> (stage, file)
 PROVIDER = "CPUExecutionProvider"
 
@@ -57,7 +58,8 @@ def model_facts(name: str, inputs: dict[str, Artifact]) -> dict[str, Any]:
     """Where a model is, its hash, and its size and work (int8 keeps the pruned model's counts)."""
     stage, file = MODELS[name]
     artifact = inputs[stage]
-    counted = inputs["export"].metrics["models"]["pruned" if name == "int8" else name]
+    fp32_source = {"int8": "pruned", "student_int8": "student"}.get(name, name)  # quantizing keeps the counts
+    counted = inputs["export"].metrics["models"][fp32_source]
     return {
         "name": name,
         "stage": stage,

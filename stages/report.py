@@ -21,7 +21,7 @@ from stages.bench import PROVIDER
 
 NAME = "report"
 SECTION = "signoff"
-VERSION = 2
+VERSION = 3
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 OUTPUTS = ("report.json", "report.md", "model.onnx")
 
@@ -230,7 +230,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"**Sign-off: {'PASSED' if signoff['passed'] else 'FAILED'}.** Edge model: **{report['edge_model']}** "
         f"(`release/model.onnx`): {report['edge_model_reason']}.",
         "",
-        "## Models (teacher → student → pruned → int8)",
+        "## Models (teacher → student → pruned → int8 of pruned; student_int8: int8 of the student)",
         "",
         f"Accuracy on the test split, computed in onnxruntime; latency on {PROVIDER} with "
         f"{env['threads']} intra-op threads, in milliseconds.",

@@ -16,7 +16,7 @@ def test_percentiles_of_a_known_sample():
 def test_bench_measures_every_model_at_every_batch(tiny_run):
     _, results = tiny_run
     metrics = results["bench"].artifact.metrics
-    assert [m["name"] for m in metrics["models"]] == ["teacher", "student", "pruned", "int8"]
+    assert [m["name"] for m in metrics["models"]] == ["teacher", "student", "pruned", "int8", "student_int8"]
     for model in metrics["models"]:
         for batch in ("1", "8"):
             stats = model["latency"][PROVIDER][batch]

@@ -1,17 +1,19 @@
 import onnx
+import pytest
 
 from stages.bench import PROVIDER
 
 
-def test_int8_model_is_qdq_and_within_a_point_of_fp32(tiny_run):
+@pytest.mark.parametrize(("int8", "fp32"), [("int8", "pruned"), ("student_int8", "student")])
+def test_int8_models_are_qdq_and_within_a_point_of_fp32(tiny_run, int8, fp32):
     _, results = tiny_run
-    int8 = onnx.load(str(results["quantize"].artifact.file("int8.onnx")))
-    ops = {node.op_type for node in int8.graph.node}
+    graph = onnx.load(str(results["quantize"].artifact.file(f"{int8}.onnx"))).graph
+    ops = {node.op_type for node in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     models = {m["name"]: m for m in results["bench"].artifact.metrics["models"]}
-    assert abs(models["int8"]["accuracy"] - models["pruned"]["accuracy"]) <= 0.01
-    assert models["int8"]["size_bytes"] < models["pruned"]["size_bytes"]
-    assert set(models["int8"]["latency"][PROVIDER]) == {"1", "8"}  # dynamic batch survives quantization
+    assert abs(models[int8]["accuracy"] - models[fp32]["accuracy"]) <= 0.01
+    assert models[int8]["size_bytes"] < models[fp32]["size_bytes"]
+    assert set(models[int8]["latency"][PROVIDER]) == {"1", "8"}  # dynamic batch survives quantization
 
 
 def test_every_quantization_argument_is_recorded(tiny_run):

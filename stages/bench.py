@@ -25,7 +25,7 @@ from stages import data
 
 NAME = "bench"
 SECTION = "bench"
-VERSION = 2
+VERSION = 3
 INPUTS = ("data", "export", "quantize")
 OUTPUTS = ("bench.json",)
 MODELS = {
@@ -72,6 +72,15 @@ def model_facts(name: str, inputs: dict[str, Artifact]) -> dict[str, Any]:
     }
 
 
+def class_breakdown(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """Per-class accuracy and the confusion matrix (rows: true class, columns: predicted): which classes
+    compression hurt."""
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    return {"per_class_accuracy": per_class.round(6).tolist(), "confusion_matrix": confusion.tolist()}
+
+
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
     dataset = data.load(inputs["data"])
     test_inputs = normalize(torch.from_numpy(dataset.test_images), *dataset.norm).numpy()
@@ -90,6 +99,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
                 **model_facts(name, inputs),
                 "accuracy": float((predictions == dataset.test_labels).mean()),
                 "agreement_with_teacher": float((predictions == teacher_predictions).mean()),
+                **class_breakdown(dataset.test_labels, predictions, len(dataset.class_names)),
                 "latency": {PROVIDER: latency},
             }
         )

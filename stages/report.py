@@ -21,7 +21,7 @@ from stages.bench import PROVIDER
 
 NAME = "report"
 SECTION = "signoff"
-VERSION = 3
+VERSION = 4
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 OUTPUTS = ("report.json", "report.md", "model.onnx")
 
@@ -195,6 +195,12 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
             )
         },
         "quantization": inputs["quantize"].metrics["arguments"],
+        "training": {
+            "teacher": inputs["teacher"].metrics["history"],
+            "student": distill["history"],
+            "student_without_teacher": distill["baseline_history"],
+            "pruned_finetune": inputs["prune"].metrics["history"],
+        },
         "export_tolerance": inputs["export"].metrics["tolerance"],
         "dataset": {
             **{k: dataset[k] for k in ("name", "class_names", "image_shape", "mean", "std", "preprocessing", "split")},

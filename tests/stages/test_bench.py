@@ -23,3 +23,11 @@ def test_bench_measures_every_model_at_every_batch(tiny_run):
             assert stats["runs"] >= 20 and 0 < stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
         assert 0.5 < model["accuracy"] <= 1.0
     assert metrics["environment"]["threads"] == 2 and metrics["environment"]["cores"] >= 1
+
+
+def test_class_breakdown_counts_true_against_predicted():
+    from stages.bench import class_breakdown
+
+    result = class_breakdown(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), 3)
+    assert result["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert result["per_class_accuracy"] == [0.5, 1.0, 0.0]

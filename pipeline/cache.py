@@ -22,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import StageError
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -110,16 +112,35 @@ class ArtifactStore:
         return None
 
     @contextlib.contextmanager
-    def locked(self, stage: str, key: str) -> Iterator[None]:
-        """Hold the lock of one stage key: a second process running the same key waits here."""
+    def locked(self, stage: str, key: str, wait: bool = True) -> Iterator[None]:
+        """Hold the lock of one stage key: a second process running the same key waits here
+        (or, with wait=False, fails at once with a StageError)."""
         parent = self.cache / stage
         parent.mkdir(parents=True, exist_ok=True)
         with open(parent / f"{LOCK_PREFIX}{key}", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released by the OS if this process dies
             try:
+                fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StageError(
+                    f"{stage}: another edgeforge process is running this stage ({key[:12]}); "
+                    "wait for it, or run without --no-wait to wait and reuse its result"
+                ) from None
+            try:  # the OS releases the lock if this process dies
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def verify(self) -> tuple[int, list[str]]:
+        """Re-hash every published entry: (entries checked, one line per problem)."""
+        checked, problems = 0, []
+        for entry in sorted(self.cache.glob("*/*")):
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            checked += 1
+            problem, _ = verify_entry(entry, entry.name)
+            if problem:
+                problems.append(f"{entry.parent.name}/{entry.name[:12]}: {problem} ({entry})")
+        return checked, problems
 
     def temp_dir(self, stage: str, key: str) -> Path:
         """The stage key's work directory (call with the key's lock held).

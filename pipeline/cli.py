@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -16,6 +17,7 @@ from pipeline.errors import EdgeforgeError
 from stages import STAGE_NAMES
 
 log = logging.getLogger("edgeforge")
+STORAGE_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT)  # the disk, not a bug
 
 
 class Group(click.Group):
@@ -29,6 +31,16 @@ class Group(click.Group):
                 raise
             click.echo(f"error: {error}", err=True)
             ctx.exit(error.exit_code)
+        except OSError as error:
+            if error.errno not in STORAGE_ERRORS or ctx.params.get("debug"):
+                raise
+            click.echo(
+                f"error: cannot write {error.filename or 'the artifacts directory'}: {error.strerror}; free space or "
+                "pass --artifacts DIR on a writable disk (nothing half-written was published; earlier artifacts "
+                "are intact)",
+                err=True,
+            )
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted: the running stage published nothing; cached stages are intact", err=True)
             ctx.exit(130)
@@ -55,6 +67,9 @@ force_option = click.option(
     help="Re-run STAGE and every stage after it that depends on it, even if cached (repeatable).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of text.")
+no_wait_option = click.option(
+    "--no-wait", is_flag=True, help="Fail at once if another edgeforge process is running a stage this run needs."
+)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -82,9 +97,9 @@ def cli(ctx: click.Context, artifacts: Path, verbose: bool, debug: bool) -> None
     ctx.obj = ArtifactStore(artifacts)
 
 
-def _execute(store: ArtifactStore, config_file, overrides, target: str, force, as_json: bool) -> None:
+def _execute(store: ArtifactStore, config_file, overrides, target: str, force, as_json: bool, no_wait: bool) -> None:
     config = load_config(config_file, overrides)
-    results = runner.run_pipeline(config, store, target=target, force=tuple(force))
+    results = runner.run_pipeline(config, store, target=target, force=tuple(force), wait=not no_wait)
     release = None
     if results[-1].name == "report":
         release = runner.publish_release(store, results[-1].artifact)
@@ -112,15 +127,16 @@ def _execute(store: ArtifactStore, config_file, overrides, target: str, force, a
     "--until", type=click.Choice(STAGE_NAMES), default=STAGE_NAMES[-1], show_default=True, help="Stop after this stage."
 )
 @force_option
+@no_wait_option
 @json_option
 @click.pass_obj
-def run(store: ArtifactStore, config_file, overrides, until, force, as_json) -> None:
+def run(store: ArtifactStore, config_file, overrides, until, force, no_wait, as_json) -> None:
     """Run every stage (up to --until), reusing cached ones.
 
     Exits 0 when the sign-off passes, 1 when a gate fails (after writing the report) or a stage
     fails, 2 for bad input.
     """
-    _execute(store, config_file, overrides, until, force, as_json)
+    _execute(store, config_file, overrides, until, force, as_json, no_wait)
 
 
 @cli.command()
@@ -128,15 +144,16 @@ def run(store: ArtifactStore, config_file, overrides, until, force, as_json) -> 
 @config_option
 @set_option
 @force_option
+@no_wait_option
 @json_option
 @click.pass_obj
-def stage(store: ArtifactStore, name, config_file, overrides, force, as_json) -> None:
+def stage(store: ArtifactStore, name, config_file, overrides, force, no_wait, as_json) -> None:
     """Run stage NAME and whatever it needs upstream (cached stages are reused).
 
     NAME is one of: data, teacher, distill, prune, export, quantize, bench, report.
     """
     runner.get_stage(name)
-    _execute(store, config_file, overrides, name, force, as_json)
+    _execute(store, config_file, overrides, name, force, as_json, no_wait)
 
 
 @cli.command()
@@ -164,6 +181,21 @@ def report(store: ArtifactStore) -> None:
     click.echo((release / "report.md").read_text(), nl=False)
     if not json.loads((release / "report.json").read_text())["signoff"]["passed"]:
         raise EdgeforgeError("sign-off failed (see the Gates table above)")
+
+
+@cli.command()
+@click.pass_obj
+def verify(store: ArtifactStore) -> None:
+    """Re-hash every cached artifact against its manifest; exit 1 and list each problem if any.
+
+    A damaged entry is also found (and rebuilt) by the next run that needs it.
+    """
+    checked, problems = store.verify()
+    for problem in problems:
+        click.echo(problem)
+    if problems:
+        raise EdgeforgeError(f"{len(problems)} of {checked} cached artifacts failed verification")
+    click.echo(f"{checked} cached artifacts verified")
 
 
 @cli.command()

@@ -73,9 +73,14 @@ def _plan(config: Config, stages: list[ModuleType], store: ArtifactStore) -> dic
 
 
 def run_pipeline(
-    config: Config, store: ArtifactStore, target: str = STAGE_NAMES[-1], force: tuple[str, ...] = ()
+    config: Config,
+    store: ArtifactStore,
+    target: str = STAGE_NAMES[-1],
+    force: tuple[str, ...] = (),
+    wait: bool = True,
 ) -> list[StageResult]:
-    """Run `target` and what it needs. `force` names stages to re-run (with their downstream), or 'all'."""
+    """Run `target` and what it needs. `force` names stages to re-run (with their downstream), or 'all'.
+    `wait=False` fails at once when another process is running a stage this run needs."""
     get_stage(target)
     for name in force:
         if name != "all":
@@ -92,7 +97,7 @@ def run_pipeline(
         artifact = store.lookup(stage.NAME, key) if reuse else None
         cached = artifact is not None
         if artifact is None:
-            with store.locked(stage.NAME, key):
+            with store.locked(stage.NAME, key, wait):
                 # Another process may have published this key while we waited for the lock.
                 artifact = store.lookup(stage.NAME, key) if reuse else None
                 cached = artifact is not None

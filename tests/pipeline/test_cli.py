@@ -100,3 +100,65 @@ def test_report_without_a_run_says_what_to_do(tmp_path):
     result = edgeforge(tmp_path, "report")
     assert result.exit_code == 1
     assert result.stderr == f"error: no report in {tmp_path / 'release'}: run `edgeforge run` first\n"
+
+
+def test_verify_finds_an_edited_artifact(tiny_run, tmp_path):
+    import shutil
+
+    store, results = tiny_run
+    copy = tmp_path / "store"
+    shutil.copytree(store.root, copy)
+    ok = edgeforge(copy, "verify")
+    assert ok.exit_code == 0 and ok.stdout.endswith("cached artifacts verified\n")
+    key = results["teacher"].key
+    (copy / "cache" / "teacher" / key / "model.pt").write_bytes(b"edited")
+    bad = edgeforge(copy, "verify")
+    assert bad.exit_code == 1
+    assert f"teacher/{key[:12]}: model.pt sha256 mismatch" in bad.stdout
+    assert "error: 1 of" in bad.stderr
+
+
+def test_no_wait_fails_fast_while_another_process_holds_the_stage(tmp_path):
+    import fcntl
+
+    from pipeline.cache import ArtifactStore
+    from pipeline.config import load_config
+    from pipeline.runner import needed_stages, plan_keys
+
+    store = ArtifactStore(tmp_path)
+    key = plan_keys(load_config(overrides=TINY), needed_stages("data"), store)["data"]
+    (tmp_path / "cache" / "data").mkdir(parents=True, exist_ok=True)
+    with open(tmp_path / "cache" / "data" / f".lock-{key}", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        process = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from pipeline.cli import main; main()",
+                "--artifacts",
+                str(tmp_path),
+                "stage",
+                "data",
+                *SETS,
+                "--no-wait",
+            ],
+            capture_output=True,
+            text=True,
+        )
+    assert process.returncode == 1
+    assert process.stderr.startswith("error: data: another edgeforge process is running this stage")
+
+
+def test_a_full_disk_is_one_line_and_publishes_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from pipeline.cache import ArtifactStore
+
+    def disk_full(self, stage, key, temp_dir, manifest):
+        raise OSError(errno.ENOSPC, "No space left on device", str(temp_dir / "arrays.npz"))
+
+    monkeypatch.setattr(ArtifactStore, "publish", disk_full)
+    result = edgeforge(tmp_path, "stage", "data", *SETS)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: cannot write ") and "No space left on device; free space" in result.stderr
+    assert [p.name for p in (tmp_path / "cache" / "data").iterdir() if not p.name.startswith(".lock-")] == []

@@ -130,6 +130,27 @@ class ArtifactStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def sweep(self) -> list[Path]:
+        """Remove what dead runs left behind: work directories without checkpoints whose key no live
+        process holds (a live run holds its key's lock), and half-removed entries. Returns what was removed."""
+        removed = []
+        for path in sorted(self.cache.glob(f"*/{TEMP_PREFIX}*")):
+            key = path.name.removeprefix(TEMP_PREFIX)
+            if key.startswith("removed-"):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+                continue
+            if (path / CHECKPOINTS).exists():
+                continue  # a later run of this key resumes from it; `clean` removes it
+            with open(path.parent / f"{LOCK_PREFIX}{key}", "a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live run is writing it
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        return removed
+
     def verify(self) -> tuple[int, list[str]]:
         """Re-hash every published entry: (entries checked, one line per problem)."""
         checked, problems = 0, []

@@ -88,6 +88,8 @@ def run_pipeline(
     forced = set(STAGE_NAMES) if "all" in force else downstream_of(set(force))
     stages = needed_stages(target)
     plan = _plan(config, stages, store)
+    for leftover in store.sweep():
+        log.info("removed %s, left behind by a run that died", leftover)
     artifacts: dict[str, Artifact] = {}
     results = []
     for stage in stages:

@@ -78,3 +78,20 @@ def test_clean_removes_cache_and_release(tmp_path):
     (tmp_path / "release").mkdir()
     assert sorted(p.name for p in store.clean()) == ["cache", "release"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sweep_removes_dead_work_dirs_but_not_live_or_resumable_ones(tmp_path):
+    import fcntl
+
+    store = ArtifactStore(tmp_path)
+    dead = store.temp_dir("teacher", "d" * 64)
+    resumable = store.temp_dir("teacher", "r" * 64)
+    (resumable / "checkpoints").mkdir()
+    live = store.temp_dir("teacher", "l" * 64)
+    half_removed = tmp_path / "cache" / "teacher" / ".tmp-removed-abc"
+    half_removed.mkdir()
+    with open(tmp_path / "cache" / "teacher" / f".lock-{'l' * 64}", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        removed = store.sweep()
+    assert sorted(removed) == sorted([dead, half_removed])
+    assert resumable.exists() and live.exists()

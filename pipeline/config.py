@@ -8,6 +8,7 @@ relative paths given with `--set` against the working directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -160,14 +161,32 @@ def _convert(value: Any, option: Any) -> Any:
     if option is int:
         return value if isinstance(value, int) and not isinstance(value, bool) else _NO
     if option is float:
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else _NO
+        return _to_float(value)
     if option is str:
         return value if isinstance(value, str) else _NO
     raise TypeError(f"unsupported params annotation {option!r}")  # a programming error, not user input
 
 
+def _to_float(value: Any) -> Any:
+    """A finite float, or _NO. Strings like '1e-3' count: YAML 1.1 reads exponents without a dot as text."""
+    if isinstance(value, bool):
+        return _NO
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return _NO
+    if not isinstance(value, int | float):
+        return _NO
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        return _NO
+    return number if math.isfinite(number) else _NO
+
+
 def _describe(annotation: Any) -> str:
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string", type(None): "null"}
     options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
     parts = []
     for option in options:

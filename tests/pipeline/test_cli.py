@@ -1,6 +1,7 @@
 """The command line as a user meets it: JSON output, caching, exit codes and one-line errors."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -162,3 +163,13 @@ def test_a_full_disk_is_one_line_and_publishes_nothing(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert result.stderr.startswith("error: cannot write ") and "No space left on device; free space" in result.stderr
     assert [p.name for p in (tmp_path / "cache" / "data").iterdir() if not p.name.startswith(".lock-")] == []
+
+
+def test_a_diverging_loss_names_epoch_step_and_learning_rate(tmp_path):
+    result = edgeforge(tmp_path, "stage", "teacher", "--set", "teacher.lr=1e30", "--set", "teacher.width=4")
+    assert result.exit_code == 1
+    assert re.match(
+        r"error: teacher: loss became (nan|inf) at epoch 1 step \d+ \(lr [\d.e+]+\); lower the learning rate",
+        result.stderr.splitlines()[-1],
+    )
+    assert [p.name for p in (tmp_path / "cache" / "teacher").iterdir() if not p.name.startswith(".lock-")] == []

@@ -102,3 +102,11 @@ def test_every_shipped_profile_is_a_valid_config(name):
     if name.startswith("cifar10"):
         assert config.section("data").root == str((ROOT.parent / "shared" / "datasets" / "cifar10").resolve())
         assert config.section("teacher").model in ("resnet20", "resnet56")
+
+
+def test_numbers_in_exponent_form_and_non_finite_numbers():
+    assert load_config(overrides=["teacher.lr=1e-3"]).section("teacher").lr == 0.001  # YAML 1.1 reads it as text
+    with pytest.raises(ConfigError, match=r"^teacher.lr=inf has the wrong type; expected a finite number$"):
+        load_config(overrides=["teacher.lr=.inf"])
+    with pytest.raises(ConfigError, match=r"teacher.lr='nan' has the wrong type"):
+        load_config(overrides=["teacher.lr=nan"])

@@ -16,16 +16,17 @@ import numpy as np
 import torch
 
 from pipeline import environment
+from pipeline.benchtool import PROVIDERS, ProviderUnavailable, bench_one
 from pipeline.cache import Artifact
 from pipeline.errors import require
-from pipeline.latency import measure
+from pipeline.latency import SIGN_OFF
 from pipeline.onnx_tools import INPUT_NAME, run_batches, session, session_options_record
 from pipeline.train import normalize
 from stages import data
 
 NAME = "bench"
 SECTION = "bench"
-VERSION = 3
+VERSION = 4
 INPUTS = ("data", "export", "quantize")
 OUTPUTS = ("bench.json",)
 MODELS = {
@@ -41,17 +42,35 @@ PROVIDER = "CPUExecutionProvider"
 @dataclasses.dataclass(frozen=True)
 class Params:
     batch_sizes: tuple[int, ...] = (1, 32)  # latency is measured at each
-    threads: int = 2  # onnxruntime intra-op threads
-    warmup_runs: int = 20
-    min_runs: int = 200  # at least this many timed runs (p99 needs a few hundred)...
+    threads: tuple[int, ...] = (2,)  # intra-op threads, each in its own session; the first is the one compared
+    providers: tuple[str, ...] = ("cpu", "cuda")  # cpu always; cuda only when onnxruntime has it (else skipped)
+    warmup_runs: int = 20  # warm-up is both this many runs...
+    warmup_seconds: float = 0.2  # ...and this long
+    min_runs: int = 200  # timed runs: at least this many (p99 needs a few hundred)...
     min_seconds: float = 0.5  # ...and at least this long
+    sign_off: bool = False  # at least MLPerf single-stream's 1,024 runs and 60 s per combination
 
     def __post_init__(self):
         require(all(b >= 1 for b in self.batch_sizes), "bench.batch_sizes", list(self.batch_sizes), "integers >= 1")
-        require(self.threads >= 1, "bench.threads", self.threads, "an integer >= 1")
+        require(all(t >= 1 for t in self.threads), "bench.threads", list(self.threads), "integers >= 1")
+        require(
+            "cpu" in self.providers and set(self.providers) <= set(PROVIDERS),
+            "bench.providers",
+            list(self.providers),
+            f"a list with cpu, from {', '.join(PROVIDERS)}",
+        )
         require(self.warmup_runs >= 0, "bench.warmup_runs", self.warmup_runs, "an integer >= 0")
+        require(self.warmup_seconds >= 0, "bench.warmup_seconds", self.warmup_seconds, "a number >= 0")
         require(self.min_runs >= 1, "bench.min_runs", self.min_runs, "an integer >= 1")
         require(self.min_seconds >= 0, "bench.min_seconds", self.min_seconds, "a number >= 0")
+
+
+def timing(params: Params) -> dict[str, Any]:
+    """Warm-up and timing minimums, raised to the sign-off preset when asked for."""
+    chosen = {key: getattr(params, key) for key in SIGN_OFF}
+    if params.sign_off:
+        chosen = {key: max(value, SIGN_OFF[key]) for key, value in chosen.items()}
+    return chosen
 
 
 def model_facts(name: str, inputs: dict[str, Artifact]) -> dict[str, Any]:
@@ -81,33 +100,51 @@ def class_breakdown(labels: np.ndarray, predictions: np.ndarray, num_classes: in
     return {"per_class_accuracy": per_class.round(6).tolist(), "confusion_matrix": confusion.tolist()}
 
 
+def measure_latency(path: Path, params: Params, feeds: dict[int, dict]) -> tuple[dict, dict[str, str]]:
+    """{threads: {provider: {batch: stats}}} with one session per combination, and the providers skipped."""
+    by_threads: dict[str, dict] = {str(t): {} for t in params.threads}
+    skipped = {}
+    for provider in params.providers:
+        try:
+            for threads in params.threads:
+                for batch in params.batch_sizes:
+                    result = bench_one(path, provider, threads, batch, feeds[batch], timing(params))
+                    stats = {k: v for k, v in result.items() if k not in ("provider", "threads", "batch")}
+                    by_threads[str(threads)].setdefault(PROVIDERS[provider][0], {})[str(batch)] = stats
+        except ProviderUnavailable as reason:
+            skipped[provider] = str(reason)  # reported, never replaced by CPU
+    return by_threads, skipped
+
+
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
     dataset = data.load(inputs["data"])
     test_inputs = normalize(torch.from_numpy(dataset.test_images), *dataset.norm).numpy()
+    # Latency inputs: real test images, repeated to fill the batch.
+    feeds = {b: {INPUT_NAME: np.resize(test_inputs, (b, *test_inputs.shape[1:]))} for b in params.batch_sizes}
     models = []
-    teacher_predictions = None
+    teacher_predictions = None  # MODELS lists the teacher first
+    skipped: dict[str, str] = {}
     for name, (stage, file) in MODELS.items():
-        sess = session(inputs[stage].file(file), threads=params.threads)
-        predictions = run_batches(sess, test_inputs).argmax(1)
+        path = inputs[stage].file(file)
+        predictions = run_batches(session(path, threads=params.threads[0]), test_inputs).argmax(1)
         teacher_predictions = predictions if teacher_predictions is None else teacher_predictions
-        latency = {}
-        for batch in params.batch_sizes:
-            feed = {INPUT_NAME: np.ascontiguousarray(np.resize(test_inputs, (batch, *test_inputs.shape[1:])))}
-            latency[str(batch)] = measure(sess, feed, params.warmup_runs, params.min_runs, params.min_seconds)
+        by_threads, skipped = measure_latency(path, params, feeds)
         models.append(
             {
                 **model_facts(name, inputs),
                 "accuracy": float((predictions == dataset.test_labels).mean()),
                 "agreement_with_teacher": float((predictions == teacher_predictions).mean()),
                 **class_breakdown(dataset.test_labels, predictions, len(dataset.class_names)),
-                "latency": {PROVIDER: latency},
+                "latency": by_threads[str(params.threads[0])],
+                "latency_by_threads": by_threads,
             }
         )
     results = {
         "models": models,
-        "environment": environment.describe(params.threads),
-        "session_options": session_options_record(params.threads),
-        "method": {"warmup_runs": params.warmup_runs, "min_runs": params.min_runs, "min_seconds": params.min_seconds},
+        "environment": environment.describe(params.threads[0]),
+        "session_options": {**session_options_record(params.threads[0]), "intra_op_num_threads": list(params.threads)},
+        "method": {**timing(params), "sign_off": params.sign_off, "one_session_per_combination": True},
+        "skipped_providers": skipped,
     }
     (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     batch = str(params.batch_sizes[0])

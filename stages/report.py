@@ -17,13 +17,14 @@ from typing import Any
 from pipeline.cache import Artifact
 from pipeline.config import params_to_dict, section_classes
 from pipeline.errors import require
+from pipeline.html_report import render_html
 from stages.bench import PROVIDER
 
 NAME = "report"
 SECTION = "signoff"
-VERSION = 4
+VERSION = 5
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
-OUTPUTS = ("report.json", "report.md", "model.onnx")
+OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +213,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     shutil.copyfile(inputs[edge["stage"]].file(edge["file"]), out_dir / "model.onnx")
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "report.md").write_text(render_markdown(report))
+    (out_dir / "report.html").write_text(render_html(report))
     verdict = "PASSED" if report["signoff"]["passed"] else "FAILED"
     return {
         "edge_model": edge["name"],

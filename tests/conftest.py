@@ -19,6 +19,7 @@ TINY = (
     "bench.warmup_runs=2",
     "bench.min_runs=20",
     "bench.min_seconds=0",
+    "bench.warmup_seconds=0",
 )
 
 

@@ -32,7 +32,7 @@ def test_second_run_reuses_every_stage_and_releases(tiny_run):
     summary = json.loads(result.stdout)
     assert summary["signoff_passed"] is True
     release = store.root / "release"
-    assert sorted(p.name for p in release.iterdir()) == ["model.onnx", "report.json", "report.md"]
+    assert sorted(p.name for p in release.iterdir()) == ["model.onnx", "report.html", "report.json", "report.md"]
     assert json.loads((release / "report.json").read_text())["edge_model"] == summary["edge_model"]
 
 
@@ -173,3 +173,42 @@ def test_a_diverging_loss_names_epoch_step_and_learning_rate(tmp_path):
         result.stderr.splitlines()[-1],
     )
     assert [p.name for p in (tmp_path / "cache" / "teacher").iterdir() if not p.name.startswith(".lock-")] == []
+
+
+def test_signoff_rechecks_a_report_and_compare_flags_an_accuracy_drop(tiny_run, tmp_path):
+    store, results = tiny_run
+    report_file = results["report"].artifact.file("report.json")
+    passed = edgeforge(store.root, "signoff", str(report_file))
+    assert passed.exit_code == 0 and passed.stdout.startswith("recomputed sign-off: PASSED")
+
+    tampered = json.loads(report_file.read_text())
+    tampered["config"]["signoff"]["min_accuracy"] = 0.999  # stored verdict still says passed
+    tampered_file = tmp_path / "tampered.json"
+    tampered_file.write_text(json.dumps(tampered))
+    failed = edgeforge(store.root, "signoff", str(tampered_file))
+    assert failed.exit_code == 1 and failed.stdout.startswith("recomputed sign-off: FAILED")
+
+    worse = json.loads(report_file.read_text())
+    worse["models"][1]["accuracy"] -= 0.05
+    worse_file = tmp_path / "worse.json"
+    worse_file.write_text(json.dumps(worse))
+    same = edgeforge(store.root, "compare", str(report_file), str(report_file))
+    assert same.exit_code == 0
+    dropped = edgeforge(store.root, "compare", str(report_file), str(worse_file), "--json")
+    assert dropped.exit_code == 1
+    assert any(r["model"] == worse["models"][1]["name"] for r in json.loads(dropped.stdout)["regressions"])
+
+
+def test_bench_any_onnx_file_and_refuse_a_broken_one(tiny_run, tmp_path):
+    _, results = tiny_run
+    model = results["export"].artifact.file("student.onnx")
+    result = edgeforge(tmp_path, "bench", str(model), "--batch", "1", "--batch", "4", "--provider", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["results"]
+    assert [(r["provider"], r["batch"]) for r in rows] == [("cpu", 1), ("cpu", 4)]
+    assert all(r["runs"] >= 200 and r["p90_ci_ms"][0] <= r["p90_ms"] <= r["p90_ci_ms"][1] for r in rows)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(model.read_bytes()[:100])
+    refused = edgeforge(tmp_path, "bench", str(broken))
+    assert refused.exit_code == 2
+    assert refused.stderr.startswith(f"error: {broken}: not an ONNX model or truncated")

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 TEMP_PREFIX = ".tmp-"
 LOCK_PREFIX = ".lock-"
+LATEST = "latest.json"  # stage -> key of the entry the latest run used
 CHECKPOINTS = "checkpoints"  # inside a temp dir: survives a failed run so the next one resumes; never published
 # Libraries whose versions change what a stage produces; a new version means a new key.
 KEYED_LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "torch-pruning", "numpy")
@@ -213,6 +214,41 @@ class ArtifactStore:
         removed = [p for p in (self.cache, self.root / "release") if p.exists()]
         for path in removed:
             shutil.rmtree(path)
+        return removed
+
+    def record_latest(self, stage: str, key: str) -> None:
+        """Remember `key` as the latest entry a run used for `stage` (what `clean --keep-latest` keeps)."""
+        latest = self.latest()
+        latest[stage] = key
+        temp = self.cache / f"{LATEST}.{os.getpid()}"
+        temp.write_text(json.dumps(latest, indent=2, sort_keys=True) + "\n")
+        os.replace(temp, self.cache / LATEST)
+
+    def latest(self) -> dict[str, str]:
+        try:
+            latest = json.loads((self.cache / LATEST).read_text())
+            return latest if isinstance(latest, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def clean_keep_latest(self) -> list[Path]:
+        """Remove every entry and work directory except the latest run's entry of each stage."""
+        latest = self.latest()
+        removed = []
+        for path in sorted(self.cache.glob("*/*")):
+            if not path.is_dir() or path.name == latest.get(path.parent.name):
+                continue
+            key = path.name.removeprefix(TEMP_PREFIX)
+            with open(path.parent / f"{LOCK_PREFIX}{key}", "a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live run is using it
+                if path.name.startswith(TEMP_PREFIX):
+                    shutil.rmtree(path, ignore_errors=True)  # a work directory: never trusted anyway
+                else:
+                    self._remove(path)
+                removed.append(path)
         return removed
 
     def _remove(self, path: Path) -> None:

@@ -285,11 +285,16 @@ def verify(store: ArtifactStore) -> None:
 
 
 @cli.command()
+@click.option("--keep-latest", is_flag=True, help="Keep the entry of each stage that the latest run used.")
 @click.pass_obj
-def clean(store: ArtifactStore) -> None:
-    """Delete ARTIFACTS/cache and ARTIFACTS/release (every cached stage and the release)."""
-    removed = store.clean()
-    click.echo("removed " + ", ".join(str(p) for p in removed) if removed else "nothing to remove")
+def clean(store: ArtifactStore, keep_latest: bool) -> None:
+    """Delete ARTIFACTS/cache and ARTIFACTS/release (every cached stage and the release).
+
+    With --keep-latest, delete only the cache entries (and leftover work directories) that the latest run of
+    each stage did not use; entries a running process holds are left alone.
+    """
+    removed = store.clean_keep_latest() if keep_latest else store.clean()
+    click.echo("\n".join(f"removed {p}" for p in removed) if removed else "nothing to remove")
 
 
 def main() -> None:

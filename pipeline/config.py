@@ -41,6 +41,12 @@ def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def parse_latency_limit(text: str) -> tuple[str, int, str, float]:
+    from stages.report import parse_latency_limit as parse  # the report stage owns the gate syntax
+
+    return parse(text)
+
+
 def section_classes() -> dict[str, type]:
     from stages import STAGES  # stages import pipeline helpers; import here to keep that one-way
 
@@ -53,10 +59,10 @@ def load_config(path: Path | None = None, overrides: typing.Sequence[str] = ()) 
     values: dict[str, dict[str, Any]] = {name: {} for name in classes}
     if path is not None:
         for section, key, value in _read_yaml(path, classes):
-            values[section][key] = _resolve_path(classes[section], key, value, path.parent)
+            values[section][key] = _resolve_path(section, classes[section], key, value, path.parent)
     for item in overrides:
         section, key, value = _parse_override(item, classes)
-        values[section][key] = _resolve_path(classes[section], key, value, Path.cwd())
+        values[section][key] = _resolve_path(section, classes[section], key, value, Path.cwd())
     sections = {}
     for name, cls in classes.items():
         hints = typing.get_type_hints(cls)
@@ -68,6 +74,13 @@ def load_config(path: Path | None = None, overrides: typing.Sequence[str] = ()) 
             f"signoff.latency_batch={signoff.latency_batch} is not measured: add it to bench.batch_sizes "
             f"(now {list(bench.batch_sizes)})"
         )
+    for limit in signoff.latency_limits:
+        provider, batch, _, _ = parse_latency_limit(limit)
+        if batch not in bench.batch_sizes or provider not in bench.providers:
+            raise ConfigError(
+                f"signoff.latency_limits entry {limit!r} is not measured: bench.batch_sizes is "
+                f"{list(bench.batch_sizes)} and bench.providers is {list(bench.providers)}"
+            )
     return Config(sections)
 
 
@@ -121,13 +134,16 @@ def _check_section(section: object, classes: dict[str, type]) -> None:
 def _check_key(section: str, key: object, classes: dict[str, type]) -> None:
     known = [f.name for f in dataclasses.fields(classes[section])]
     if key not in known:
-        raise ConfigError(f"unknown config key '{section}.{key}'; known keys of {section}: {', '.join(known)}")
+        raise ConfigError(f"unknown config key {f'{section}.{key}'!r}; known keys of {section}: {', '.join(known)}")
 
 
-def _resolve_path(cls: type, key: str, value: Any, base: Path) -> Any:
+def _resolve_path(section: str, cls: type, key: str, value: Any, base: Path) -> Any:
     field = next(f for f in dataclasses.fields(cls) if f.name == key)
     if field.metadata.get("path") and isinstance(value, str) and value:
-        return str((base / value).resolve())
+        try:
+            return str((base / value).resolve())
+        except (ValueError, OSError):  # a NUL byte, a name too long
+            raise ConfigError(f"{section}.{key}={value!r} is not a usable path; give a folder name") from None
     return value
 
 

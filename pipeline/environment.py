@@ -22,6 +22,21 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
+def physical_cores() -> int | None:
+    """Distinct (physical id, core id) pairs in /proc/cpuinfo: SMT siblings share a core."""
+    try:
+        blocks = Path("/proc/cpuinfo").read_text().split("\n\n")
+    except OSError:
+        return None
+    cores = set()
+    for block in blocks:
+        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        if "core id" in fields:
+            cores.add((fields.get("physical id", "0"), fields["core id"]))
+    return len(cores) or None
+
+
 def describe(threads: int) -> dict[str, object]:
     import onnxruntime
 
@@ -30,6 +45,7 @@ def describe(threads: int) -> dict[str, object]:
     return {
         "cpu": info.get("model name") or platform.processor() or platform.machine(),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "physical_cores": physical_cores(),
         "threads": threads,
         "isa": sorted(flag for flag in ISA_FLAGS if flag in flags),
         "os": platform.platform(),

@@ -107,6 +107,7 @@ def run_pipeline(
                     upstream = {name: artifacts[name] for name in stage.INPUTS}
                     artifact = run_stage(stage, config, store, key, upstream, external)
         seconds = time.perf_counter() - started
+        store.record_latest(stage.NAME, key)
         artifacts[stage.NAME] = artifact
         results.append(StageResult(stage.NAME, key, cached, seconds, artifact))
         state = "cached" if cached else f"ran in {seconds:.1f}s"
@@ -156,10 +157,11 @@ def publish_release(store: ArtifactStore, report: Artifact) -> Path:
     try:
         for name in report.manifest["files"]:
             shutil.copyfile(report.file(name), staging / name)
-        old = store.root / f".release-old-{uuid.uuid4().hex[:8]}"
-        if release.exists():
-            os.rename(release, old)
-        os.rename(staging, release)
+        with store.locked("release", "release"):  # two runs finishing at once must not interleave the swap
+            old = store.root / f".release-old-{uuid.uuid4().hex[:8]}"
+            if release.exists():
+                os.rename(release, old)
+            os.rename(staging, release)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

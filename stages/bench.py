@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pipeline import environment
-from pipeline.benchtool import PROVIDERS, ProviderUnavailable, bench_one
+from pipeline.benchtool import PROVIDERS, ProviderUnavailable, bench_one, peak_rss_bytes
 from pipeline.cache import Artifact
 from pipeline.errors import require
 from pipeline.latency import SIGN_OFF
@@ -26,7 +26,7 @@ from stages import data
 
 NAME = "bench"
 SECTION = "bench"
-VERSION = 4
+VERSION = 5
 INPUTS = ("data", "export", "quantize")
 OUTPUTS = ("bench.json",)
 MODELS = {
@@ -145,6 +145,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "session_options": {**session_options_record(params.threads[0]), "intra_op_num_threads": list(params.threads)},
         "method": {**timing(params), "sign_off": params.sign_off, "one_session_per_combination": True},
         "skipped_providers": skipped,
+        "peak_rss_bytes": peak_rss_bytes(),
     }
     (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     batch = str(params.batch_sizes[0])

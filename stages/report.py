@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -16,13 +17,13 @@ from typing import Any
 
 from pipeline.cache import Artifact
 from pipeline.config import params_to_dict, section_classes
-from pipeline.errors import require
+from pipeline.errors import ConfigError, require
 from pipeline.html_report import render_html
 from stages.bench import PROVIDER
 
 NAME = "report"
 SECTION = "signoff"
-VERSION = 5
+VERSION = 6
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx")
 
@@ -35,10 +36,15 @@ class Params:
     latency_batch: int = 1  # batch size at which models are compared and latency gated (one of bench.batch_sizes)
     latency_tie: float = 0.1  # p50s within this fraction of the fastest count as equally fast (most accurate wins)
     max_latency_ms: float | None = None  # p90 limit at latency_batch on CPU; null: no latency gate
+    latency_limits: tuple[
+        str, ...
+    ] = ()  # more latency gates, each "PROVIDER:BATCH:PERCENTILE<=MS", e.g. "cpu:64:p99<=20"
     min_speedup_vs_teacher: float | None = None  # teacher p50 / edge p50 at latency_batch; null: no gate
     max_size_bytes: int | None = None  # ONNX file size limit; null: no gate
 
     def __post_init__(self):
+        for limit in self.latency_limits:
+            parse_latency_limit(limit)
         require(0 <= self.min_accuracy <= 1, "signoff.min_accuracy", self.min_accuracy, "a number in [0, 1]")
         require(
             0 <= self.max_drop_vs_teacher <= 1,
@@ -74,7 +80,38 @@ class Params:
         )
 
 
-def gate(name: str, limit: float, value: float, passed: bool) -> dict[str, Any]:
+LATENCY_LIMIT = re.compile(r"^(cpu|cuda|tensorrt):(\d+):(p50|p90|p95|p99)<=(\d+(?:\.\d*)?(?:e-?\d+)?)$")
+ORT_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def parse_latency_limit(text: str) -> tuple[str, int, str, float]:
+    """'cpu:1:p99<=0.5' -> ('cpu', 1, 'p99', 0.5), or a ConfigError showing the form."""
+    match = LATENCY_LIMIT.match(text.replace(" ", ""))
+    if not match or float(match.group(4)) <= 0:
+        raise ConfigError(
+            f"signoff.latency_limits entry {text!r} is not allowed: expected PROVIDER:BATCH:PERCENTILE<=MS with "
+            "PROVIDER cpu, cuda or tensorrt and PERCENTILE p50, p90, p95 or p99, e.g. 'cpu:1:p99<=0.5'"
+        )
+    return match.group(1), int(match.group(2)), match.group(3), float(match.group(4))
+
+
+def latency_limit_gates(edge: dict, params: Params) -> list[dict[str, Any]]:
+    """A gate per latency limit; a provider that was not measured (skipped) fails its gate."""
+    gates = []
+    for text in params.latency_limits:
+        provider, batch, percentile, limit = parse_latency_limit(text)
+        stats = edge["latency"].get(ORT_PROVIDERS[provider], {}).get(str(batch))
+        value = None if stats is None else stats[f"{percentile}_ms"]
+        name = f"max_latency_ms_{percentile}_{provider}_batch_{batch}"
+        gates.append(gate(name, limit, value, value is not None and value <= limit))
+    return gates
+
+
+def gate(name: str, limit: float, value: float | None, passed: bool) -> dict[str, Any]:
     return {"name": name, "limit": limit, "value": value, "passed": bool(passed)}
 
 
@@ -140,7 +177,7 @@ def signoff_gates(edge: dict, models: list[dict], params: Params) -> list[dict[s
     if params.max_size_bytes is not None:
         value = edge["size_bytes"]
         gates.append(gate("max_size_bytes", params.max_size_bytes, value, value <= params.max_size_bytes))
-    return gates
+    return gates + latency_limit_gates(edge, params)
 
 
 def reproduce_command(config: dict[str, dict[str, Any]]) -> str:
@@ -292,7 +329,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _table(
         ["gate", "limit", "value", "verdict"],
         [
-            [g["name"], f"{g['limit']:g}", f"{g['value']:.4g}", "pass" if g["passed"] else "**FAIL**"]
+            [
+                g["name"],
+                f"{g['limit']:g}",
+                "not measured" if g["value"] is None else f"{g['value']:.4g}",
+                "pass" if g["passed"] else "**FAIL**",
+            ]
             for g in signoff["gates"]
         ],
     )

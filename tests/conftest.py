@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from pipeline.cache import ArtifactStore
@@ -29,3 +31,17 @@ def tiny_run(tmp_path_factory):
     store = ArtifactStore(tmp_path_factory.mktemp("artifacts"))
     results = run_pipeline(load_config(overrides=TINY), store)
     return store, {result.name: result for result in results}
+
+
+def edgeforge_command(artifacts, *args, sets=()) -> list[str]:
+    """The `edgeforge` command line as a subprocess runs it (a fresh interpreter: real exit codes and signals)."""
+    overrides = [arg for item in sets for arg in ("--set", item)]
+    return [
+        sys.executable,
+        "-c",
+        "from pipeline.cli import main; main()",
+        "--artifacts",
+        str(artifacts),
+        *args,
+        *overrides,
+    ]

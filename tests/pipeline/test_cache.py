@@ -95,3 +95,16 @@ def test_sweep_removes_dead_work_dirs_but_not_live_or_resumable_ones(tmp_path):
         removed = store.sweep()
     assert sorted(removed) == sorted([dead, half_removed])
     assert resumable.exists() and live.exists()
+
+
+def test_clean_keep_latest_keeps_only_what_the_latest_run_used(tmp_path):
+    store = ArtifactStore(tmp_path)
+    for key in ("a" * 64, "b" * 64):
+        temp = store.temp_dir("teacher", key)
+        (temp / "model.pt").write_bytes(key.encode())
+        store.publish("teacher", key, temp, {"metrics": {}})
+    store.record_latest("teacher", "b" * 64)
+    leftover = store.temp_dir("teacher", "c" * 64)
+    removed = store.clean_keep_latest()
+    assert sorted(p.name for p in removed) == [".tmp-" + "c" * 64, "a" * 64]
+    assert store.lookup("teacher", "b" * 64) is not None and not leftover.exists()

@@ -3,13 +3,12 @@
 import json
 import re
 import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from tests.conftest import TINY
+from tests.conftest import TINY, edgeforge_command
 
 SETS = [arg for item in TINY for arg in ("--set", item)]
 
@@ -87,7 +86,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(tiny_run, args, messag
     store, _ = tiny_run
     before = sorted(p.relative_to(store.root) for p in store.cache.rglob("*"))
     process = subprocess.run(
-        [sys.executable, "-c", "from pipeline.cli import main; main()", "--artifacts", str(store.root), *args],
+        edgeforge_command(store.root, *args),
         capture_output=True,
         text=True,
     )
@@ -132,17 +131,7 @@ def test_no_wait_fails_fast_while_another_process_holds_the_stage(tmp_path):
     with open(tmp_path / "cache" / "data" / f".lock-{key}", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         process = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "from pipeline.cli import main; main()",
-                "--artifacts",
-                str(tmp_path),
-                "stage",
-                "data",
-                *SETS,
-                "--no-wait",
-            ],
+            edgeforge_command(tmp_path, "stage", "data", "--no-wait", sets=TINY),
             capture_output=True,
             text=True,
         )

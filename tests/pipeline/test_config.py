@@ -110,3 +110,10 @@ def test_numbers_in_exponent_form_and_non_finite_numbers():
         load_config(overrides=["teacher.lr=.inf"])
     with pytest.raises(ConfigError, match=r"teacher.lr='nan' has the wrong type"):
         load_config(overrides=["teacher.lr=nan"])
+
+
+def test_latency_limits_must_be_measured():
+    config = load_config(overrides=["signoff.latency_limits=['cpu:32:p99<=5']"])
+    assert config.section("signoff").latency_limits == ("cpu:32:p99<=5",)
+    with pytest.raises(ConfigError, match=r"entry 'cpu:64:p99<=5' is not measured: bench.batch_sizes is \[1, 32\]"):
+        load_config(overrides=["signoff.latency_limits=['cpu:64:p99<=5']"])

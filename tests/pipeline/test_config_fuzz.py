@@ -34,7 +34,9 @@ def load_or_config_error(path=None, overrides=()):
         return error
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.text(alphabet=string.printable, max_size=200))
 def test_any_text_as_a_config_file(tmp_path, text):
     path = tmp_path / "c.yaml"
@@ -42,7 +44,9 @@ def test_any_text_as_a_config_file(tmp_path, text):
     assert isinstance(load_or_config_error(path), Config | ConfigError)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     st.dictionaries(
         st.one_of(st.sampled_from(SECTIONS), st.text(max_size=6), st.integers()),
@@ -56,7 +60,7 @@ def test_any_yaml_structure(tmp_path, document):
     assert isinstance(load_or_config_error(path), Config | ConfigError)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500, deadline=None, derandomize=True)
 @given(
     st.lists(
         st.tuples(

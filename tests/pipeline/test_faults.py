@@ -3,12 +3,12 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
 from pipeline.cache import ArtifactStore
 from pipeline.config import load_config
 from pipeline.runner import needed_stages, plan_keys
+from tests.conftest import TINY, edgeforge_command
 
 SETS = ["teacher.width=4", "teacher.epochs=20"]
 
@@ -17,16 +17,7 @@ def test_sigkill_mid_stage_publishes_nothing_and_the_next_run_resumes(tmp_path):
     store = ArtifactStore(tmp_path)
     key = plan_keys(load_config(overrides=SETS), needed_stages("teacher"), store)["teacher"]
     checkpoint = tmp_path / "cache" / "teacher" / f".tmp-{key}" / "checkpoints" / "teacher.pt"
-    command = [
-        sys.executable,
-        "-c",
-        "from pipeline.cli import main; main()",
-        "--artifacts",
-        str(tmp_path),
-        "stage",
-        "teacher",
-        *[arg for item in SETS for arg in ("--set", item)],
-    ]
+    command = edgeforge_command(tmp_path, "stage", "teacher", sets=SETS)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not checkpoint.with_suffix(".sha256").exists() and time.monotonic() < deadline:
@@ -43,3 +34,21 @@ def test_sigkill_mid_stage_publishes_nothing_and_the_next_run_resumes(tmp_path):
     artifact = store.lookup("teacher", key)
     assert artifact is not None and [row["epoch"] for row in artifact.metrics["history"]] == list(range(1, 21))
     assert store.verify() == (2, [])
+
+
+def test_two_runs_at_once_on_one_store_build_each_stage_once(tmp_path):
+    import json
+
+    command = edgeforge_command(tmp_path, "run", "--json", sets=TINY)
+    first, second = (
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    )
+    outputs = [process.communicate(timeout=600) for process in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    runs = [{s["name"]: s["cached"] for s in json.loads(stdout)["stages"]} for stdout, _ in outputs]
+    for stage in runs[0]:
+        assert [runs[0][stage], runs[1][stage]].count(False) == 1, stage  # built by exactly one of them
+    store = ArtifactStore(tmp_path)
+    checked, problems = store.verify()
+    assert checked == 8 and problems == []
+    assert len(list((tmp_path / "release").iterdir())) == 4

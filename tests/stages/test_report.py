@@ -81,3 +81,20 @@ def test_reproduce_command_lists_every_non_default_value(tiny_run):
     assert command.startswith("edgeforge run --set teacher.width=16 --set teacher.epochs=8")
     assert "--set 'bench.batch_sizes=[1,8]'" in command
     assert "prune.ratio" not in command  # a default
+
+
+def test_latency_limits_gate_any_percentile_provider_and_batch():
+    import pytest
+
+    from pipeline.errors import ConfigError
+
+    edge = MODELS[2]  # pruned: p50 0.2, p99 0.3 at batch 1 on CPU
+    gates = signoff_gates(edge, MODELS, Params(latency_limits=("cpu:1:p99<=0.35", "cpu:1:p50<=0.1", "cuda:1:p90<=1")))
+    verdicts = {g["name"]: (g["value"], g["passed"]) for g in gates[3:]}
+    assert verdicts == {
+        "max_latency_ms_p99_cpu_batch_1": (pytest.approx(0.3), True),
+        "max_latency_ms_p50_cpu_batch_1": (0.2, False),
+        "max_latency_ms_p90_cuda_batch_1": (None, False),  # not measured: cannot pass
+    }
+    with pytest.raises(ConfigError, match=r"entry 'cpu:1:p97<=1' is not allowed: expected PROVIDER:BATCH:PERCENTILE"):
+        Params(latency_limits=("cpu:1:p97<=1",))

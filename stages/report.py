@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from pipeline.benchtool import PROVIDERS
 from pipeline.cache import Artifact
 from pipeline.config import params_to_dict, section_classes
 from pipeline.errors import ConfigError, require
@@ -23,7 +24,7 @@ from stages.bench import PROVIDER
 
 NAME = "report"
 SECTION = "signoff"
-VERSION = 6
+VERSION = 7
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx")
 
@@ -81,11 +82,6 @@ class Params:
 
 
 LATENCY_LIMIT = re.compile(r"^(cpu|cuda|tensorrt):(\d+):(p50|p90|p95|p99)<=(\d+(?:\.\d*)?(?:e-?\d+)?)$")
-ORT_PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
 
 
 def parse_latency_limit(text: str) -> tuple[str, int, str, float]:
@@ -104,7 +100,7 @@ def latency_limit_gates(edge: dict, params: Params) -> list[dict[str, Any]]:
     gates = []
     for text in params.latency_limits:
         provider, batch, percentile, limit = parse_latency_limit(text)
-        stats = edge["latency"].get(ORT_PROVIDERS[provider], {}).get(str(batch))
+        stats = edge["latency"].get(PROVIDERS[provider][0], {}).get(str(batch))
         value = None if stats is None else stats[f"{percentile}_ms"]
         name = f"max_latency_ms_{percentile}_{provider}_batch_{batch}"
         gates.append(gate(name, limit, value, value is not None and value <= limit))
@@ -204,6 +200,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     report = {
         "config": config,
         "environment": bench["environment"],
+        "skipped_providers": bench["skipped_providers"],
         "session_options": bench["session_options"],
         "bench_method": bench["method"],
         "models": models,
@@ -265,10 +262,23 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def _latency_table(models: list[dict], provider: str) -> list[str]:
+    batches = list(models[0]["latency"][provider])
+    rows = []
+    for m in models:
+        row = [m["name"]]
+        for b in batches:
+            stats = m["latency"][provider][b]
+            ci = stats.get("p90_ci_ms")
+            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            row.append(f"{stats['p50_ms']:.3f} / {stats['p90_ms']:.3f}{interval} / {stats['p99_ms']:.3f}")
+        rows.append(row)
+    return _table(["model", *[f"batch {b}" for b in batches]], rows)
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     signoff = report["signoff"]
     env = report["environment"]
-    batches = list(report["models"][0]["latency"][PROVIDER])
     lines = [
         "# edgeforge sign-off report",
         "",
@@ -277,15 +287,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Models (teacher → student → pruned → int8 of pruned; student_int8: int8 of the student)",
         "",
-        f"Accuracy on the test split, computed in onnxruntime; latency on {PROVIDER} with "
-        f"{env['threads']} intra-op threads, in milliseconds.",
+        f"Accuracy on the test split, computed in onnxruntime; latency with {env['threads']} intra-op threads, "
+        "each model and batch size in its own session.",
         "",
     ]
     header = ["model", "accuracy", "agrees with teacher", "params", "MACs", "size (bytes)"]
-    header += [f"bs{b} p50 / p90 / p99" for b in batches]
-    rows = []
-    for m in report["models"]:
-        row = [
+    rows = [
+        [
             m["name"],
             f"{m['accuracy']:.4f}",
             f"{m['agreement_with_teacher']:.4f}",
@@ -293,11 +301,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{m['macs']:,}",
             f"{m['size_bytes']:,}",
         ]
-        row += [
-            " / ".join(f"{m['latency'][PROVIDER][b][s]:.3f}" for s in ("p50_ms", "p90_ms", "p99_ms")) for b in batches
-        ]
-        rows.append(row)
+        for m in report["models"]
+    ]
     lines += _table(header, rows)
+    for provider in report["models"][0]["latency"]:  # one latency table per provider measured
+        lines += ["", f"Latency on {provider} (p50 / p90 / p99 ms; p90's 95% interval where measured):", ""]
+        lines += _latency_table(report["models"], provider)
+    skipped = report.get("skipped_providers") or {}
+    lines += ([""] if skipped else []) + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
     distill, prune = report["distillation"], report["pruning"]
     baseline = distill["baseline_accuracy"]
     gain = (

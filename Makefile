@@ -25,8 +25,8 @@ test: install-dev
 	$(BIN)/python -m pytest -q
 
 lint: install-dev
-	$(BIN)/ruff check pipeline stages tests
-	$(BIN)/ruff format --check pipeline stages tests
+	$(BIN)/ruff check pipeline stages tests benchmarks
+	$(BIN)/ruff format --check pipeline stages tests benchmarks
 
 clean: install
 	$(EDGEFORGE) clean

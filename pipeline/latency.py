@@ -44,24 +44,6 @@ HISTOGRAM_RANGE = (0.5, 99.5)  # percentiles bounding the bins; the rest goes in
 _WINDOW_SDS = 12  # binomial mass beyond nq +- 12 sd is < 1e-30: negligible next to the 2.5% tails we look for
 
 
-def measure(
-    sess: Any,
-    feed: dict[str, np.ndarray],
-    warmup_runs: int,
-    min_runs: int,
-    min_seconds: float,
-    warmup_seconds: float = 0.0,
-    run: Callable[[], object] | None = None,
-) -> dict[str, Any]:
-    """Warm up, then time single runs of `run` (default: `sess.run(None, feed)`); see the module docstring.
-
-    Returns `summarize(...)` of the timed runs at batch 1 (throughput is runs per second).
-    """
-    call = run if run is not None else lambda: sess.run(None, feed)
-    times_ms = time_runs(call, warmup_runs, warmup_seconds, min_runs, min_seconds)
-    return summarize(times_ms)
-
-
 def time_runs(
     call: Callable[[], object], warmup_runs: int, warmup_seconds: float, min_runs: int, min_seconds: float
 ) -> np.ndarray:

@@ -11,6 +11,7 @@ a fresh model, replays the pruning history on it, then loads the weights.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import json
@@ -123,34 +124,8 @@ def cifar_resnet(spec: ModelSpec, blocks_per_stage: int) -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, spec.num_classes))
 
 
-def resnet8(spec: ModelSpec) -> nn.Module:
-    """ResNet-8 (n=1 block per stage); `width` = stem channels, 16 published. See cifar_resnet."""
-    return cifar_resnet(spec, 1)
-
-
-def resnet14(spec: ModelSpec) -> nn.Module:
-    """ResNet-14 (n=2 blocks per stage); `width` = stem channels, 16 published. See cifar_resnet."""
-    return cifar_resnet(spec, 2)
-
-
-def resnet20(spec: ModelSpec) -> nn.Module:
-    """ResNet-20 (n=3 blocks per stage, 0.27M params at width 16); `width` = stem channels. See cifar_resnet."""
-    return cifar_resnet(spec, 3)
-
-
-def resnet32(spec: ModelSpec) -> nn.Module:
-    """ResNet-32 (n=5 blocks per stage, 0.46M params at width 16); `width` = stem channels. See cifar_resnet."""
-    return cifar_resnet(spec, 5)
-
-
-def resnet56(spec: ModelSpec) -> nn.Module:
-    """ResNet-56 (n=9 blocks per stage, 0.85M params at width 16); `width` = stem channels. See cifar_resnet."""
-    return cifar_resnet(spec, 9)
-
-
-def resnet110(spec: ModelSpec) -> nn.Module:
-    """ResNet-110 (n=18 blocks per stage, 1.7M params at width 16); `width` = stem channels. See cifar_resnet."""
-    return cifar_resnet(spec, 18)
+# ResNet-(6n+2): blocks per stage n. Params at width 16, 10 classes: resnet20 0.27M, resnet56 0.86M, resnet110 1.7M.
+RESNET_BLOCKS = {"resnet8": 1, "resnet14": 2, "resnet20": 3, "resnet32": 5, "resnet56": 9, "resnet110": 18}
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -221,12 +196,7 @@ def mobilenetv2(spec: ModelSpec) -> nn.Module:
 MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {
     "cnn": cnn,
     "mlp": mlp,
-    "resnet8": resnet8,
-    "resnet14": resnet14,
-    "resnet20": resnet20,
-    "resnet32": resnet32,
-    "resnet56": resnet56,
-    "resnet110": resnet110,
+    **{name: functools.partial(cifar_resnet, blocks_per_stage=n) for name, n in RESNET_BLOCKS.items()},
     "mobilenetv2": mobilenetv2,
 }
 

@@ -23,6 +23,7 @@ from pipeline.latency import SIGN_OFF
 from pipeline.onnx_tools import INPUT_NAME, run_batches, session, session_options_record
 from pipeline.train import normalize
 from stages import data
+from stages.quantize import SOURCES
 
 NAME = "bench"
 SECTION = "bench"
@@ -77,7 +78,8 @@ def model_facts(name: str, inputs: dict[str, Artifact]) -> dict[str, Any]:
     """Where a model is, its hash, and its size and work (int8 keeps the pruned model's counts)."""
     stage, file = MODELS[name]
     artifact = inputs[stage]
-    fp32_source = {"int8": "pruned", "student_int8": "student"}.get(name, name)  # quantizing keeps the counts
+    int8_sources = {target.removesuffix(".onnx"): source.removesuffix(".onnx") for target, source in SOURCES.items()}
+    fp32_source = int8_sources.get(name, name)  # quantizing keeps the counts
     counted = inputs["export"].metrics["models"][fp32_source]
     return {
         "name": name,

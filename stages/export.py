@@ -15,7 +15,7 @@ import torch
 
 from pipeline.cache import Artifact
 from pipeline.errors import StageError, require
-from pipeline.models import count_macs_and_params, load_model
+from pipeline.models import load_model
 from pipeline.onnx_tools import export_onnx, run_batches, session
 from pipeline.train import normalize
 from stages import data
@@ -71,10 +71,9 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         model, spec = load_model(inputs[stage].path)
         path = out_dir / f"{name}.onnx"
         export_onnx(model, spec, path, params.opset)
-        macs, n_params = count_macs_and_params(model, spec)
         models[name] = {
-            "macs": macs,
-            "params": n_params,
+            "macs": inputs[stage].metrics["macs"],  # counted by the stage that made the model
+            "params": inputs[stage].metrics["params"],
             "size_bytes": path.stat().st_size,
             "input_shape": ["batch", spec.in_channels, *spec.image_size],
             **compare_with_torch(model, path, test_inputs, params, name),

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.latency import QUICK, SIGN_OFF, measure, order_statistic_ranks, summarize
+from pipeline.latency import QUICK, SIGN_OFF, order_statistic_ranks, summarize, time_runs
 
 KEYS = {
     "p50_ms",
@@ -24,6 +24,12 @@ KEYS = {
     "p90_ci_ms",
     "histogram",
 }
+
+
+def measure(sess, warmup_runs, min_runs, min_seconds, warmup_seconds=0.0, run=None):
+    """What the bench tools do: time `run` (default: the session's run) and summarize."""
+    call = run or (lambda: sess.run(None, {"x": np.zeros(1)}))
+    return summarize(time_runs(call, warmup_runs, warmup_seconds, min_runs, min_seconds))
 
 
 class FakeSession:
@@ -121,14 +127,14 @@ def test_p90_interval_covers_the_true_p90_about_95_percent_of_the_time():
 
 def test_warm_up_runs_by_count():
     sess = FakeSession()
-    stats = measure(sess, {"x": np.zeros(1)}, warmup_runs=7, min_runs=5, min_seconds=0.0)
+    stats = measure(sess, warmup_runs=7, min_runs=5, min_seconds=0.0)
     assert stats["runs"] == 5
     assert len(sess.calls) == 12  # 7 warm-up + 5 timed
 
 
 def test_warm_up_by_time_continues_after_the_count_is_met():
     sess = FakeSession(seconds=0.002)
-    stats = measure(sess, {"x": np.zeros(1)}, warmup_runs=2, min_runs=3, min_seconds=0.0, warmup_seconds=0.05)
+    stats = measure(sess, warmup_runs=2, min_runs=3, min_seconds=0.0, warmup_seconds=0.05)
     warmups = len(sess.calls) - stats["runs"]
     assert stats["runs"] == 3 and warmups > 2
     assert sess.calls[warmups - 1][1] - sess.calls[0][0] >= 0.05  # warm-up lasted its time
@@ -137,23 +143,23 @@ def test_warm_up_by_time_continues_after_the_count_is_met():
 
 def test_timed_runs_honour_both_min_runs_and_min_seconds():
     sess = FakeSession(seconds=0.002)
-    stats = measure(sess, {"x": np.zeros(1)}, warmup_runs=0, min_runs=2, min_seconds=0.05)
+    stats = measure(sess, warmup_runs=0, min_runs=2, min_seconds=0.05)
     assert stats["runs"] > 2 and sess.calls[-1][1] - sess.calls[0][0] >= 0.05
     assert stats["min_ms"] >= 2.0  # each timed run includes its 2 ms sleep
-    stats = measure(FakeSession(), {"x": np.zeros(1)}, warmup_runs=0, min_runs=50, min_seconds=0.0)
+    stats = measure(FakeSession(), warmup_runs=0, min_runs=50, min_seconds=0.0)
     assert stats["runs"] == 50
 
 
 def test_run_callable_replaces_sess_run():
     sess, calls = FakeSession(), []
-    stats = measure(sess, {}, warmup_runs=1, min_runs=4, min_seconds=0.0, run=lambda: calls.append(1))
+    stats = measure(sess, warmup_runs=1, min_runs=4, min_seconds=0.0, run=lambda: calls.append(1))
     assert len(calls) == 5 and stats["runs"] == 4 and sess.calls == []
 
 
 def test_presets_fit_measure_and_sign_off_follows_mlperf():
-    parameters = set(inspect.signature(measure).parameters)
+    parameters = set(inspect.signature(time_runs).parameters)
     assert set(SIGN_OFF) == set(QUICK) == {"warmup_runs", "warmup_seconds", "min_runs", "min_seconds"} <= parameters
     assert SIGN_OFF["min_runs"] >= 1024 and SIGN_OFF["min_seconds"] >= 60.0
     assert QUICK["min_runs"] < SIGN_OFF["min_runs"] and QUICK["min_seconds"] < SIGN_OFF["min_seconds"]
-    stats = measure(FakeSession(), {"x": np.zeros(1)}, **{**QUICK, "warmup_seconds": 0.0, "min_seconds": 0.0})
+    stats = measure(FakeSession(), **{**QUICK, "warmup_seconds": 0.0, "min_seconds": 0.0})
     assert stats["runs"] == QUICK["min_runs"]

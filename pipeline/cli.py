@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from pipeline import benchtool, compare, latency, runner
+from pipeline import benchtool, compare, distributed, latency, runner
 from pipeline.cache import ArtifactStore
 from pipeline.config import load_config
 from pipeline.errors import EdgeforgeError
@@ -41,6 +41,12 @@ class Group(click.Group):
                 err=True,
             )
             ctx.exit(1)
+        except RuntimeError as error:
+            if distributed.world_size() == 1 or ctx.params.get("debug"):
+                raise
+            # A collective failed: another rank died (its own error is printed) and took this stage down.
+            click.echo(f"error: rank {distributed.rank()}: {str(error).splitlines()[0]}", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted: the running stage published nothing; cached stages are intact", err=True)
             ctx.exit(130)
@@ -67,6 +73,14 @@ force_option = click.option(
     help="Re-run STAGE and every stage after it that depends on it, even if cached (repeatable).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of text.")
+nproc_option = click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Train data-parallel with N processes on this machine (launches torchrun; gloo on CPU, NCCL on "
+    "GPUs). Ignored when already started by torchrun. See README, Scaling out.",
+)
 no_wait_option = click.option(
     "--no-wait", is_flag=True, help="Fail at once if another edgeforge process is running a stage this run needs."
 )
@@ -92,14 +106,27 @@ def cli(ctx: click.Context, artifacts: Path, verbose: bool, debug: bool) -> None
     """
     # Libraries log progress at INFO (onnxscript's optimizer, the exporter); show only their warnings.
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    level = logging.DEBUG if verbose else logging.INFO
     for ours in ("pipeline", "stages", "edgeforge"):
-        logging.getLogger(ours).setLevel(logging.DEBUG if verbose else logging.INFO)
+        # Under torchrun every rank would log the same lines: only the leader does.
+        logging.getLogger(ours).setLevel(level if distributed.is_leader() else logging.WARNING)
     ctx.obj = ArtifactStore(artifacts)
 
 
-def _execute(store: ArtifactStore, config_file, overrides, target: str, force, as_json: bool, no_wait: bool) -> None:
-    config = load_config(config_file, overrides)
-    results = runner.run_pipeline(config, store, target=target, force=tuple(force), wait=not no_wait)
+def _execute(
+    store: ArtifactStore, config_file, overrides, target: str, force, as_json: bool, no_wait: bool, nproc: int
+) -> None:
+    config = load_config(config_file, overrides)  # bad input fails here, before any rank starts
+    if nproc > 1 and distributed.world_size() == 1:
+        distributed.launch(nproc, sys.argv[1:])  # each rank runs this same command line under torchrun
+        return
+    distributed.init()
+    try:
+        results = runner.run_pipeline(config, store, target=target, force=tuple(force), wait=not no_wait)
+    finally:
+        distributed.finish()
+    if not distributed.is_leader():
+        return  # the leader publishes the release and reports
     release = None
     if results[-1].name == "report":
         release = runner.publish_release(store, results[-1].artifact)
@@ -127,16 +154,17 @@ def _execute(store: ArtifactStore, config_file, overrides, target: str, force, a
     "--until", type=click.Choice(STAGE_NAMES), default=STAGE_NAMES[-1], show_default=True, help="Stop after this stage."
 )
 @force_option
+@nproc_option
 @no_wait_option
 @json_option
 @click.pass_obj
-def run(store: ArtifactStore, config_file, overrides, until, force, no_wait, as_json) -> None:
+def run(store: ArtifactStore, config_file, overrides, until, force, nproc, no_wait, as_json) -> None:
     """Run every stage (up to --until), reusing cached ones.
 
     Exits 0 when the sign-off passes, 1 when a gate fails (after writing the report) or a stage
     fails, 2 for bad input.
     """
-    _execute(store, config_file, overrides, until, force, as_json, no_wait)
+    _execute(store, config_file, overrides, until, force, as_json, no_wait, nproc)
 
 
 @cli.command()
@@ -144,16 +172,17 @@ def run(store: ArtifactStore, config_file, overrides, until, force, no_wait, as_
 @config_option
 @set_option
 @force_option
+@nproc_option
 @no_wait_option
 @json_option
 @click.pass_obj
-def stage(store: ArtifactStore, name, config_file, overrides, force, no_wait, as_json) -> None:
+def stage(store: ArtifactStore, name, config_file, overrides, force, nproc, no_wait, as_json) -> None:
     """Run stage NAME and whatever it needs upstream (cached stages are reused).
 
     NAME is one of: data, teacher, distill, prune, export, quantize, bench, report.
     """
     runner.get_stage(name)
-    _execute(store, config_file, overrides, name, force, as_json, no_wait)
+    _execute(store, config_file, overrides, name, force, as_json, no_wait, nproc)
 
 
 @cli.command()
@@ -299,3 +328,7 @@ def clean(store: ArtifactStore, keep_latest: bool) -> None:
 
 def main() -> None:
     cli(prog_name="edgeforge")
+
+
+if __name__ == "__main__":  # how torchrun starts each rank: python -m pipeline.cli
+    main()

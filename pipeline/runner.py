@@ -6,12 +6,14 @@ import dataclasses
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from pipeline import distributed
 from pipeline.cache import CHECKPOINTS, Artifact, ArtifactStore, library_versions, stage_key
 from pipeline.config import Config, params_to_dict
 from pipeline.errors import ConfigError, SignoffFailed, StageError
@@ -87,32 +89,91 @@ def run_pipeline(
             get_stage(name)
     forced = set(STAGE_NAMES) if "all" in force else downstream_of(set(force))
     stages = needed_stages(target)
-    plan = _plan(config, stages, store)
-    for leftover in store.sweep():
-        log.info("removed %s, left behind by a run that died", leftover)
+    leader = distributed.is_leader()
+    # Only the leader plans (it may download and hash the source data); every rank uses its keys.
+    plan = distributed.broadcast_json(_plan(config, stages, store) if leader else None)
+    # The other ranks only help train: they follow up to the last training stage; the rest is the leader's alone.
+    last_training = max((i for i, stage in enumerate(stages) if stage.TRAINS), default=-1)
+    followed = {stage.NAME for stage in stages[: last_training + 1]} if distributed.active() else set()
+    if not leader:
+        stages = stages[: last_training + 1]
+    else:
+        for leftover in store.sweep():
+            log.info("removed %s, left behind by a run that died", leftover)
     artifacts: dict[str, Artifact] = {}
     results = []
     for stage in stages:
         key, external = plan[stage.NAME]
         started = time.perf_counter()
         reuse = stage.NAME not in forced
-        artifact = store.lookup(stage.NAME, key) if reuse else None
-        cached = artifact is not None
-        if artifact is None:
-            with store.locked(stage.NAME, key, wait):
-                # Another process may have published this key while we waited for the lock.
-                artifact = store.lookup(stage.NAME, key) if reuse else None
-                cached = artifact is not None
-                if artifact is None:
-                    upstream = {name: artifacts[name] for name in stage.INPUTS}
-                    artifact = run_stage(stage, config, store, key, upstream, external)
+        upstream = {name: artifacts[name] for name in stage.INPUTS}
+        if leader:
+            followers = stage.NAME in followed
+            artifact, cached = _lead_stage(stage, config, store, key, upstream, external, reuse, wait, followers)
+        else:
+            artifact, cached = _follow_stage(stage, config, store, key, upstream)
         seconds = time.perf_counter() - started
-        store.record_latest(stage.NAME, key)
         artifacts[stage.NAME] = artifact
         results.append(StageResult(stage.NAME, key, cached, seconds, artifact))
-        state = "cached" if cached else f"ran in {seconds:.1f}s"
-        log.info("%s: %s (%s) %s", stage.NAME, state, key[:12], artifact.metrics.get("summary", ""))
+        if leader:
+            store.record_latest(stage.NAME, key)
+            state = "cached" if cached else f"ran in {seconds:.1f}s"
+            log.info("%s: %s (%s) %s", stage.NAME, state, key[:12], artifact.metrics.get("summary", ""))
     return results
+
+
+def _lead_stage(
+    stage: ModuleType,
+    config: Config,
+    store: ArtifactStore,
+    key: str,
+    upstream: dict[str, Artifact],
+    external: dict,
+    reuse: bool,
+    wait: bool,
+    followers: bool,
+) -> tuple[Artifact, bool]:
+    """Reuse the stage's verified entry or run it: a single process, or the leader of several ranks, which
+    tells the `followers` (when they take part in this stage) what it decided and when it has published."""
+
+    def tell(decision: str) -> None:
+        if followers:
+            distributed.broadcast_json(decision)
+
+    artifact = store.lookup(stage.NAME, key) if reuse else None
+    if artifact is not None:
+        tell("cached")
+        return artifact, True
+    with store.locked(stage.NAME, key, wait):
+        # Another process may have published this key while we waited for the lock.
+        artifact = store.lookup(stage.NAME, key) if reuse else None
+        tell("cached" if artifact else "run")
+        if artifact is not None:
+            return artifact, True
+        artifact = run_stage(stage, config, store, key, upstream, external)
+    if followers:
+        distributed.barrier()  # published: the other ranks may read it
+    return artifact, False
+
+
+def _follow_stage(
+    stage: ModuleType, config: Config, store: ArtifactStore, key: str, upstream: dict[str, Artifact]
+) -> tuple[Artifact, bool]:
+    """A rank other than the leader: train along if the leader runs a training stage, then read its entry."""
+    decision = distributed.broadcast_json(None)
+    if decision == "run":
+        if stage.TRAINS:
+            with tempfile.TemporaryDirectory(prefix=f"edgeforge-rank{distributed.rank()}-") as scratch:
+                stage.run(config.section(stage.SECTION), upstream, Path(scratch))  # its files are the leader's
+            distributed.barrier()  # this rank finished: the leader may publish
+        distributed.barrier()  # the leader published
+    artifact = store.lookup(stage.NAME, key)
+    if artifact is None:
+        raise StageError(
+            f"rank {distributed.rank()}: {stage.NAME} entry {key[:12]} is missing in {store.cache} after the leader "
+            "published it; with several machines, --artifacts must be a directory every node shares"
+        )
+    return artifact, decision == "cached"
 
 
 def run_stage(
@@ -125,6 +186,8 @@ def run_stage(
         started = time.perf_counter()
         metrics = stage.run(params, inputs, temp_dir)
         seconds = time.perf_counter() - started
+        if stage.TRAINS:
+            distributed.barrier()  # every rank finished training: a rank that failed fails this, publishing nothing
         written = sorted(
             p.relative_to(temp_dir).as_posix()
             for p in temp_dir.rglob("*")
@@ -142,6 +205,7 @@ def run_stage(
             "versions": library_versions(),
             "metrics": metrics,
             "seconds": seconds,
+            "ranks": distributed.share()[1],  # processes that trained it (not in the key: same recipe, same model)
         }
         return store.publish(stage.NAME, key, temp_dir, manifest)
     except BaseException:

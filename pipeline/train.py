@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.cache import sha256_file
 from pipeline.errors import StageError
 
@@ -53,9 +54,9 @@ def normalize(
     (pixel / 255 - mean) / std, computed as pixel * scale + shift in one pass, written straight
     into the requested memory layout.
     """
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, -1, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)]).view(1, -1, 1, 1)
-    out = torch.empty(images.shape, dtype=torch.float32, memory_format=memory_format)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=images.device).view(1, -1, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=images.device).view(1, -1, 1, 1)
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device, memory_format=memory_format)
     return torch.addcmul(shift, images, scale, out=out)
 
 
@@ -70,7 +71,7 @@ def kd_loss(
     """Hinton et al. 2015: (1-a)*CE(student, labels) + a*T^2*KL(softmax(teacher/T) || softmax(student/T))."""
     ce = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
     if teacher_logits is None or alpha == 0.0:
-        return {"total": ce, "ce": ce, "kd": torch.zeros((), dtype=ce.dtype)}
+        return {"total": ce, "ce": ce, "kd": torch.zeros((), dtype=ce.dtype, device=ce.device)}
     t = temperature
     kd = F.kl_div(
         F.log_softmax(student_logits / t, dim=1),
@@ -81,20 +82,66 @@ def kd_loss(
     return {"total": (1.0 - alpha) * ce + alpha * kd, "ce": ce, "kd": kd}
 
 
-def augment(images: torch.Tensor, shift: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Random translation by up to `shift` pixels per image, and optional horizontal flips."""
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """The random draws of one batch: a shift per image and which images are flipped."""
+
+    dy: torch.Tensor | None
+    dx: torch.Tensor | None
+    flipped: torch.Tensor | None
+
+    @staticmethod
+    def draw(n: int, shift: int, flip: bool, generator: torch.Generator) -> Augmentation:
+        """Drawn on the CPU from the seeded generator: the same draws on every device and every rank."""
+        dy = dx = flipped = None
+        if shift > 0:
+            dy = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
+            dx = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
+        if flip:
+            flipped = torch.rand(n, generator=generator) < 0.5
+        return Augmentation(dy, dx, flipped)
+
+    def select(self, rows: slice) -> Augmentation:
+        """The draws of the images at `rows` of the batch (one rank's share)."""
+        return Augmentation(*(None if draw is None else draw[rows] for draw in (self.dy, self.dx, self.flipped)))
+
+
+def augment(images: torch.Tensor, shift: int, draws: Augmentation) -> torch.Tensor:
+    """The drawn translation by up to `shift` pixels per image (zero padding) and horizontal flips."""
     n, _, h, w = images.shape
-    if shift > 0:
+    device = images.device
+    if draws.dy is not None:
         padded = F.pad(images, (shift, shift, shift, shift)).permute(0, 2, 3, 1)
-        dy = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
-        dx = torch.randint(0, 2 * shift + 1, (n,), generator=generator)
-        rows = (dy[:, None] + torch.arange(h))[:, :, None]
-        cols = (dx[:, None] + torch.arange(w))[:, None, :]
-        images = padded[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2)
-    if flip:
-        mask = torch.rand(n, generator=generator) < 0.5
-        images = torch.where(mask.view(-1, 1, 1, 1), images.flip(3), images)
+        rows = (draws.dy.to(device)[:, None] + torch.arange(h, device=device))[:, :, None]
+        cols = (draws.dx.to(device)[:, None] + torch.arange(w, device=device))[:, None, :]
+        images = padded[torch.arange(n, device=device)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    if draws.flipped is not None:
+        images = torch.where(draws.flipped.to(device).view(-1, 1, 1, 1), images.flip(3), images)
     return images
+
+
+class PinnedStaging:
+    """Host-to-GPU transfer of uint8 batches through two page-locked buffers used in turn.
+
+    A copy from pinned memory runs asynchronously, so the next batch is gathered into the other buffer
+    while this one may still be on its way; a buffer is reused only after its copy has finished.
+    """
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.buffers = [torch.empty(shape, dtype=torch.uint8).pin_memory() for _ in range(2)]
+        self.copied: list[torch.cuda.Event | None] = [None, None]
+        self.turn = 0
+
+    def to_device(self, images: torch.Tensor, index: torch.Tensor, device: torch.device) -> torch.Tensor:
+        turn, self.turn = self.turn, 1 - self.turn
+        if self.copied[turn] is not None:
+            self.copied[turn].synchronize()
+        buffer = self.buffers[turn][: len(index)]
+        torch.index_select(images, 0, index, out=buffer)
+        on_device = buffer.to(device, non_blocking=True)
+        self.copied[turn] = torch.cuda.Event()
+        self.copied[turn].record()
+        return on_device
 
 
 def resolve_device(device: str) -> torch.device:
@@ -150,8 +197,16 @@ def fit(
 
     With `checkpoint`, the state is saved after every epoch and a run with the same recipe resumes
     from it: the result is the same as an uninterrupted run.
+
+    Under torchrun the model trains data-parallel: every rank draws the same shuffled order and the
+    same augmentation, takes its strided share of each global batch, and DDP averages the gradients.
+    `batch_size` stays the global batch and `lr` its learning rate for any number of ranks, so no
+    scaling rule applies. BatchNorm normalizes each rank's share with its own statistics; the running
+    statistics kept for inference are rank 0's (DDP broadcasts them every step).
     """
     device = resolve_device(recipe.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: cuDNN picks its fastest kernels once
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     model.to(device=device, memory_format=torch.channels_last).train()  # measured 1.2-2.7x faster on CPU
@@ -160,17 +215,27 @@ def fit(
     steps_per_epoch = math.ceil(len(images) / recipe.batch_size)
     optimizer, schedule = _optimizer_and_schedule(model, recipe, steps_per_epoch)
     history: list[dict[str, float]] = []
-    state = _load_checkpoint(checkpoint) if checkpoint else None
+    # Only the leader keeps checkpoints; it hands its verified state to the other ranks.
+    state = _load_checkpoint(checkpoint) if checkpoint and distributed.is_leader() else None
+    state = distributed.broadcast_state(state)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         generator.set_state(state["generator"])
         history = state["history"]
-        log.info("%s: resuming after epoch %d from %s", stage, len(history), checkpoint.name)
+        log.info("%s: resuming after epoch %d from its checkpoint", stage, len(history))
+    trained = model
+    if distributed.active():
+        device_ids = [torch.cuda.current_device()] if device.type == "cuda" else None
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    rank, ranks = distributed.share()
+    staging = None
+    if device.type == "cuda":
+        staging = PinnedStaging((math.ceil(recipe.batch_size / ranks), *images.shape[1:]))
     for epoch in range(len(history) + 1, recipe.epochs + 1):
-        loop = _Loop(model, teacher, images, labels, norm, recipe, optimizer, schedule, generator, device, stage)
-        row = _train_epoch(loop, epoch)
+        loop = _Loop(trained, teacher, images, labels, norm, recipe, optimizer, schedule, generator, device, stage)
+        row = _train_epoch(loop, epoch, staging)
         history.append({"epoch": epoch, **row})
         log.log(
             logging.DEBUG if sys.stderr.isatty() else logging.INFO,
@@ -185,7 +250,7 @@ def fit(
             row["images_per_s"],
             row["lr"],
         )
-        if checkpoint:
+        if checkpoint and distributed.is_leader():
             _save_checkpoint(
                 checkpoint,
                 {
@@ -206,7 +271,7 @@ def fit(
 class _Loop:
     """What one training epoch works with."""
 
-    model: nn.Module
+    model: nn.Module  # wrapped in DistributedDataParallel under torchrun
     teacher: nn.Module | None
     images: torch.Tensor
     labels: torch.Tensor
@@ -219,8 +284,13 @@ class _Loop:
     stage: str
 
 
-def _train_epoch(loop: _Loop, epoch: int) -> dict[str, float]:
-    """One pass over the shuffled training set; metrics of the epoch."""
+def rank_share(rank: int, ranks: int) -> slice:
+    """This rank's rows of a global batch: strided, so the ranks' shares are disjoint and cover the batch."""
+    return slice(rank, None, ranks)
+
+
+def _train_epoch(loop: _Loop, epoch: int, staging: PinnedStaging | None) -> dict[str, float]:
+    """One pass over the shuffled training set (this rank's share of it); metrics of the whole epoch."""
     model, teacher, images, labels, norm, recipe = (
         loop.model,
         loop.teacher,
@@ -236,18 +306,30 @@ def _train_epoch(loop: _Loop, epoch: int) -> dict[str, float]:
         loop.device,
         loop.stage,
     )
+    rank, ranks = distributed.share()
     title = f"{stage} epoch {epoch}/{recipe.epochs}"
     started = time.perf_counter()
-    sums = {"total": 0.0, "ce": 0.0, "kd": 0.0, "correct": 0.0}
+    # loss, ce, kd (each times images), correct, images: summed on the device, read once per epoch
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    # Reading a CUDA value waits for the GPU; check for a diverged loss every step only on the CPU.
+    check_every = 1 if device.type == "cpu" else 25
     order = torch.randperm(len(images), generator=generator)
     batches = range(0, len(images), recipe.batch_size)
-    progress = tqdm(batches, desc=title, unit="batch", leave=False, disable=not sys.stderr.isatty())
+    show = sys.stderr.isatty() and distributed.is_leader()
+    progress = tqdm(batches, desc=title, unit="batch", leave=False, disable=not show)
     use_bf16 = device.type == "cuda"  # bf16 autocast: tensor-core speed without loss scaling
     for step, start in enumerate(progress, 1):
         index = order[start : start + recipe.batch_size]
-        pixels = augment(images[index], recipe.shift, recipe.flip, generator)  # on uint8: 4x less to move
+        if len(index) < ranks:
+            break  # a last batch too small to give every rank an image (fewer images than ranks)
+        draws = Augmentation.draw(len(index), recipe.shift, recipe.flip, generator)
+        share = rank_share(rank, ranks)
+        index, draws = index[share], draws.select(share)
+        pixels = images[index] if staging is None else staging.to_device(images, index, device)
+        pixels = augment(pixels, recipe.shift, draws)  # on uint8, on the device: 4x less to move than floats
         x = normalize(pixels, *norm, memory_format=torch.channels_last)
-        x, y = x.to(device, non_blocking=True), labels[index].to(device, non_blocking=True)
+        y = labels[index].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(x)
             with torch.no_grad():
@@ -260,9 +342,11 @@ def _train_epoch(loop: _Loop, epoch: int) -> dict[str, float]:
             recipe.alpha,
             recipe.label_smoothing,
         )
-        if not torch.isfinite(losses["total"]):
+        nonfinite |= ~torch.isfinite(losses["total"])
+        if (step % check_every == 0 or start + recipe.batch_size >= len(images)) and nonfinite.item():
+            where = f"step {step}" if check_every == 1 else f"one of steps {step - check_every + 1}-{step}"
             raise StageError(
-                f"{stage}: loss became {losses['total'].item()} at epoch {epoch} step {step} "
+                f"{stage}: loss became {losses['total'].item()} at epoch {epoch} {where} "
                 f"(lr {schedule.get_last_lr()[0]:.4g}); lower the learning rate"
             )
         optimizer.zero_grad(set_to_none=True)
@@ -270,22 +354,25 @@ def _train_epoch(loop: _Loop, epoch: int) -> dict[str, float]:
         optimizer.step()
         lr = schedule.get_last_lr()[0]
         schedule.step()
-        for name in ("total", "ce", "kd"):
-            sums[name] += losses[name].item() * len(index)
-        sums["correct"] += (logits.argmax(1) == y).sum().item()
-        if step % 10 == 0:
+        count = len(index)
+        correct = (logits.argmax(1) == y).sum()
+        step_sums = [losses["total"].detach() * count, losses["ce"].detach() * count, losses["kd"].detach() * count]
+        sums += torch.stack([*step_sums, correct, torch.tensor(count, device=device)]).to(torch.float64)
+        if show and step % 10 == 0:
+            seen = sums[4].item()
             progress.set_postfix(
                 loss=f"{losses['total'].item():.3f}",
-                acc=f"{sums['correct'] / (start + len(index)):.3f}",
-                img_s=f"{(start + len(index)) / (time.perf_counter() - started):.0f}",
+                acc=f"{sums[3].item() / seen:.3f}",
+                img_s=f"{seen * ranks / (time.perf_counter() - started):.0f}",
             )
+    total, ce, kd, correct, n = distributed.all_sum(sums).tolist()
     seconds = time.perf_counter() - started
-    n = len(images)
     return {
-        "loss": sums["total"] / n,
-        "ce": sums["ce"] / n,
-        "kd": sums["kd"] / n,
-        "train_accuracy": sums["correct"] / n,
+        "loss": total / n,
+        "ce": ce / n,
+        "kd": kd / n,
+        "train_accuracy": correct / n,
+        "images": int(n),  # summed over ranks: the whole training set, once
         "seconds": seconds,
         "images_per_s": n / seconds,
         "lr": lr,

@@ -29,6 +29,7 @@ NAME = "bench"
 SECTION = "bench"
 VERSION = 5
 INPUTS = ("data", "export", "quantize")
+TRAINS = False
 OUTPUTS = ("bench.json",)
 MODELS = {
     "teacher": ("export", "teacher.onnx"),

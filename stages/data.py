@@ -25,6 +25,7 @@ NAME = "data"
 SECTION = "data"
 VERSION = 2
 INPUTS: tuple[str, ...] = ()
+TRAINS = False
 OUTPUTS = ("arrays.npz", "dataset.json")
 DATASETS = ("digits", "imagefolder", "cifar10", "mnist", "fashion_mnist")
 DOWNLOADABLE = ("cifar10", "mnist", "fashion_mnist")

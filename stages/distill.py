@@ -30,6 +30,7 @@ NAME = "distill"
 SECTION = "distill"
 VERSION = 1
 INPUTS = ("data", "teacher")
+TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
 
 

@@ -24,6 +24,7 @@ NAME = "export"
 SECTION = "export"
 VERSION = 1
 INPUTS = ("data", "teacher", "distill", "prune")
+TRAINS = False
 OUTPUTS = ("teacher.onnx", "student.onnx", "pruned.onnx")
 SOURCES = {"teacher": "teacher", "student": "distill", "pruned": "prune"}  # ONNX name -> stage
 

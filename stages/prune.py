@@ -25,6 +25,7 @@ NAME = "prune"
 SECTION = "prune"
 VERSION = 1
 INPUTS = ("data", "teacher", "distill")
+TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
 IMPORTANCES = ("l1", "l2")
 

@@ -26,6 +26,7 @@ NAME = "quantize"
 SECTION = "quantize"
 VERSION = 2
 INPUTS = ("data", "export")
+TRAINS = False
 # int8 ONNX -> the export stage's fp32 ONNX it quantizes. Both: on CPUs with VNNI the int8 student can be the
 # fastest model, on CPUs without it int8 of a thin pruned model is often slower than fp32 (FACTS.md).
 SOURCES = {"int8.onnx": "pruned.onnx", "student_int8.onnx": "student.onnx"}

@@ -27,6 +27,7 @@ NAME = "report"
 SECTION = "signoff"
 VERSION = 7
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
+TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx")
 
 

@@ -25,6 +25,7 @@ NAME = "teacher"
 SECTION = "teacher"
 VERSION = 1
 INPUTS = ("data",)
+TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
 
 

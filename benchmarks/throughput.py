@@ -2,9 +2,11 @@
 
 The bare loop trains on one pre-normalized batch held in memory, so it measures the model alone; the
 pipeline loop (pipeline.train.fit) adds shuffling, uint8 -> float, augmentation, normalization and
-bookkeeping. Both use the same model, batch size, optimizer and channels_last layout.
+bookkeeping. Both use the same model, batch size, optimizer and channels_last layout, and on CUDA the same bf16
+autocast and cuDNN autotuning.
 
     python benchmarks/throughput.py --config configs/cifar10-cpu.yaml --model resnet20 --batch-size 256
+    python benchmarks/throughput.py --config configs/cifar10-gpu.yaml --model resnet56 --batch-size 128 --device cuda
 """
 
 from __future__ import annotations
@@ -25,21 +27,36 @@ from pipeline.train import Recipe, fit, normalize
 from stages import data
 
 
-def bare_images_per_s(spec: ModelSpec, batch: torch.Tensor, labels: torch.Tensor, steps: int) -> float:
-    model = build_model(spec).to(memory_format=torch.channels_last).train()
+def bare_images_per_s(
+    spec: ModelSpec, batch: torch.Tensor, labels: torch.Tensor, steps: int, device: torch.device
+) -> float:
+    torch.backends.cudnn.benchmark = True  # as fit() does on CUDA
+    model = build_model(spec).to(device=device, memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    x = batch.contiguous(memory_format=torch.channels_last)
+    x = batch.to(device).contiguous(memory_format=torch.channels_last)
+    labels = labels.to(device)
     for step in range(steps + 3):  # 3 warm-up steps
         if step == 3:
+            synchronize(device)
             started = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), labels)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    synchronize(device)
     return steps * len(batch) / (time.perf_counter() - started)
 
 
-def pipeline_images_per_s(spec: ModelSpec, dataset: data.Dataset, batch_size: int, steps: int) -> float:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()  # GPU work is asynchronous: time it only once it is done
+
+
+def pipeline_images_per_s(
+    spec: ModelSpec, dataset: data.Dataset, batch_size: int, steps: int, device: torch.device
+) -> float:
     images = torch.from_numpy(dataset.train_images[: batch_size * steps])
     labels = torch.from_numpy(dataset.train_labels[: batch_size * steps])
     recipe = Recipe(
@@ -51,7 +68,7 @@ def pipeline_images_per_s(spec: ModelSpec, dataset: data.Dataset, batch_size: in
         seed=0,
         shift=4,
         flip=True,
-        device="cpu",
+        device=device.type,
     )
     fit(build_model(spec), images[: batch_size * 3], labels[: batch_size * 3], dataset.norm, recipe)  # warm-up
     history = fit(build_model(spec), images, labels, dataset.norm, recipe)
@@ -67,9 +84,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args()
+    device = torch.device(args.device)
 
-    results = run_pipeline(load_config(args.config), ArtifactStore(args.artifacts), target="data")
+    results = run_pipeline(load_config(args.config, args.overrides), ArtifactStore(args.artifacts), target="data")
     dataset = data.load(results[-1].artifact)
     _, channels, height, width = dataset.train_images.shape
     spec = ModelSpec(args.model, args.width, channels, len(dataset.class_names), (height, width))
@@ -77,11 +97,12 @@ def main() -> None:
     labels = torch.from_numpy(dataset.train_labels[: args.batch_size])
     bare, pipeline = [], []
     for _ in range(args.repeats):  # interleaved, so drift hits both alike
-        bare.append(bare_images_per_s(spec, batch, labels, args.steps))
-        pipeline.append(pipeline_images_per_s(spec, dataset, args.batch_size, args.steps))
+        bare.append(bare_images_per_s(spec, batch, labels, args.steps, device))
+        pipeline.append(pipeline_images_per_s(spec, dataset, args.batch_size, args.steps, device))
     summary = {
         "model": f"{args.model} width {args.width}",
         "batch_size": args.batch_size,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "bare_images_per_s": [round(v, 1) for v in bare],
         "pipeline_images_per_s": [round(v, 1) for v in pipeline],

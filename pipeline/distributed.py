@@ -57,13 +57,22 @@ def share() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if active() else (0, 1)
 
 
+def local_world_size() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def one_gpu_each() -> bool:
+    """Whether every process on this machine can have a GPU of its own (NCCL cannot share one)."""
+    return torch.cuda.is_available() and local_world_size() <= torch.cuda.device_count()
+
+
 def init() -> None:
     """Join the process group when torchrun started this process with more than one rank."""
     if world_size() == 1 or dist.is_initialized():
         return
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available() and local_rank < torch.cuda.device_count():
-        torch.cuda.set_device(local_rank)  # one GPU per process
+    # Decided from what every process on this machine sees alike, so all of them pick the same backend.
+    if one_gpu_each():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process
         backend = "cpu:gloo,cuda:nccl"  # NCCL for gradients on GPUs, gloo for our small CPU collectives
     else:
         backend = "gloo"

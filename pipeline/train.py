@@ -8,6 +8,7 @@ learns from logits of an image it did not see.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -54,10 +55,18 @@ def normalize(
     (pixel / 255 - mean) / std, computed as pixel * scale + shift in one pass, written straight
     into the requested memory layout.
     """
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=images.device).view(1, -1, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=images.device).view(1, -1, 1, 1)
+    scale, shift = _affine(tuple(mean), tuple(std), images.device)
     out = torch.empty(images.shape, dtype=torch.float32, device=images.device, memory_format=memory_format)
     return torch.addcmul(shift, images, scale, out=out)
+
+
+@functools.lru_cache(maxsize=8)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """normalize()'s scale and shift, made once per device: a CUDA tensor built from host values every batch
+    would make the CPU wait for the GPU each time."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, -1, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)]).view(1, -1, 1, 1)
+    return scale.to(device), shift.to(device)
 
 
 def kd_loss(
@@ -121,35 +130,49 @@ def augment(images: torch.Tensor, shift: int, draws: Augmentation) -> torch.Tens
 
 
 class PinnedStaging:
-    """Host-to-GPU transfer of uint8 batches through two page-locked buffers used in turn.
+    """Host-to-GPU copies of each batch's tensors through page-locked buffers, two sets used in turn.
 
-    A copy from pinned memory runs asynchronously, so the next batch is gathered into the other buffer
-    while this one may still be on its way; a buffer is reused only after its copy has finished.
+    A copy from pageable memory makes the CPU wait for the GPU; from pinned memory it runs asynchronously, so
+    the CPU prepares the next batch while the GPU trains on this one. A buffer set is refilled only after its
+    previous copies have finished.
     """
 
-    def __init__(self, shape: tuple[int, ...]):
-        self.buffers = [torch.empty(shape, dtype=torch.uint8).pin_memory() for _ in range(2)]
+    def __init__(self) -> None:
+        self.buffers: list[dict[int, torch.Tensor]] = [{}, {}]
         self.copied: list[torch.cuda.Event | None] = [None, None]
         self.turn = 0
 
-    def to_device(self, images: torch.Tensor, index: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def to_device(self, tensors: list[torch.Tensor | None], device: torch.device) -> list[torch.Tensor | None]:
         turn, self.turn = self.turn, 1 - self.turn
         if self.copied[turn] is not None:
             self.copied[turn].synchronize()
-        buffer = self.buffers[turn][: len(index)]
-        torch.index_select(images, 0, index, out=buffer)
-        on_device = buffer.to(device, non_blocking=True)
+        buffers, moved = self.buffers[turn], []
+        for slot, tensor in enumerate(tensors):
+            if tensor is None:
+                moved.append(None)
+                continue
+            buffer = buffers.get(slot)
+            if buffer is None or buffer.dtype != tensor.dtype or buffer.numel() < tensor.numel():
+                buffer = buffers[slot] = torch.empty(tensor.numel(), dtype=tensor.dtype).pin_memory()
+            staged = buffer[: tensor.numel()].view(tensor.shape)
+            staged.copy_(tensor)
+            moved.append(staged.to(device, non_blocking=True))
         self.copied[turn] = torch.cuda.Event()
         self.copied[turn].record()
-        return on_device
+        return moved
 
 
 def resolve_device(device: str) -> torch.device:
-    """auto: CUDA when present, else CPU."""
+    """auto: CUDA when present, else CPU. Under torchrun every process needs a GPU of its own."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise StageError("device 'cuda' was asked for but torch sees no CUDA device; use device: auto or cpu")
+    if device == "cuda" and not distributed.one_gpu_each():
+        raise StageError(
+            f"{distributed.local_world_size()} processes on this machine but torch sees {torch.cuda.device_count()} "
+            "GPU(s): start at most one process per GPU (--nproc) or set device: cpu"
+        )
     return torch.device(device)
 
 
@@ -229,10 +252,7 @@ def fit(
     if distributed.active():
         device_ids = [torch.cuda.current_device()] if device.type == "cuda" else None
         trained = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    rank, ranks = distributed.share()
-    staging = None
-    if device.type == "cuda":
-        staging = PinnedStaging((math.ceil(recipe.batch_size / ranks), *images.shape[1:]))
+    staging = PinnedStaging() if device.type == "cuda" else None
     for epoch in range(len(history) + 1, recipe.epochs + 1):
         loop = _Loop(trained, teacher, images, labels, norm, recipe, optimizer, schedule, generator, device, stage)
         row = _train_epoch(loop, epoch, staging)
@@ -309,8 +329,9 @@ def _train_epoch(loop: _Loop, epoch: int, staging: PinnedStaging | None) -> dict
     rank, ranks = distributed.share()
     title = f"{stage} epoch {epoch}/{recipe.epochs}"
     started = time.perf_counter()
-    # loss, ce, kd (each times images), correct, images: summed on the device, read once per epoch
-    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    # loss, ce, kd (each times images), correct: summed on the device, read once per epoch
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    seen = 0  # images this rank trained on
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     # Reading a CUDA value waits for the GPU; check for a diverged loss every step only on the CPU.
     check_every = 1 if device.type == "cpu" else 25
@@ -326,10 +347,12 @@ def _train_epoch(loop: _Loop, epoch: int, staging: PinnedStaging | None) -> dict
         draws = Augmentation.draw(len(index), recipe.shift, recipe.flip, generator)
         share = rank_share(rank, ranks)
         index, draws = index[share], draws.select(share)
-        pixels = images[index] if staging is None else staging.to_device(images, index, device)
+        pixels, y = images[index], labels[index]
+        if staging is not None:
+            pixels, y, *drawn = staging.to_device([pixels, y, draws.dy, draws.dx, draws.flipped], device)
+            draws = Augmentation(*drawn)
         pixels = augment(pixels, recipe.shift, draws)  # on uint8, on the device: 4x less to move than floats
         x = normalize(pixels, *norm, memory_format=torch.channels_last)
-        y = labels[index].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(x)
             with torch.no_grad():
@@ -355,17 +378,18 @@ def _train_epoch(loop: _Loop, epoch: int, staging: PinnedStaging | None) -> dict
         lr = schedule.get_last_lr()[0]
         schedule.step()
         count = len(index)
+        seen += count
         correct = (logits.argmax(1) == y).sum()
         step_sums = [losses["total"].detach() * count, losses["ce"].detach() * count, losses["kd"].detach() * count]
-        sums += torch.stack([*step_sums, correct, torch.tensor(count, device=device)]).to(torch.float64)
+        sums += torch.stack([*step_sums, correct]).to(torch.float64)
         if show and step % 10 == 0:
-            seen = sums[4].item()
             progress.set_postfix(
                 loss=f"{losses['total'].item():.3f}",
                 acc=f"{sums[3].item() / seen:.3f}",
                 img_s=f"{seen * ranks / (time.perf_counter() - started):.0f}",
             )
-    total, ce, kd, correct, n = distributed.all_sum(sums).tolist()
+    totals = torch.cat([sums.cpu(), torch.tensor([seen], dtype=torch.float64)])
+    total, ce, kd, correct, n = distributed.all_sum(totals).tolist()
     seconds = time.perf_counter() - started
     return {
         "loss": total / n,

@@ -13,6 +13,10 @@ from pipeline.runner import run_pipeline
 # Small enough to run in seconds, big enough that accuracies mean something on digits.
 TINY = (
     "teacher.width=16",
+    # The suite trains on the CPU on every machine (CI has none with a GPU); the CUDA path has its own tests.
+    "teacher.device=cpu",
+    "distill.device=cpu",
+    "prune.device=cpu",
     "teacher.epochs=8",
     "distill.epochs=8",
     "prune.finetune_epochs=4",

@@ -8,8 +8,9 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from pipeline.errors import StageError
 from pipeline.models import ModelSpec, build_model
-from pipeline.train import Augmentation, PinnedStaging, Recipe, accuracy, augment, fit
+from pipeline.train import Augmentation, PinnedStaging, Recipe, accuracy, augment, fit, resolve_device
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device")
 
@@ -45,14 +46,15 @@ def test_augment_is_the_same_on_cuda_and_cpu():
 
 
 @cuda
-def test_pinned_staging_delivers_the_indexed_rows():
-    images, _ = digits()
-    staging = PinnedStaging((64, *images.shape[1:]))
+def test_pinned_staging_delivers_every_tensor_of_every_batch():
+    images, labels = digits()
+    staging = PinnedStaging()
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-    batches = [order[i : i + 64] for i in range(0, len(images), 64)]
-    on_device = [staging.to_device(images, index, torch.device("cuda")) for index in batches]  # buffers reused
-    for index, batch in zip(batches, on_device, strict=True):
-        assert batch.is_cuda and torch.equal(batch.cpu(), images[index])
+    batches = [order[i : i + 64] for i in range(0, len(images), 64)]  # the last one is smaller
+    moved = [staging.to_device([images[index], labels[index], None], torch.device("cuda")) for index in batches]
+    for index, (pixels, targets, nothing) in zip(batches, moved, strict=True):  # buffers were reused meanwhile
+        assert pixels.is_cuda and torch.equal(pixels.cpu(), images[index])
+        assert torch.equal(targets.cpu(), labels[index]) and nothing is None
 
 
 @cuda
@@ -77,3 +79,15 @@ def test_fit_on_cuda_trains_and_hands_back_a_cpu_model():
     assert [row["images"] for row in history] == [len(images)] * 4
     assert next(model.parameters()).device.type == "cpu"
     assert accuracy(model, images, labels, norm) > 0.9
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    for device in ("cuda", "auto"):
+        with pytest.raises(StageError, match=r"2 processes on this machine but torch sees 1 GPU\(s\)"):
+            resolve_device(device)
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert resolve_device("auto") == torch.device("cuda")

@@ -18,6 +18,19 @@ def test_pruning_removes_channels_and_the_model_still_works():
     assert history
 
 
+def test_round_to_keeps_channel_counts_a_multiple_and_replays(tmp_path):
+    spec = ModelSpec("resnet8", 16, 3, 10, (8, 8))
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    history = prune_channels(model, spec.example_input(), spec.num_classes, Params(ratio=0.375, round_to=8))
+    counts = {m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)}
+    assert counts and all(count % 8 == 0 for count in counts) and max(counts) < 64  # 64 -> 40 unrounded
+    save_model(model, spec, tmp_path, pruning_history=history)
+    loaded, _ = load_model(tmp_path)
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(loaded.eval()(x), model(x))
+
+
 def test_pruned_model_round_trips_through_state_dict_and_history(tmp_path):
     spec = ModelSpec("mlp", 32, 1, 10, (8, 8))
     model = build_model(spec).eval()

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from pipeline.models import ModelSpec, build_model, count_macs_and_params, load_model, save_model
@@ -38,3 +39,69 @@ def test_prune_stage_reduces_params_and_macs_and_keeps_accuracy(tiny_run):
     assert metrics["test_accuracy"] > 0.8
     exported = results["export"].artifact
     assert exported.file("pruned.onnx").stat().st_size < exported.file("student.onnx").stat().st_size
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One artifact store for the budget tests: they share data, teacher and distill, and differ in prune."""
+    from pipeline.cache import ArtifactStore
+
+    return ArtifactStore(tmp_path_factory.mktemp("artifacts"))
+
+
+def run_prune(store, *sets):
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+
+    fast = ["teacher.width=8", "teacher.epochs=2", "distill.epochs=2", "distill.baseline=false"]
+    config = load_config(overrides=[*fast, "prune.finetune_epochs=1", *sets])
+    return run_pipeline(config, store, target="prune")[-1]
+
+
+def test_latency_budget_unreachable_says_so_and_uses_the_fastest_candidate(store, caplog):
+    # No model runs in a nanosecond: every candidate misses; the decision names the closest latency.
+    sets = [
+        "prune.target_latency_ms=0.000001",
+        "prune.max_ratio=0.5",
+        "prune.search_step=0.25",
+        "prune.target_format=fp32",
+    ]
+    result = run_prune(store, *sets)
+    metrics = result.artifact.metrics
+    search = metrics["latency_search"]
+    assert [e["ratio"] for e in search["trace"]] == [0.0, 0.25, 0.5]
+    assert search["met"] is False and "not reached" in search["message"] and "not reached" in caplog.text
+    fastest = min(search["trace"], key=lambda e: e["latency_ms"])
+    assert metrics["ratio"] == search["ratio"] == fastest["ratio"]
+    assert search["achieved"]["latency_ms"] > 0 and search["achieved"]["format"] == "fp32"
+    assert search["method"]["batch"] == 1 and search["method"]["provider"] == "cpu"
+    assert "NOT met" in metrics["summary"]
+    # Cached like any stage: the same config is the same answer, nothing re-measured.
+    again = run_prune(store, *sets)
+    assert again.cached and again.artifact.metrics["latency_search"] == search
+
+
+def test_latency_budget_met_unpruned_keeps_every_channel(store):
+    result = run_prune(store, "prune.target_latency_ms=1000")
+    metrics = result.artifact.metrics
+    search = metrics["latency_search"]
+    assert search["met"] and metrics["ratio"] == 0.0 and len(search["trace"]) == 1
+    assert metrics["params"] == metrics["params_before"]
+    assert set(search["trace"][0]) >= {"fp32_ms", "int8_ms", "latency_ms", "format", "macs", "params"}
+    assert search["trace"][0]["latency_ms"] == min(search["trace"][0]["fp32_ms"], search["trace"][0]["int8_ms"])
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("target_latency_ms", 0, r"prune.target_latency_ms=0 is not allowed: expected a number of milliseconds > 0"),
+        ("target_provider", "tpu", r"prune.target_provider='tpu' is not allowed: expected cpu, cuda, tensorrt"),
+        ("target_format", "fp16", r"prune.target_format='fp16' is not allowed: expected fp32 or int8 or fastest"),
+        ("search_step", 0.95, r"prune.search_step=0.95 is not allowed: expected in \(0, max_ratio\]"),
+    ],
+)
+def test_bad_budget_settings_are_one_line_errors(key, value, message):
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        Params(**{key: value})

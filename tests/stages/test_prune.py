@@ -114,6 +114,9 @@ def test_latency_budget_met_unpruned_keeps_every_channel_and_is_gated_in_the_rep
     markdown = results["report"].artifact.file("report.md").read_text()
     assert "## Latency-budget search" in markdown and "Chosen ratio **0**" in markdown
     assert "## Edge model choice" in markdown
+    assert (
+        "Latency-budget search: every candidate measured" in results["report"].artifact.file("report.html").read_text()
+    )
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ IMPORTANCES = ("l1", "l2")
 
 @dataclasses.dataclass(frozen=True)
 class Params:
-    ratio: float = 0.5  # fraction of channels removed from every prunable layer (0 keeps the student as is)
+    ratio: float = 0.5  # fraction of channels removed from every prunable layer; unused with target_latency_ms
     importance: str = "l2"  # channel ranking: l1 or l2 norm of each channel group's weights
     global_pruning: bool = False  # rank channels across layers instead of the same ratio in each layer
     finetune_epochs: int = 15  # distillation fine-tune after pruning (0: none)

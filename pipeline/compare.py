@@ -25,8 +25,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pipeline.benchtool import PROVIDERS
 from pipeline.errors import ConfigError
-from stages.bench import PROVIDER
 from stages.report import Params, choose_edge_model, signoff_gates
 
 DEFAULT_ACCURACY_DROP = 0.005
@@ -338,13 +338,13 @@ def _check_recheck_inputs(models: list[dict], params: Params, source: str) -> No
     for needed in ("teacher", "student"):
         if needed not in names:
             raise ConfigError(f"{source}: the gates need a model named {needed!r}; models are {', '.join(names)}")
-    batch = str(params.latency_batch)
+    batch, provider = str(params.latency_batch), PROVIDERS[params.latency_provider][0]
     for i, model in enumerate(models):
         for stat in ("p50_ms", "p90_ms"):
-            value = _lookup(model, ["latency", PROVIDER, batch, stat], source, prefix=f"models[{i}].")
+            value = _lookup(model, ["latency", provider, batch, stat], source, prefix=f"models[{i}].")
             if not _is_number(value):
                 raise ConfigError(
-                    f"{source}: models[{i}].latency.{PROVIDER}.{batch}.{stat} is {value!r}, expected a number"
+                    f"{source}: models[{i}].latency.{provider}.{batch}.{stat} is {value!r}, expected a number"
                 )
 
 

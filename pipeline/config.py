@@ -74,6 +74,7 @@ def load_config(path: Path | None = None, overrides: typing.Sequence[str] = ()) 
             f"signoff.latency_batch={signoff.latency_batch} is not measured: add it to bench.batch_sizes "
             f"(now {list(bench.batch_sizes)})"
         )
+    _check_search(sections)
     for limit in signoff.latency_limits:
         provider, batch, _, _ = parse_latency_limit(limit)
         if batch not in bench.batch_sizes or provider not in bench.providers:
@@ -82,6 +83,27 @@ def load_config(path: Path | None = None, overrides: typing.Sequence[str] = ()) 
                 f"{list(bench.batch_sizes)} and bench.providers is {list(bench.providers)}"
             )
     return Config(sections)
+
+
+def _check_search(sections: dict[str, Any]) -> None:
+    """The searches' settings against what the other stages provide and measure."""
+    prune, bench, signoff = sections["prune"], sections["bench"], sections["signoff"]
+    if sections["quantize"].search and sections["data"].validation_fraction == 0:
+        raise ConfigError("quantize.search=true needs a validation split: set data.validation_fraction (e.g. 0.1)")
+    if prune.target_latency_ms is None:
+        return
+    if (prune.target_batch, prune.target_provider) != (signoff.latency_batch, signoff.latency_provider):
+        raise ConfigError(
+            f"prune.target_batch={prune.target_batch} and prune.target_provider={prune.target_provider!r} must be "
+            f"where the edge model is chosen: set signoff.latency_batch={prune.target_batch} and "
+            f"signoff.latency_provider={prune.target_provider} (now {signoff.latency_batch}, "
+            f"{signoff.latency_provider})"
+        )
+    if prune.target_provider not in bench.providers:
+        raise ConfigError(
+            f"prune.target_provider={prune.target_provider!r} is not measured: add it to bench.providers "
+            f"(now {list(bench.providers)})"
+        )
 
 
 def _read_yaml(path: Path, classes: dict[str, type]) -> list[tuple[str, str, Any]]:

@@ -92,6 +92,7 @@ def render_html(report: dict[str, Any]) -> str:
         _figure(_accuracy_vs_latency(report, batch, colors), _caption_pareto(report, batch)),
         _figure(_latency_distributions(report, batch, colors), _caption_distributions(report, batch)),
         _figure(_size_and_macs(report, colors), "File size (bytes) and MACs per image of every model."),
+        _search_trace_section(report),
         _training_section(report),
         _per_class_section(report),
         _gates_table(report),
@@ -311,6 +312,34 @@ def _accuracy_vs_latency(report: dict, batch: str, colors: dict[str, str]) -> Fi
     ax.set_ylabel("test accuracy")
     ax.grid(True, alpha=0.3)
     return fig
+
+
+def _search_trace_section(report: dict) -> str:
+    """Ratio -> measured latency of the prune stage's budget search, with the budget and the limit."""
+    search = report.get("latency_search")
+    if not search:
+        return ""
+    fig, axes = _new_figure(7.5, 3.8)
+    ax = axes[0][0]
+    trace = sorted(search["trace"], key=lambda e: e["ratio"])
+    for form, color in (("fp32", "#1f77b4"), ("int8", "#d62728")):
+        points = [(e["ratio"], e[f"{form}_ms"]) for e in trace if f"{form}_ms" in e]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", color=color, label=f"{form} p50")
+    ax.axhline(search["budget_ms"], color="#333", linestyle="--", label="budget")
+    ax.axhline(search["limit_ms"], color="#888", linestyle=":", label="limit (budget − margin)")
+    ax.axvline(search["ratio"], color="#b8860b", label=f"chosen ratio {search['ratio']:g}")
+    ax.set_xlabel("share of channels pruned")
+    ax.set_ylabel(f"p50 ms, batch {search['method']['batch']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    verdict = "met" if search["met"] else f"not reached: {search.get('message', '')}"
+    caption = (
+        f"Latency-budget search: every candidate measured before fine-tuning ({len(trace)} in "
+        f"{search['seconds']:.1f} s). Budget {search['budget_ms']:g} ms {verdict}; predicted "
+        f"{search['predicted_ms']:.4f} ms, achieved after the fine-tune {search['achieved']['latency_ms']:.4f} ms."
+    )
+    return _figure(fig, _e(caption))
 
 
 def _caption_pareto(report: dict, batch: str) -> str:

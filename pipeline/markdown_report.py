@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.search_report import search_sections
+
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -57,6 +59,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += _latency_table(report["models"], provider)
     skipped = report.get("skipped_providers") or {}
     lines += ([""] if skipped else []) + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
+    lines += search_sections(report)
     distill, prune = report["distillation"], report["pruning"]
     baseline = distill["baseline_accuracy"]
     gain = (

@@ -23,7 +23,7 @@ from pipeline.errors import ConfigError, require
 
 NAME = "data"
 SECTION = "data"
-VERSION = 2
+VERSION = 3
 INPUTS: tuple[str, ...] = ()
 TRAINS = False
 OUTPUTS = ("arrays.npz", "dataset.json")
@@ -37,6 +37,9 @@ class Params:
     root: str | None = dataclasses.field(default=None, metadata={"path": True})  # folder of an on-disk dataset
     image_size: int | None = None  # imagefolder: resize to this square size; null: the images' own (one) size
     val_fraction: float = 0.2  # share of each class held out for evaluation when the source has no test split
+    # Share of each class of the training split held out from all training (teacher, distill, prune), so that
+    # choices such as the quantization search are made on images no model learned and never on the test split.
+    validation_fraction: float = 0.0
     download: bool = False  # cifar10/mnist/fashion_mnist: fetch the official files into root (checksums verified)
     seed: int = 0  # seed of the stratified split
 
@@ -44,6 +47,12 @@ class Params:
         if self.name not in DATASETS:
             raise ConfigError(f"data.name={self.name!r} is not a known dataset; available: {', '.join(DATASETS)}")
         require(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "a number in (0, 1)")
+        require(
+            0.0 <= self.validation_fraction < 1.0,
+            "data.validation_fraction",
+            self.validation_fraction,
+            "a number in [0, 1) (0: no validation split)",
+        )
         require(self.image_size is None or self.image_size >= 4, "data.image_size", self.image_size, "null or >= 4")
         require(self.name == "digits" or self.root, "data.root", self.root, f"the folder holding the {self.name} files")
         require(
@@ -60,6 +69,8 @@ class Dataset:
     train_labels: np.ndarray  # int64 (N,)
     test_images: np.ndarray
     test_labels: np.ndarray
+    val_images: np.ndarray  # held out from training (data.validation_fraction); empty when 0
+    val_labels: np.ndarray
     class_names: list[str]
     mean: list[float]  # per channel, of train pixels / 255
     std: list[float]
@@ -167,9 +178,30 @@ def _split(raw: datasets.RawDataset, params: Params) -> tuple[dict[str, np.ndarr
     return arrays, {"method": "stratified", "held_out_fraction": params.val_fraction, "seed": params.seed}
 
 
+def _hold_out_validation(arrays: dict[str, np.ndarray], split: dict[str, Any], params: Params) -> None:
+    """Move `validation_fraction` of each class of the training split into val_images/val_labels (in place).
+
+    Seeded apart from the test split (seed + 1) so the two draws are independent."""
+    labels = arrays["train_labels"]
+    if params.validation_fraction == 0:
+        kept, held_out = np.arange(len(labels)), np.arange(0)
+    else:
+        kept, held_out = stratified_split(labels, params.validation_fraction, params.seed + 1)
+    images = arrays["train_images"]
+    arrays.update(
+        train_images=images[kept],
+        train_labels=labels[kept],
+        val_images=images[held_out],
+        val_labels=labels[held_out],
+        val_index=held_out,  # positions in the training split before the validation images were taken out
+    )
+    split["validation"] = {"fraction": params.validation_fraction, "images": len(held_out), "seed": params.seed + 1}
+
+
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
     raw = _read(params)
     arrays, split = _split(raw, params)
+    _hold_out_validation(arrays, split, params)
     train_pixels = arrays["train_images"].astype(np.float32) / 255.0
     mean = train_pixels.mean(axis=(0, 2, 3), dtype=np.float64).tolist()
     std = train_pixels.std(axis=(0, 2, 3), dtype=np.float64).tolist()
@@ -185,13 +217,15 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "split": split,
     }
     (out_dir / "dataset.json").write_text(json.dumps(description, indent=2) + "\n")
-    n_train, n_test = len(arrays["train_labels"]), len(arrays["test_labels"])
+    n_train, n_test, n_val = len(arrays["train_labels"]), len(arrays["test_labels"]), len(arrays["val_labels"])
     return {
         "train_size": n_train,
         "test_size": n_test,
+        "validation_size": n_val,
         "classes": len(raw.class_names),
         "image_shape": shape,
-        "summary": f"{params.name}: {n_train} train / {n_test} test images of {shape}, {len(raw.class_names)} classes",
+        "summary": f"{params.name}: {n_train} train / {n_val} validation / {n_test} test images of {shape}, "
+        f"{len(raw.class_names)} classes",
     }
 
 
@@ -204,6 +238,8 @@ def load(artifact: Artifact) -> Dataset:
             train_labels=arrays["train_labels"],
             test_images=arrays["test_images"],
             test_labels=arrays["test_labels"],
+            val_images=arrays["val_images"],
+            val_labels=arrays["val_labels"],
             class_names=description["class_names"],
             mean=description["mean"],
             std=description["std"],

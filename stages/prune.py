@@ -3,17 +3,26 @@
 torch-pruning's dependency graph removes whole channels (and the matching inputs of the layers
 that consume them), so the pruned model is physically smaller and its MACs really drop. The result
 is stored as state_dict plus pruning history: loading replays the history on a freshly built model.
+
+The ratio is either `prune.ratio`, or, with `prune.target_latency_ms`, the least pruning whose measured
+onnxruntime latency meets that budget (pipeline/prune_budget.py, pipeline/latency_search.py): candidates are
+measured before fine-tuning, the chosen one is fine-tuned, then measured again (predicted vs achieved).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch_pruning as tp
 
+from pipeline import distributed, prune_budget
+from pipeline.benchtool import PROVIDERS
 from pipeline.cache import CHECKPOINTS, Artifact
 from pipeline.errors import require
 from pipeline.models import classifier_head, count_macs_and_params, load_model, save_model
@@ -21,9 +30,11 @@ from pipeline.train import accuracy, fit
 from stages import data
 from stages.teacher import check_recipe_params, recipe_for
 
+log = logging.getLogger(__name__)
+
 NAME = "prune"
 SECTION = "prune"
-VERSION = 1
+VERSION = 2
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
@@ -32,7 +43,7 @@ IMPORTANCES = ("l1", "l2")
 
 @dataclasses.dataclass(frozen=True)
 class Params:
-    ratio: float = 0.5  # fraction of channels removed from every prunable layer (0 keeps the student as is)
+    ratio: float = 0.5  # fraction of channels removed from every prunable layer; unused with target_latency_ms
     importance: str = "l2"  # channel ranking: l1 or l2 norm of each channel group's weights
     global_pruning: bool = False  # rank channels across layers instead of the same ratio in each layer
     # Keep a multiple of this many channels per layer (0: any count). CPU kernels are vectorized over 8 or 16
@@ -50,6 +61,17 @@ class Params:
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
     temperature: float = 4.0
     alpha: float = 0.9
+    # Latency budget instead of a ratio: the least pruning whose measured latency meets it (null: use `ratio`).
+    target_latency_ms: float | None = None  # p50 in ms at target_batch on target_provider, deployed form
+    target_batch: int = 1
+    target_provider: str = "cpu"  # cpu, cuda or tensorrt (onnxruntime execution provider)
+    target_threads: int = 2  # intra-op threads of the measuring session (bench.threads[0] compares models)
+    target_format: str = "fastest"  # deployed form measured: fp32, int8, or fastest (the faster of the two)
+    max_ratio: float = 0.9  # the most pruning the search tries
+    search_step: float = 0.1  # grid of ratios scanned from 0 upwards...
+    search_refine: int = 3  # ...then this many bisections below the first ratio that meets the budget
+    search_margin: float = 0.1  # a candidate must measure <= budget * (1 - margin): headroom for noise
+    search_budget_s: float = 300.0  # wall-time bound of the search; it then decides on what it measured
 
     def __post_init__(self):
         require(0 <= self.ratio < 1, "prune.ratio", self.ratio, "a fraction of channels in [0, 1)")
@@ -59,21 +81,64 @@ class Params:
         check_recipe_params("prune", self)
         require(self.temperature > 0, "prune.temperature", self.temperature, "a number > 0")
         require(0 <= self.alpha <= 1, "prune.alpha", self.alpha, "a number in [0, 1]")
+        require(
+            self.target_latency_ms is None or self.target_latency_ms > 0,
+            "prune.target_latency_ms",
+            self.target_latency_ms,
+            "a number of milliseconds > 0, or null to prune by prune.ratio",
+        )
+        require(self.target_batch >= 1, "prune.target_batch", self.target_batch, "an integer >= 1")
+        require(self.target_provider in PROVIDERS, "prune.target_provider", self.target_provider, ", ".join(PROVIDERS))
+        require(self.target_threads >= 1, "prune.target_threads", self.target_threads, "an integer >= 1")
+        formats = " or ".join(prune_budget.FORMATS)
+        require(self.target_format in prune_budget.FORMATS, "prune.target_format", self.target_format, formats)
+        require(0 < self.max_ratio < 1, "prune.max_ratio", self.max_ratio, "a fraction of channels in (0, 1)")
+        require(0 < self.search_step <= self.max_ratio, "prune.search_step", self.search_step, "in (0, max_ratio]")
+        require(self.search_refine >= 0, "prune.search_refine", self.search_refine, "an integer >= 0")
+        require(0 <= self.search_margin < 1, "prune.search_margin", self.search_margin, "a fraction in [0, 1)")
+        require(self.search_budget_s > 0, "prune.search_budget_s", self.search_budget_s, "a number of seconds > 0")
 
 
-def prune_channels(model: torch.nn.Module, example: torch.Tensor, num_classes: int, params: Params) -> list:
-    """Remove `params.ratio` of the channels in place; return torch-pruning's history for replay."""
+def prune_channels(
+    model: torch.nn.Module, example: torch.Tensor, num_classes: int, params: Params, ratio: float | None = None
+) -> list:
+    """Remove `ratio` (default `params.ratio`) of the channels in place; return torch-pruning's history."""
     pruner = tp.pruner.MetaPruner(
         model,
         example,
         importance=tp.importance.GroupMagnitudeImportance(p=1 if params.importance == "l1" else 2),
-        pruning_ratio=params.ratio,
+        pruning_ratio=params.ratio if ratio is None else ratio,
         global_pruning=params.global_pruning,
         round_to=params.round_to or None,
         ignored_layers=[classifier_head(model, num_classes)],  # its outputs are the classes
     )
     pruner.step()
     return pruner.pruning_history()
+
+
+def candidates(student: torch.nn.Module, spec, dataset: data.Dataset, params: Params) -> prune_budget.Candidates:
+    def prune(model: torch.nn.Module, ratio: float) -> None:
+        prune_channels(model, spec.example_input(), spec.num_classes, params, ratio)
+
+    return prune_budget.Candidates(student, spec, dataset.train_images, dataset.norm, params, prune)
+
+
+def latency_decision(student: torch.nn.Module, spec, dataset: data.Dataset, params: Params, out_dir: Path) -> dict:
+    """The search's JSON decision, measured once: kept in the work directory so a resumed run re-uses it (the
+    fine-tune checkpoint belongs to that architecture). Pure in its inputs, so one rank can decide for all."""
+    saved = out_dir / CHECKPOINTS / "search.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    measure = candidates(student, spec, dataset, params)
+    try:
+        decision = prune_budget.search(measure, params)
+    finally:
+        measure.close()
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    temp = saved.with_suffix(".tmp")
+    temp.write_text(json.dumps(decision))
+    os.replace(temp, saved)
+    return decision
 
 
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
@@ -83,9 +148,20 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     test = torch.from_numpy(dataset.test_images), torch.from_numpy(dataset.test_labels)
     macs_before, params_before = count_macs_and_params(student, spec)
 
+    search = None
+    ratio = params.ratio
+    if params.target_latency_ms is not None:
+        # Under torchrun only the leader measures (ranks timing at once would slow each other) and tells the rest.
+        leader = distributed.is_leader()
+        search = distributed.broadcast_json(
+            latency_decision(student, spec, dataset, params, out_dir) if leader else None
+        )
+        ratio = search["ratio"]
+        if not search["met"]:
+            log.warning("prune: %s", search["message"])
     history: list = []
-    if params.ratio > 0:
-        history = prune_channels(student, spec.example_input(), spec.num_classes, params)
+    if ratio > 0:
+        history = prune_channels(student, spec.example_input(), spec.num_classes, params, ratio)
     macs_after, params_after = count_macs_and_params(student, spec)
     accuracy_before_finetune = accuracy(student, *test, dataset.norm)
 
@@ -99,7 +175,12 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         )
     test_accuracy = accuracy(student, *test, dataset.norm)
     save_model(student, spec, out_dir, pruning_history=history)
+    if search is not None:
+        achieved = achieved_latency(student, spec, dataset, params) if distributed.is_leader() else None
+        search = {**search, "achieved": distributed.broadcast_json(achieved)}
     return {
+        "ratio": ratio,
+        "latency_search": search,
         "test_accuracy": test_accuracy,
         "test_accuracy_before_finetune": accuracy_before_finetune,
         "params_before": params_before,
@@ -107,9 +188,30 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "macs_before": macs_before,
         "macs": macs_after,
         "history": training,
-        "summary": (
-            f"{params.ratio:.0%} of channels removed: MACs {macs_before:,} -> {macs_after:,}, "
+        "summary": search_summary(search)
+        + (
+            f"{ratio:.1%} of channels removed: MACs {macs_before:,} -> {macs_after:,}, "
             f"params {params_before:,} -> {params_after:,}, test accuracy {accuracy_before_finetune:.4f} -> "
             f"{test_accuracy:.4f} after fine-tune"
         ),
     }
+
+
+def achieved_latency(model: torch.nn.Module, spec, dataset: data.Dataset, params: Params) -> dict[str, Any]:
+    """The fine-tuned model measured as its candidate was (weights do not change the graph; noise does)."""
+    measure = candidates(model, spec, dataset, params)
+    try:
+        return measure.measure(model)
+    finally:
+        measure.close()
+
+
+def search_summary(search: dict | None) -> str:
+    if search is None:
+        return ""
+    achieved = search["achieved"]["latency_ms"]
+    verdict = "met" if search["met"] and achieved <= search["budget_ms"] else "NOT met"
+    return (
+        f"budget {search['budget_ms']:g} ms {verdict} (predicted {search['predicted_ms']:.4g}, achieved "
+        f"{achieved:.4g} ms {search['achieved']['format']}, {len(search['trace'])} candidates); "
+    )

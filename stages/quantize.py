@@ -3,11 +3,16 @@
 Every argument of quantize_static is passed explicitly and recorded: its defaults have changed
 across onnxruntime versions. On x86 without VNNI, u8 x s8 products can saturate a 16-bit
 intermediate (../shared/FACTS.md), hence `reduce_range: true` (7-bit weights) by default.
+
+With `quantize.search: true` the settings are not taken from the config but chosen per model on the
+validation split (pipeline/quantize_search.py); every variant tried, with its accuracy and latency, is recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +21,16 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from pipeline import quantize_search
 from pipeline.cache import Artifact
-from pipeline.errors import StageError, require
+from pipeline.errors import ConfigError, StageError, require
 from pipeline.onnx_tools import INPUT_NAME, run_batches, session
 from pipeline.train import normalize
 from stages import data
 
 NAME = "quantize"
 SECTION = "quantize"
-VERSION = 2
+VERSION = 3
 INPUTS = ("data", "export")
 TRAINS = False
 # int8 ONNX -> the export stage's fp32 ONNX it quantizes. Both: on CPUs with VNNI the int8 student can be the
@@ -49,6 +55,13 @@ class Params:
     activation_type: str = "uint8"  # uint8 or int8
     weight_type: str = "int8"  # int8 or uint8
     seed: int = 0  # which training images calibrate
+    # true: choose method, per_channel, reduce_range and activation_type per model on the validation split
+    # (data.validation_fraction), the fastest within search_tolerance of the best accuracy; the above are ignored
+    search: bool = False
+    search_methods: tuple[str, ...] = ("minmax", "entropy", "percentile")  # calibration methods tried
+    search_tolerance: float = 0.005  # validation accuracy a variant may lose against the best one
+    search_batch: int = 1  # batch size of the variants' latency (p50)...
+    search_threads: int = 2  # ...and intra-op threads (bench.threads[0] compares models)
 
     def __post_init__(self):
         require(
@@ -58,6 +71,15 @@ class Params:
         require(self.method in METHODS, "quantize.method", self.method, " or ".join(METHODS))
         require(self.activation_type in TYPES, "quantize.activation_type", self.activation_type, " or ".join(TYPES))
         require(self.weight_type in TYPES, "quantize.weight_type", self.weight_type, " or ".join(TYPES))
+        require(
+            set(self.search_methods) <= set(METHODS),
+            "quantize.search_methods",
+            list(self.search_methods),
+            f"a list from {', '.join(METHODS)}",
+        )
+        require(0 <= self.search_tolerance <= 1, "quantize.search_tolerance", self.search_tolerance, "in [0, 1]")
+        require(self.search_batch >= 1, "quantize.search_batch", self.search_batch, "an integer >= 1")
+        require(self.search_threads >= 1, "quantize.search_threads", self.search_threads, "an integer >= 1")
 
 
 class ImageReader(CalibrationDataReader):
@@ -84,23 +106,24 @@ def quantize(source: Path, target: Path, calibration: np.ndarray, params: Params
     quant_pre_process(
         str(source), str(prepared), skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=False
     )
-    quantize_static(
-        str(prepared),
-        str(target),
-        ImageReader(calibration, params.calibration_batch),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=None,
-        per_channel=params.per_channel,
-        reduce_range=params.reduce_range,
-        activation_type=TYPES[params.activation_type],
-        weight_type=TYPES[params.weight_type],
-        nodes_to_quantize=None,
-        nodes_to_exclude=None,
-        use_external_data_format=False,
-        calibrate_method=METHODS[params.method],
-        calibration_providers=["CPUExecutionProvider"],
-        extra_options={},
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # the Entropy/Percentile calibrators print progress
+        quantize_static(
+            str(prepared),
+            str(target),
+            ImageReader(calibration, params.calibration_batch),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=None,
+            per_channel=params.per_channel,
+            reduce_range=params.reduce_range,
+            activation_type=TYPES[params.activation_type],
+            weight_type=TYPES[params.weight_type],
+            nodes_to_quantize=None,
+            nodes_to_exclude=None,
+            use_external_data_format=False,
+            calibrate_method=METHODS[params.method],
+            calibration_providers=["CPUExecutionProvider"],
+            extra_options={},
+        )
     prepared.unlink()
 
 
@@ -131,15 +154,51 @@ def check_dynamic_batch(path: Path, calibration: np.ndarray, num_classes: int) -
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
     dataset = data.load(inputs["data"])
     calibration = calibration_inputs(dataset, params)
+    validation = None
+    if params.search:
+        if len(dataset.val_labels) == 0:
+            raise ConfigError("quantize.search=true needs a validation split: set data.validation_fraction (e.g. 0.1)")
+        validation = normalize(torch.from_numpy(dataset.val_images), *dataset.norm).numpy(), dataset.val_labels
     models = {}
     for target, source in SOURCES.items():
-        quantize(inputs["export"].file(source), out_dir / target, calibration, params)
+        if validation is None:
+            quantize(inputs["export"].file(source), out_dir / target, calibration, params)
+            chosen, searched = params, None
+        else:
+            searched = quantize_search.search(
+                inputs["export"].file(source), out_dir / target, calibration, validation, params
+            )
+            chosen = dataclasses.replace(params, **variant_settings(searched["variants"][searched["chosen"]]))
         check_dynamic_batch(out_dir / target, calibration, len(dataset.class_names))
-        models[target.removesuffix(".onnx")] = {"source": source, "size_bytes": (out_dir / target).stat().st_size}
+        models[target.removesuffix(".onnx")] = {
+            "source": source,
+            "size_bytes": (out_dir / target).stat().st_size,
+            "arguments": arguments(chosen),
+            "search": searched,
+        }
+    how = "searched on the validation split" if params.search else params.method
     return {
         "models": models,
         "calibration_images": len(calibration),
-        "arguments": arguments(params),
+        "arguments": models["int8"]["arguments"],  # of the pruned model's int8; per model in models
         "summary": f"{', '.join(SOURCES.values())} -> {', '.join(SOURCES)} "
-        f"(QDQ, {params.method}, {len(calibration)} training images)",
+        f"(QDQ, {how}, {len(calibration)} training images)" + search_summary(models),
     }
+
+
+def variant_settings(variant: dict[str, Any]) -> dict[str, Any]:
+    return {key: variant[key] for key in ("method", "per_channel", "activation_type", "reduce_range")}
+
+
+def search_summary(models: dict[str, dict]) -> str:
+    parts = []
+    for name, model in models.items():
+        if model["search"]:
+            best = model["search"]["variants"][model["search"]["chosen"]]
+            parts.append(
+                f"{name}: {best['method']}, {'per-channel' if best['per_channel'] else 'per-tensor'}, "
+                f"{best['activation_type']} activations, reduce_range {best['reduce_range']} "
+                f"(validation {best['validation_accuracy']:.4f}, {best['p50_ms']:.4f} ms, "
+                f"of {len(model['search']['variants'])} variants)"
+            )
+    return "; " + "; ".join(parts) if parts else ""

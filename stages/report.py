@@ -1,8 +1,10 @@
 """report: pick the edge model, evaluate the sign-off gates, write report.json, report.md and model.onnx.
 
-The edge model is the fastest model (p50 at `signoff.latency_batch`, CPU) among those that pass the
-accuracy gates; int8 is not assumed faster. If no model passes them, the most accurate one is named
-and the sign-off fails. The runner copies this stage's files to `artifacts/release/`.
+The edge model is the fastest model (p50 at `signoff.latency_batch` on `signoff.latency_provider`) among those
+that pass the accuracy gates; int8 is not assumed faster. A latency budget (prune.target_latency_ms) becomes a
+latency gate on the edge model (`PROVIDER:BATCH:p50<=BUDGET` in the report's signoff.latency_limits). If no
+model passes the accuracy gates, the most accurate one is named and the sign-off fails. The runner copies this
+stage's files to `artifacts/release/`.
 """
 
 from __future__ import annotations
@@ -18,14 +20,13 @@ from typing import Any
 from pipeline.benchtool import PROVIDERS
 from pipeline.cache import Artifact
 from pipeline.config import params_to_dict, section_classes
-from pipeline.errors import ConfigError, require
-from pipeline.html_report import render_html
+from pipeline.errors import ConfigError, StageError, require
+from pipeline.html_report import pareto_front, render_html
 from pipeline.markdown_report import render_markdown
-from stages.bench import PROVIDER
 
 NAME = "report"
 SECTION = "signoff"
-VERSION = 7
+VERSION = 8
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx")
@@ -37,6 +38,7 @@ class Params:
     max_drop_vs_teacher: float = 0.03  # largest accuracy loss allowed against the teacher
     max_drop_vs_student: float = 0.02  # ...and against the fp32 distilled student
     latency_batch: int = 1  # batch size at which models are compared and latency gated (one of bench.batch_sizes)
+    latency_provider: str = "cpu"  # execution provider at which models are compared: cpu, cuda or tensorrt
     latency_tie: float = 0.1  # p50s within this fraction of the fastest count as equally fast (most accurate wins)
     max_latency_ms: float | None = None  # p90 limit at latency_batch on CPU; null: no latency gate
     latency_limits: tuple[
@@ -62,6 +64,9 @@ class Params:
             "a number in [0, 1]",
         )
         require(self.latency_batch >= 1, "signoff.latency_batch", self.latency_batch, "an integer >= 1")
+        require(
+            self.latency_provider in PROVIDERS, "signoff.latency_provider", self.latency_provider, ", ".join(PROVIDERS)
+        )
         require(0 <= self.latency_tie < 1, "signoff.latency_tie", self.latency_tie, "a fraction in [0, 1)")
         require(
             self.max_latency_ms is None or self.max_latency_ms > 0,
@@ -131,8 +136,8 @@ def accuracy_gates(model: dict, teacher: dict, student: dict, params: Params) ->
     ]
 
 
-def p(model: dict, batch: int, stat: str) -> float:
-    return model["latency"][PROVIDER][str(batch)][stat]
+def p(model: dict, batch: int, stat: str, provider: str = "cpu") -> float:
+    return model["latency"][PROVIDERS[provider][0]][str(batch)][stat]
 
 
 def choose_edge_model(models: list[dict], params: Params) -> tuple[dict, list[str]]:
@@ -147,8 +152,9 @@ def choose_edge_model(models: list[dict], params: Params) -> tuple[dict, list[st
     ]
     if not passing:
         return max(models, key=lambda m: m["accuracy"]), []
-    fastest = min(p(m, params.latency_batch, "p50_ms") for m in passing)
-    tied = [m for m in passing if p(m, params.latency_batch, "p50_ms") <= fastest * (1 + params.latency_tie)]
+    batch, provider = params.latency_batch, params.latency_provider
+    fastest = min(p(m, batch, "p50_ms", provider) for m in passing)
+    tied = [m for m in passing if p(m, batch, "p50_ms", provider) <= fastest * (1 + params.latency_tie)]
     winner = max(tied, key=lambda m: (m["accuracy"], -m["size_bytes"]))
     return winner, [m["name"] for m in passing]
 
@@ -158,12 +164,13 @@ def signoff_gates(edge: dict, models: list[dict], params: Params) -> list[dict[s
     gates = accuracy_gates(edge, by_name["teacher"], by_name["student"], params)
     batch = params.latency_batch
     if params.max_latency_ms is not None:
-        value = p(edge, batch, "p90_ms")
+        value = p(edge, batch, "p90_ms", params.latency_provider)
         gates.append(
             gate(f"max_latency_ms_p90_batch_{batch}", params.max_latency_ms, value, value <= params.max_latency_ms)
         )
     if params.min_speedup_vs_teacher is not None:
-        value = p(by_name["teacher"], batch, "p50_ms") / p(edge, batch, "p50_ms")
+        provider = params.latency_provider
+        value = p(by_name["teacher"], batch, "p50_ms", provider) / p(edge, batch, "p50_ms", provider)
         gates.append(
             gate(
                 f"min_speedup_vs_teacher_batch_{batch}",
@@ -190,9 +197,30 @@ def reproduce_command(config: dict[str, dict[str, Any]]) -> str:
     return " ".join(["edgeforge run", *overrides])
 
 
+def with_budget_gate(params: Params, prune: dict[str, Any]) -> Params:
+    """The latency budget the prune stage searched for, as one more latency gate on the edge model."""
+    if prune.get("target_latency_ms") is None:
+        return params
+    limit = f"{prune['target_provider']}:{prune['target_batch']}:p50<={prune['target_latency_ms']!r}"
+    return (
+        params
+        if limit in params.latency_limits
+        else dataclasses.replace(params, latency_limits=(*params.latency_limits, limit))
+    )
+
+
+def check_measured(models: list[dict], params: Params, bench: dict) -> None:
+    required = PROVIDERS[params.latency_provider][0]
+    if any(required not in m["latency"] for m in models):
+        why = bench["skipped_providers"].get(params.latency_provider, "not in bench.providers")
+        raise StageError(f"report: signoff.latency_provider={params.latency_provider!r} was not measured: {why}")
+
+
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
     bench = inputs["bench"].metrics
     models = [{**m, "path": f"cache/{m['stage']}/{m['key']}/{m['file']}"} for m in bench["models"]]
+    params = with_budget_gate(params, inputs["prune"].manifest["params"])
+    check_measured(models, params, bench)
     edge, passing = choose_edge_model(models, params)
     gates = signoff_gates(edge, models, params)
     dataset = json.loads(inputs["data"].file("dataset.json").read_text())
@@ -209,7 +237,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "edge_model": edge["name"],
         "edge_model_reason": (
             f"the most accurate of the models within {params.latency_tie:.0%} of the fastest p50 at batch "
-            f"{params.latency_batch}, among those passing the accuracy gates ({', '.join(passing)})"
+            f"{params.latency_batch} on {params.latency_provider}, among those passing the accuracy gates "
+            f"({', '.join(passing)})"
             if passing
             else "no model passed the accuracy gates; the most accurate is named"
         ),
@@ -232,6 +261,16 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
             )
         },
         "quantization": inputs["quantize"].metrics["arguments"],
+        "quantization_search": {
+            name: model["search"] for name, model in inputs["quantize"].metrics["models"].items() if model["search"]
+        },
+        "latency_search": inputs["prune"].metrics["latency_search"],
+        "edge_choice": {
+            "batch": params.latency_batch,
+            "provider": PROVIDERS[params.latency_provider][0],
+            "passing": passing,
+        },
+        "pareto_front": pareto_front(models, str(params.latency_batch), PROVIDERS[params.latency_provider][0]),
         "training": {
             "teacher": inputs["teacher"].metrics["history"],
             "student": distill["history"],

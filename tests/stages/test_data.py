@@ -52,8 +52,31 @@ def test_imagefolder_becomes_a_data_artifact_with_class_names(tmp_path):
     assert dataset.train_images.shape == (12, 3, 8, 8) and dataset.test_images.shape == (4, 3, 8, 8)
     assert artifact.manifest["external"]["files"] == 16
     assert json.loads(artifact.file("dataset.json").read_text())["split"] == {
-        "method": "the source's own train/test split"
+        "method": "the source's own train/test split",
+        "validation": {"fraction": 0.0, "images": 0, "seed": 1},
     }
+    assert dataset.val_images.shape == (0, 3, 8, 8)
+
+
+def test_validation_split_is_held_out_from_training_stratified_and_seeded(tmp_path):
+    from pipeline.cache import ArtifactStore
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    overrides = ["data.validation_fraction=0.1"]
+    with_val = data.load(run_pipeline(load_config(overrides=overrides), store, target="data")[-1].artifact)
+    without = data.load(run_pipeline(load_config(), store, target="data")[-1].artifact)
+    assert len(with_val.val_labels) == 143 and len(with_val.train_labels) == len(without.train_labels) - 143
+    assert np.bincount(with_val.val_labels).min() >= 14  # every class, about 10% of each
+    assert np.array_equal(with_val.test_labels, without.test_labels)  # the test split is untouched
+    # Exactly the training split before, partitioned: validation images are the ones at val_index, the rest train.
+    artifact = run_pipeline(load_config(overrides=overrides), store, target="data")[-1].artifact
+    with np.load(artifact.file("arrays.npz"), allow_pickle=False) as arrays:
+        held_out = arrays["val_index"]
+    kept = np.setdiff1d(np.arange(len(without.train_labels)), held_out)
+    assert np.array_equal(without.train_images[held_out], with_val.val_images)
+    assert np.array_equal(without.train_images[kept], with_val.train_images)
 
 
 def test_one_changed_image_changes_the_key_and_untouched_files_are_not_read(tmp_path, monkeypatch):

@@ -1,3 +1,6 @@
+import json
+
+import pytest
 import torch
 
 from pipeline.models import ModelSpec, build_model, count_macs_and_params, load_model, save_model
@@ -51,3 +54,95 @@ def test_prune_stage_reduces_params_and_macs_and_keeps_accuracy(tiny_run):
     assert metrics["test_accuracy"] > 0.8
     exported = results["export"].artifact
     assert exported.file("pruned.onnx").stat().st_size < exported.file("student.onnx").stat().st_size
+
+
+@pytest.fixture(autouse=True)
+def short_search_timing(monkeypatch):
+    """Candidates timed briefly: these tests check the search's logic and records, not the latencies."""
+    from pipeline import prune_budget
+
+    monkeypatch.setattr(
+        prune_budget, "SEARCH_TIMING", dict(warmup_runs=2, warmup_seconds=0, min_runs=20, min_seconds=0)
+    )
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One artifact store for the budget tests: they share data, teacher and distill, and differ in prune."""
+    from pipeline.cache import ArtifactStore
+
+    return ArtifactStore(tmp_path_factory.mktemp("artifacts"))
+
+
+def run_prune(store, *sets, target="prune"):
+    """The prune stage's result, or with another target every stage's result by name."""
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+
+    fast = ["teacher.width=8", "teacher.epochs=2", "distill.epochs=2", "distill.baseline=false"]
+    bench = ["bench.batch_sizes=[1]", "bench.warmup_runs=2", "bench.min_runs=20", "bench.min_seconds=0"]
+    config = load_config(overrides=[*fast, "prune.finetune_epochs=1", "quantize.calibration_samples=64", *bench, *sets])
+    results = run_pipeline(config, store, target=target)
+    return results[-1] if target == "prune" else {r.name: r for r in results}
+
+
+def test_latency_budget_unreachable_says_so_and_uses_the_fastest_candidate(store, caplog):
+    # No model runs in a nanosecond: every candidate misses; the decision names the closest latency.
+    sets = [
+        "prune.target_latency_ms=0.000001",
+        "prune.max_ratio=0.5",
+        "prune.search_step=0.25",
+        "prune.target_format=fp32",
+    ]
+    result = run_prune(store, *sets)
+    metrics = result.artifact.metrics
+    search = metrics["latency_search"]
+    assert [e["ratio"] for e in search["trace"]] == [0.0, 0.25, 0.5]
+    assert search["met"] is False and "not reached" in search["message"] and "not reached" in caplog.text
+    fastest = min(search["trace"], key=lambda e: e["latency_ms"])
+    assert metrics["ratio"] == search["ratio"] == fastest["ratio"]
+    assert search["achieved"]["latency_ms"] > 0 and search["achieved"]["format"] == "fp32"
+    assert search["method"]["batch"] == 1 and search["method"]["provider"] == "cpu"
+    assert "NOT met" in metrics["summary"]
+    # Cached like any stage: the same config is the same answer, nothing re-measured.
+    again = run_prune(store, *sets)
+    assert again.cached and again.artifact.metrics["latency_search"] == search
+
+
+def test_latency_budget_met_unpruned_keeps_every_channel_and_is_gated_in_the_report(store):
+    from pipeline.compare import recheck_signoff
+
+    results = run_prune(store, "prune.target_latency_ms=1000", target="report")
+    metrics = results["prune"].artifact.metrics
+    search = metrics["latency_search"]
+    assert search["met"] and metrics["ratio"] == 0.0 and len(search["trace"]) == 1
+    assert metrics["params"] == metrics["params_before"]
+    assert set(search["trace"][0]) >= {"fp32_ms", "int8_ms", "latency_ms", "format", "macs", "params"}
+    assert search["trace"][0]["latency_ms"] == min(search["trace"][0]["fp32_ms"], search["trace"][0]["int8_ms"])
+    report = json.loads(results["report"].artifact.file("report.json").read_text())
+    gate = next(g for g in report["signoff"]["gates"] if g["name"] == "max_latency_ms_p50_cpu_batch_1")
+    assert gate["limit"] == 1000 and gate["passed"]
+    assert report["latency_search"]["ratio"] == 0.0 and report["pareto_front"]
+    assert recheck_signoff(report)["mismatches"] == []  # the budget gate is re-checkable from the report alone
+    markdown = results["report"].artifact.file("report.md").read_text()
+    assert "## Latency-budget search" in markdown and "Chosen ratio **0**" in markdown
+    assert "## Edge model choice" in markdown
+    assert (
+        "Latency-budget search: every candidate measured" in results["report"].artifact.file("report.html").read_text()
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("target_latency_ms", 0, r"prune.target_latency_ms=0 is not allowed: expected a number of milliseconds > 0"),
+        ("target_provider", "tpu", r"prune.target_provider='tpu' is not allowed: expected cpu, cuda, tensorrt"),
+        ("target_format", "fp16", r"prune.target_format='fp16' is not allowed: expected fp32 or int8 or fastest"),
+        ("search_step", 0.95, r"prune.search_step=0.95 is not allowed: expected in \(0, max_ratio\]"),
+    ],
+)
+def test_bad_budget_settings_are_one_line_errors(key, value, message):
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        Params(**{key: value})

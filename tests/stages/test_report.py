@@ -98,3 +98,33 @@ def test_latency_limits_gate_any_percentile_provider_and_batch():
     }
     with pytest.raises(ConfigError, match=r"entry 'cpu:1:p97<=1' is not allowed: expected PROVIDER:BATCH:PERCENTILE"):
         Params(latency_limits=("cpu:1:p97<=1",))
+
+
+def test_edge_model_is_chosen_on_the_latency_provider():
+    from stages.report import with_budget_gate
+
+    cuda = "CUDAExecutionProvider"
+    models = [model("teacher", 0.99, 1.0), model("student", 0.985, 0.3), model("student_int8", 0.98, 0.2)]
+    models[1]["latency"][cuda] = {"1": {"p50_ms": 0.05, "p90_ms": 0.06, "p99_ms": 0.07}}  # fast on GPU
+    models[2]["latency"][cuda] = {"1": {"p50_ms": 0.09, "p90_ms": 0.10, "p99_ms": 0.11}}
+    models[0]["latency"][cuda] = {"1": {"p50_ms": 0.50, "p90_ms": 0.60, "p99_ms": 0.70}}
+    assert choose_edge_model(models, Params(latency_tie=0))[0]["name"] == "student_int8"
+    assert choose_edge_model(models, Params(latency_tie=0, latency_provider="cuda"))[0]["name"] == "student"
+    budget = {"target_latency_ms": 0.15, "target_batch": 1, "target_provider": "cpu"}
+    params = with_budget_gate(Params(latency_tie=0), budget)
+    assert params.latency_limits == ("cpu:1:p50<=0.15",)
+    assert with_budget_gate(params, budget) == params  # a report re-checked from its own config adds nothing
+    gates = {g["name"]: g for g in signoff_gates(models[2], models, params)}
+    assert gates["max_latency_ms_p50_cpu_batch_1"]["passed"] is False  # 0.2 ms > 0.15 ms
+    assert with_budget_gate(Params(), {"target_latency_ms": None}) == Params()
+
+
+def test_budget_must_be_where_the_edge_model_is_chosen():
+    import pytest
+
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"prune.target_batch=32 and prune.target_provider='cpu' must be where"):
+        load_config(overrides=["prune.target_latency_ms=0.1", "prune.target_batch=32"])
+    load_config(overrides=["prune.target_latency_ms=0.1", "prune.target_batch=32", "signoff.latency_batch=32"])

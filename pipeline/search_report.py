@@ -1,0 +1,109 @@
+"""report.md sections for the choices edgeforge made: the edge model on the Pareto front, the latency-budget
+search (ratio -> latency trace) and the quantization variants tried."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def edge_choice_section(report: dict[str, Any]) -> list[str]:
+    choice = report["edge_choice"]
+    batch, provider = choice["batch"], choice["provider"]
+    rows = []
+    for m in report["models"]:
+        stats = m["latency"].get(provider, {}).get(str(batch))
+        rows.append(
+            [
+                f"**{m['name']}**" if m["name"] == report["edge_model"] else m["name"],
+                f"{m['accuracy']:.4f}",
+                _ms(stats and stats["p50_ms"]),
+                "yes" if m["name"] in choice["passing"] else "no",
+                "yes" if m["name"] in report["pareto_front"] else "no",
+            ]
+        )
+    lines = ["", "## Edge model choice", ""]
+    header = ["model", "accuracy", f"p50 ms, batch {batch}, {provider}", "passes accuracy gates", "Pareto"]
+    lines += _table(header, rows)
+    return lines + [
+        "",
+        "Pareto front: models no other model beats on both test accuracy and p50. "
+        f"{report['edge_model']} won: {report['edge_model_reason']}.",
+    ]
+
+
+def latency_search_section(search: dict[str, Any] | None) -> list[str]:
+    if search is None:
+        return []
+    method, achieved = search["method"], search["achieved"]
+    lines = [
+        "",
+        "## Latency-budget search (prune.target_latency_ms)",
+        "",
+        f"Budget {search['budget_ms']:g} ms p50 at batch {method['batch']} on {method['provider']} "
+        f"({method['threads']} threads), deployed form measured: {' or '.join(method['formats'])}; a candidate must "
+        f"measure ≤ {search['limit_ms']:.4g} ms (margin {search['margin']:g}). Candidates were pruned copies of the "
+        f"student, exported and timed before any fine-tuning ({len(search['trace'])} in {search['seconds']:.1f} s).",
+        "",
+        f"Chosen ratio **{search['ratio']:g}**: predicted {search['predicted_ms']:.4f} ms, achieved after the "
+        f"fine-tune {achieved['latency_ms']:.4f} ms ({achieved['format']}).",
+    ]
+    if not search["met"]:
+        lines += ["", f"**Budget not reached**: {search['message']}."]
+    rows = [
+        [
+            f"{e['ratio']:g}",
+            _ms(e.get("fp32_ms")),
+            _ms(e.get("int8_ms")),
+            f"{e['latency_ms']:.4f} ({e['format']})",
+            f"{e['macs']:,}",
+            "yes" if e["meets_limit"] else "no",
+        ]
+        for e in search["trace"]
+    ]
+    lines += ["", "Search trace, in the order measured:", ""]
+    return lines + _table(["ratio", "fp32 p50 ms", "int8 p50 ms", "deployed ms", "MACs", "meets limit"], rows)
+
+
+def quantization_search_section(searches: dict[str, dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    for name, search in searches.items():
+        method = search["method"]
+        isa = "with VNNI" if search["vnni"] else "without VNNI" if search["x86"] else "not x86"
+        lines += [
+            "",
+            f"## Quantization variants of {name} (chosen on the validation split)",
+            "",
+            f"CPU {isa} ({', '.join(search['isa']) or 'no listed ISA flags'}); fp32 validation accuracy "
+            f"{search['fp32_validation_accuracy']:.4f}; p50 at batch {method['batch']}, {method['threads']} threads.",
+            "",
+        ]
+        rows = [
+            [
+                ("**chosen** " if i == search["chosen"] else "") + v["method"],
+                "per-channel" if v["per_channel"] else "per-tensor",
+                v["activation_type"],
+                str(v["reduce_range"]).lower(),
+                f"{v['validation_accuracy']:.4f}",
+                f"{v['p50_ms']:.4f}",
+            ]
+            for i, v in enumerate(search["variants"])
+        ]
+        lines += _table(["calibration", "weights", "activations", "reduce_range", "validation acc", "p50 ms"], rows)
+    return lines
+
+
+def search_sections(report: dict[str, Any]) -> list[str]:
+    return (
+        edge_choice_section(report)
+        + latency_search_section(report.get("latency_search"))
+        + quantization_search_section(report.get("quantization_search") or {})
+    )

@@ -103,3 +103,18 @@ def test_a_failed_rank_leaves_nothing_published(tmp_path, when):
     assert done.stderr.rstrip().splitlines()[-1].startswith("error: rank 1 of 2 failed first")
     assert published(store, "teacher") == []
     assert len(published(store, "data")) == 1  # the stage before it stays cached
+
+
+def test_a_latency_budget_prune_runs_under_two_ranks(tmp_path):
+    """Rank 0 measures and broadcasts the search's decision (and the achieved latency); both ranks then prune the
+    same architecture, or DDP's parameter-shape check would fail the fine-tune."""
+    store = ArtifactStore(tmp_path / "artifacts")
+    sets = (*TINY, "prune.target_latency_ms=1000", "prune.target_threads=1")
+    command = edgeforge_command(store.root, "run", "--until", "prune", "--nproc", "2", sets=sets)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    key = plan_keys(load_config(overrides=sets), list(STAGES), store)["prune"]
+    manifest = json.loads((store.entry_dir("prune", key) / "manifest.json").read_text())
+    search = manifest["metrics"]["latency_search"]
+    assert manifest["ranks"] == 2 and search["met"] and search["ratio"] == 0.0
+    assert search["achieved"]["latency_ms"] > 0 and len(search["trace"]) == 1

@@ -37,17 +37,32 @@ def physical_cores() -> int | None:
     return len(cores) or None
 
 
+def isa() -> list[str]:
+    """The ISA_FLAGS this CPU has (x86 `flags` or Arm `Features` of /proc/cpuinfo)."""
+    info = _cpuinfo()
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    return sorted(flag for flag in ISA_FLAGS if flag in flags)
+
+
+def has_vnni(flags: list[str]) -> bool:
+    """VPDPBUSD: u8 x s8 products accumulate in 32 bits, without VPMADDUBSW's saturating 16-bit step."""
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
 def describe(threads: int) -> dict[str, object]:
     import onnxruntime
 
     info = _cpuinfo()
-    flags = set((info.get("flags") or info.get("Features") or "").split())
     return {
         "cpu": info.get("model name") or platform.processor() or platform.machine(),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "physical_cores": physical_cores(),
         "threads": threads,
-        "isa": sorted(flag for flag in ISA_FLAGS if flag in flags),
+        "isa": isa(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "torch": metadata.version("torch"),

@@ -35,6 +35,8 @@ import numpy as np
 
 SIGN_OFF = dict(warmup_runs=100, warmup_seconds=5.0, min_runs=1024, min_seconds=60.0)
 QUICK = dict(warmup_runs=20, warmup_seconds=0.5, min_runs=200, min_seconds=2.0)
+# Searches (pruning candidates, quantization variants) compare many models; the bench stage measures what ships.
+SEARCH = dict(warmup_runs=20, warmup_seconds=0.2, min_runs=200, min_seconds=0.5)
 
 PERCENTILES = (50, 90, 95, 99)
 CI_QUANTILE = 0.9

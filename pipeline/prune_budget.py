@@ -25,17 +25,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline import latency
 from pipeline.benchtool import ProviderUnavailable, bench_one
 from pipeline.errors import StageError
 from pipeline.latency_search import search_ratio
 from pipeline.models import ModelSpec, count_macs_and_params
 from pipeline.onnx_tools import INPUT_NAME, export_onnx
 from pipeline.train import normalize
-from stages import quantize
+from stages import export, quantize
 
-SEARCH_TIMING = dict(warmup_runs=20, warmup_seconds=0.2, min_runs=200, min_seconds=0.5)
+SEARCH_TIMING = latency.SEARCH
 CALIBRATION_IMAGES = 64
-EXPORT_OPSET = 18
+EXPORT_OPSET = export.Params().opset
 FORMATS = {"fp32": ("fp32",), "int8": ("int8",), "fastest": ("fp32", "int8")}  # prune.target_format -> measured
 
 

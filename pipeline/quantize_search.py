@@ -17,7 +17,6 @@ LATENCY_TIE of that count as tied and the most accurate of them wins (then the e
 from __future__ import annotations
 
 import itertools
-import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,20 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import environment
+from pipeline import environment, latency
 from pipeline.benchtool import bench_one
 from pipeline.onnx_tools import INPUT_NAME, run_batches, session
 
-SEARCH_TIMING = dict(warmup_runs=20, warmup_seconds=0.2, min_runs=200, min_seconds=0.5)
+SEARCH_TIMING = latency.SEARCH
 LATENCY_TIE = 0.05  # about the run-to-run spread of a p50 this short
-
-
-def has_vnni(isa: list[str]) -> bool:
-    return "avx512_vnni" in isa or "avx_vnni" in isa
-
-
-def is_x86() -> bool:
-    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
 def variants(methods: tuple[str, ...], isa: list[str], x86: bool) -> list[dict[str, Any]]:
@@ -47,7 +38,7 @@ def variants(methods: tuple[str, ...], isa: list[str], x86: bool) -> list[dict[s
     for method, per_channel, activation, reduce_range in itertools.product(
         methods, (True, False), ("uint8", "int8"), (True, False)
     ):
-        if x86 and not has_vnni(isa) and activation == "uint8" and not reduce_range:
+        if x86 and not environment.has_vnni(isa) and activation == "uint8" and not reduce_range:
             continue  # u8 x s8 can saturate without VNNI
         tried.append(
             {"method": method, "per_channel": per_channel, "activation_type": activation, "reduce_range": reduce_range}
@@ -76,10 +67,10 @@ def search(
 
     inputs, labels = validation
     feed = {INPUT_NAME: np.resize(inputs, (params.search_batch, *inputs.shape[1:]))}
-    isa = environment.describe(params.search_threads)["isa"]
+    isa = environment.isa()
     results = []
     with tempfile.TemporaryDirectory(prefix="edgeforge-quantize-search-") as work:
-        for index, variant in enumerate(variants(params.search_methods, isa, is_x86())):
+        for index, variant in enumerate(variants(params.search_methods, isa, environment.is_x86())):
             path = Path(work) / f"variant{index}.onnx"
             settings = Params(
                 calibration_samples=params.calibration_samples,
@@ -99,7 +90,7 @@ def search(
         "variants": results,
         "chosen": chosen,
         "isa": isa,
-        "vnni": has_vnni(isa),
-        "x86": is_x86(),
+        "vnni": environment.has_vnni(isa),
+        "x86": environment.is_x86(),
         "method": {"batch": params.search_batch, "threads": params.search_threads, "timing": SEARCH_TIMING},
     }

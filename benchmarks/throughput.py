@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 from pipeline.cache import ArtifactStore
-from pipeline.config import load_config
-from pipeline.models import ModelSpec, build_model
-from pipeline.runner import run_pipeline
-from pipeline.train import Recipe, fit, normalize
+from pipeline.models.factory import build_model
+from pipeline.models.spec import ModelSpec
+from pipeline.runner import load_config, run_pipeline
+from pipeline.training.augment import normalize
+from pipeline.training.loop import Recipe, fit
 from stages import data
 
 

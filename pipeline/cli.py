@@ -10,11 +10,15 @@ from pathlib import Path
 
 import click
 
-from pipeline import benchtool, compare, distributed, latency, runner
+from pipeline import runner
 from pipeline.cache import ArtifactStore
-from pipeline.config import load_config
 from pipeline.errors import EdgeforgeError
+from pipeline.reporting import compare, recheck
+from pipeline.runner import load_config
+from pipeline.runtime import benchtool, feeds, latency
+from pipeline.training import distributed
 from stages import STAGE_NAMES
+from stages import report as report_stage
 
 log = logging.getLogger("edgeforge")
 STORAGE_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT)  # the disk, not a bug
@@ -222,8 +226,8 @@ def signoff(store: ArtifactStore, report_file: Path | None) -> None:
     measured values and the report's signoff config; a stored verdict that disagrees is listed and fails.
     """
     report_file = report_file or store.root / "release" / "report.json"
-    result = compare.recheck_signoff(compare.load_report(report_file), str(report_file))
-    click.echo(compare.format_recheck(result), nl=False)
+    result = recheck.recheck_signoff(compare.load_report(report_file), report_stage.Params, str(report_file))
+    click.echo(recheck.format_recheck(result), nl=False)
     if not result["passed"] or result["mismatches"]:
         raise EdgeforgeError(f"sign-off of {report_file} does not pass")
 
@@ -292,7 +296,7 @@ def bench_command(model_file: Path, shapes, batch_sizes, threads, providers, sig
 
     Inputs are fixed random tensors of the model's input signature (seeded).
     """
-    parsed = dict(benchtool.parse_shape(text) for text in shapes)
+    parsed = dict(feeds.parse_shape(text) for text in shapes)
     preset = latency.SIGN_OFF if sign_off else latency.QUICK
     result = benchtool.bench_file(model_file, parsed, tuple(batch_sizes), tuple(threads), tuple(providers), preset)
     click.echo(json.dumps(result, indent=2) if as_json else benchtool.format_table(result))

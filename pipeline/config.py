@@ -1,7 +1,8 @@
 """Resolved configuration: stage dataclass defaults, then a YAML file, then `--set section.key=value`.
 
-Every value is type-checked against the stage's frozen params dataclass; unknown sections and keys
-are errors listing the known ones. Relative paths in a YAML file resolve against that file's folder,
+Every value is type-checked against its section's frozen params dataclass; unknown sections and keys
+are errors listing the known ones. The sections are handed in (the runner passes the stages'): this module
+knows no stage. Relative paths in a YAML file resolve against that file's folder,
 relative paths given with `--set` against the working directory.
 """
 
@@ -41,69 +42,40 @@ def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def parse_latency_limit(text: str) -> tuple[str, int, str, float]:
-    from stages.report import parse_latency_limit as parse  # the report stage owns the gate syntax
+def load_config(
+    sections: dict[str, type],
+    path: Path | None = None,
+    overrides: typing.Sequence[str] = (),
+    check: typing.Callable[[dict[str, Any]], None] | None = None,
+) -> Config:
+    """Build the config from defaults, an optional YAML file and `section.key=value` overrides.
 
-    return parse(text)
+    `sections` maps each section name to its params dataclass (the runner passes the stages'); `check` raises a
+    ConfigError for combinations across sections that no single dataclass can see.
 
-
-def section_classes() -> dict[str, type]:
-    from stages import STAGES  # stages import pipeline helpers; import here to keep that one-way
-
-    return {stage.SECTION: stage.Params for stage in STAGES}
-
-
-def load_config(path: Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Build the config from defaults, an optional YAML file and `section.key=value` overrides."""
-    classes = section_classes()
-    values: dict[str, dict[str, Any]] = {name: {} for name in classes}
+    A field with `metadata={"follows": OTHER}` (a model's width follows the model) is reset to None, which its
+    dataclass resolves, when a config sets OTHER but not the field itself: choosing another architecture must not
+    keep the default architecture's width.
+    """
+    values: dict[str, dict[str, Any]] = {name: {} for name in sections}
     if path is not None:
-        for section, key, value in _read_yaml(path, classes):
-            values[section][key] = _resolve_path(section, classes[section], key, value, path.parent)
+        for section, key, value in _read_yaml(path, sections):
+            values[section][key] = _resolve_path(section, sections[section], key, value, path.parent)
     for item in overrides:
-        section, key, value = _parse_override(item, classes)
-        values[section][key] = _resolve_path(section, classes[section], key, value, Path.cwd())
-    sections = {}
-    for name, cls in classes.items():
+        section, key, value = _parse_override(item, sections)
+        values[section][key] = _resolve_path(section, sections[section], key, value, Path.cwd())
+    built = {}
+    for name, cls in sections.items():
+        for field in dataclasses.fields(cls):
+            follows = field.metadata.get("follows")
+            if follows in values[name] and field.name not in values[name]:
+                values[name][field.name] = None
         hints = typing.get_type_hints(cls)
         checked = {key: coerce(f"{name}.{key}", value, hints[key]) for key, value in values[name].items()}
-        sections[name] = cls(**checked)
-    signoff, bench = sections["signoff"], sections["bench"]
-    if signoff.latency_batch not in bench.batch_sizes:
-        raise ConfigError(
-            f"signoff.latency_batch={signoff.latency_batch} is not measured: add it to bench.batch_sizes "
-            f"(now {list(bench.batch_sizes)})"
-        )
-    _check_search(sections)
-    for limit in signoff.latency_limits:
-        provider, batch, _, _ = parse_latency_limit(limit)
-        if batch not in bench.batch_sizes or provider not in bench.providers:
-            raise ConfigError(
-                f"signoff.latency_limits entry {limit!r} is not measured: bench.batch_sizes is "
-                f"{list(bench.batch_sizes)} and bench.providers is {list(bench.providers)}"
-            )
-    return Config(sections)
-
-
-def _check_search(sections: dict[str, Any]) -> None:
-    """The searches' settings against what the other stages provide and measure."""
-    prune, bench, signoff = sections["prune"], sections["bench"], sections["signoff"]
-    if sections["quantize"].search and sections["data"].validation_fraction == 0:
-        raise ConfigError("quantize.search=true needs a validation split: set data.validation_fraction (e.g. 0.1)")
-    if prune.target_latency_ms is None:
-        return
-    if (prune.target_batch, prune.target_provider) != (signoff.latency_batch, signoff.latency_provider):
-        raise ConfigError(
-            f"prune.target_batch={prune.target_batch} and prune.target_provider={prune.target_provider!r} must be "
-            f"where the edge model is chosen: set signoff.latency_batch={prune.target_batch} and "
-            f"signoff.latency_provider={prune.target_provider} (now {signoff.latency_batch}, "
-            f"{signoff.latency_provider})"
-        )
-    if prune.target_provider not in bench.providers:
-        raise ConfigError(
-            f"prune.target_provider={prune.target_provider!r} is not measured: add it to bench.providers "
-            f"(now {list(bench.providers)})"
-        )
+        built[name] = cls(**checked)
+    if check is not None:
+        check(built)
+    return Config(built)
 
 
 def _read_yaml(path: Path, classes: dict[str, type]) -> list[tuple[str, str, Any]]:

@@ -9,15 +9,17 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pipeline import distributed
+from pipeline import config as configuration
 from pipeline.cache import CHECKPOINTS, Artifact, ArtifactStore, library_versions, stage_key
 from pipeline.config import Config, params_to_dict
 from pipeline.errors import ConfigError, SignoffFailed, StageError
-from stages import STAGE_NAMES, STAGES
+from pipeline.training import distributed
+from stages import SECTIONS, STAGE_NAMES, STAGES, check_sections
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,17 @@ class StageResult:
     cached: bool
     seconds: float
     artifact: Artifact
+
+
+def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """The stages' config: their dataclass defaults, then the YAML file at `path`, then `section.key=value`
+    overrides, checked within each section and across them."""
+    return configuration.load_config(SECTIONS, path, overrides, check_sections)
+
+
+def section_classes() -> dict[str, type]:
+    """Config section -> the params dataclass of the stage that owns it."""
+    return dict(SECTIONS)
 
 
 def get_stage(name: str) -> ModuleType:

@@ -1,4 +1,4 @@
-"""The stages, one file each, in the order they run.
+"""The stages, one file each, in the order they run, and the config rules that span several of them.
 
 Each stage module defines: NAME, SECTION (its config section), VERSION (bump when its output for
 the same inputs changes), INPUTS (upstream stage names), OUTPUTS (the files it writes), a frozen
@@ -7,7 +7,52 @@ the pipeline also defines `fingerprint(params, state_dir) -> dict`, content hash
 (source data files, a user's model code) that go into its cache key.
 """
 
+from typing import Any
+
+from pipeline.errors import ConfigError
+from pipeline.reporting.gates import parse_latency_limit
 from stages import bench, data, distill, export, prune, quantize, report, teacher
 
 STAGES = (data, teacher, distill, prune, export, quantize, bench, report)
 STAGE_NAMES = tuple(stage.NAME for stage in STAGES)
+SECTIONS = {stage.SECTION: stage.Params for stage in STAGES}  # config section -> params dataclass
+
+
+def check_sections(sections: dict[str, Any]) -> None:
+    """What one stage needs of another's settings: what the report gates on must have been measured by bench,
+    and the searches' settings must fit what the other stages provide and measure."""
+    signoff, bench_params = sections["signoff"], sections["bench"]
+    if signoff.latency_batch not in bench_params.batch_sizes:
+        raise ConfigError(
+            f"signoff.latency_batch={signoff.latency_batch} is not measured: add it to bench.batch_sizes "
+            f"(now {list(bench_params.batch_sizes)})"
+        )
+    _check_search(sections)
+    for limit in signoff.latency_limits:
+        provider, batch, _, _ = parse_latency_limit(limit)
+        if batch not in bench_params.batch_sizes or provider not in bench_params.providers:
+            raise ConfigError(
+                f"signoff.latency_limits entry {limit!r} is not measured: bench.batch_sizes is "
+                f"{list(bench_params.batch_sizes)} and bench.providers is {list(bench_params.providers)}"
+            )
+
+
+def _check_search(sections: dict[str, Any]) -> None:
+    """The searches' settings against what the other stages provide and measure."""
+    prune_params, bench_params, signoff = sections["prune"], sections["bench"], sections["signoff"]
+    if sections["quantize"].search and sections["data"].validation_fraction == 0:
+        raise ConfigError("quantize.search=true needs a validation split: set data.validation_fraction (e.g. 0.1)")
+    if prune_params.target_latency_ms is None:
+        return
+    if (prune_params.target_batch, prune_params.target_provider) != (signoff.latency_batch, signoff.latency_provider):
+        raise ConfigError(
+            f"prune.target_batch={prune_params.target_batch} and prune.target_provider="
+            f"{prune_params.target_provider!r} must be where the edge model is chosen: set "
+            f"signoff.latency_batch={prune_params.target_batch} and signoff.latency_provider="
+            f"{prune_params.target_provider} (now {signoff.latency_batch}, {signoff.latency_provider})"
+        )
+    if prune_params.target_provider not in bench_params.providers:
+        raise ConfigError(
+            f"prune.target_provider={prune_params.target_provider!r} is not measured: add it to bench.providers "
+            f"(now {list(bench_params.providers)})"
+        )

@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import environment
-from pipeline.benchtool import PROVIDERS, ProviderUnavailable, bench_one, peak_rss_bytes
 from pipeline.cache import Artifact
+from pipeline.datasets.artifact import load_dataset
 from pipeline.errors import require
-from pipeline.latency import SIGN_OFF
-from pipeline.onnx_tools import INPUT_NAME, run_batches, session, session_options_record
-from pipeline.train import normalize
-from stages import data
+from pipeline.runtime import environment
+from pipeline.runtime.benchtool import PROVIDERS, ProviderUnavailable, bench_one, peak_rss_bytes
+from pipeline.runtime.latency import SIGN_OFF
+from pipeline.runtime.sessions import INPUT_NAME, run_batches, session, session_options_record
+from pipeline.training.augment import normalize
 from stages.quantize import SOURCES
 
 NAME = "bench"
@@ -120,7 +120,7 @@ def measure_latency(path: Path, params: Params, feeds: dict[int, dict]) -> tuple
 
 
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
-    dataset = data.load(inputs["data"])
+    dataset = load_dataset(inputs["data"])
     test_inputs = normalize(torch.from_numpy(dataset.test_images), *dataset.norm).numpy()
     # Latency inputs: real test images, repeated to fill the batch.
     feeds = {b: {INPUT_NAME: np.resize(test_inputs, (b, *test_inputs.shape[1:]))} for b in params.batch_sizes}

@@ -13,18 +13,12 @@ from typing import Any
 import torch
 
 from pipeline.cache import CHECKPOINTS, Artifact
+from pipeline.datasets.artifact import load_dataset
 from pipeline.errors import require
-from pipeline.models import (
-    build_model,
-    check_model_name,
-    count_macs_and_params,
-    load_model,
-    model_source_sha256,
-    save_model,
-)
-from pipeline.train import accuracy, fit
-from stages import data
-from stages.teacher import check_training_params, recipe_for, spec_for
+from pipeline.models.factory import build_model, check_model_name, count_macs_and_params, model_source_sha256
+from pipeline.models.storage import load_model, save_model
+from pipeline.training.loop import accuracy, fit
+from pipeline.training.recipes import check_training_params, recipe_for, resolve_width, spec_for
 
 NAME = "distill"
 SECTION = "distill"
@@ -37,7 +31,7 @@ OUTPUTS = ("model.pt", "model.json")
 @dataclasses.dataclass(frozen=True)
 class Params:
     model: str = "cnn"  # student architecture: see teacher.model
-    width: int = 8  # see teacher.width
+    width: int | None = dataclasses.field(default=8, metadata={"follows": "model"})  # see teacher.width
     epochs: int = 30
     batch_size: int = 64
     lr: float = 0.1
@@ -55,6 +49,7 @@ class Params:
     def __post_init__(self):
         check_model_name("distill.model", self.model)
         check_training_params("distill", self)
+        resolve_width(self)
         require(self.temperature > 0, "distill.temperature", self.temperature, "a number > 0")
         require(0 <= self.alpha <= 1, "distill.alpha", self.alpha, "a number in [0, 1]")
 
@@ -66,7 +61,7 @@ def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
 
 
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
-    dataset = data.load(inputs["data"])
+    dataset = load_dataset(inputs["data"])
     teacher, _ = load_model(inputs["teacher"].path)
     spec = spec_for(dataset, params.model, params.width)
     images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)

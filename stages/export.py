@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from pipeline.cache import Artifact
+from pipeline.datasets.artifact import load_dataset
 from pipeline.errors import StageError, require
-from pipeline.models import load_model
-from pipeline.onnx_tools import export_onnx, run_batches, session
-from pipeline.train import normalize
-from stages import data
+from pipeline.models.storage import load_model
+from pipeline.runtime.onnx_export import export_onnx
+from pipeline.runtime.sessions import run_batches, session
+from pipeline.training.augment import normalize
 
 NAME = "export"
 SECTION = "export"
@@ -65,7 +66,7 @@ def compare_with_torch(
 
 
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
-    dataset = data.load(inputs["data"])
+    dataset = load_dataset(inputs["data"])
     test_inputs = normalize(torch.from_numpy(dataset.test_images[: params.compare_batch]), *dataset.norm)
     models = {}
     for name, stage in SOURCES.items():

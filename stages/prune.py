@@ -5,7 +5,7 @@ that consume them), so the pruned model is physically smaller and its MACs reall
 is stored as state_dict plus pruning history: loading replays the history on a freshly built model.
 
 The ratio is either `prune.ratio`, or, with `prune.target_latency_ms`, the least pruning whose measured
-onnxruntime latency meets that budget (pipeline/prune_budget.py, pipeline/latency_search.py): candidates are
+onnxruntime latency meets that budget (pipeline/prune_candidates.py, pipeline/latency_search.py): candidates are
 measured before fine-tuning, the chosen one is fine-tuned, then measured again (predicted vs achieved).
 """
 
@@ -21,14 +21,16 @@ from typing import Any
 import torch
 import torch_pruning as tp
 
-from pipeline import distributed, prune_budget
-from pipeline.benchtool import PROVIDERS
 from pipeline.cache import CHECKPOINTS, Artifact
+from pipeline.datasets.artifact import Dataset, load_dataset
 from pipeline.errors import require
-from pipeline.models import classifier_head, count_macs_and_params, load_model, save_model
-from pipeline.train import accuracy, fit
-from stages import data
-from stages.teacher import check_recipe_params, recipe_for
+from pipeline.models.factory import classifier_head, count_macs_and_params
+from pipeline.models.storage import load_model, save_model
+from pipeline.runtime.benchtool import PROVIDERS
+from pipeline.search import prune_candidates
+from pipeline.training import distributed
+from pipeline.training.loop import accuracy, fit
+from pipeline.training.recipes import check_recipe_params, recipe_for
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +92,8 @@ class Params:
         require(self.target_batch >= 1, "prune.target_batch", self.target_batch, "an integer >= 1")
         require(self.target_provider in PROVIDERS, "prune.target_provider", self.target_provider, ", ".join(PROVIDERS))
         require(self.target_threads >= 1, "prune.target_threads", self.target_threads, "an integer >= 1")
-        formats = " or ".join(prune_budget.FORMATS)
-        require(self.target_format in prune_budget.FORMATS, "prune.target_format", self.target_format, formats)
+        formats = " or ".join(prune_candidates.FORMATS)
+        require(self.target_format in prune_candidates.FORMATS, "prune.target_format", self.target_format, formats)
         require(0 < self.max_ratio < 1, "prune.max_ratio", self.max_ratio, "a fraction of channels in (0, 1)")
         require(0 < self.search_step <= self.max_ratio, "prune.search_step", self.search_step, "in (0, max_ratio]")
         require(self.search_refine >= 0, "prune.search_refine", self.search_refine, "an integer >= 0")
@@ -116,14 +118,14 @@ def prune_channels(
     return pruner.pruning_history()
 
 
-def candidates(student: torch.nn.Module, spec, dataset: data.Dataset, params: Params) -> prune_budget.Candidates:
+def candidates(student: torch.nn.Module, spec, dataset: Dataset, params: Params) -> prune_candidates.Candidates:
     def prune(model: torch.nn.Module, ratio: float) -> None:
         prune_channels(model, spec.example_input(), spec.num_classes, params, ratio)
 
-    return prune_budget.Candidates(student, spec, dataset.train_images, dataset.norm, params, prune)
+    return prune_candidates.Candidates(student, spec, dataset.train_images, dataset.norm, params, prune)
 
 
-def latency_decision(student: torch.nn.Module, spec, dataset: data.Dataset, params: Params, out_dir: Path) -> dict:
+def latency_decision(student: torch.nn.Module, spec, dataset: Dataset, params: Params, out_dir: Path) -> dict:
     """The search's JSON decision, measured once: kept in the work directory so a resumed run re-uses it (the
     fine-tune checkpoint belongs to that architecture). Pure in its inputs, so one rank can decide for all."""
     saved = out_dir / CHECKPOINTS / "search.json"
@@ -131,7 +133,7 @@ def latency_decision(student: torch.nn.Module, spec, dataset: data.Dataset, para
         return json.loads(saved.read_text())
     measure = candidates(student, spec, dataset, params)
     try:
-        decision = prune_budget.search(measure, params)
+        decision = prune_candidates.search(measure, params)
     finally:
         measure.close()
     saved.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +144,7 @@ def latency_decision(student: torch.nn.Module, spec, dataset: data.Dataset, para
 
 
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
-    dataset = data.load(inputs["data"])
+    dataset = load_dataset(inputs["data"])
     teacher, _ = load_model(inputs["teacher"].path)
     student, spec = load_model(inputs["distill"].path)
     test = torch.from_numpy(dataset.test_images), torch.from_numpy(dataset.test_labels)
@@ -197,7 +199,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     }
 
 
-def achieved_latency(model: torch.nn.Module, spec, dataset: data.Dataset, params: Params) -> dict[str, Any]:
+def achieved_latency(model: torch.nn.Module, spec, dataset: Dataset, params: Params) -> dict[str, Any]:
     """The fine-tuned model measured as its candidate was (weights do not change the graph; noise does)."""
     measure = candidates(model, spec, dataset, params)
     try:

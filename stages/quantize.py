@@ -1,32 +1,29 @@
 """quantize: post-training static int8 of the pruned model and the student in onnxruntime (QDQ, train images).
 
-Every argument of quantize_static is passed explicitly and recorded: its defaults have changed
-across onnxruntime versions. On x86 without VNNI, u8 x s8 products can saturate a 16-bit
+Every argument of quantize_static is passed explicitly and recorded (pipeline/runtime/quantization.py): its
+defaults have changed across onnxruntime versions. On x86 without VNNI, u8 x s8 products can saturate a 16-bit
 intermediate (../shared/FACTS.md), hence `reduce_range: true` (7-bit weights) by default.
 
 With `quantize.search: true` the settings are not taken from the config but chosen per model on the
-validation split (pipeline/quantize_search.py); every variant tried, with its accuracy and latency, is recorded.
+validation split (pipeline/search/quantize_variants.py); every variant tried, with its accuracy and latency, is
+recorded.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from pipeline import quantize_search
 from pipeline.cache import Artifact
-from pipeline.errors import ConfigError, StageError, require
-from pipeline.onnx_tools import INPUT_NAME, run_batches, session
-from pipeline.train import normalize
-from stages import data
+from pipeline.datasets.artifact import Dataset, load_dataset
+from pipeline.errors import ConfigError, require
+from pipeline.runtime.quantization import METHODS, TYPES, QuantSettings, arguments, check_dynamic_batch, quantize
+from pipeline.search import quantize_variants
+from pipeline.training.augment import normalize
 
 NAME = "quantize"
 SECTION = "quantize"
@@ -37,12 +34,6 @@ TRAINS = False
 # fastest model, on CPUs without it int8 of a thin pruned model is often slower than fp32 (FACTS.md).
 SOURCES = {"int8.onnx": "pruned.onnx", "student_int8.onnx": "student.onnx"}
 OUTPUTS = tuple(SOURCES)
-METHODS = {
-    "minmax": CalibrationMethod.MinMax,
-    "entropy": CalibrationMethod.Entropy,
-    "percentile": CalibrationMethod.Percentile,
-}
-TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,77 +73,26 @@ class Params:
         require(self.search_threads >= 1, "quantize.search_threads", self.search_threads, "an integer >= 1")
 
 
-class ImageReader(CalibrationDataReader):
-    """Feeds calibration batches of preprocessed training images to onnxruntime."""
-
-    def __init__(self, inputs: np.ndarray, batch: int):
-        self._batches = iter([inputs[i : i + batch] for i in range(0, len(inputs), batch)])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        return None if batch is None else {INPUT_NAME: batch}
-
-
-def calibration_inputs(dataset: data.Dataset, params: Params) -> np.ndarray:
+def calibration_inputs(dataset: Dataset, params: Params) -> np.ndarray:
     rng = np.random.default_rng(params.seed)
     count = min(params.calibration_samples, len(dataset.train_images))
     chosen = np.sort(rng.choice(len(dataset.train_images), size=count, replace=False))
     return normalize(torch.from_numpy(dataset.train_images[chosen]), *dataset.norm).numpy()
 
 
-def quantize(source: Path, target: Path, calibration: np.ndarray, params: Params) -> None:
-    """quant_pre_process, then quantize_static with every argument explicit (see `arguments`)."""
-    prepared = target.with_name(f"{target.stem}.prepared.onnx")
-    quant_pre_process(
-        str(source), str(prepared), skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=False
+def settings(params: Params) -> QuantSettings:
+    return QuantSettings(
+        method=params.method,
+        per_channel=params.per_channel,
+        reduce_range=params.reduce_range,
+        activation_type=params.activation_type,
+        weight_type=params.weight_type,
+        calibration_batch=params.calibration_batch,
     )
-    with contextlib.redirect_stdout(io.StringIO()):  # the Entropy/Percentile calibrators print progress
-        quantize_static(
-            str(prepared),
-            str(target),
-            ImageReader(calibration, params.calibration_batch),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=None,
-            per_channel=params.per_channel,
-            reduce_range=params.reduce_range,
-            activation_type=TYPES[params.activation_type],
-            weight_type=TYPES[params.weight_type],
-            nodes_to_quantize=None,
-            nodes_to_exclude=None,
-            use_external_data_format=False,
-            calibrate_method=METHODS[params.method],
-            calibration_providers=["CPUExecutionProvider"],
-            extra_options={},
-        )
-    prepared.unlink()
-
-
-def arguments(params: Params) -> dict[str, Any]:
-    """The quantize_static arguments, as recorded in the manifest and the report."""
-    return {
-        "quant_format": "QDQ",
-        "per_channel": params.per_channel,
-        "reduce_range": params.reduce_range,
-        "activation_type": params.activation_type,
-        "weight_type": params.weight_type,
-        "calibrate_method": params.method,
-        "op_types_to_quantize": None,
-        "nodes_to_exclude": None,
-        "extra_options": {},
-    }
-
-
-def check_dynamic_batch(path: Path, calibration: np.ndarray, num_classes: int) -> None:
-    """Dynamic batch has broken after quantization in some onnxruntime versions: check batch 1 and N."""
-    sess = session(path)
-    for batch in (1, min(len(calibration), 7)):
-        logits = run_batches(sess, calibration[:batch], batch=batch)
-        if logits.shape != (batch, num_classes) or not np.all(np.isfinite(logits)):
-            raise StageError(f"quantize: {path.name} gave logits of shape {logits.shape} at batch {batch}")
 
 
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
-    dataset = data.load(inputs["data"])
+    dataset = load_dataset(inputs["data"])
     calibration = calibration_inputs(dataset, params)
     validation = None
     if params.search:
@@ -162,13 +102,13 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     models = {}
     for target, source in SOURCES.items():
         if validation is None:
-            quantize(inputs["export"].file(source), out_dir / target, calibration, params)
-            chosen, searched = params, None
+            quantize(inputs["export"].file(source), out_dir / target, calibration, settings(params))
+            chosen, searched = settings(params), None
         else:
-            searched = quantize_search.search(
+            searched = quantize_variants.search(
                 inputs["export"].file(source), out_dir / target, calibration, validation, params
             )
-            chosen = dataclasses.replace(params, **variant_settings(searched["variants"][searched["chosen"]]))
+            chosen = dataclasses.replace(settings(params), **variant_settings(searched["variants"][searched["chosen"]]))
         check_dynamic_batch(out_dir / target, calibration, len(dataset.class_names))
         models[target.removesuffix(".onnx")] = {
             "source": source,

@@ -9,17 +9,11 @@ from typing import Any
 import torch
 
 from pipeline.cache import CHECKPOINTS, Artifact
-from pipeline.errors import require
-from pipeline.models import (
-    ModelSpec,
-    build_model,
-    check_model_name,
-    count_macs_and_params,
-    model_source_sha256,
-    save_model,
-)
-from pipeline.train import Recipe, accuracy, fit
-from stages import data
+from pipeline.datasets.artifact import load_dataset
+from pipeline.models.factory import build_model, check_model_name, count_macs_and_params, model_source_sha256
+from pipeline.models.storage import save_model
+from pipeline.training.loop import accuracy, fit
+from pipeline.training.recipes import check_training_params, recipe_for, resolve_width, spec_for
 
 NAME = "teacher"
 SECTION = "teacher"
@@ -32,7 +26,9 @@ OUTPUTS = ("model.pt", "model.json")
 @dataclasses.dataclass(frozen=True)
 class Params:
     model: str = "cnn"  # cnn, mlp, resnet8..resnet110, mobilenetv2, or package.module:function
-    width: int = 32  # cnn: first block channels; mlp: hidden units; resnet*/mobilenetv2: stem channels
+    # cnn: first block channels; mlp: hidden units; resnet*/mobilenetv2: stem channels. Choosing a model without a
+    # width (or width null) gives that architecture's published width: resnets 16, mobilenetv2 32, cnn 32, mlp 1200.
+    width: int | None = dataclasses.field(default=32, metadata={"follows": "model"})
     epochs: int = 30
     batch_size: int = 64
     lr: float = 0.1  # peak of the one-cycle schedule (SGD, Nesterov momentum 0.9)
@@ -47,46 +43,7 @@ class Params:
     def __post_init__(self):
         check_model_name("teacher.model", self.model)
         check_training_params("teacher", self)
-
-
-def check_training_params(section: str, params: Any) -> None:
-    """Range checks of the stages that train a model from scratch."""
-    require(params.width >= 1, f"{section}.width", params.width, "an integer >= 1")
-    require(params.epochs >= 1, f"{section}.epochs", params.epochs, "an integer >= 1")
-    check_recipe_params(section, params)
-
-
-def check_recipe_params(section: str, params: Any) -> None:
-    """Range checks shared by every stage that trains (teacher, distill, prune's fine-tune)."""
-    require(params.batch_size >= 1, f"{section}.batch_size", params.batch_size, "an integer >= 1")
-    require(params.lr > 0, f"{section}.lr", params.lr, "a number > 0")
-    require(params.weight_decay >= 0, f"{section}.weight_decay", params.weight_decay, "a number >= 0")
-    require(0 <= params.label_smoothing < 1, f"{section}.label_smoothing", params.label_smoothing, "a number in [0, 1)")
-    require(params.shift >= 0, f"{section}.shift", params.shift, "an integer >= 0")
-    require(params.schedule in ("onecycle", "cosine"), f"{section}.schedule", params.schedule, "onecycle or cosine")
-    require(params.device in ("auto", "cpu", "cuda"), f"{section}.device", params.device, "auto, cpu or cuda")
-
-
-def spec_for(dataset: data.Dataset, model: str, width: int) -> ModelSpec:
-    _, channels, height, width_px = dataset.train_images.shape
-    return ModelSpec(model, width, channels, len(dataset.class_names), (height, width_px))
-
-
-def recipe_for(params: Any, epochs: int, temperature: float = 1.0, alpha: float = 0.0) -> Recipe:
-    return Recipe(
-        epochs=epochs,
-        batch_size=params.batch_size,
-        lr=params.lr,
-        weight_decay=params.weight_decay,
-        label_smoothing=params.label_smoothing,
-        seed=params.seed,
-        shift=params.shift,
-        flip=params.flip,
-        temperature=temperature,
-        alpha=alpha,
-        schedule=params.schedule,
-        device=params.device,
-    )
+        resolve_width(self)
 
 
 def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
@@ -96,7 +53,7 @@ def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
 
 
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
-    dataset = data.load(inputs["data"])
+    dataset = load_dataset(inputs["data"])
     spec = spec_for(dataset, params.model, params.width)
     torch.manual_seed(params.seed)
     model = build_model(spec)

@@ -7,8 +7,7 @@ import sys
 import pytest
 
 from pipeline.cache import ArtifactStore
-from pipeline.config import load_config
-from pipeline.runner import run_pipeline
+from pipeline.runner import load_config, run_pipeline
 
 # Small enough to run in seconds, big enough that accuracies mean something on digits.
 TINY = (

@@ -122,8 +122,7 @@ def test_no_wait_fails_fast_while_another_process_holds_the_stage(tmp_path):
     import fcntl
 
     from pipeline.cache import ArtifactStore
-    from pipeline.config import load_config
-    from pipeline.runner import needed_stages, plan_keys
+    from pipeline.runner import load_config, needed_stages, plan_keys
 
     store = ArtifactStore(tmp_path)
     key = plan_keys(load_config(overrides=TINY), needed_stages("data"), store)["data"]

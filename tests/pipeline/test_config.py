@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, load_config
+from pipeline.config import Config
 from pipeline.errors import ConfigError
+from pipeline.runner import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

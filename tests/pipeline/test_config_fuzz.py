@@ -6,8 +6,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import Config, load_config, section_classes
+from pipeline.config import Config
 from pipeline.errors import ConfigError
+from pipeline.runner import load_config, section_classes
 
 SECTIONS = list(section_classes())
 KEYS = sorted({f"{s}.{f}" for s, cls in section_classes().items() for f in cls.__dataclass_fields__})

@@ -7,7 +7,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.config import section_classes
+from pipeline.runner import section_classes
 from stages import STAGE_NAMES
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()

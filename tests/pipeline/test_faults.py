@@ -6,8 +6,7 @@ import subprocess
 import time
 
 from pipeline.cache import ArtifactStore
-from pipeline.config import load_config
-from pipeline.runner import needed_stages, plan_keys
+from pipeline.runner import load_config, needed_stages, plan_keys
 from tests.conftest import TINY, edgeforge_command
 
 SETS = ["teacher.width=4", "teacher.epochs=20"]

@@ -1,10 +1,9 @@
 import pytest
 
-from pipeline import train
 from pipeline.cache import ArtifactStore
-from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.runner import downstream_of, get_stage, needed_stages, plan_keys, run_pipeline
+from pipeline.runner import downstream_of, get_stage, load_config, needed_stages, plan_keys, run_pipeline
+from pipeline.training import loop as train
 from stages import STAGES, teacher
 from tests.conftest import TINY
 

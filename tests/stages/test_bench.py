@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.latency import summarize
+from pipeline.runtime.latency import summarize
 from stages.bench import PROVIDER
 
 

@@ -3,22 +3,25 @@ import json
 import numpy as np
 import pytest
 
+from pipeline.datasets import catalog
+from pipeline.datasets.artifact import load_dataset
+from pipeline.datasets.splits import stratified_split
 from stages import data
 
 
 def test_stratified_split_keeps_class_proportions_and_is_deterministic():
     labels = np.repeat(np.arange(3), [50, 30, 20])
-    train, test = data.stratified_split(labels, 0.2, seed=1)
+    train, test = stratified_split(labels, 0.2, seed=1)
     assert sorted(np.bincount(labels[test]).tolist()) == [4, 6, 10]
     assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == 100
-    again = data.stratified_split(labels, 0.2, seed=1)
+    again = stratified_split(labels, 0.2, seed=1)
     assert np.array_equal(test, again[1])
-    assert not np.array_equal(test, data.stratified_split(labels, 0.2, seed=2)[1])
+    assert not np.array_equal(test, stratified_split(labels, 0.2, seed=2)[1])
 
 
 def test_data_artifact_holds_uint8_images_and_train_statistics(tiny_run):
     _, results = tiny_run
-    dataset = data.load(results["data"].artifact)
+    dataset = load_dataset(results["data"].artifact)
     assert dataset.train_images.dtype == np.uint8 and dataset.train_images.shape[1:] == (1, 8, 8)
     assert len(dataset.train_images) + len(dataset.test_images) == 1797
     assert dataset.train_images.max() == 255
@@ -41,13 +44,12 @@ def write_folder(root, size=8):
 
 def test_imagefolder_becomes_a_data_artifact_with_class_names(tmp_path):
     from pipeline.cache import ArtifactStore
-    from pipeline.config import load_config
-    from pipeline.runner import run_pipeline
+    from pipeline.runner import load_config, run_pipeline
 
     write_folder(tmp_path / "pets")
     config = load_config(overrides=["data.name=imagefolder", f"data.root={tmp_path / 'pets'}"])
     artifact = run_pipeline(config, ArtifactStore(tmp_path / "artifacts"), target="data")[-1].artifact
-    dataset = data.load(artifact)
+    dataset = load_dataset(artifact)
     assert dataset.class_names == ["cat", "dog"]
     assert dataset.train_images.shape == (12, 3, 8, 8) and dataset.test_images.shape == (4, 3, 8, 8)
     assert artifact.manifest["external"]["files"] == 16
@@ -60,13 +62,12 @@ def test_imagefolder_becomes_a_data_artifact_with_class_names(tmp_path):
 
 def test_validation_split_is_held_out_from_training_stratified_and_seeded(tmp_path):
     from pipeline.cache import ArtifactStore
-    from pipeline.config import load_config
-    from pipeline.runner import run_pipeline
+    from pipeline.runner import load_config, run_pipeline
 
     store = ArtifactStore(tmp_path / "artifacts")
     overrides = ["data.validation_fraction=0.1"]
-    with_val = data.load(run_pipeline(load_config(overrides=overrides), store, target="data")[-1].artifact)
-    without = data.load(run_pipeline(load_config(), store, target="data")[-1].artifact)
+    with_val = load_dataset(run_pipeline(load_config(overrides=overrides), store, target="data")[-1].artifact)
+    without = load_dataset(run_pipeline(load_config(), store, target="data")[-1].artifact)
     assert len(with_val.val_labels) == 143 and len(with_val.train_labels) == len(without.train_labels) - 143
     assert np.bincount(with_val.val_labels).min() >= 14  # every class, about 10% of each
     assert np.array_equal(with_val.test_labels, without.test_labels)  # the test split is untouched
@@ -83,8 +84,7 @@ def test_one_changed_image_changes_the_key_and_untouched_files_are_not_read(tmp_
     from PIL import Image
 
     from pipeline.cache import ArtifactStore
-    from pipeline.config import load_config
-    from pipeline.runner import STAGES, plan_keys
+    from pipeline.runner import STAGES, load_config, plan_keys
 
     write_folder(tmp_path / "pets")
     store = ArtifactStore(tmp_path / "artifacts")
@@ -92,7 +92,7 @@ def test_one_changed_image_changes_the_key_and_untouched_files_are_not_read(tmp_
     first = plan_keys(config, list(STAGES), store)
 
     hashed = []
-    monkeypatch.setattr(data, "sha256_file", lambda path: hashed.append(path) or "x")
+    monkeypatch.setattr(catalog, "sha256_file", lambda path: hashed.append(path) or "x")
     assert plan_keys(config, list(STAGES), store) == first
     assert hashed == []  # size and mtime unchanged: nothing read
 
@@ -103,8 +103,8 @@ def test_one_changed_image_changes_the_key_and_untouched_files_are_not_read(tmp_
 
 
 def test_dataset_problems_are_config_errors(tmp_path):
-    from pipeline.config import load_config
     from pipeline.errors import ConfigError
+    from pipeline.runner import load_config
 
     with pytest.raises(ConfigError, match=r"data.root=None is not allowed: expected the folder holding the cifar10"):
         load_config(overrides=["data.name=cifar10"])

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pipeline.train import kd_loss
+from pipeline.training.losses import kd_loss
 
 
 def test_kd_loss_matches_a_hand_computation():

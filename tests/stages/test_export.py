@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from pipeline.errors import StageError
-from pipeline.models import ModelSpec, build_model
-from pipeline.onnx_tools import export_onnx, run_batches, session
+from pipeline.models.factory import build_model
+from pipeline.models.spec import ModelSpec
+from pipeline.runtime.onnx_export import export_onnx
+from pipeline.runtime.sessions import run_batches, session
 from stages.export import Params, compare_with_torch
 
 

@@ -3,7 +3,9 @@ import json
 import pytest
 import torch
 
-from pipeline.models import ModelSpec, build_model, count_macs_and_params, load_model, save_model
+from pipeline.models.factory import build_model, count_macs_and_params
+from pipeline.models.spec import ModelSpec
+from pipeline.models.storage import load_model, save_model
 from stages.prune import Params, prune_channels
 
 
@@ -59,10 +61,10 @@ def test_prune_stage_reduces_params_and_macs_and_keeps_accuracy(tiny_run):
 @pytest.fixture(autouse=True)
 def short_search_timing(monkeypatch):
     """Candidates timed briefly: these tests check the search's logic and records, not the latencies."""
-    from pipeline import prune_budget
+    from pipeline.search import prune_candidates
 
     monkeypatch.setattr(
-        prune_budget, "SEARCH_TIMING", dict(warmup_runs=2, warmup_seconds=0, min_runs=20, min_seconds=0)
+        prune_candidates, "SEARCH_TIMING", dict(warmup_runs=2, warmup_seconds=0, min_runs=20, min_seconds=0)
     )
 
 
@@ -76,8 +78,7 @@ def store(tmp_path_factory):
 
 def run_prune(store, *sets, target="prune"):
     """The prune stage's result, or with another target every stage's result by name."""
-    from pipeline.config import load_config
-    from pipeline.runner import run_pipeline
+    from pipeline.runner import load_config, run_pipeline
 
     fast = ["teacher.width=8", "teacher.epochs=2", "distill.epochs=2", "distill.baseline=false"]
     bench = ["bench.batch_sizes=[1]", "bench.warmup_runs=2", "bench.min_runs=20", "bench.min_seconds=0"]
@@ -110,7 +111,8 @@ def test_latency_budget_unreachable_says_so_and_uses_the_fastest_candidate(store
 
 
 def test_latency_budget_met_unpruned_keeps_every_channel_and_is_gated_in_the_report(store):
-    from pipeline.compare import recheck_signoff
+    from pipeline.reporting.recheck import recheck_signoff
+    from stages.report import Params as SignoffParams
 
     results = run_prune(store, "prune.target_latency_ms=1000", target="report")
     metrics = results["prune"].artifact.metrics
@@ -123,7 +125,9 @@ def test_latency_budget_met_unpruned_keeps_every_channel_and_is_gated_in_the_rep
     gate = next(g for g in report["signoff"]["gates"] if g["name"] == "max_latency_ms_p50_cpu_batch_1")
     assert gate["limit"] == 1000 and gate["passed"]
     assert report["latency_search"]["ratio"] == 0.0 and report["pareto_front"]
-    assert recheck_signoff(report)["mismatches"] == []  # the budget gate is re-checkable from the report alone
+    assert (
+        recheck_signoff(report, SignoffParams)["mismatches"] == []
+    )  # the budget gate is re-checkable from the report alone
     markdown = results["report"].artifact.file("report.md").read_text()
     assert "## Latency-budget search" in markdown and "Chosen ratio **0**" in markdown
     assert "## Edge model choice" in markdown

@@ -1,7 +1,8 @@
 import json
 
+from pipeline.reporting.gates import choose_edge_model, signoff_gates
 from stages.bench import PROVIDER
-from stages.report import Params, choose_edge_model, signoff_gates
+from stages.report import Params
 
 
 def model(name, accuracy, p50, size=1000):
@@ -122,8 +123,8 @@ def test_edge_model_is_chosen_on_the_latency_provider():
 def test_budget_must_be_where_the_edge_model_is_chosen():
     import pytest
 
-    from pipeline.config import load_config
     from pipeline.errors import ConfigError
+    from pipeline.runner import load_config
 
     with pytest.raises(ConfigError, match=r"prune.target_batch=32 and prune.target_provider='cpu' must be where"):
         load_config(overrides=["prune.target_latency_ms=0.1", "prune.target_batch=32"])

@@ -1,0 +1,38 @@
+"""Saving and loading models without pickled code.
+
+A saved model is `model.pt` (a state_dict, loaded with weights_only=True) plus `model.json` (the builder name and
+arguments, and torch-pruning's history for pruned models). Loading builds a fresh model, replays the pruning
+history on it, then loads the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from pipeline.models.factory import build_model
+from pipeline.models.spec import ModelSpec
+
+
+def save_model(model: nn.Module, spec: ModelSpec, out_dir: Path, pruning_history: list | None = None) -> None:
+    torch.save(model.state_dict(), out_dir / "model.pt")
+    description = {"spec": dataclasses.asdict(spec), "pruning_history": pruning_history or []}
+    (out_dir / "model.json").write_text(json.dumps(description, indent=2) + "\n")
+
+
+def load_model(model_dir: Path) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild a saved model in eval mode. Call only on a verified artifact directory."""
+    description = json.loads((model_dir / "model.json").read_text())
+    fields = description["spec"]
+    spec = ModelSpec(**{**fields, "image_size": tuple(fields["image_size"])})
+    model = build_model(spec).eval()
+    if description["pruning_history"]:
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=spec.example_input())
+        graph.load_pruning_history(description["pruning_history"])
+    model.load_state_dict(torch.load(model_dir / "model.pt", weights_only=True, map_location="cpu"))
+    return model, spec

@@ -1,0 +1,123 @@
+"""report.md: the sign-off report as Markdown, from the report dict the report stage builds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.reporting.search_sections import search_sections
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _latency_table(models: list[dict], provider: str) -> list[str]:
+    batches = list(models[0]["latency"][provider])
+    rows = []
+    for m in models:
+        row = [m["name"]]
+        for b in batches:
+            stats = m["latency"][provider][b]
+            ci = stats.get("p90_ci_ms")
+            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            row.append(f"{stats['p50_ms']:.3f} / {stats['p90_ms']:.3f}{interval} / {stats['p99_ms']:.3f}")
+        rows.append(row)
+    return _table(["model", *[f"batch {b}" for b in batches]], rows)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    signoff = report["signoff"]
+    env = report["environment"]
+    lines = [
+        "# edgeforge sign-off report",
+        "",
+        f"**Sign-off: {'PASSED' if signoff['passed'] else 'FAILED'}.** Edge model: **{report['edge_model']}** "
+        f"(`release/model.onnx`): {report['edge_model_reason']}.",
+        "",
+        "## Models (teacher → student → pruned → int8 of pruned; student_int8: int8 of the student)",
+        "",
+        f"Accuracy on the test split, computed in onnxruntime; latency with {env['threads']} intra-op threads, "
+        "each model and batch size in its own session.",
+        "",
+    ]
+    header = ["model", "accuracy", "agrees with teacher", "params", "MACs", "size (bytes)"]
+    rows = [
+        [
+            m["name"],
+            f"{m['accuracy']:.4f}",
+            f"{m['agreement_with_teacher']:.4f}",
+            f"{m['params']:,}",
+            f"{m['macs']:,}",
+            f"{m['size_bytes']:,}",
+        ]
+        for m in report["models"]
+    ]
+    lines += _table(header, rows)
+    for provider in report["models"][0]["latency"]:  # one latency table per provider measured
+        lines += ["", f"Latency on {provider} (p50 / p90 / p99 ms; p90's 95% interval where measured):", ""]
+        lines += _latency_table(report["models"], provider)
+    skipped = report.get("skipped_providers") or {}
+    lines += ([""] if skipped else []) + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
+    lines += search_sections(report)
+    distill, prune = report["distillation"], report["pruning"]
+    baseline = distill["baseline_accuracy"]
+    gain = (
+        "not measured (distill.baseline: false)"
+        if baseline is None
+        else (
+            f"{baseline:.4f} without the teacher → {distill['student_accuracy']:.4f} distilled "
+            f"({distill['student_accuracy'] - baseline:+.4f})"
+        )
+    )
+    lines += [
+        "",
+        "## What each step bought",
+        "",
+        f"- Distillation (T={distill['temperature']}, α={distill['alpha']}), "
+        f"PyTorch test accuracy of the student: {gain}.",
+        f"- Pruning: params {prune['params_before']:,} → {prune['params']:,}, MACs {prune['macs_before']:,} → "
+        f"{prune['macs']:,}; accuracy {prune['test_accuracy_before_finetune']:.4f} right after pruning, "
+        f"{prune['test_accuracy']:.4f} after the distillation fine-tune.",
+        "- Quantization arguments (onnxruntime quantize_static): "
+        + ", ".join(f"{k}={v}" for k, v in report["quantization"].items())
+        + ".",
+        f"- Export check: onnxruntime vs PyTorch within atol {report['export_tolerance']['atol']}, "
+        f"rtol {report['export_tolerance']['rtol']} at batch 1 and N.",
+        "",
+        "## Gates",
+        "",
+    ]
+    lines += _table(
+        ["gate", "limit", "value", "verdict"],
+        [
+            [
+                g["name"],
+                f"{g['limit']:g}",
+                "not measured" if g["value"] is None else f"{g['value']:.4g}",
+                "pass" if g["passed"] else "**FAIL**",
+            ]
+            for g in signoff["gates"]
+        ],
+    )
+    data = report["dataset"]
+    lines += [
+        "",
+        "## Deploying the edge model",
+        "",
+        f"Input `{report['input']['name']}`: {report['input']['dtype']} of shape {report['input']['shape']} "
+        f"(dynamic batch). Preprocessing: {data['preprocessing']}, with mean {data['mean']} and std {data['std']} "
+        f"(from the training split). Output `logits`, classes in order: {', '.join(data['class_names'])}.",
+        "",
+        "## Environment",
+        "",
+    ]
+    lines += [f"- {k}: {v}" for k, v in env.items()]
+    lines += [f"- session options: {report['session_options']}", f"- method: {report['bench_method']}"]
+    lines += ["", "## Artifacts", ""]
+    lines += _table(
+        ["model", "path (under artifacts/)", "sha256"], [[m["name"], m["path"], m["sha256"]] for m in report["models"]]
+    )
+    lines += ["", "## Reproduce", "", "```", report["reproduce"], "```"]
+    lines += ["", f"Dataset: {data['name']}, source sha256 {data['source_sha256']}, split {data['split']}."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,234 @@
+"""The engine of `edgeforge bench MODEL.onnx`: latency of any ONNX file per provider, thread count and batch size.
+
+- The file goes through `load_checked` (path, protobuf, checker and external-data checks) before any session
+  reads it; sessions then load the same path.
+- Inputs are fixed random tensors, seeded per (seed, batch, input index): floats standard normal, integers 0 or 1
+  (valid as indices and masks), booleans half true. A symbolic first dim is the batch; `--shape` gives a full
+  shape for one input; any other symbolic dim without `--shape` is an error that shows the fix.
+- Every (provider, threads, batch) gets its own InferenceSession with edgeforge's session options, so no run
+  inherits another's allocations or thread pool; its creation time is recorded.
+- CUDA and TensorRT run only when onnxruntime has the provider; otherwise the result says so ("skipped") and the
+  CPU is never timed in their place. On a GPU, inputs are bound once on the device and outputs stay there (IO
+  binding), so host/device copies are not timed as compute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+from pipeline.errors import ConfigError
+from pipeline.runtime import environment
+from pipeline.runtime.feeds import Signature, check_shapes, input_dtypes, make_feed, resolve_batches
+from pipeline.runtime.latency import summarize, time_runs
+from pipeline.runtime.onnx_files import first_line, input_signature, load_checked, output_signature
+from pipeline.runtime.sessions import session_options, session_options_record
+
+# name on the command line -> (the provider that must be present, the providers handed to the session)
+PROVIDERS = {
+    "cpu": ("CPUExecutionProvider", ["CPUExecutionProvider"]),
+    "cuda": ("CUDAExecutionProvider", ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+    "tensorrt": (
+        "TensorrtExecutionProvider",
+        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    ),
+}
+PRESET_KEYS = ("warmup_runs", "warmup_seconds", "min_runs", "min_seconds")
+ORT_ERRORS = tuple(
+    getattr(ort_state, name)
+    for name in ("Fail", "InvalidArgument", "InvalidGraph", "NoSuchFile", "NotImplemented", "RuntimeException")
+    if hasattr(ort_state, name)
+) + (RuntimeError,)
+
+
+class ProviderUnavailable(Exception):
+    """The provider is missing or did not initialize: reported as a skipped result, never replaced by CPU."""
+
+
+def bench_file(
+    path: Path,
+    shapes: dict[str, tuple[int, ...]],
+    batch_sizes: tuple[int, ...],
+    threads: tuple[int, ...],
+    providers: tuple[str, ...],
+    preset: dict,
+    seed: int = 0,
+) -> dict:
+    """Latency of the ONNX file at `path` for every provider x threads x batch size (see the module docstring).
+
+    `batch_sizes=()` means the model's own batch: 1 for a symbolic batch, else its fixed first dim.
+    """
+    check_arguments(threads, providers, preset)
+    path = Path(path)
+    model = load_checked(path)
+    signature = input_signature(model)
+    check_shapes(signature, shapes)
+    batches = resolve_batches(path, signature, shapes, batch_sizes)
+    dtypes = input_dtypes(model, signature)
+    feeds = {batch: make_feed(signature, dtypes, shapes, batch, seed) for batch in batches}
+    results: list[dict[str, Any]] = []
+    for provider in providers:
+        try:
+            for count in threads:
+                results.extend(bench_one(path, provider, count, batch, feeds[batch], preset) for batch in batches)
+        except ProviderUnavailable as reason:
+            results.append({"provider": provider, "skipped": str(reason)})
+    return {
+        "model": describe_file(path, model, signature),
+        "environment": environment.describe(threads[0]),
+        "session_options": {**session_options_record(threads[0]), "intra_op_num_threads": list(threads)},
+        "preset": dict(preset),
+        "seed": seed,
+        "results": results,
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
+
+
+def check_arguments(threads: tuple[int, ...], providers: tuple[str, ...], preset: dict) -> None:
+    if not threads or any(count < 1 for count in threads):
+        raise ConfigError(f"threads={list(threads)!r}: expected one or more integers >= 1")
+    if not providers:
+        raise ConfigError(f"providers=[]: expected one or more of {', '.join(PROVIDERS)}")
+    unknown = [name for name in providers if name not in PROVIDERS]
+    if unknown:
+        raise ConfigError(f"provider {unknown[0]!r} is not known: expected one of {', '.join(PROVIDERS)}")
+    if sorted(preset) != sorted(PRESET_KEYS):
+        raise ConfigError(f"preset {preset!r}: expected exactly the keys {', '.join(PRESET_KEYS)}")
+
+
+def bench_one(
+    path: Path, provider: str, threads: int, batch: int, feed: dict[str, np.ndarray], preset: dict
+) -> dict[str, Any]:
+    """One fresh session, warmed up and timed with `preset`."""
+    sess, seconds = create_session(path, provider, threads)
+    run = DeviceRunner(sess, feed) if provider != "cpu" else (lambda: sess.run(None, feed))
+    try:
+        times = time_runs(run, **preset)  # check_arguments made sure it has exactly time_runs' keys
+    except ORT_ERRORS as error:
+        raise ConfigError(
+            f"{path}: onnxruntime fails running it on {provider} at batch {batch}: {first_line(error)}"
+        ) from error
+    return {
+        "provider": provider,
+        "threads": threads,
+        "batch": batch,
+        "session_seconds": seconds,
+        **summarize(times, batch),
+    }
+
+
+def create_session(path: Path, provider: str, threads: int) -> tuple[ort.InferenceSession, float]:
+    """A session on `provider` and the seconds its creation took; ProviderUnavailable if it is not there."""
+    required, chain = PROVIDERS[provider]
+    if required not in ort.get_available_providers():
+        raise ProviderUnavailable(f"onnxruntime has no {required} (install the gpu extra)")
+    started = time.perf_counter()
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=chain)
+    except ORT_ERRORS as error:
+        raise ConfigError(f"{path}: onnxruntime cannot load it on {provider}: {first_line(error)}") from error
+    seconds = time.perf_counter() - started
+    if required not in sess.get_providers():  # onnxruntime falls back to CPU when a GPU provider fails to start
+        raise ProviderUnavailable(f"{required} did not initialize (the session got {', '.join(sess.get_providers())})")
+    return sess, seconds
+
+
+class DeviceRunner:
+    """One inference with inputs and outputs on CUDA device 0 (IO binding), so only compute is timed."""
+
+    def __init__(self, sess: ort.InferenceSession, feed: dict[str, np.ndarray]):
+        self.sess = sess
+        self.binding = sess.io_binding()
+        # Copied to the device once, here, not in the timed loop; held here so the buffers outlive the binding.
+        self.inputs = {name: ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0) for name, array in feed.items()}
+        for name, value in self.inputs.items():
+            self.binding.bind_ortvalue_input(name, value)
+        self.binding.synchronize_inputs()
+        for output in sess.get_outputs():
+            self.binding.bind_output(output.name, "cuda", 0)
+
+    def __call__(self) -> None:
+        self.sess.run_with_iobinding(self.binding)
+        self.binding.synchronize_outputs()  # wait for the device: otherwise only the kernel launches are timed
+
+
+def describe_file(path: Path, model: onnx.ModelProto, signature: Signature) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return {
+        "path": str(path),
+        "sha256": digest.hexdigest(),
+        "size_bytes": path.stat().st_size,
+        "inputs": signature,
+        "outputs": output_signature(model),
+    }
+
+
+def peak_rss_bytes() -> int | None:
+    """Peak resident memory of this process so far (sessions included); None where unknown."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, kilobytes on Linux
+
+
+def format_table(result: dict) -> str:
+    """The results as a fixed-width table, a line about the model before it and one about the environment after."""
+    model = result["model"]
+    header = ["provider", "threads", "batch", "p50 ms", "p90 ms [95% CI]", "p99 ms", "mean±std ms", "img/s", "runs"]
+    rows, skipped = [header], []
+    for entry in result["results"]:
+        if "skipped" in entry:
+            skipped.append(f"{entry['provider']}: skipped: {entry['skipped']}")
+            continue
+        low, high = entry["p90_ci_ms"]
+        rows.append(
+            [
+                entry["provider"],
+                str(entry["threads"]),
+                str(entry["batch"]),
+                _ms(entry["p50_ms"]),
+                f"{_ms(entry['p90_ms'])} [{_ms(low)}, {_ms(high)}]",
+                _ms(entry["p99_ms"]),
+                f"{_ms(entry['mean_ms'])}±{_ms(entry['std_ms'])}",
+                f"{entry['throughput_ips']:.1f}",
+                str(entry["runs"]),
+            ]
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    lines = [f"model: {model['path']} (sha256 {model['sha256'][:12]}, {model['size_bytes']} bytes)"]
+    lines += [_format_row(row, widths) for row in rows]
+    return "\n".join(lines + skipped + [_environment_line(result)])
+
+
+def _format_row(row: list[str], widths: list[int]) -> str:
+    """The first column (provider) left-aligned, the numbers right-aligned."""
+    cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+    return "  ".join(cells)
+
+
+def _ms(value: float) -> str:
+    """Milliseconds to 0.1 us below 1 ms (tiny models), to 1 us below 100 ms, else to 0.1 ms."""
+    return f"{value:.4f}" if value < 1 else f"{value:.3f}" if value < 100 else f"{value:.1f}"
+
+
+def _environment_line(result: dict) -> str:
+    env, preset = result["environment"], result["preset"]
+    return (
+        f"environment: {env['cpu']} ({' '.join(env['isa']) or 'no listed ISA flags'}), {env['cores']} cores, "
+        f"onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, python {env['python']}; "
+        f"warm-up >= {preset['warmup_runs']} runs and {preset['warmup_seconds']} s, "
+        f"timed >= {preset['min_runs']} runs and {preset['min_seconds']} s"
+    )

@@ -1,0 +1,102 @@
+"""Post-training static int8 in onnxruntime (QDQ), with every argument of quantize_static explicit and recorded.
+
+quantize_static's defaults have changed across onnxruntime versions, so nothing is left to them. On x86 without
+VNNI, u8 x s8 products can saturate a 16-bit intermediate (../shared/FACTS.md): `reduce_range` (7-bit weights)
+avoids it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from pipeline.errors import StageError
+from pipeline.runtime.sessions import INPUT_NAME, run_batches, session
+
+METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
+TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSettings:
+    """The quantize_static settings edgeforge varies; everything else is fixed in `quantize`."""
+
+    method: str = "minmax"  # calibration: minmax, entropy or percentile
+    per_channel: bool = True  # one weight scale per output channel
+    reduce_range: bool = True  # 7-bit weights: avoids u8 x s8 saturation on CPUs without VNNI
+    activation_type: str = "uint8"  # uint8 or int8
+    weight_type: str = "int8"  # int8 or uint8
+    calibration_batch: int = 64  # images per calibration batch
+
+
+class ImageReader(CalibrationDataReader):
+    """Feeds calibration batches of preprocessed training images to onnxruntime."""
+
+    def __init__(self, inputs: np.ndarray, batch: int):
+        self._batches = iter([inputs[i : i + batch] for i in range(0, len(inputs), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+def quantize(source: Path, target: Path, calibration: np.ndarray, settings: QuantSettings) -> None:
+    """quant_pre_process, then quantize_static with every argument explicit (see `arguments`)."""
+    prepared = target.with_name(f"{target.stem}.prepared.onnx")
+    quant_pre_process(
+        str(source), str(prepared), skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=False
+    )
+    with contextlib.redirect_stdout(io.StringIO()):  # the Entropy/Percentile calibrators print progress
+        quantize_static(
+            str(prepared),
+            str(target),
+            ImageReader(calibration, settings.calibration_batch),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=None,
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            activation_type=TYPES[settings.activation_type],
+            weight_type=TYPES[settings.weight_type],
+            nodes_to_quantize=None,
+            nodes_to_exclude=None,
+            use_external_data_format=False,
+            calibrate_method=METHODS[settings.method],
+            calibration_providers=["CPUExecutionProvider"],
+            extra_options={},
+        )
+    prepared.unlink()
+
+
+def arguments(settings: QuantSettings) -> dict[str, Any]:
+    """The quantize_static arguments, as recorded in the manifest and the report."""
+    return {
+        "quant_format": "QDQ",
+        "per_channel": settings.per_channel,
+        "reduce_range": settings.reduce_range,
+        "activation_type": settings.activation_type,
+        "weight_type": settings.weight_type,
+        "calibrate_method": settings.method,
+        "op_types_to_quantize": None,
+        "nodes_to_exclude": None,
+        "extra_options": {},
+    }
+
+
+def check_dynamic_batch(path: Path, calibration: np.ndarray, num_classes: int) -> None:
+    """Dynamic batch has broken after quantization in some onnxruntime versions: check batch 1 and N."""
+    sess = session(path)
+    for batch in (1, min(len(calibration), 7)):
+        logits = run_batches(sess, calibration[:batch], batch=batch)
+        if logits.shape != (batch, num_classes) or not np.all(np.isfinite(logits)):
+            raise StageError(f"quantize: {path.name} gave logits of shape {logits.shape} at batch {batch}")

@@ -1,0 +1,113 @@
+"""Latency of pruned candidates in their deployed form, for the prune stage's latency-budget search.
+
+A candidate is measured before any fine-tuning (weights do not change latency, architecture does): prune a copy
+of the student at the ratio, export it to ONNX, quantize it when int8 may be deployed, and time it in
+onnxruntime at the target batch, provider and thread count. Each model gets its own session (benchtool.bench_one).
+
+Fixed choices, recorded in the decision (`method`):
+- Timing: SEARCH_TIMING warm-up and minimums, p50. Shorter than a bench run: the search compares candidates, the
+  bench stage measures what ships.
+- int8 candidates use the quantize stage's default arguments (QDQ, per-channel, reduce_range, u8 activations,
+  MinMax) on CALIBRATION_IMAGES training images. The quantize stage may later choose another variant; calibration
+  method and reduce_range do not change the graph, per-tensor scales or s8 activations may change latency by a few
+  percent, which the margin covers and the bench stage measures.
+- opset EXPORT_OPSET, as the export stage's default.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.errors import StageError
+from pipeline.models.factory import count_macs_and_params
+from pipeline.models.spec import ModelSpec
+from pipeline.runtime import latency
+from pipeline.runtime.benchtool import ProviderUnavailable, bench_one
+from pipeline.runtime.onnx_export import export_onnx
+from pipeline.runtime.sessions import INPUT_NAME
+from pipeline.search.prune_ratio import search_ratio
+from pipeline.training.augment import normalize
+from stages import export, quantize
+
+SEARCH_TIMING = latency.SEARCH
+CALIBRATION_IMAGES = 64
+EXPORT_OPSET = export.Params().opset
+FORMATS = {"fp32": ("fp32",), "int8": ("int8",), "fastest": ("fp32", "int8")}  # prune.target_format -> measured
+
+
+class Candidates:
+    """Measures pruned copies of one student; `prune(model, ratio)` prunes a model in place."""
+
+    def __init__(self, student: nn.Module, spec: ModelSpec, images: np.ndarray, norm: tuple, params: Any, prune):
+        self.student, self.spec, self.params, self.prune = student, spec, params, prune
+        inputs = normalize(torch.from_numpy(images[:CALIBRATION_IMAGES]), *norm).numpy()
+        self.calibration = inputs
+        self.feed = {INPUT_NAME: np.resize(inputs, (params.target_batch, *inputs.shape[1:]))}
+        self.work = tempfile.TemporaryDirectory(prefix="edgeforge-prune-search-")
+
+    def __call__(self, ratio: float) -> dict[str, Any]:
+        model = copy.deepcopy(self.student).eval()
+        if ratio > 0:
+            self.prune(model, ratio)
+        return self.measure(model)
+
+    def measure(self, model: nn.Module) -> dict[str, Any]:
+        """{"latency_ms": the deployed form's p50, "format", "fp32_ms"/"int8_ms", "macs", "params"}."""
+        macs, count = count_macs_and_params(model, self.spec)
+        fp32 = Path(self.work.name) / "candidate.onnx"
+        export_onnx(model, self.spec, fp32, EXPORT_OPSET)
+        result: dict[str, Any] = {"macs": macs, "params": count}
+        for form in FORMATS[self.params.target_format]:
+            path = fp32
+            if form == "int8":
+                path = fp32.with_name("candidate_int8.onnx")
+                settings = quantize.Params(calibration_samples=CALIBRATION_IMAGES)
+                quantize.quantize(fp32, path, self.calibration, settings)
+            result[f"{form}_ms"] = self.p50(path)
+        best = min(FORMATS[self.params.target_format], key=lambda form: result[f"{form}_ms"])
+        return {"latency_ms": result[f"{best}_ms"], "format": best, **result}
+
+    def p50(self, path: Path) -> float:
+        batch, provider, threads = self.params.target_batch, self.params.target_provider, self.params.target_threads
+        try:
+            return bench_one(path, provider, threads, batch, self.feed, SEARCH_TIMING)["p50_ms"]
+        except ProviderUnavailable as reason:
+            raise StageError(f"prune: prune.target_provider={provider!r} cannot be measured here: {reason}") from None
+
+    def close(self) -> None:
+        self.work.cleanup()
+
+
+def method(params: Any) -> dict[str, Any]:
+    """What the search's latencies mean, recorded beside them."""
+    return {
+        "provider": params.target_provider,
+        "batch": params.target_batch,
+        "threads": params.target_threads,
+        "formats": list(FORMATS[params.target_format]),
+        "statistic": "p50",
+        "timing": SEARCH_TIMING,
+        "int8": {**quantize.arguments(quantize.Params()), "calibration_images": CALIBRATION_IMAGES},
+        "opset": EXPORT_OPSET,
+    }
+
+
+def search(candidates: Candidates, params: Any) -> dict[str, Any]:
+    """The decision for `params.target_latency_ms` (see pipeline.latency_search), with the method recorded."""
+    decision = search_ratio(
+        candidates,
+        budget_ms=params.target_latency_ms,
+        margin=params.search_margin,
+        max_ratio=params.max_ratio,
+        step=params.search_step,
+        refine=params.search_refine,
+        time_budget_s=params.search_budget_s,
+    )
+    return {**decision, "method": method(params)}

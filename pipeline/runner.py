@@ -212,6 +212,7 @@ def run_stage(
             "version": stage.VERSION,
             "section": stage.SECTION,
             "params": params_to_dict(params),
+            "defaults": params_to_dict(type(params)()),  # what the report's reproduce command leaves out
             "upstream": {name: artifact.key for name, artifact in inputs.items()},
             "external": external,
             "config": config.to_dict(),

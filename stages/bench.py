@@ -23,7 +23,6 @@ from pipeline.runtime.benchtool import PROVIDERS, ProviderUnavailable, bench_one
 from pipeline.runtime.latency import SIGN_OFF
 from pipeline.runtime.sessions import INPUT_NAME, run_batches, session, session_options_record
 from pipeline.training.augment import normalize
-from stages.quantize import SOURCES
 
 NAME = "bench"
 SECTION = "bench"
@@ -79,8 +78,8 @@ def model_facts(name: str, inputs: dict[str, Artifact]) -> dict[str, Any]:
     """Where a model is, its hash, and its size and work (int8 keeps the pruned model's counts)."""
     stage, file = MODELS[name]
     artifact = inputs[stage]
-    int8_sources = {target.removesuffix(".onnx"): source.removesuffix(".onnx") for target, source in SOURCES.items()}
-    fp32_source = int8_sources.get(name, name)  # quantizing keeps the counts
+    quantized = inputs["quantize"].metrics["models"]  # int8 name -> {"source": "pruned.onnx", ...}
+    fp32_source = quantized[name]["source"].removesuffix(".onnx") if name in quantized else name  # same counts
     counted = inputs["export"].metrics["models"][fp32_source]
     return {
         "name": name,

@@ -17,7 +17,7 @@ from pipeline.cache import Artifact
 from pipeline.datasets.artifact import load_dataset
 from pipeline.errors import StageError, require
 from pipeline.models.storage import load_model
-from pipeline.runtime.onnx_export import export_onnx
+from pipeline.runtime.onnx_export import DEFAULT_OPSET, export_onnx
 from pipeline.runtime.sessions import run_batches, session
 from pipeline.training.augment import normalize
 
@@ -32,7 +32,7 @@ SOURCES = {"teacher": "teacher", "student": "distill", "pruned": "prune"}  # ONN
 
 @dataclasses.dataclass(frozen=True)
 class Params:
-    opset: int = 18  # ONNX opset of the exported graphs
+    opset: int = DEFAULT_OPSET  # ONNX opset of the exported graphs
     compare_batch: int = 64  # batch N of the onnxruntime-vs-PyTorch check (batch 1 is always checked)
     atol: float = 1e-4  # allowed |onnxruntime - PyTorch| on logits, plus rtol * |PyTorch|
     rtol: float = 1e-3

@@ -149,32 +149,14 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     student, spec = load_model(inputs["distill"].path)
     test = torch.from_numpy(dataset.test_images), torch.from_numpy(dataset.test_labels)
     macs_before, params_before = count_macs_and_params(student, spec)
-
-    search = None
-    ratio = params.ratio
-    if params.target_latency_ms is not None:
-        # Under torchrun only the leader measures (ranks timing at once would slow each other) and tells the rest.
-        leader = distributed.is_leader()
-        search = distributed.broadcast_json(
-            latency_decision(student, spec, dataset, params, out_dir) if leader else None
-        )
-        ratio = search["ratio"]
-        if not search["met"]:
-            log.warning("prune: %s", search["message"])
+    search = budget_decision(student, spec, dataset, params, out_dir)
+    ratio = params.ratio if search is None else search["ratio"]
     history: list = []
     if ratio > 0:
         history = prune_channels(student, spec.example_input(), spec.num_classes, params, ratio)
     macs_after, params_after = count_macs_and_params(student, spec)
     accuracy_before_finetune = accuracy(student, *test, dataset.norm)
-
-    recipe = recipe_for(params, params.finetune_epochs, params.temperature, params.alpha)
-    training = []
-    if params.finetune_epochs > 0:
-        images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
-        checkpoint = out_dir / CHECKPOINTS / "finetune.pt"
-        training = fit(
-            student, images, labels, dataset.norm, recipe, teacher=teacher, stage=NAME, checkpoint=checkpoint
-        )
+    training = finetune(student, teacher, dataset, params, out_dir)
     test_accuracy = accuracy(student, *test, dataset.norm)
     save_model(student, spec, out_dir, pruning_history=history)
     if search is not None:
@@ -197,6 +179,28 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
             f"{test_accuracy:.4f} after fine-tune"
         ),
     }
+
+
+def budget_decision(student: torch.nn.Module, spec, dataset: Dataset, params: Params, out_dir: Path) -> dict | None:
+    """With a latency budget, the search's decision (None without one). Under torchrun only the leader measures
+    (ranks timing at once would slow each other) and tells the rest."""
+    if params.target_latency_ms is None:
+        return None
+    leader = distributed.is_leader()
+    search = distributed.broadcast_json(latency_decision(student, spec, dataset, params, out_dir) if leader else None)
+    if not search["met"]:
+        log.warning("prune: %s", search["message"])
+    return search
+
+
+def finetune(student: torch.nn.Module, teacher: torch.nn.Module, dataset: Dataset, params: Params, out_dir: Path):
+    """The distillation fine-tune of the pruned student (in place); its per-epoch history."""
+    if params.finetune_epochs == 0:
+        return []
+    recipe = recipe_for(params, params.finetune_epochs, params.temperature, params.alpha)
+    images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
+    checkpoint = out_dir / CHECKPOINTS / "finetune.pt"
+    return fit(student, images, labels, dataset.norm, recipe, teacher=teacher, stage=NAME, checkpoint=checkpoint)
 
 
 def achieved_latency(model: torch.nn.Module, spec, dataset: Dataset, params: Params) -> dict[str, Any]:

@@ -23,15 +23,13 @@ from pipeline.reporting.gates import choose_edge_model, pareto_front, parse_late
 from pipeline.reporting.html import render_html
 from pipeline.reporting.markdown import render_markdown
 from pipeline.runtime.benchtool import PROVIDERS
-from stages import bench, data, distill, export, prune, quantize, teacher
 
 NAME = "report"
 SECTION = "signoff"
-VERSION = 8
+VERSION = 9
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx")
-UPSTREAM = (data, teacher, distill, prune, export, quantize, bench)  # their params' defaults: the reproduce command
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,13 +88,13 @@ class Params:
         )
 
 
-def reproduce_command(config: dict[str, dict[str, Any]]) -> str:
-    """`edgeforge run` with a --set for every value that differs from the built-in defaults."""
+def reproduce_command(config: dict[str, dict[str, Any]], defaults: dict[str, dict[str, Any]]) -> str:
+    """`edgeforge run` with a --set for every value that differs from the built-in defaults (every value of a
+    section whose defaults are unknown: an entry cached before manifests recorded them)."""
     overrides = []
-    for section, cls in {**{stage.SECTION: stage.Params for stage in UPSTREAM}, SECTION: Params}.items():
-        for key, default in params_to_dict(cls()).items():
-            value = config[section][key]
-            if value != default:
+    for section, values in config.items():
+        for key, value in values.items():
+            if key not in defaults.get(section, {}) or value != defaults[section][key]:
                 text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
                 overrides.append(f"--set {shlex.quote(f'{section}.{key}={text}')}")
     return " ".join(["edgeforge run", *overrides])
@@ -128,67 +126,11 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     check_measured(models, params, bench)
     edge, passing = choose_edge_model(models, params)
     gates = signoff_gates(edge, models, params)
-    dataset = json.loads(inputs["data"].file("dataset.json").read_text())
-    config = {inputs[name].manifest["section"]: inputs[name].manifest["params"] for name in INPUTS}
-    config[SECTION] = dataclasses.asdict(params)
-    distill = inputs["distill"].metrics
     report = {
-        "config": config,
-        "environment": bench["environment"],
-        "skipped_providers": bench["skipped_providers"],
-        "session_options": bench["session_options"],
-        "bench_method": bench["method"],
+        **run_facts(params, inputs),
         "models": models,
-        "edge_model": edge["name"],
-        "edge_model_reason": (
-            f"the most accurate of the models within {params.latency_tie:.0%} of the fastest p50 at batch "
-            f"{params.latency_batch} on {params.latency_provider}, among those passing the accuracy gates "
-            f"({', '.join(passing)})"
-            if passing
-            else "no model passed the accuracy gates; the most accurate is named"
-        ),
-        "signoff": {"passed": bool(passing) and all(g["passed"] for g in gates), "gates": gates},
-        "distillation": {
-            "student_accuracy": distill["test_accuracy"],
-            "baseline_accuracy": distill["baseline_test_accuracy"],
-            "temperature": config["distill"]["temperature"],
-            "alpha": config["distill"]["alpha"],
-        },
-        "pruning": {
-            k: inputs["prune"].metrics[k]
-            for k in (
-                "params_before",
-                "params",
-                "macs_before",
-                "macs",
-                "test_accuracy_before_finetune",
-                "test_accuracy",
-            )
-        },
-        "quantization": inputs["quantize"].metrics["arguments"],
-        "quantization_search": {
-            name: model["search"] for name, model in inputs["quantize"].metrics["models"].items() if model["search"]
-        },
-        "latency_search": inputs["prune"].metrics["latency_search"],
-        "edge_choice": {
-            "batch": params.latency_batch,
-            "provider": PROVIDERS[params.latency_provider][0],
-            "passing": passing,
-        },
-        "pareto_front": pareto_front(models, str(params.latency_batch), PROVIDERS[params.latency_provider][0]),
-        "training": {
-            "teacher": inputs["teacher"].metrics["history"],
-            "student": distill["history"],
-            "student_without_teacher": distill["baseline_history"],
-            "pruned_finetune": inputs["prune"].metrics["history"],
-        },
-        "export_tolerance": inputs["export"].metrics["tolerance"],
-        "dataset": {
-            **{k: dataset[k] for k in ("name", "class_names", "image_shape", "mean", "std", "preprocessing", "split")},
-            **inputs["data"].manifest["external"],
-        },
-        "input": {"name": "input", "shape": ["batch", *dataset["image_shape"]], "dtype": "float32"},
-        "reproduce": reproduce_command(config),
+        **edge_decision(edge, passing, gates, models, params),
+        **what_each_step_did(inputs),
     }
     shutil.copyfile(inputs[edge["stage"]].file(edge["file"]), out_dir / "model.onnx")
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -200,4 +142,74 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "signoff_passed": report["signoff"]["passed"],
         "failed_gates": [g["name"] for g in gates if not g["passed"]],
         "summary": f"edge model {edge['name']} ({edge['accuracy']:.4f}); sign-off {verdict}",
+    }
+
+
+def run_facts(params: Params, inputs: dict[str, Artifact]) -> dict[str, Any]:
+    """The config, where the latencies were measured, the data and how to feed the model, and how to reproduce."""
+    bench = inputs["bench"].metrics
+    dataset = json.loads(inputs["data"].file("dataset.json").read_text())
+    config = {inputs[name].manifest["section"]: inputs[name].manifest["params"] for name in INPUTS}
+    config[SECTION] = params_to_dict(params)
+    defaults = {inputs[name].manifest["section"]: inputs[name].manifest.get("defaults", {}) for name in INPUTS}
+    defaults[SECTION] = params_to_dict(Params())
+    return {
+        "config": config,
+        "environment": bench["environment"],
+        "skipped_providers": bench["skipped_providers"],
+        "session_options": bench["session_options"],
+        "bench_method": bench["method"],
+        "dataset": {
+            **{k: dataset[k] for k in ("name", "class_names", "image_shape", "mean", "std", "preprocessing", "split")},
+            **inputs["data"].manifest["external"],
+        },
+        "input": {"name": "input", "shape": ["batch", *dataset["image_shape"]], "dtype": "float32"},
+        "reproduce": reproduce_command(config, defaults),
+    }
+
+
+def edge_decision(edge: dict, passing: list[str], gates: list[dict], models: list[dict], params: Params) -> dict:
+    """Which model ships and why, and the sign-off verdict."""
+    provider = PROVIDERS[params.latency_provider][0]
+    reason = (
+        f"the most accurate of the models within {params.latency_tie:.0%} of the fastest p50 at batch "
+        f"{params.latency_batch} on {params.latency_provider}, among those passing the accuracy gates "
+        f"({', '.join(passing)})"
+        if passing
+        else "no model passed the accuracy gates; the most accurate is named"
+    )
+    return {
+        "edge_model": edge["name"],
+        "edge_model_reason": reason,
+        "signoff": {"passed": bool(passing) and all(g["passed"] for g in gates), "gates": gates},
+        "edge_choice": {"batch": params.latency_batch, "provider": provider, "passing": passing},
+        "pareto_front": pareto_front(models, str(params.latency_batch), provider),
+    }
+
+
+def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
+    """Distillation, pruning, quantization and the searches, as their stages recorded them, and training curves."""
+    distill, prune_metrics, quantize_metrics = (inputs[name].metrics for name in ("distill", "prune", "quantize"))
+    distill_params = inputs["distill"].manifest["params"]
+    pruning_keys = ("params_before", "params", "macs_before", "macs", "test_accuracy_before_finetune", "test_accuracy")
+    return {
+        "distillation": {
+            "student_accuracy": distill["test_accuracy"],
+            "baseline_accuracy": distill["baseline_test_accuracy"],
+            "temperature": distill_params["temperature"],
+            "alpha": distill_params["alpha"],
+        },
+        "pruning": {key: prune_metrics[key] for key in pruning_keys},
+        "quantization": quantize_metrics["arguments"],
+        "quantization_search": {
+            name: model["search"] for name, model in quantize_metrics["models"].items() if model["search"]
+        },
+        "latency_search": prune_metrics["latency_search"],
+        "training": {
+            "teacher": inputs["teacher"].metrics["history"],
+            "student": distill["history"],
+            "student_without_teacher": distill["baseline_history"],
+            "pruned_finetune": prune_metrics["history"],
+        },
+        "export_tolerance": inputs["export"].metrics["tolerance"],
     }

@@ -28,17 +28,29 @@ def _latency_table(models: list[dict], provider: str) -> list[str]:
 
 def render_markdown(report: dict[str, Any]) -> str:
     signoff = report["signoff"]
-    env = report["environment"]
     lines = [
         "# edgeforge sign-off report",
         "",
         f"**Sign-off: {'PASSED' if signoff['passed'] else 'FAILED'}.** Edge model: **{report['edge_model']}** "
         f"(`release/model.onnx`): {report['edge_model_reason']}.",
+    ]
+    lines += models_section(report)
+    lines += search_sections(report)
+    lines += steps_section(report)
+    lines += gates_section(signoff["gates"])
+    lines += deploy_section(report)
+    lines += environment_section(report)
+    return "\n".join(lines) + "\n"
+
+
+def models_section(report: dict[str, Any]) -> list[str]:
+    """A row per model, then a latency table per provider measured and the providers skipped."""
+    lines = [
         "",
         "## Models (teacher → student → pruned → int8 of pruned; student_int8: int8 of the student)",
         "",
-        f"Accuracy on the test split, computed in onnxruntime; latency with {env['threads']} intra-op threads, "
-        "each model and batch size in its own session.",
+        f"Accuracy on the test split, computed in onnxruntime; latency with {report['environment']['threads']} "
+        "intra-op threads, each model and batch size in its own session.",
         "",
     ]
     header = ["model", "accuracy", "agrees with teacher", "params", "MACs", "size (bytes)"]
@@ -58,8 +70,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"Latency on {provider} (p50 / p90 / p99 ms; p90's 95% interval where measured):", ""]
         lines += _latency_table(report["models"], provider)
     skipped = report.get("skipped_providers") or {}
-    lines += ([""] if skipped else []) + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
-    lines += search_sections(report)
+    return lines + ([""] if skipped else []) + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
+
+
+def steps_section(report: dict[str, Any]) -> list[str]:
     distill, prune = report["distillation"], report["pruning"]
     baseline = distill["baseline_accuracy"]
     gain = (
@@ -70,7 +84,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"({distill['student_accuracy'] - baseline:+.4f})"
         )
     )
-    lines += [
+    return [
         "",
         "## What each step bought",
         "",
@@ -84,40 +98,43 @@ def render_markdown(report: dict[str, Any]) -> str:
         + ".",
         f"- Export check: onnxruntime vs PyTorch within atol {report['export_tolerance']['atol']}, "
         f"rtol {report['export_tolerance']['rtol']} at batch 1 and N.",
-        "",
-        "## Gates",
-        "",
     ]
-    lines += _table(
-        ["gate", "limit", "value", "verdict"],
+
+
+def gates_section(gates: list[dict[str, Any]]) -> list[str]:
+    rows = [
         [
-            [
-                g["name"],
-                f"{g['limit']:g}",
-                "not measured" if g["value"] is None else f"{g['value']:.4g}",
-                "pass" if g["passed"] else "**FAIL**",
-            ]
-            for g in signoff["gates"]
-        ],
-    )
+            g["name"],
+            f"{g['limit']:g}",
+            "not measured" if g["value"] is None else f"{g['value']:.4g}",
+            "pass" if g["passed"] else "**FAIL**",
+        ]
+        for g in gates
+    ]
+    return ["", "## Gates", ""] + _table(["gate", "limit", "value", "verdict"], rows)
+
+
+def deploy_section(report: dict[str, Any]) -> list[str]:
     data = report["dataset"]
-    lines += [
+    return [
         "",
         "## Deploying the edge model",
         "",
         f"Input `{report['input']['name']}`: {report['input']['dtype']} of shape {report['input']['shape']} "
         f"(dynamic batch). Preprocessing: {data['preprocessing']}, with mean {data['mean']} and std {data['std']} "
         f"(from the training split). Output `logits`, classes in order: {', '.join(data['class_names'])}.",
-        "",
-        "## Environment",
-        "",
     ]
-    lines += [f"- {k}: {v}" for k, v in env.items()]
+
+
+def environment_section(report: dict[str, Any]) -> list[str]:
+    """Where the numbers were measured, the artifacts' hashes, and how to reproduce the run."""
+    data = report["dataset"]
+    lines = ["", "## Environment", ""]
+    lines += [f"- {k}: {v}" for k, v in report["environment"].items()]
     lines += [f"- session options: {report['session_options']}", f"- method: {report['bench_method']}"]
     lines += ["", "## Artifacts", ""]
     lines += _table(
         ["model", "path (under artifacts/)", "sha256"], [[m["name"], m["path"], m["sha256"]] for m in report["models"]]
     )
     lines += ["", "## Reproduce", "", "```", report["reproduce"], "```"]
-    lines += ["", f"Dataset: {data['name']}, source sha256 {data['source_sha256']}, split {data['split']}."]
-    return "\n".join(lines) + "\n"
+    return lines + ["", f"Dataset: {data['name']}, source sha256 {data['source_sha256']}, split {data['split']}."]

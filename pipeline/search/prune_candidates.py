@@ -30,15 +30,15 @@ from pipeline.models.factory import count_macs_and_params
 from pipeline.models.spec import ModelSpec
 from pipeline.runtime import latency
 from pipeline.runtime.benchtool import ProviderUnavailable, bench_one
-from pipeline.runtime.onnx_export import export_onnx
+from pipeline.runtime.onnx_export import DEFAULT_OPSET, export_onnx
+from pipeline.runtime.quantization import QuantSettings, arguments, quantize
 from pipeline.runtime.sessions import INPUT_NAME
 from pipeline.search.prune_ratio import search_ratio
 from pipeline.training.augment import normalize
-from stages import export, quantize
 
 SEARCH_TIMING = latency.SEARCH
 CALIBRATION_IMAGES = 64
-EXPORT_OPSET = export.Params().opset
+EXPORT_OPSET = DEFAULT_OPSET
 FORMATS = {"fp32": ("fp32",), "int8": ("int8",), "fastest": ("fp32", "int8")}  # prune.target_format -> measured
 
 
@@ -68,8 +68,7 @@ class Candidates:
             path = fp32
             if form == "int8":
                 path = fp32.with_name("candidate_int8.onnx")
-                settings = quantize.Params(calibration_samples=CALIBRATION_IMAGES)
-                quantize.quantize(fp32, path, self.calibration, settings)
+                quantize(fp32, path, self.calibration, QuantSettings())
             result[f"{form}_ms"] = self.p50(path)
         best = min(FORMATS[self.params.target_format], key=lambda form: result[f"{form}_ms"])
         return {"latency_ms": result[f"{best}_ms"], "format": best, **result}
@@ -94,7 +93,7 @@ def method(params: Any) -> dict[str, Any]:
         "formats": list(FORMATS[params.target_format]),
         "statistic": "p50",
         "timing": SEARCH_TIMING,
-        "int8": {**quantize.arguments(quantize.Params()), "calibration_images": CALIBRATION_IMAGES},
+        "int8": {**arguments(QuantSettings()), "calibration_images": CALIBRATION_IMAGES},
         "opset": EXPORT_OPSET,
     }
 

@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 EDGEFORGE := $(BIN)/edgeforge --artifacts $(ARTIFACTS)
 STAGES := data teacher distill prune export quantize bench report
 
-.PHONY: all test install install-dev lint status clean bench-cifar10 $(STAGES)
+.PHONY: all test test-fast install install-dev lint status clean bench-cifar10 $(STAGES)
 
 all: install
 	$(EDGEFORGE) run --config $(CONFIG)
@@ -21,8 +21,13 @@ $(STAGES): install
 status: install
 	$(EDGEFORGE) status --config $(CONFIG)
 
+# One pytest-xdist worker per core (each with one thread: tests/conftest.py). test-fast leaves out the tests marked
+# slow (end-to-end runs in fresh interpreters, torchrun launches, deep-model exports): the inner loop.
 test: install-dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
+
+test-fast: install-dev
+	$(BIN)/python -m pytest -q -n auto --dist worksteal -m "not slow"
 
 lint: install-dev
 	$(BIN)/ruff check pipeline stages tests benchmarks

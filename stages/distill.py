@@ -18,7 +18,7 @@ from pipeline.errors import require
 from pipeline.models.factory import build_model, check_model_name, count_macs_and_params, model_source_sha256
 from pipeline.models.storage import load_model, save_model
 from pipeline.training.loop import accuracy, fit
-from pipeline.training.recipes import check_training_params, recipe_for, resolve_width, spec_for
+from pipeline.training.recipes import check_training_params, model_label, recipe_for, resolve_width, spec_for
 
 NAME = "distill"
 SECTION = "distill"
@@ -102,5 +102,6 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "macs": macs,
         "history": history,
         "baseline_history": baseline_history,
-        "summary": f"{params.model} x{params.width}, {n_params:,} params, test accuracy {test_accuracy:.4f}{gain}",
+        "summary": f"{model_label(params.model, params.width)}, {n_params:,} params, "
+        f"test accuracy {test_accuracy:.4f}{gain}",
     }

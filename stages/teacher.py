@@ -13,7 +13,7 @@ from pipeline.datasets.artifact import load_dataset
 from pipeline.models.factory import build_model, check_model_name, count_macs_and_params, model_source_sha256
 from pipeline.models.storage import save_model
 from pipeline.training.loop import accuracy, fit
-from pipeline.training.recipes import check_training_params, recipe_for, resolve_width, spec_for
+from pipeline.training.recipes import check_training_params, model_label, recipe_for, resolve_width, spec_for
 
 NAME = "teacher"
 SECTION = "teacher"
@@ -76,5 +76,5 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "params": n_params,
         "macs": macs,
         "history": history,
-        "summary": f"{params.model} x{params.width}, {n_params:,} params, test accuracy {test_accuracy:.4f}",
+        "summary": f"{model_label(params.model, params.width)}, {n_params:,} params, test accuracy {test_accuracy:.4f}",
     }

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
 from pipeline.cache import ArtifactStore
 from pipeline.runner import load_config, run_pipeline
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist every worker gets one core's worth of threads (and so does every process a test starts):
+    # two workers with two threads each on a 2-core machine would only fight over the cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 # Small enough to run in seconds, big enough that accuracies mean something on digits.
 TINY = (
@@ -28,10 +39,47 @@ TINY = (
 )
 
 
+# Cheaper still, for tests of the plumbing (locks, ranks, publishing) that assert nothing about accuracy.
+FAST = (
+    "teacher.width=8",
+    "teacher.device=cpu",
+    "distill.device=cpu",
+    "prune.device=cpu",
+    "teacher.epochs=2",
+    "distill.epochs=2",
+    "distill.baseline=false",
+    "prune.finetune_epochs=1",
+    "quantize.calibration_samples=64",
+    "bench.batch_sizes=[1]",
+    "bench.warmup_runs=2",
+    "bench.min_runs=20",
+    "bench.min_seconds=0",
+    "bench.warmup_seconds=0",
+    # Two epochs do not reach the default accuracy gates, and these tests need a run that exits 0.
+    "signoff.min_accuracy=0",
+    "signoff.max_drop_vs_teacher=1",
+    "signoff.max_drop_vs_student=1",
+)
+
+
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """(store, {stage name: StageResult}) of a complete tiny pipeline run."""
+def tiny_cache(tmp_path_factory) -> Path:
+    """The cache of the tiny pipeline run, built once per test session: under pytest-xdist in a folder all workers
+    share, by whichever gets there first (the others wait on the store's per-stage locks and reuse its entries)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this session's folder, above every worker's own
+    store = ArtifactStore(root / "tiny-artifacts")
+    run_pipeline(load_config(overrides=TINY), store)
+    return store.cache
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_cache):
+    """(store, {stage name: StageResult}) of a complete tiny pipeline run, in a store of this worker's own (tests
+    add to it and replace its release): a copy of the shared cache, whose entries are verified as any are."""
     store = ArtifactStore(tmp_path_factory.mktemp("artifacts"))
+    shutil.copytree(tiny_cache, store.cache, ignore=shutil.ignore_patterns(".lock-*", ".tmp-*"))
     results = run_pipeline(load_config(overrides=TINY), store)
     return store, {result.name: result for result in results}
 
@@ -48,3 +96,9 @@ def edgeforge_command(artifacts, *args, sets=()) -> list[str]:
         *args,
         *overrides,
     ]
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first: pytest-xdist then starts the longest work at once and fills the end with short tests,
+    instead of leaving one core idle while another finishes a long test last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -19,6 +19,11 @@ def resolve_width(params: Any) -> None:
         object.__setattr__(params, "width", published_width(params.model))
 
 
+def model_label(model: str, width: int | None) -> str:
+    """How a stage line names the model it built: 'resnet20 x16', or the user's builder as written."""
+    return model if width is None else f"{model} x{width}"
+
+
 def check_training_params(section: str, params: Any) -> None:
     """Range checks of the stages that train a model from scratch."""
     require(params.width is None or params.width >= 1, f"{section}.width", params.width, "null or an integer >= 1")

@@ -85,15 +85,23 @@ def test_a_failed_gate_exits_1_after_writing_the_report(tiny_run):
 def test_bad_input_is_one_line_exit_2_and_touches_nothing(tiny_run, args, message):
     store, _ = tiny_run
     before = sorted(p.relative_to(store.root) for p in store.cache.rglob("*"))
+    result = edgeforge(store.root, *args)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)  # ended by the CLI, not a crash
+    assert result.stderr.startswith(message)
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert sorted(p.relative_to(store.root) for p in store.cache.rglob("*")) == before
+
+
+@pytest.mark.slow
+def test_bad_input_exits_2_from_a_fresh_interpreter(tmp_path):
+    """The same as a user's shell sees it: the process's own exit code and one line on stderr."""
     process = subprocess.run(
-        edgeforge_command(store.root, *args),
-        capture_output=True,
-        text=True,
+        edgeforge_command(tmp_path, "run", "--set", "prune.ratio=1.5"), capture_output=True, text=True
     )
     assert process.returncode == 2
-    assert process.stderr.startswith(message)
+    assert process.stderr.startswith("error: prune.ratio=1.5 is not allowed: expected a fraction of channels")
     assert process.stderr.count("\n") == 1 and "Traceback" not in process.stderr
-    assert sorted(p.relative_to(store.root) for p in store.cache.rglob("*")) == before
+    assert not (tmp_path / "cache").exists()
 
 
 def test_report_without_a_run_says_what_to_do(tmp_path):
@@ -118,6 +126,7 @@ def test_verify_finds_an_edited_artifact(tiny_run, tmp_path):
     assert "error: 1 of" in bad.stderr
 
 
+@pytest.mark.slow
 def test_no_wait_fails_fast_while_another_process_holds_the_stage(tmp_path):
     import fcntl
 

@@ -118,3 +118,28 @@ def test_latency_limits_must_be_measured():
     assert config.section("signoff").latency_limits == ("cpu:32:p99<=5",)
     with pytest.raises(ConfigError, match=r"entry 'cpu:64:p99<=5' is not measured: bench.batch_sizes is \[1, 32\]"):
         load_config(overrides=["signoff.latency_limits=['cpu:64:p99<=5']"])
+
+
+@pytest.mark.parametrize(
+    ("sets", "teacher_width", "student_width"),
+    [
+        ((), 32, 8),  # the defaults: cnn x32 teacher, cnn x8 student
+        (("teacher.model=resnet20",), 16, 8),  # the published resnet20, not a 4x-MACs one at the cnn's width
+        (("teacher.model=resnet20", "teacher.width=32"), 32, 8),  # a width the user sets is kept
+        (("distill.model=mobilenetv2",), 32, 32),
+        (("distill.model=mlp",), 32, 1200),
+        (("teacher.model=resnet56", "teacher.width=null"), 16, 8),
+    ],
+)
+def test_a_models_width_follows_the_architecture_unless_set(sets, teacher_width, student_width):
+    config = load_config(overrides=sets)
+    assert config.section("teacher").width == teacher_width
+    assert config.section("distill").width == student_width
+
+
+def test_a_width_set_in_the_config_file_survives_a_model_set_on_the_command_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("teacher:\n  model: resnet8\n  width: 8\ndistill:\n  model: resnet14\n")
+    config = load_config(path, ["teacher.model=resnet20"])
+    assert config.section("teacher").width == 8  # set by the file: kept
+    assert config.section("distill").width == 16  # the file chose resnet14 without a width: the published 16

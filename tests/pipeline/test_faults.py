@@ -5,11 +5,14 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from pipeline.cache import ArtifactStore
 from pipeline.runner import load_config, needed_stages, plan_keys
-from tests.conftest import TINY, edgeforge_command
+from tests.conftest import FAST, edgeforge_command
 
 SETS = ["teacher.width=4", "teacher.epochs=20"]
+pytestmark = pytest.mark.slow  # pipelines in fresh interpreters
 
 
 def test_sigkill_mid_stage_publishes_nothing_and_the_next_run_resumes(tmp_path):
@@ -38,7 +41,7 @@ def test_sigkill_mid_stage_publishes_nothing_and_the_next_run_resumes(tmp_path):
 def test_two_runs_at_once_on_one_store_build_each_stage_once(tmp_path):
     import json
 
-    command = edgeforge_command(tmp_path, "run", "--json", sets=TINY)
+    command = edgeforge_command(tmp_path, "run", "--json", sets=FAST)
     first, second = (
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
     )

@@ -87,6 +87,7 @@ def run_prune(store, *sets, target="prune"):
     return results[-1] if target == "prune" else {r.name: r for r in results}
 
 
+@pytest.mark.slow
 def test_latency_budget_unreachable_says_so_and_uses_the_fastest_candidate(store, caplog):
     # No model runs in a nanosecond: every candidate misses; the decision names the closest latency.
     sets = [
@@ -110,6 +111,7 @@ def test_latency_budget_unreachable_says_so_and_uses_the_fastest_candidate(store
     assert again.cached and again.artifact.metrics["latency_search"] == search
 
 
+@pytest.mark.slow
 def test_latency_budget_met_unpruned_keeps_every_channel_and_is_gated_in_the_report(store):
     from pipeline.reporting.recheck import recheck_signoff
     from stages.report import Params as SignoffParams

@@ -65,7 +65,10 @@ def test_every_model_prunes_and_round_trips_with_its_history(name, tmp_path):
     assert count_macs_and_params(loaded, spec) == (pruned_macs, pruned_params)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "resnet110" else n for n in MODELS])
+DEEP = ("resnet32", "resnet56", "resnet110", "mobilenetv2")  # seconds to export each: the same blocks as the others
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in DEEP else n for n in MODELS])
 def test_every_pruned_model_exports_to_onnx_and_matches_pytorch(name, tmp_path):
     model, spec = tiny(name, (3, 32, 32))
     prune_channels(model, spec.example_input(), spec.num_classes, Params(ratio=0.5))

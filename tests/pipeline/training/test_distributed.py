@@ -14,7 +14,7 @@ from pipeline.cache import ArtifactStore
 from pipeline.runner import load_config, plan_keys
 from pipeline.training.loop import rank_share
 from stages import STAGES
-from tests.conftest import TINY, edgeforge_command
+from tests.conftest import FAST, TINY, edgeforge_command
 
 TRAINED = ("teacher", "distill", "prune")
 
@@ -34,16 +34,19 @@ def test_rank_shares_are_disjoint_and_cover_the_batch(size, ranks):
     assert max(map(len, shares)) - min(map(len, shares)) <= 1  # balanced: equal gradient weight per rank
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_train_like_one_and_only_rank_0_publishes(tmp_path, tiny_run):
     single_store, single = tiny_run
     store = ArtifactStore(tmp_path / "artifacts")
-    command = edgeforge_command(store.root, "run", "--nproc", "2", "--json", sets=TINY)
+    # The student trains the same with or without its teacherless baseline beside it: leave that out.
+    sets = (*TINY, "distill.baseline=false")
+    command = edgeforge_command(store.root, "run", "--nproc", "2", "--json", sets=sets)
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=os.getcwd())
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)  # one JSON object: only the leader printed
     assert summary["release"] and (store.root / "release" / "model.onnx").is_file()
 
-    keys = plan_keys(load_config(overrides=TINY), list(STAGES), store)
+    keys = plan_keys(load_config(overrides=sets), list(STAGES), store)
     for stage in STAGES:
         assert published(store, stage.NAME) == [keys[stage.NAME]]  # one entry each, nothing half-written
     for name in TRAINED:
@@ -87,6 +90,7 @@ FLAKY_MODEL = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["train", "eval"])
 def test_a_failed_rank_leaves_nothing_published(tmp_path, when):
     """Rank 1 dies mid-training (rank 0 is in a gradient all-reduce) or after its last collective (rank 0 is done
@@ -104,11 +108,12 @@ def test_a_failed_rank_leaves_nothing_published(tmp_path, when):
     assert len(published(store, "data")) == 1  # the stage before it stays cached
 
 
+@pytest.mark.slow
 def test_a_latency_budget_prune_runs_under_two_ranks(tmp_path):
     """Rank 0 measures and broadcasts the search's decision (and the achieved latency); both ranks then prune the
     same architecture, or DDP's parameter-shape check would fail the fine-tune."""
     store = ArtifactStore(tmp_path / "artifacts")
-    sets = (*TINY, "prune.target_latency_ms=1000", "prune.target_threads=1")
+    sets = (*FAST, "prune.target_latency_ms=1000", "prune.target_threads=1", "prune.target_format=fp32")
     command = edgeforge_command(store.root, "run", "--until", "prune", "--nproc", "2", sets=sets)
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

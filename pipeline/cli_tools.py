@@ -11,7 +11,7 @@ import click
 from pipeline.cache import ArtifactStore
 from pipeline.errors import EdgeforgeError
 from pipeline.reporting import compare, recheck
-from pipeline.runtime import benchtool, feeds, latency
+from pipeline.runtime import latency
 from stages import report as report_stage
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of text.")
@@ -109,6 +109,9 @@ def bench_command(model_file: Path, shapes, batch_sizes, threads, providers, sig
 
     Inputs are fixed random tensors of the model's input signature (seeded).
     """
+    # Imported here, not at the top: onnx takes half a second to import, and no other command needs it at start.
+    from pipeline.runtime import benchtool, feeds
+
     parsed = dict(feeds.parse_shape(text) for text in shapes)
     preset = latency.SIGN_OFF if sign_off else latency.QUICK
     result = benchtool.bench_file(model_file, parsed, tuple(batch_sizes), tuple(threads), tuple(providers), preset)

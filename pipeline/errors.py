@@ -29,3 +29,9 @@ def require(ok: bool, key: str, value: object, expected: str) -> None:
     """Raise a ConfigError naming `key`, its `value` and what is `expected` unless `ok`."""
     if not ok:
         raise ConfigError(f"{key}={value!r} is not allowed: expected {expected}")
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (or its type's name): what a one-line error quotes."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

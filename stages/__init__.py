@@ -40,8 +40,6 @@ def check_sections(sections: dict[str, Any]) -> None:
 def _check_search(sections: dict[str, Any]) -> None:
     """The searches' settings against what the other stages provide and measure."""
     prune_params, bench_params, signoff = sections["prune"], sections["bench"], sections["signoff"]
-    if sections["quantize"].search and sections["data"].validation_fraction == 0:
-        raise ConfigError("quantize.search=true needs a validation split: set data.validation_fraction (e.g. 0.1)")
     if prune_params.target_latency_ms is None:
         return
     if (prune_params.target_batch, prune_params.target_provider) != (signoff.latency_batch, signoff.latency_provider):

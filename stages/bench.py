@@ -1,7 +1,9 @@
 """bench: accuracy and latency of every ONNX model in onnxruntime, with the environment recorded.
 
-Accuracy is computed on the test split by onnxruntime itself (what ships is what is measured).
-Latency: a fixed input batch of test images per batch size, warm-up runs, then timed single runs
+Accuracy is computed by onnxruntime itself (what ships is what is measured) on the validation split, which the
+report chooses on, and on the test split, which it only reports; each with its 95% Wilson interval and the
+per-image correctness (packed bits) that paired comparisons between models need.
+Latency: a fixed input batch of validation images per batch size, warm-up runs, then timed single runs
 until both `min_runs` and `min_seconds` are met; p50/p90/p99 in milliseconds.
 """
 
@@ -18,15 +20,16 @@ import torch
 from pipeline.cache import Artifact
 from pipeline.datasets.artifact import load_dataset
 from pipeline.errors import require
+from pipeline.reporting.intervals import accuracy_with_interval
 from pipeline.runtime import environment
-from pipeline.runtime.benchtool import PROVIDERS, ProviderUnavailable, bench_one, peak_rss_bytes
 from pipeline.runtime.latency import SIGN_OFF
 from pipeline.runtime.sessions import INPUT_NAME, run_batches, session, session_options_record
+from pipeline.runtime.timing import PROVIDERS, ProviderUnavailable, bench_one, peak_rss_bytes
 from pipeline.training.augment import normalize
 
 NAME = "bench"
 SECTION = "bench"
-VERSION = 5
+VERSION = 6
 INPUTS = ("data", "export", "quantize")
 TRAINS = False
 OUTPUTS = ("bench.json",)
@@ -102,6 +105,21 @@ def class_breakdown(labels: np.ndarray, predictions: np.ndarray, num_classes: in
     return {"per_class_accuracy": per_class.round(6).tolist(), "confusion_matrix": confusion.tolist()}
 
 
+def accuracies(test_correct: np.ndarray, validation_correct: np.ndarray) -> dict[str, Any]:
+    """Test and validation accuracy, each with its 95% Wilson interval and per-image correctness (packed)."""
+    test, validation = accuracy_with_interval(test_correct), accuracy_with_interval(validation_correct)
+    return {
+        "accuracy": test["accuracy"],
+        "accuracy_interval": test["interval"],
+        "test_correct": test["correct"],
+        "test_images": test["images"],
+        "validation_accuracy": validation["accuracy"],
+        "validation_interval": validation["interval"],
+        "validation_correct": validation["correct"],
+        "validation_images": validation["images"],
+    }
+
+
 def measure_latency(path: Path, params: Params, feeds: dict[int, dict]) -> tuple[dict, dict[str, str]]:
     """{threads: {provider: {batch: stats}}} with one session per combination, and the providers skipped."""
     by_threads: dict[str, dict] = {str(t): {} for t in params.threads}
@@ -121,20 +139,24 @@ def measure_latency(path: Path, params: Params, feeds: dict[int, dict]) -> tuple
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
     dataset = load_dataset(inputs["data"])
     test_inputs = normalize(torch.from_numpy(dataset.test_images), *dataset.norm).numpy()
-    # Latency inputs: real test images, repeated to fill the batch.
-    feeds = {b: {INPUT_NAME: np.resize(test_inputs, (b, *test_inputs.shape[1:]))} for b in params.batch_sizes}
+    validation_inputs = normalize(torch.from_numpy(dataset.val_images), *dataset.norm).numpy()
+    # Latency inputs: real validation images, repeated to fill the batch.
+    shape = validation_inputs.shape[1:]
+    feeds = {b: {INPUT_NAME: np.resize(validation_inputs, (b, *shape))} for b in params.batch_sizes}
     models = []
     teacher_predictions = None  # MODELS lists the teacher first
     skipped: dict[str, str] = {}
     for name, (stage, file) in MODELS.items():
         path = inputs[stage].file(file)
-        predictions = run_batches(session(path, threads=params.threads[0]), test_inputs).argmax(1)
+        sess = session(path, threads=params.threads[0])
+        predictions = run_batches(sess, test_inputs).argmax(1)
+        validation_predictions = run_batches(sess, validation_inputs).argmax(1)
         teacher_predictions = predictions if teacher_predictions is None else teacher_predictions
         by_threads, skipped = measure_latency(path, params, feeds)
         models.append(
             {
                 **model_facts(name, inputs),
-                "accuracy": float((predictions == dataset.test_labels).mean()),
+                **accuracies(predictions == dataset.test_labels, validation_predictions == dataset.val_labels),
                 "agreement_with_teacher": float((predictions == teacher_predictions).mean()),
                 **class_breakdown(dataset.test_labels, predictions, len(dataset.class_names)),
                 "latency": by_threads[str(params.threads[0])],
@@ -152,6 +174,6 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     batch = str(params.batch_sizes[0])
     line = ", ".join(
-        f"{m['name']} {m['accuracy']:.4f} / {m['latency'][PROVIDER][batch]['p50_ms']:.3f} ms" for m in models
+        f"{m['name']} {m['validation_accuracy']:.4f} / {m['latency'][PROVIDER][batch]['p50_ms']:.3f} ms" for m in models
     )
-    return {**results, "summary": f"accuracy / p50 at batch {batch}: {line}"}
+    return {**results, "summary": f"validation accuracy / p50 at batch {batch}: {line}"}

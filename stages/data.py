@@ -23,7 +23,7 @@ from pipeline.errors import ConfigError, require
 
 NAME = "data"
 SECTION = "data"
-VERSION = 3
+VERSION = 4
 INPUTS: tuple[str, ...] = ()
 TRAINS = False
 OUTPUTS = ("arrays.npz", "dataset.json")
@@ -34,22 +34,23 @@ class Params:
     name: str = "digits"  # digits (embedded), imagefolder, cifar10, mnist or fashion_mnist
     root: str | None = dataclasses.field(default=None, metadata={"path": True})  # folder of an on-disk dataset
     image_size: int | None = None  # imagefolder: resize to this square size; null: the images' own (one) size
-    val_fraction: float = 0.2  # share of each class held out for evaluation when the source has no test split
-    # Share of each class of the training split held out from all training (teacher, distill, prune), so that
-    # choices such as the quantization search are made on images no model learned and never on the test split.
-    validation_fraction: float = 0.0
+    test_fraction: float = 0.2  # share of each class held out as the test split when the source has none
+    # Share of each class of the training split held out from all training (teacher, distill, prune): every choice
+    # the pipeline makes (edge model, quantization variants, anything tuned) is made on these images, never on the
+    # test split, which is only reported.
+    validation_fraction: float = 0.1
     download: bool = False  # cifar10/mnist/fashion_mnist: fetch the official files into root (checksums verified)
     seed: int = 0  # seed of the stratified split
 
     def __post_init__(self):
         if self.name not in DATASETS:
             raise ConfigError(f"data.name={self.name!r} is not a known dataset; available: {', '.join(DATASETS)}")
-        require(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "a number in (0, 1)")
+        require(0.0 < self.test_fraction < 1.0, "data.test_fraction", self.test_fraction, "a number in (0, 1)")
         require(
-            0.0 <= self.validation_fraction < 1.0,
+            0.0 < self.validation_fraction < 1.0,
             "data.validation_fraction",
             self.validation_fraction,
-            "a number in [0, 1) (0: no validation split)",
+            "a number in (0, 1): every choice is made on the validation split",
         )
         require(self.image_size is None or self.image_size >= 4, "data.image_size", self.image_size, "null or >= 4")
         require(self.name == "digits" or self.root, "data.root", self.root, f"the folder holding the {self.name} files")
@@ -68,7 +69,7 @@ def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
 
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
     raw = catalog.read(params.name, Path(params.root) if params.root else None, params.image_size)
-    arrays, split = splits.split_test(raw, params.val_fraction, params.seed)
+    arrays, split = splits.split_test(raw, params.test_fraction, params.seed)
     splits.hold_out_validation(arrays, split, params.validation_fraction, params.seed)
     train_pixels = arrays["train_images"].astype(np.float32) / 255.0
     mean = train_pixels.mean(axis=(0, 2, 3), dtype=np.float64).tolist()

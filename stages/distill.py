@@ -1,7 +1,9 @@
 """distill: train the small student on hard labels plus the teacher's temperature-softened logits.
 
-Also trains the same student, same seed and budget, on labels alone (alpha = 0), so the report can
-show what distillation bought. Set `distill.baseline: false` to skip that second run.
+With `distill.feature_loss` (hint or attention, pipeline/training/features.py) the student's intermediate feature
+maps also learn from the teacher's. Also trains the same student, same seed and budget, on labels alone (alpha =
+0, no feature loss), so the report can show what distillation bought. Set `distill.baseline: false` to skip that
+second run. Accuracies are measured on the validation split (what choices read) and the test split (reported).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from pipeline.datasets.artifact import load_dataset
 from pipeline.errors import require
 from pipeline.models.factory import build_model, check_model_name, count_macs_and_params, model_source_sha256
 from pipeline.models.storage import load_model, save_model
-from pipeline.training.loop import accuracy, fit
-from pipeline.training.recipes import check_training_params, model_label, recipe_for, resolve_width, spec_for
+from pipeline.training import features
+from pipeline.training.loop import fit
+from pipeline.training.recipes import check_training_params, model_label, recipe_for, resolve_width, scored, spec_for
 
 NAME = "distill"
 SECTION = "distill"
-VERSION = 1
+VERSION = 2
 INPUTS = ("data", "teacher")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
@@ -45,6 +48,10 @@ class Params:
     temperature: float = 4.0  # T: softens both distributions; the KD term is scaled by T^2
     alpha: float = 0.9  # weight of the KD term; 0 trains on labels only
     baseline: bool = True  # also train the student without the teacher, for the report
+    feature_loss: str = "none"  # none; hint (FitNets: 1x1 adapter + MSE) or attention (attention transfer)
+    feature_weight: float | None = None  # weight of the feature loss; null: 1 for either
+    # Layer pairs "TEACHER_LAYER:STUDENT_LAYER" (model.named_modules() names); null: both networks' stage boundaries
+    feature_layers: tuple[str, ...] | None = None
 
     def __post_init__(self):
         check_model_name("distill.model", self.model)
@@ -52,6 +59,15 @@ class Params:
         resolve_width(self)
         require(self.temperature > 0, "distill.temperature", self.temperature, "a number > 0")
         require(0 <= self.alpha <= 1, "distill.alpha", self.alpha, "a number in [0, 1]")
+        require(
+            self.feature_loss in features.KINDS, "distill.feature_loss", self.feature_loss, ", ".join(features.KINDS)
+        )
+        require(
+            self.feature_weight is None or self.feature_weight > 0,
+            "distill.feature_weight",
+            self.feature_weight,
+            "a number > 0, or null for the method's default",
+        )
 
 
 def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
@@ -65,43 +81,46 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     teacher, _ = load_model(inputs["teacher"].path)
     spec = spec_for(dataset, params.model, params.width)
     images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
-    test = torch.from_numpy(dataset.test_images), torch.from_numpy(dataset.test_labels)
-
+    validation = torch.from_numpy(dataset.val_images), torch.from_numpy(dataset.val_labels)
     torch.manual_seed(params.seed)
     student = build_model(spec)
+    example = spec.example_input()
+    matching = features.build(
+        params.feature_loss, params.feature_weight, params.feature_layers or (), teacher, student, example
+    )
     recipe = recipe_for(params, params.epochs, params.temperature, params.alpha)
-    checkpoints = out_dir / CHECKPOINTS
-    history = fit(student, images, labels, dataset.norm, recipe, teacher, NAME, checkpoints / "student.pt")
-    test_accuracy = accuracy(student, *test, dataset.norm)
+    checkpoint = out_dir / CHECKPOINTS / "student.pt"
+    history = fit(student, images, labels, dataset.norm, recipe, teacher, NAME, checkpoint, matching, validation)
     save_model(student, spec, out_dir)
-
-    baseline_accuracy = test_accuracy if params.alpha == 0 else None
-    baseline_history = None
-    if params.baseline and params.alpha > 0:
-        torch.manual_seed(params.seed)
-        baseline = build_model(spec)
-        baseline_recipe = recipe_for(params, params.epochs, params.temperature, alpha=0.0)
-        baseline_history = fit(
-            baseline,
-            images,
-            labels,
-            dataset.norm,
-            baseline_recipe,
-            None,
-            f"{NAME} baseline",
-            checkpoints / "baseline.pt",
-        )
-        baseline_accuracy = accuracy(baseline, *test, dataset.norm)
-
+    scores = scored(student, dataset)
+    baseline, baseline_history = (scores if params.alpha == 0 and matching is None else None), None
+    if params.baseline and baseline is None:
+        baseline, baseline_history = train_baseline(params, spec, dataset, out_dir)
     macs, n_params = count_macs_and_params(student, spec)
-    gain = "" if baseline_accuracy is None else f" (without teacher {baseline_accuracy:.4f})"
+    gain = "" if baseline is None else f" (without teacher {baseline['validation_accuracy']:.4f})"
     return {
-        "test_accuracy": test_accuracy,
-        "baseline_test_accuracy": baseline_accuracy,
+        **scores,
+        "baseline_validation_accuracy": None if baseline is None else baseline["validation_accuracy"],
+        "baseline_test_accuracy": None if baseline is None else baseline["test_accuracy"],
+        "feature_distillation": None
+        if matching is None
+        else {"kind": matching.kind, "weight": matching.weight, "layer_pairs": [list(pair) for pair in matching.pairs]},
         "params": n_params,
         "macs": macs,
         "history": history,
         "baseline_history": baseline_history,
         "summary": f"{model_label(params.model, params.width)}, {n_params:,} params, "
-        f"test accuracy {test_accuracy:.4f}{gain}",
+        f"validation accuracy {scores['validation_accuracy']:.4f}{gain}",
     }
+
+
+def train_baseline(params: Params, spec, dataset, out_dir: Path) -> tuple[dict[str, float], list[dict]]:
+    """The same student, seed and budget, on labels alone (no teacher, no feature loss): its scores and history."""
+    torch.manual_seed(params.seed)
+    model = build_model(spec)
+    recipe = recipe_for(params, params.epochs, params.temperature, alpha=0.0)
+    images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
+    validation = torch.from_numpy(dataset.val_images), torch.from_numpy(dataset.val_labels)
+    checkpoint = out_dir / CHECKPOINTS / "baseline.pt"
+    history = fit(model, images, labels, dataset.norm, recipe, None, f"{NAME} baseline", checkpoint, None, validation)
+    return scored(model, dataset), history

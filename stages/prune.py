@@ -16,6 +16,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -23,20 +24,20 @@ import torch_pruning as tp
 
 from pipeline.cache import CHECKPOINTS, Artifact
 from pipeline.datasets.artifact import Dataset, load_dataset
-from pipeline.errors import require
-from pipeline.models.factory import classifier_head, count_macs_and_params
-from pipeline.models.storage import load_model, save_model
-from pipeline.runtime.benchtool import PROVIDERS
+from pipeline.errors import StageError, require
+from pipeline.models.factory import build_model, classifier_head, count_macs_and_params
+from pipeline.models.storage import architecture, load_model, replay_pruning, save_model
+from pipeline.runtime.timing import PROVIDERS
 from pipeline.search import prune_candidates
 from pipeline.training import distributed
-from pipeline.training.loop import accuracy, fit
-from pipeline.training.recipes import check_recipe_params, recipe_for
+from pipeline.training.loop import fit
+from pipeline.training.recipes import check_recipe_params, recipe_for, scored
 
 log = logging.getLogger(__name__)
 
 NAME = "prune"
 SECTION = "prune"
-VERSION = 2
+VERSION = 3
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
@@ -63,6 +64,10 @@ class Params:
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
     temperature: float = 4.0
     alpha: float = 0.9
+    # Also train the pruned architecture from scratch (fresh weights, distillation with distill's recipe) for as
+    # many epochs as distill and this fine-tune together: what pruning bought over choosing that network directly.
+    scratch_baseline: bool = True
+    scratch_epochs: int | None = None  # null: distill.epochs + prune.finetune_epochs
     # Latency budget instead of a ratio: the least pruning whose measured latency meets it (null: use `ratio`).
     target_latency_ms: float | None = None  # p50 in ms at target_batch on target_provider, deployed form
     target_batch: int = 1
@@ -80,6 +85,12 @@ class Params:
         require(self.importance in IMPORTANCES, "prune.importance", self.importance, " or ".join(IMPORTANCES))
         require(self.finetune_epochs >= 0, "prune.finetune_epochs", self.finetune_epochs, "an integer >= 0")
         require(self.round_to >= 0, "prune.round_to", self.round_to, "an integer >= 0 (0: no rounding)")
+        require(
+            self.scratch_epochs is None or self.scratch_epochs >= 1,
+            "prune.scratch_epochs",
+            self.scratch_epochs,
+            "an integer >= 1, or null for distill.epochs + prune.finetune_epochs",
+        )
         check_recipe_params("prune", self)
         require(self.temperature > 0, "prune.temperature", self.temperature, "a number > 0")
         require(0 <= self.alpha <= 1, "prune.alpha", self.alpha, "a number in [0, 1]")
@@ -147,7 +158,6 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     dataset = load_dataset(inputs["data"])
     teacher, _ = load_model(inputs["teacher"].path)
     student, spec = load_model(inputs["distill"].path)
-    test = torch.from_numpy(dataset.test_images), torch.from_numpy(dataset.test_labels)
     macs_before, params_before = count_macs_and_params(student, spec)
     search = budget_decision(student, spec, dataset, params, out_dir)
     ratio = params.ratio if search is None else search["ratio"]
@@ -155,29 +165,68 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     if ratio > 0:
         history = prune_channels(student, spec.example_input(), spec.num_classes, params, ratio)
     macs_after, params_after = count_macs_and_params(student, spec)
-    accuracy_before_finetune = accuracy(student, *test, dataset.norm)
+    before_finetune = scored(student, dataset)
     training = finetune(student, teacher, dataset, params, out_dir)
-    test_accuracy = accuracy(student, *test, dataset.norm)
+    after = scored(student, dataset)
     save_model(student, spec, out_dir, pruning_history=history)
     if search is not None:
         achieved = achieved_latency(student, spec, dataset, params) if distributed.is_leader() else None
         search = {**search, "achieved": distributed.broadcast_json(achieved)}
+    scratch = None
+    if params.scratch_baseline:
+        distill_params = inputs["distill"].manifest["params"]
+        scratch = scratch_baseline(student, spec, history, teacher, dataset, params, distill_params, out_dir)
     return {
         "ratio": ratio,
         "latency_search": search,
-        "test_accuracy": test_accuracy,
-        "test_accuracy_before_finetune": accuracy_before_finetune,
+        **after,
+        "validation_accuracy_before_finetune": before_finetune["validation_accuracy"],
+        "test_accuracy_before_finetune": before_finetune["test_accuracy"],
         "params_before": params_before,
         "params": params_after,
         "macs_before": macs_before,
         "macs": macs_after,
         "history": training,
+        "scratch": scratch,
         "summary": search_summary(search)
         + (
             f"{ratio:.1%} of channels removed: MACs {macs_before:,} -> {macs_after:,}, "
-            f"params {params_before:,} -> {params_after:,}, test accuracy {accuracy_before_finetune:.4f} -> "
-            f"{test_accuracy:.4f} after fine-tune"
+            f"params {params_before:,} -> {params_after:,}, validation accuracy "
+            f"{before_finetune['validation_accuracy']:.4f} -> {after['validation_accuracy']:.4f} after fine-tune"
+            + ("" if scratch is None else f" ({scratch['validation_accuracy']:.4f} trained from scratch)")
         ),
+    }
+
+
+def scratch_baseline(
+    pruned: torch.nn.Module,
+    spec,
+    pruning_history: list,
+    teacher: torch.nn.Module,
+    dataset: Dataset,
+    params: Params,
+    distill_params: dict[str, Any],
+    out_dir: Path,
+) -> dict[str, Any]:
+    """The pruned architecture with fresh weights, trained with distillation by the distill stage's recipe for
+    distill.epochs + prune.finetune_epochs (or prune.scratch_epochs): what pruning bought."""
+    torch.manual_seed(distill_params["seed"])
+    model = build_model(spec)
+    replay_pruning(model, spec, pruning_history)
+    if architecture(model) != architecture(pruned):
+        raise StageError("prune: the from-scratch baseline does not have the pruned architecture (replay failed)")
+    epochs = params.scratch_epochs or distill_params["epochs"] + params.finetune_epochs
+    teaching = SimpleNamespace(**distill_params)
+    recipe = recipe_for(teaching, epochs, teaching.temperature, teaching.alpha)
+    images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
+    validation = torch.from_numpy(dataset.val_images), torch.from_numpy(dataset.val_labels)
+    checkpoint = out_dir / CHECKPOINTS / "scratch.pt"
+    history = fit(model, images, labels, dataset.norm, recipe, teacher, f"{NAME} scratch", checkpoint, None, validation)
+    return {
+        "epochs": epochs,
+        **scored(model, dataset),
+        "architecture": architecture(model),
+        "history": history,
     }
 
 
@@ -199,8 +248,9 @@ def finetune(student: torch.nn.Module, teacher: torch.nn.Module, dataset: Datase
         return []
     recipe = recipe_for(params, params.finetune_epochs, params.temperature, params.alpha)
     images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
+    validation = torch.from_numpy(dataset.val_images), torch.from_numpy(dataset.val_labels)
     checkpoint = out_dir / CHECKPOINTS / "finetune.pt"
-    return fit(student, images, labels, dataset.norm, recipe, teacher=teacher, stage=NAME, checkpoint=checkpoint)
+    return fit(student, images, labels, dataset.norm, recipe, teacher, NAME, checkpoint, None, validation)
 
 
 def achieved_latency(model: torch.nn.Module, spec, dataset: Dataset, params: Params) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import torch
 
 from pipeline.cache import Artifact
 from pipeline.datasets.artifact import Dataset, load_dataset
-from pipeline.errors import ConfigError, require
+from pipeline.errors import require
 from pipeline.runtime.quantization import METHODS, TYPES, QuantSettings, arguments, check_dynamic_batch, quantize
 from pipeline.search import quantize_variants
 from pipeline.training.augment import normalize
@@ -96,8 +96,6 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     calibration = calibration_inputs(dataset, params)
     validation = None
     if params.search:
-        if len(dataset.val_labels) == 0:
-            raise ConfigError("quantize.search=true needs a validation split: set data.validation_fraction (e.g. 0.1)")
         validation = normalize(torch.from_numpy(dataset.val_images), *dataset.norm).numpy(), dataset.val_labels
     models = {}
     for target, source in SOURCES.items():

@@ -19,14 +19,14 @@ from typing import Any
 from pipeline.cache import Artifact
 from pipeline.config import params_to_dict
 from pipeline.errors import StageError, require
-from pipeline.reporting.gates import choose_edge_model, pareto_front, parse_latency_limit, signoff_gates
-from pipeline.reporting.html import render_html
+from pipeline.reporting.gates import choose_edge_model, edge_reason, pareto_front, parse_latency_limit, signoff_gates
+from pipeline.reporting.intervals import wilson
 from pipeline.reporting.markdown import render_markdown
-from pipeline.runtime.benchtool import PROVIDERS
+from pipeline.runtime.timing import PROVIDERS
 
 NAME = "report"
 SECTION = "signoff"
-VERSION = 9
+VERSION = 10
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx")
@@ -34,12 +34,17 @@ OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx")
 
 @dataclasses.dataclass(frozen=True)
 class Params:
-    min_accuracy: float = 0.9  # test accuracy the edge model must reach
+    # Accuracy gates: a candidate for the edge model must pass them on the validation split, the edge model on the
+    # test split. point: they compare accuracies; bound: the end of each 95% interval that is worst for the model.
+    min_accuracy: float = 0.9  # accuracy the edge model must reach
     max_drop_vs_teacher: float = 0.03  # largest accuracy loss allowed against the teacher
     max_drop_vs_student: float = 0.02  # ...and against the fp32 distilled student
+    accuracy_basis: str = "point"  # point or bound
     latency_batch: int = 1  # batch size at which models are compared and latency gated (one of bench.batch_sizes)
     latency_provider: str = "cpu"  # execution provider at which models are compared: cpu, cuda or tensorrt
-    latency_tie: float = 0.1  # p50s within this fraction of the fastest count as equally fast (most accurate wins)
+    # The fastest model passing the accuracy gates (on validation) is the edge model; p50s within this fraction of
+    # the fastest count as equally fast, and a slower one of those wins if more accurate beyond the validation noise.
+    latency_tie: float = 0.0
     max_latency_ms: float | None = None  # p90 limit at latency_batch on CPU; null: no latency gate
     latency_limits: tuple[
         str, ...
@@ -62,6 +67,9 @@ class Params:
             "signoff.max_drop_vs_student",
             self.max_drop_vs_student,
             "a number in [0, 1]",
+        )
+        require(
+            self.accuracy_basis in ("point", "bound"), "signoff.accuracy_basis", self.accuracy_basis, "point or bound"
         )
         require(self.latency_batch >= 1, "signoff.latency_batch", self.latency_batch, "an integer >= 1")
         require(
@@ -124,24 +132,28 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     models = [{**m, "path": f"cache/{m['stage']}/{m['key']}/{m['file']}"} for m in bench["models"]]
     params = with_budget_gate(params, inputs["prune"].manifest["params"])
     check_measured(models, params, bench)
-    edge, passing = choose_edge_model(models, params)
+    edge, passing, tied = choose_edge_model(models, params)
     gates = signoff_gates(edge, models, params)
     report = {
         **run_facts(params, inputs),
         "models": models,
-        **edge_decision(edge, passing, gates, models, params),
+        **edge_decision(edge, passing, tied, gates, models, params),
         **what_each_step_did(inputs),
     }
     shutil.copyfile(inputs[edge["stage"]].file(edge["file"]), out_dir / "model.onnx")
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "report.md").write_text(render_markdown(report))
+    # Imported here: matplotlib, which draws its plots, takes a third of a second to import and only this needs it.
+    from pipeline.reporting.html import render_html
+
     (out_dir / "report.html").write_text(render_html(report))
     verdict = "PASSED" if report["signoff"]["passed"] else "FAILED"
     return {
         "edge_model": edge["name"],
         "signoff_passed": report["signoff"]["passed"],
         "failed_gates": [g["name"] for g in gates if not g["passed"]],
-        "summary": f"edge model {edge['name']} ({edge['accuracy']:.4f}); sign-off {verdict}",
+        "summary": f"edge model {edge['name']} (validation {edge['validation_accuracy']:.4f}, test "
+        f"{edge['accuracy']:.4f}); sign-off {verdict}",
     }
 
 
@@ -168,38 +180,67 @@ def run_facts(params: Params, inputs: dict[str, Artifact]) -> dict[str, Any]:
     }
 
 
-def edge_decision(edge: dict, passing: list[str], gates: list[dict], models: list[dict], params: Params) -> dict:
-    """Which model ships and why, and the sign-off verdict."""
+def edge_decision(
+    edge: dict, passing: list[str], tied: list[str], gates: list[dict], models: list[dict], params: Params
+) -> dict:
+    """Which model ships and why, the sign-off verdict, and the split every choice of the run was made on."""
     provider = PROVIDERS[params.latency_provider][0]
-    reason = (
-        f"the most accurate of the models within {params.latency_tie:.0%} of the fastest p50 at batch "
-        f"{params.latency_batch} on {params.latency_provider}, among those passing the accuracy gates "
-        f"({', '.join(passing)})"
-        if passing
-        else "no model passed the accuracy gates; the most accurate is named"
-    )
     return {
         "edge_model": edge["name"],
-        "edge_model_reason": reason,
+        "edge_model_reason": edge_reason(edge, passing, tied, params),
         "signoff": {"passed": bool(passing) and all(g["passed"] for g in gates), "gates": gates},
-        "edge_choice": {"batch": params.latency_batch, "provider": provider, "passing": passing},
+        "edge_choice": {
+            "batch": params.latency_batch,
+            "provider": provider,
+            "split": "validation",
+            "passing": passing,
+            "tied": tied,
+        },
         "pareto_front": pareto_front(models, str(params.latency_batch), provider),
+        "choices": CHOICES,
     }
 
 
+# Every choice the pipeline makes and the data it reads: the test split decides nothing.
+CHOICES = [
+    {"choice": "edge model", "split": "validation", "by": "accuracy gates, then latency; accuracy only beyond noise"},
+    {"choice": "quantization variant (quantize.search)", "split": "validation", "by": "accuracy, then latency"},
+    {"choice": "pruning ratio (prune.target_latency_ms)", "split": "none", "by": "measured latency only"},
+    {"choice": "accuracy gates of the edge choice", "split": "validation", "by": "signoff.accuracy_basis"},
+    {"choice": "sign-off gates", "split": "test", "by": "the report's verdict, after every choice was made"},
+]
+
+
 def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
-    """Distillation, pruning, quantization and the searches, as their stages recorded them, and training curves."""
+    """Distillation, pruning, quantization and the searches, as their stages recorded them, the baselines that say
+    what each step bought, and training curves. Accuracies here are PyTorch's; the models table has onnxruntime's."""
     distill, prune_metrics, quantize_metrics = (inputs[name].metrics for name in ("distill", "prune", "quantize"))
     distill_params = inputs["distill"].manifest["params"]
-    pruning_keys = ("params_before", "params", "macs_before", "macs", "test_accuracy_before_finetune", "test_accuracy")
+    sizes = inputs["data"].metrics
+    scratch = prune_metrics["scratch"]
     return {
         "distillation": {
-            "student_accuracy": distill["test_accuracy"],
-            "baseline_accuracy": distill["baseline_test_accuracy"],
+            "student": scored(distill["validation_accuracy"], distill["test_accuracy"], sizes),
+            "baseline": scored(distill["baseline_validation_accuracy"], distill["baseline_test_accuracy"], sizes),
             "temperature": distill_params["temperature"],
             "alpha": distill_params["alpha"],
+            "feature_distillation": distill["feature_distillation"],
         },
-        "pruning": {key: prune_metrics[key] for key in pruning_keys},
+        "pruning": {
+            **{key: prune_metrics[key] for key in ("ratio", "params_before", "params", "macs_before", "macs")},
+            "before_finetune": scored(
+                prune_metrics["validation_accuracy_before_finetune"],
+                prune_metrics["test_accuracy_before_finetune"],
+                sizes,
+            ),
+            "after_finetune": scored(prune_metrics["validation_accuracy"], prune_metrics["test_accuracy"], sizes),
+            "scratch": None
+            if scratch is None
+            else {
+                "epochs": scratch["epochs"],
+                **scored(scratch["validation_accuracy"], scratch["test_accuracy"], sizes),
+            },
+        },
         "quantization": quantize_metrics["arguments"],
         "quantization_search": {
             name: model["search"] for name, model in quantize_metrics["models"].items() if model["search"]
@@ -210,6 +251,21 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
             "student": distill["history"],
             "student_without_teacher": distill["baseline_history"],
             "pruned_finetune": prune_metrics["history"],
+            "pruned_from_scratch": None if scratch is None else scratch["history"],
         },
         "export_tolerance": inputs["export"].metrics["tolerance"],
     }
+
+
+def scored(validation: float | None, test: float | None, sizes: dict[str, Any]) -> dict[str, Any] | None:
+    """Validation and test accuracy, each with its 95% Wilson interval (None when the model was not trained)."""
+    if validation is None:
+        return None
+    intervals = {}
+    for split, value, count in (
+        ("validation", validation, sizes["validation_size"]),
+        ("test", test, sizes["test_size"]),
+    ):
+        intervals[f"{split}_accuracy"] = value
+        intervals[f"{split}_interval"] = list(wilson(round(value * count), count))
+    return intervals

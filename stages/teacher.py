@@ -12,12 +12,12 @@ from pipeline.cache import CHECKPOINTS, Artifact
 from pipeline.datasets.artifact import load_dataset
 from pipeline.models.factory import build_model, check_model_name, count_macs_and_params, model_source_sha256
 from pipeline.models.storage import save_model
-from pipeline.training.loop import accuracy, fit
-from pipeline.training.recipes import check_training_params, model_label, recipe_for, resolve_width, spec_for
+from pipeline.training.loop import fit
+from pipeline.training.recipes import check_training_params, model_label, recipe_for, resolve_width, scored, spec_for
 
 NAME = "teacher"
 SECTION = "teacher"
-VERSION = 1
+VERSION = 2
 INPUTS = ("data",)
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
@@ -55,6 +55,7 @@ def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
     dataset = load_dataset(inputs["data"])
     spec = spec_for(dataset, params.model, params.width)
+    validation = torch.from_numpy(dataset.val_images), torch.from_numpy(dataset.val_labels)
     torch.manual_seed(params.seed)
     model = build_model(spec)
     history = fit(
@@ -65,16 +66,16 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         recipe_for(params, params.epochs),
         stage=NAME,
         checkpoint=out_dir / CHECKPOINTS / "teacher.pt",
+        validation=validation,
     )
-    test_accuracy = accuracy(
-        model, torch.from_numpy(dataset.test_images), torch.from_numpy(dataset.test_labels), dataset.norm
-    )
+    scores = scored(model, dataset)
     save_model(model, spec, out_dir)
     macs, n_params = count_macs_and_params(model, spec)
     return {
-        "test_accuracy": test_accuracy,
+        **scores,
         "params": n_params,
         "macs": macs,
         "history": history,
-        "summary": f"{model_label(params.model, params.width)}, {n_params:,} params, test accuracy {test_accuracy:.4f}",
+        "summary": f"{model_label(params.model, params.width)}, {n_params:,} params, "
+        f"validation accuracy {scores['validation_accuracy']:.4f}",
     }

@@ -36,6 +36,11 @@ TINY = (
     "bench.min_runs=20",
     "bench.min_seconds=0",
     "bench.warmup_seconds=0",
+    # Eight epochs on 1,295 digits leave the small models a few points apart, and the validation split has 143
+    # images: gates this loose let the tests that need a passing sign-off pass whichever model wins.
+    "signoff.min_accuracy=0.8",
+    "signoff.max_drop_vs_teacher=0.1",
+    "signoff.max_drop_vs_student=0.1",
 )
 
 
@@ -79,7 +84,9 @@ def tiny_run(tmp_path_factory, tiny_cache):
     """(store, {stage name: StageResult}) of a complete tiny pipeline run, in a store of this worker's own (tests
     add to it and replace its release): a copy of the shared cache, whose entries are verified as any are."""
     store = ArtifactStore(tmp_path_factory.mktemp("artifacts"))
-    shutil.copytree(tiny_cache, store.cache, ignore=shutil.ignore_patterns(".lock-*", ".tmp-*"))
+    for entry in tiny_cache.glob("*/*"):  # published entries only: another worker may be writing beside them
+        if entry.is_dir() and not entry.name.startswith("."):
+            shutil.copytree(entry, store.cache / entry.parent.name / entry.name)
     results = run_pipeline(load_config(overrides=TINY), store)
     return store, {result.name: result for result in results}
 

@@ -107,8 +107,6 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return records[:, 1:].reshape(-1, 3, 32, 32), labels  # the R, G, B planes are already channel-first
 
 
-
-
 # --- MNIST and Fashion-MNIST (idx files) -----------------------------------------------------------------------
 
 
@@ -194,4 +192,3 @@ def _read_idx(path: Path, magic: int, name: str) -> np.ndarray:
             f"(dimensions {list(dims)}); it is truncated or corrupt: delete it and download it again"
         )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
-

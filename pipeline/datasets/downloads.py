@@ -67,7 +67,6 @@ DOWNLOADS: dict[str, tuple[Resource, ...]] = {
 }
 
 
-
 def download(name: str, root: Path) -> None:
     """Fetch `name` (cifar10, mnist, fashion_mnist) into `root`, unless it is already there.
 

@@ -151,4 +151,3 @@ def _stack(arrays: list[np.ndarray], files: list[Path]) -> np.ndarray:
     for i, array in enumerate(arrays):
         out[i] = array if array.ndim == 2 else array.transpose(2, 0, 1)
     return out
-

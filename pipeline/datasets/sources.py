@@ -25,7 +25,6 @@ class RawDataset:
     class_names: list[str]
 
 
-
 def require_root(root: Path, name: str, fetchable: bool) -> Path:
     if not root.is_dir():
         fix = " (or set data.download: true to fetch it there)" if fetchable else ""
@@ -33,7 +32,6 @@ def require_root(root: Path, name: str, fetchable: bool) -> Path:
             f"{name}: data.root {root} is not an existing folder; set data.root to the dataset's folder{fix}"
         )
     return root
-
 
 
 def check_labels(labels: np.ndarray, path: Path, name: str) -> None:

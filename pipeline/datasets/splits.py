@@ -49,10 +49,7 @@ def hold_out_validation(arrays: dict[str, np.ndarray], split: dict[str, Any], fr
 
     Seeded apart from the test split (seed + 1) so the two draws are independent."""
     labels = arrays["train_labels"]
-    if fraction == 0:
-        kept, held_out = np.arange(len(labels)), np.arange(0)
-    else:
-        kept, held_out = stratified_split(labels, fraction, seed + 1)
+    kept, held_out = stratified_split(labels, fraction, seed + 1)
     images = arrays["train_images"]
     arrays.update(
         train_images=images[kept],

@@ -31,8 +31,18 @@ def load_model(model_dir: Path) -> tuple[nn.Module, ModelSpec]:
     fields = description["spec"]
     spec = ModelSpec(**{**fields, "image_size": tuple(fields["image_size"])})
     model = build_model(spec).eval()
-    if description["pruning_history"]:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=spec.example_input())
-        graph.load_pruning_history(description["pruning_history"])
+    replay_pruning(model, spec, description["pruning_history"])
     model.load_state_dict(torch.load(model_dir / "model.pt", weights_only=True, map_location="cpu"))
     return model, spec
+
+
+def replay_pruning(model: nn.Module, spec: ModelSpec, pruning_history: list) -> None:
+    """Remove from `model` (in place) the channels torch-pruning's `pruning_history` removed from its twin."""
+    if pruning_history:
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=spec.example_input())
+        graph.load_pruning_history(pruning_history)
+
+
+def architecture(model: nn.Module) -> dict[str, list[int]]:
+    """Every parameter and buffer's shape: equal for two models exactly when they have the same layers and widths."""
+    return {name: list(tensor.shape) for name, tensor in model.state_dict().items()}

@@ -2,6 +2,19 @@
 
 Shared by the report stage (which applies them) and `edgeforge signoff` (which re-applies them to a stored report).
 `params` is the signoff config section (the report stage's Params); the functions read its fields only.
+
+The edge model is chosen on the validation split alone, so the test accuracy it then reports is not optimistic:
+
+1. Candidates: the models that pass the accuracy gates on their validation accuracy.
+2. The fastest candidate (p50 at `latency_batch` on `latency_provider`) is the edge model, unless `latency_tie` > 0
+   and a candidate within that fraction of its p50 (as good as equally fast) is more accurate beyond the noise: the
+   95% interval of the paired difference of their validation accuracies (the same images) lies above 0. Then the
+   most accurate such candidate wins. A validation difference inside the noise never outweighs speed.
+
+The sign-off gates then judge the edge model on the test split. An accuracy gate compares the point estimate, or
+with `accuracy_basis: bound` the end of the 95% interval that is worst for the model: the lower Wilson bound of its
+accuracy, the upper bound of the paired drop against the teacher or the student. Each gate records the split and
+what it compared.
 """
 
 from __future__ import annotations
@@ -10,7 +23,13 @@ import re
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.runtime.benchtool import PROVIDERS
+from pipeline.reporting.intervals import paired_difference, unpack
+from pipeline.runtime.timing import PROVIDERS
+
+SPLITS = {
+    "test": ("accuracy", "accuracy_interval", "test_correct"),
+    "validation": ("validation_accuracy", "validation_interval", "validation_correct"),
+}  # split -> keys of a report's model
 
 LATENCY_LIMIT = re.compile(r"^(cpu|cuda|tensorrt):(\d+):(p50|p90|p95|p99)<=(\d+(?:\.\d*)?(?:e-?\d+)?)$")
 
@@ -38,54 +57,87 @@ def latency_limit_gates(edge: dict, params: Any) -> list[dict[str, Any]]:
     return gates
 
 
-def gate(name: str, limit: float, value: float | None, passed: bool) -> dict[str, Any]:
-    return {"name": name, "limit": limit, "value": value, "passed": bool(passed)}
+def gate(
+    name: str, limit: float, value: float | None, passed: bool, split: str | None = None, compares: str | None = None
+) -> dict[str, Any]:
+    record = {"name": name, "limit": limit, "value": value, "passed": bool(passed)}
+    if split is not None:
+        record |= {"split": split, "compares": compares}
+    return record
 
 
-def accuracy_gates(model: dict, teacher: dict, student: dict, params: Any) -> list[dict[str, Any]]:
-    return [
-        gate("min_accuracy", params.min_accuracy, model["accuracy"], model["accuracy"] >= params.min_accuracy),
-        gate(
-            "max_drop_vs_teacher",
-            params.max_drop_vs_teacher,
-            teacher["accuracy"] - model["accuracy"],
-            teacher["accuracy"] - model["accuracy"] <= params.max_drop_vs_teacher + 1e-12,
-        ),
-        gate(
-            "max_drop_vs_student",
-            params.max_drop_vs_student,
-            student["accuracy"] - model["accuracy"],
-            student["accuracy"] - model["accuracy"] <= params.max_drop_vs_student + 1e-12,
-        ),
-    ]
+def correct(model: dict, split: str) -> Any:
+    """The model's per-image correctness on `split` (booleans, in the split's image order)."""
+    key = SPLITS[split][2]
+    return unpack(model[key], model[f"{split}_images"])
+
+
+def accuracy_gates(model: dict, teacher: dict, student: dict, params: Any, split: str = "test") -> list[dict[str, Any]]:
+    """min_accuracy and the drops against the teacher and the student, on `split`, by `params.accuracy_basis`."""
+    accuracy_key, interval_key, _ = SPLITS[split]
+    bound = params.accuracy_basis == "bound"
+    compares = "95% bound" if bound else "point estimate"
+    value = model[interval_key][0] if bound else model[accuracy_key]
+    gates = [gate("min_accuracy", params.min_accuracy, value, value >= params.min_accuracy, split, compares)]
+    for reference, limit in (("teacher", params.max_drop_vs_teacher), ("student", params.max_drop_vs_student)):
+        other = teacher if reference == "teacher" else student
+        if bound and other is not model:
+            drop = paired_difference(correct(other, split), correct(model, split))[2]  # the upper end
+        else:
+            drop = other[accuracy_key] - model[accuracy_key]
+        gates.append(gate(f"max_drop_vs_{reference}", limit, drop, drop <= limit + 1e-12, split, compares))
+    return gates
 
 
 def p(model: dict, batch: int, stat: str, provider: str = "cpu") -> float:
     return model["latency"][PROVIDERS[provider][0]][str(batch)][stat]
 
 
-def choose_edge_model(models: list[dict], params: Any) -> tuple[dict, list[str]]:
-    """The fastest model passing the accuracy gates, else the most accurate one.
+def choose_edge_model(models: list[dict], params: Any) -> tuple[dict, list[str], list[str]]:
+    """(edge model, names passing the accuracy gates on validation, names as good as equally fast as the fastest,
+    the fastest first).
 
-    Models within `latency_tie` of the fastest p50 count as equally fast and the most accurate of them
-    wins (then the smaller file): a microsecond of noise must not ship a less accurate model.
-    """
+    See the module docstring; with no model passing, the most accurate on validation is named."""
     by_name = {m["name"]: m for m in models}
-    passing = [
-        m for m in models if all(g["passed"] for g in accuracy_gates(m, by_name["teacher"], by_name["student"], params))
-    ]
+    teacher, student = by_name["teacher"], by_name["student"]
+    passing = [m for m in models if all(g["passed"] for g in accuracy_gates(m, teacher, student, params, "validation"))]
     if not passing:
-        return max(models, key=lambda m: m["accuracy"]), []
+        return max(models, key=lambda m: m["validation_accuracy"]), [], []
     batch, provider = params.latency_batch, params.latency_provider
-    fastest = min(p(m, batch, "p50_ms", provider) for m in passing)
-    tied = [m for m in passing if p(m, batch, "p50_ms", provider) <= fastest * (1 + params.latency_tie)]
-    winner = max(tied, key=lambda m: (m["accuracy"], -m["size_bytes"]))
-    return winner, [m["name"] for m in passing]
+    fastest = min(passing, key=lambda m: (p(m, batch, "p50_ms", provider), -m["validation_accuracy"], m["size_bytes"]))
+    limit = p(fastest, batch, "p50_ms", provider) * (1 + params.latency_tie)
+    tied = sorted((m for m in passing if p(m, batch, "p50_ms", provider) <= limit), key=lambda m: m is not fastest)
+    reference = correct(fastest, "validation")
+    better = [m for m in tied if paired_difference(correct(m, "validation"), reference)[1] > 0]
+    winner = max(better, key=lambda m: m["validation_accuracy"]) if better else fastest
+    return winner, [m["name"] for m in passing], [m["name"] for m in tied]
+
+
+def edge_reason(edge: dict, passing: list[str], tied: list[str], params: Any) -> str:
+    """Why the edge model won, in a sentence for the report."""
+    if not passing:
+        return "no model passed the accuracy gates on the validation split; the most accurate on it is named"
+    where = f"p50 at batch {params.latency_batch} on {params.latency_provider}"
+    reason = (
+        f"the fastest ({where}) of the models passing the accuracy gates on the validation split ({', '.join(passing)})"
+    )
+    if params.latency_tie:
+        reason += (
+            f"; of those within {params.latency_tie:.0%} of the fastest p50 ({', '.join(tied)}), a slower one would "
+            "have won only with a validation accuracy higher beyond the 95% noise (paired interval above 0)"
+        )
+        if edge["name"] != tied[0] and edge["name"] in tied:
+            reason = (
+                f"within {params.latency_tie:.0%} of the fastest p50 ({where}) and more accurate on the validation "
+                f"split beyond the 95% noise, among the models passing the accuracy gates there ({', '.join(passing)})"
+            )
+    return reason + "; the test split was not read for this choice"
 
 
 def signoff_gates(edge: dict, models: list[dict], params: Any) -> list[dict[str, Any]]:
+    """The edge model's gates: accuracy on the test split, latency, speed-up, size."""
     by_name = {m["name"]: m for m in models}
-    gates = accuracy_gates(edge, by_name["teacher"], by_name["student"], params)
+    gates = accuracy_gates(edge, by_name["teacher"], by_name["student"], params, "test")
     batch = params.latency_batch
     if params.max_latency_ms is not None:
         value = p(edge, batch, "p90_ms", params.latency_provider)
@@ -110,13 +162,13 @@ def signoff_gates(edge: dict, models: list[dict], params: Any) -> list[dict[str,
 
 
 def pareto_front(models: list[dict], batch: str = "1", provider: str = PROVIDERS["cpu"][0]) -> list[str]:
-    """Names (in input order) of the models no other model dominates in accuracy and p50 latency at `batch`.
+    """Names (in input order) of the models no other model dominates in validation accuracy and p50 at `batch`.
 
     A model is dominated when another is at least as accurate and at least as fast, and strictly better in
     one of the two; models without a latency at `batch` are left out.
     """
     points = {
-        m["name"]: (m["accuracy"], lat["p50_ms"])
+        m["name"]: (m["validation_accuracy"], lat["p50_ms"])
         for m in models
         if (lat := (m.get("latency") or {}).get(provider, {}).get(batch))
     }

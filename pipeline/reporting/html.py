@@ -7,15 +7,20 @@ through `html.escape`.
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Iterable
 from typing import Any
 
-from matplotlib.figure import Figure
-
 from pipeline.reporting import plots
-from pipeline.reporting.gates import pareto_front
+from pipeline.reporting.html_figures import (
+    caption_distributions,
+    caption_pareto,
+    escape,
+    figure,
+    per_class_section,
+    search_trace_section,
+    training_section,
+)
 from pipeline.reporting.plots import PROVIDER, STATS, latency_at
 
 CSS = """
@@ -42,8 +47,7 @@ table.confusion td { min-width: 2.2em; text-align: center; } table.confusion th 
 """
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+_e = escape
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -54,12 +58,12 @@ def render_html(report: dict[str, Any]) -> str:
         _verdict(report),
         _models_table(report),
         "<h2>Plots</h2>",
-        _figure(plots.accuracy_vs_latency(report, batch, colors), _caption_pareto(report, batch)),
-        _figure(plots.latency_distributions(report, batch, colors), _caption_distributions(report, batch)),
-        _figure(plots.size_and_macs(report, colors), "File size (bytes) and MACs per image of every model."),
-        _search_trace_section(report),
-        _training_section(report),
-        _per_class_section(report),
+        figure(plots.accuracy_vs_latency(report, batch, colors), caption_pareto(report, batch)),
+        figure(plots.latency_distributions(report, batch, colors), caption_distributions(report, batch)),
+        figure(plots.size_and_macs(report, colors), "File size (bytes) and MACs per image of every model."),
+        search_trace_section(report),
+        training_section(report),
+        per_class_section(report),
         _gates_table(report),
         _environment(report),
         _artifacts(report),
@@ -117,14 +121,17 @@ def _latency_cells(model: dict, batch: str, with_ci: bool) -> str:
 def _models_table(report: dict) -> str:
     batches = _batches(report)
     has_ci = {b: any((latency_at(m, b) or {}).get("p90_ci_ms") for m in report["models"]) for b in batches}
-    header = ["model", "accuracy", "agrees with teacher", "params", "MACs", "size (bytes)"]
+    header = ["model", "validation accuracy [95%]", "test accuracy [95%]", "agrees with teacher", "params", "MACs"]
+    header += ["size (bytes)"]
     for b in batches:
         header += [f"bs{b} p50 / p90 / p99 (ms)"] + ([f"bs{b} p90 CI (ms)"] if has_ci[b] else [])
     rows = []
     for m in report["models"]:
         edge = m["name"] == report["edge_model"]
         cells = (
-            f'<td class="name">{_e(m["name"])}{" (edge)" if edge else ""}</td><td>{m["accuracy"]:.4f}</td>'
+            f'<td class="name">{_e(m["name"])}{" (edge)" if edge else ""}</td>'
+            f"<td>{_accuracy(m.get('validation_accuracy'), m.get('validation_interval'))}</td>"
+            f"<td>{_accuracy(m['accuracy'], m.get('accuracy_interval'))}</td>"
             f"<td>{_fmt(m.get('agreement_with_teacher'), '.4f')}</td><td>{m['params']:,}</td><td>{m['macs']:,}</td>"
             f"<td>{m['size_bytes']:,}</td>" + "".join(_latency_cells(m, b, has_ci[b]) for b in batches)
         )
@@ -132,9 +139,16 @@ def _models_table(report: dict) -> str:
     threads = (report.get("environment") or {}).get("threads", "?")
     return (
         "<h2>Models</h2>\n<p>Teacher → student (distilled) → pruned → int8 (of pruned); student_int8 is int8 of the "
-        f"student. Accuracy on the test split, computed in onnxruntime; latency on {_e(PROVIDER)} with "
+        "student. Accuracy computed in onnxruntime with its 95% Wilson interval, on the validation split (every "
+        f"choice reads it) and the test split (reported only); latency on {_e(PROVIDER)} with "
         f"{_e(threads)} intra-op threads, in milliseconds.</p>\n" + _table(header, rows)
     )
+
+
+def _accuracy(value: float | None, interval: list[float] | None) -> str:
+    if value is None:
+        return "–"
+    return _e(f"{value:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""))
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -151,10 +165,16 @@ def _gates_table(report: dict) -> str:
     rows = [
         f'<tr><td class="name">{_e(g["name"])}</td>'
         f"<td>{_gate_number(g['limit'])}</td><td>{_gate_number(g['value'])}</td>"
+        f'<td class="text">{_gate_basis(g)}</td>'
         f'<td class="{"pass" if g["passed"] else "fail"}">{"pass" if g["passed"] else "FAIL"}</td></tr>'
         for g in report["signoff"].get("gates", [])
     ]
-    return "<h2>Gates</h2>\n" + _table(["gate", "limit", "value", "verdict"], rows)
+    return "<h2>Gates</h2>\n" + _table(["gate", "limit", "value", "compares", "verdict"], rows)
+
+
+def _gate_basis(gate: dict) -> str:
+    """What an accuracy gate compared, on which split ('' for the other gates)."""
+    return _e(f"{gate['compares']} on the {gate['split']} split") if gate.get("split") else ""
 
 
 def _kv_rows(items: Iterable[tuple[str, Any]]) -> list[str]:
@@ -181,103 +201,3 @@ def _artifacts(report: dict) -> str:
         for m in report["models"]
     ]
     return "<h2>Artifacts</h2>\n" + _table(["model", "path (under artifacts/)", "sha256"], rows, "text")
-
-
-def _confusion_table(model: dict, class_names: list[str]) -> str:
-    matrix = model["confusion_matrix"]
-    names = class_names if len(class_names) == len(matrix) else [str(i) for i in range(len(matrix))]
-    top = max((max(row) for row in matrix if row), default=0) or 1
-    rows = []
-    for i, row in enumerate(matrix):
-        cells = "".join(_confusion_cell(count, i == j, top) for j, count in enumerate(row))
-        rows.append(f'<tr><th class="name">{_e(names[i])}</th>{cells}</tr>')
-    head = "".join(f"<th>{_e(n)}</th>" for n in names)
-    return (
-        f"<p>Confusion matrix of the edge model ({_e(model['name'])}) on the test split: rows are the true class, "
-        f'columns the predicted one.</p>\n<div class="scroll"><table class="confusion">'
-        f'<thead><tr><th class="name">true \\ predicted</th>'
-        f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
-    )
-
-
-def _confusion_cell(count: int, diagonal: bool, top: int) -> str:
-    # Shade by count so the errors stand out: green on the diagonal, red off it.
-    alpha = 0.0 if count == 0 else 0.12 + 0.6 * count / top
-    rgb = "30,126,52" if diagonal else "181,42,42"
-    return f'<td style="background: rgba({rgb},{alpha:.2f})">{int(count)}</td>'
-
-
-# --- sections with plots ---------------------------------------------------------------------------------------
-
-
-def _figure(fig: Figure | None, caption: str) -> str:
-    if fig is None:
-        return '<p class="note">No model has a latency at this batch size on this provider: plot left out.</p>'
-    return f"<figure>{plots.svg(fig)}<figcaption>{caption}</figcaption></figure>"
-
-
-def _search_trace_section(report: dict) -> str:
-    search = report.get("latency_search")
-    if not search:
-        return ""
-    verdict = "met" if search["met"] else f"not reached: {search.get('message', '')}"
-    caption = (
-        f"Latency-budget search: every candidate measured before fine-tuning ({len(search['trace'])} in "
-        f"{search['seconds']:.1f} s). Budget {search['budget_ms']:g} ms {verdict}; predicted "
-        f"{search['predicted_ms']:.4f} ms, achieved after the fine-tune {search['achieved']['latency_ms']:.4f} ms."
-    )
-    return _figure(plots.search_trace(search), _e(caption))
-
-
-def _caption_pareto(report: dict, batch: str) -> str:
-    front = pareto_front(report["models"], batch)
-    return (
-        f"Accuracy against p50 latency at batch {_e(batch)}. The dashed line and ◆ mark the Pareto front "
-        f"({_e(', '.join(front))}): no other model is both at least as accurate and at least as fast. The edge "
-        f"model ({_e(report['edge_model'])}) is the star in the gold ring."
-    )
-
-
-def _caption_distributions(report: dict, batch: str) -> str:
-    lats = [lat for m in report["models"] if (lat := latency_at(m, batch))]
-    if lats and all(plots.has_histogram(lat) for lat in lats):
-        return (
-            f"Latency per call at batch {_e(batch)}: histogram of the timed runs (share of runs per bin), with the "
-            "p50 (solid), p90 (dashed) and p99 (dotted) as vertical lines."
-        )
-    return (
-        f"Latency per call at batch {_e(batch)}: p50 (circle), p90 (square) and p99 (triangle) of every model; the "
-        "report holds no latency histograms."
-    )
-
-
-def _training_section(report: dict) -> str:
-    stages = {name: h for name, h in (report.get("training") or {}).items() if h}
-    if not stages:
-        return '<h2>Training</h2>\n<p class="note">The report holds no training history.</p>'
-    caption = (
-        "Per-epoch training loss and accuracy (on augmented training batches) of every training stage in the "
-        "report. Each stage's loss is its own objective (the students' includes the T²-scaled distillation term), "
-        "so compare shapes, not levels, across stages."
-    )
-    return "<h2>Training</h2>\n" + _figure(plots.training_curves(stages), caption)
-
-
-def _per_class_section(report: dict) -> str:
-    by_name = {m["name"]: m for m in report["models"]}
-    edge, teacher = by_name.get(report["edge_model"]), by_name.get("teacher")
-    class_names = [str(c) for c in (report.get("dataset") or {}).get("class_names", [])]
-    parts = ["<h2>Per-class accuracy of the edge model</h2>"]
-    if edge and edge.get("per_class_accuracy"):
-        series = [edge] if teacher is None or teacher is edge else [edge, teacher]
-        parts.append(_figure(plots.per_class_figure(series, class_names), _per_class_caption(series)))
-    else:
-        parts.append('<p class="note">The report holds no per-class accuracy for the edge model.</p>')
-    if edge and edge.get("confusion_matrix"):
-        parts.append(_confusion_table(edge, class_names))
-    return "\n".join(parts)
-
-
-def _per_class_caption(series: list[dict]) -> str:
-    names = " and ".join(_e(m["name"]) for m in series)
-    return f"Test accuracy per class of {names}."

@@ -7,6 +7,11 @@ from typing import Any
 from pipeline.reporting.search_sections import search_sections
 
 
+def accuracy_text(value: float, interval: list[float] | None) -> str:
+    """An accuracy with its 95% interval: 0.9471 [0.9203, 0.9661]."""
+    return f"{value:.4f}" if not interval else f"{value:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
@@ -45,19 +50,23 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def models_section(report: dict[str, Any]) -> list[str]:
     """A row per model, then a latency table per provider measured and the providers skipped."""
+    split = report["dataset"]["split"]
     lines = [
         "",
         "## Models (teacher → student → pruned → int8 of pruned; student_int8: int8 of the student)",
         "",
-        f"Accuracy on the test split, computed in onnxruntime; latency with {report['environment']['threads']} "
-        "intra-op threads, each model and batch size in its own session.",
+        f"Accuracy computed in onnxruntime, with its 95% Wilson interval, on the validation split "
+        f"({split['validation']['images']} images held out of training: every choice reads it) and on the test split "
+        f"(reported only); latency with {report['environment']['threads']} intra-op threads, each model and batch "
+        "size in its own session.",
         "",
     ]
-    header = ["model", "accuracy", "agrees with teacher", "params", "MACs", "size (bytes)"]
+    header = ["model", "validation accuracy", "test accuracy", "agrees with teacher", "params", "MACs", "size (bytes)"]
     rows = [
         [
             m["name"],
-            f"{m['accuracy']:.4f}",
+            accuracy_text(m["validation_accuracy"], m.get("validation_interval")),
+            accuracy_text(m["accuracy"], m.get("accuracy_interval")),
             f"{m['agreement_with_teacher']:.4f}",
             f"{m['params']:,}",
             f"{m['macs']:,}",
@@ -73,26 +82,43 @@ def models_section(report: dict[str, Any]) -> list[str]:
     return lines + ([""] if skipped else []) + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
 
 
+def _both(scores: dict[str, Any] | None) -> str:
+    if scores is None:
+        return "not trained"
+    return (
+        f"validation {accuracy_text(scores['validation_accuracy'], scores['validation_interval'])}, "
+        f"test {accuracy_text(scores['test_accuracy'], scores['test_interval'])}"
+    )
+
+
 def steps_section(report: dict[str, Any]) -> list[str]:
     distill, prune = report["distillation"], report["pruning"]
-    baseline = distill["baseline_accuracy"]
-    gain = (
-        "not measured (distill.baseline: false)"
-        if baseline is None
-        else (
-            f"{baseline:.4f} without the teacher → {distill['student_accuracy']:.4f} distilled "
-            f"({distill['student_accuracy'] - baseline:+.4f})"
-        )
+    features = distill.get("feature_distillation")
+    how = f"T={distill['temperature']}, α={distill['alpha']}" + (
+        f", {features['kind']} feature loss ×{features['weight']:g} on {len(features['layer_pairs'])} layer pairs "
+        f"({', '.join(':'.join(pair) for pair in features['layer_pairs'])})"
+        if features
+        else ""
     )
+    scratch = prune.get("scratch")
     return [
         "",
         "## What each step bought",
         "",
-        f"- Distillation (T={distill['temperature']}, α={distill['alpha']}), "
-        f"PyTorch test accuracy of the student: {gain}.",
-        f"- Pruning: params {prune['params_before']:,} → {prune['params']:,}, MACs {prune['macs_before']:,} → "
-        f"{prune['macs']:,}; accuracy {prune['test_accuracy_before_finetune']:.4f} right after pruning, "
-        f"{prune['test_accuracy']:.4f} after the distillation fine-tune.",
+        "PyTorch accuracies of the training stages, with 95% intervals:",
+        "",
+        f"- Distillation ({how}): the student without the teacher {_both(distill['baseline'])}"
+        + (" (distill.baseline: false)" if distill["baseline"] is None else "")
+        + f"; distilled {_both(distill['student'])}.",
+        f"- Pruning ({prune['ratio']:.1%} of channels): params {prune['params_before']:,} → {prune['params']:,}, "
+        f"MACs {prune['macs_before']:,} → {prune['macs']:,}; right after pruning {_both(prune['before_finetune'])}; "
+        f"after the distillation fine-tune {_both(prune['after_finetune'])}.",
+        "- The pruned architecture trained from scratch with distillation "
+        + (
+            "was not trained (prune.scratch_baseline: false)."
+            if scratch is None
+            else f"for {scratch['epochs']} epochs (as many as distill and the fine-tune together): {_both(scratch)}."
+        ),
         "- Quantization arguments (onnxruntime quantize_static): "
         + ", ".join(f"{k}={v}" for k, v in report["quantization"].items())
         + ".",
@@ -107,11 +133,12 @@ def gates_section(gates: list[dict[str, Any]]) -> list[str]:
             g["name"],
             f"{g['limit']:g}",
             "not measured" if g["value"] is None else f"{g['value']:.4g}",
+            f"{g['compares']} on the {g['split']} split" if g.get("split") else "",
             "pass" if g["passed"] else "**FAIL**",
         ]
         for g in gates
     ]
-    return ["", "## Gates", ""] + _table(["gate", "limit", "value", "verdict"], rows)
+    return ["", "## Gates", ""] + _table(["gate", "limit", "value", "compares", "verdict"], rows)
 
 
 def deploy_section(report: dict[str, Any]) -> list[str]:

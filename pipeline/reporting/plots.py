@@ -15,7 +15,7 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from pipeline.reporting.gates import pareto_front
-from pipeline.runtime.benchtool import PROVIDERS
+from pipeline.runtime.timing import PROVIDERS
 
 PROVIDER = PROVIDERS["cpu"][0]  # where the plots' latencies are read
 COLORS = {"teacher": "#4c72b0", "student": "#dd8452", "pruned": "#55a868", "int8": "#c44e52", "student_int8": "#8172b3"}
@@ -73,28 +73,52 @@ def wide(values: list[float]) -> bool:
 
 
 def accuracy_vs_latency(report: dict, batch: str, colors: dict[str, str]) -> Figure | None:
+    """Every model measured: validation accuracy (with its 95% interval) against p50, the Pareto frontier, the edge
+    model, and the baselines that share an architecture with a measured model, drawn hollow at its latency."""
     models = [m for m in report["models"] if latency_at(m, batch)]
     if not models:
         return None
-    front = set(pareto_front(models, batch))
+    key = "validation_accuracy" if all("validation_accuracy" in m for m in models) else "accuracy"
+    front = set(pareto_front(models, batch)) if key == "validation_accuracy" else set()
     fig, axes = new_figure(7.5, 4.6)
     ax = axes[0][0]
     for m in models:
-        x, y = latency_at(m, batch)["p50_ms"], m["accuracy"]
+        x, y = latency_at(m, batch)["p50_ms"], m[key]
         edge = m["name"] == report["edge_model"]
+        interval = m.get("validation_interval" if key == "validation_accuracy" else "accuracy_interval")
+        if interval:
+            below, above = max(0.0, y - interval[0]), max(0.0, interval[1] - y)
+            ax.errorbar(x, y, yerr=[[below], [above]], color=colors[m["name"]], alpha=0.5, zorder=2)
         ax.scatter(x, y, s=160 if edge else 60, color=colors[m["name"]], marker="*" if edge else "o", zorder=3)
         if edge:
             ax.scatter(x, y, s=420, facecolors="none", edgecolors="#b8860b", linewidths=2, zorder=4)
         label = plain_text(m["name"]) + (" (edge)" if edge else "") + (" ◆" if m["name"] in front else "")
         ax.annotate(label, (x, y), xytext=(6, 5), textcoords="offset points", fontsize=9)
-    points = sorted((latency_at(m, batch)["p50_ms"], m["accuracy"]) for m in models if m["name"] in front)
+    for name, of, y in baselines(report):
+        base = next((m for m in models if m["name"] == of), None)
+        if base is not None and y is not None:
+            x = latency_at(base, batch)["p50_ms"]
+            ax.scatter(x, y, s=60, facecolors="none", edgecolors=colors[of], zorder=3)
+            ax.annotate(plain_text(name), (x, y), xytext=(6, -11), textcoords="offset points", fontsize=8, color="#555")
+    points = sorted((latency_at(m, batch)["p50_ms"], m[key]) for m in models if m["name"] in front)
     ax.step([p[0] for p in points], [p[1] for p in points], where="post", color="#888", linestyle="--", zorder=2)
     if wide([latency_at(m, batch)["p50_ms"] for m in models]):
         ax.set_xscale("log")
     ax.set_xlabel(f"p50 latency at batch {batch} (ms, {PROVIDER})")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(key.replace("_", " "))
     ax.grid(True, alpha=0.3)
     return fig
+
+
+def baselines(report: dict) -> list[tuple[str, str, float | None]]:
+    """(label, the measured model whose architecture it has, its validation accuracy) of the report's baselines."""
+    distill, pruning = report.get("distillation") or {}, report.get("pruning") or {}
+    found = []
+    if distill.get("baseline"):
+        found.append(("student without teacher", "student", distill["baseline"]["validation_accuracy"]))
+    if pruning.get("scratch"):
+        found.append(("pruned architecture from scratch", "pruned", pruning["scratch"]["validation_accuracy"]))
+    return found
 
 
 def search_trace(search: dict) -> Figure:

@@ -15,7 +15,7 @@ from typing import Any
 from pipeline.errors import ConfigError
 from pipeline.reporting.compare import is_number, lookup, validate_report
 from pipeline.reporting.gates import choose_edge_model, signoff_gates
-from pipeline.runtime.benchtool import PROVIDERS
+from pipeline.runtime.timing import PROVIDERS
 
 
 def recheck_signoff(report: dict[str, Any], params_class: type, source: str = "report") -> dict[str, Any]:
@@ -30,7 +30,7 @@ def recheck_signoff(report: dict[str, Any], params_class: type, source: str = "r
     params = _signoff_params(report["config"]["signoff"], params_class, source)
     models = report["models"]
     _check_recheck_inputs(models, params, source)
-    edge, passing = choose_edge_model(models, params)
+    edge, passing, _ = choose_edge_model(models, params)
     gates = signoff_gates(edge, models, params)
     # The same rule as stages.report.run: no model passing the accuracy gates fails the sign-off too.
     passed = bool(passing) and all(g["passed"] for g in gates)
@@ -76,6 +76,9 @@ def _check_recheck_inputs(models: list[dict], params: Any, source: str) -> None:
             raise ConfigError(f"{source}: the gates need a model named {needed!r}; models are {', '.join(names)}")
     batch, provider = str(params.latency_batch), PROVIDERS[params.latency_provider][0]
     for i, model in enumerate(models):
+        for key in ("validation_accuracy", "validation_correct", "validation_images", "test_correct", "test_images"):
+            # The edge model is chosen on validation, with paired intervals: a report made before that lacks them.
+            lookup(model, [key], source, prefix=f"models[{i}].")
         for stat in ("p50_ms", "p90_ms"):
             value = lookup(model, ["latency", provider, batch, stat], source, prefix=f"models[{i}].")
             if not is_number(value):

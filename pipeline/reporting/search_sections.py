@@ -21,23 +21,39 @@ def edge_choice_section(report: dict[str, Any]) -> list[str]:
     rows = []
     for m in report["models"]:
         stats = m["latency"].get(provider, {}).get(str(batch))
+        interval = m.get("validation_interval")
         rows.append(
             [
                 f"**{m['name']}**" if m["name"] == report["edge_model"] else m["name"],
-                f"{m['accuracy']:.4f}",
+                f"{m['validation_accuracy']:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""),
                 _ms(stats and stats["p50_ms"]),
                 "yes" if m["name"] in choice["passing"] else "no",
+                "yes" if m["name"] in choice.get("tied", []) else "no",
                 "yes" if m["name"] in report["pareto_front"] else "no",
             ]
         )
-    lines = ["", "## Edge model choice", ""]
-    header = ["model", "accuracy", f"p50 ms, batch {batch}, {provider}", "passes accuracy gates", "Pareto"]
-    lines += _table(header, rows)
-    return lines + [
-        "",
-        "Pareto front: models no other model beats on both test accuracy and p50. "
-        f"{report['edge_model']} won: {report['edge_model_reason']}.",
+    lines = ["", "## Edge model choice (on the validation split)", ""]
+    header = [
+        "model",
+        "validation accuracy [95%]",
+        f"p50 ms, batch {batch}, {provider}",
+        "passes accuracy gates",
+        "as fast as the fastest",
+        "Pareto",
     ]
+    lines += _table(header, rows)
+    lines += [
+        "",
+        "As fast as the fastest: within signoff.latency_tie of the fastest p50 (only the fastest itself when it is 0); "
+        "a slower one of those wins only when its validation accuracy is higher beyond the noise (the 95% interval of "
+        "the paired difference on the same validation images lies above 0). Pareto front: models no other model beats "
+        f"on both validation accuracy and p50. {report['edge_model']} won: {report['edge_model_reason']}.",
+        "",
+        "Every choice of the run and the split it read:",
+        "",
+    ]
+    choices = [[c["choice"], c["split"], c["by"]] for c in report.get("choices", [])]
+    return lines + _table(["choice", "split", "by"], choices)
 
 
 def latency_search_section(search: dict[str, Any] | None) -> list[str]:

@@ -2,55 +2,24 @@
 
 - The file goes through `load_checked` (path, protobuf, checker and external-data checks) before any session
   reads it; sessions then load the same path.
-- Inputs are fixed random tensors, seeded per (seed, batch, input index): floats standard normal, integers 0 or 1
-  (valid as indices and masks), booleans half true. A symbolic first dim is the batch; `--shape` gives a full
-  shape for one input; any other symbolic dim without `--shape` is an error that shows the fix.
-- Every (provider, threads, batch) gets its own InferenceSession with edgeforge's session options, so no run
-  inherits another's allocations or thread pool; its creation time is recorded.
-- CUDA and TensorRT run only when onnxruntime has the provider; otherwise the result says so ("skipped") and the
-  CPU is never timed in their place. On a GPU, inputs are bound once on the device and outputs stay there (IO
-  binding), so host/device copies are not timed as compute.
+- Inputs are fixed random tensors (pipeline/runtime/feeds.py); each combination is timed in its own session
+  (pipeline/runtime/timing.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
-import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from pipeline.errors import ConfigError
 from pipeline.runtime import environment
 from pipeline.runtime.feeds import Signature, check_shapes, input_dtypes, make_feed, resolve_batches
-from pipeline.runtime.latency import summarize, time_runs
-from pipeline.runtime.onnx_files import first_line, input_signature, load_checked, output_signature
-from pipeline.runtime.sessions import session_options, session_options_record
-
-# name on the command line -> (the provider that must be present, the providers handed to the session)
-PROVIDERS = {
-    "cpu": ("CPUExecutionProvider", ["CPUExecutionProvider"]),
-    "cuda": ("CUDAExecutionProvider", ["CUDAExecutionProvider", "CPUExecutionProvider"]),
-    "tensorrt": (
-        "TensorrtExecutionProvider",
-        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-    ),
-}
-PRESET_KEYS = ("warmup_runs", "warmup_seconds", "min_runs", "min_seconds")
-ORT_ERRORS = tuple(
-    getattr(ort_state, name)
-    for name in ("Fail", "InvalidArgument", "InvalidGraph", "NoSuchFile", "NotImplemented", "RuntimeException")
-    if hasattr(ort_state, name)
-) + (RuntimeError,)
-
-
-class ProviderUnavailable(Exception):
-    """The provider is missing or did not initialize: reported as a skipped result, never replaced by CPU."""
+from pipeline.runtime.onnx_files import input_signature, load_checked, output_signature
+from pipeline.runtime.sessions import session_options_record
+from pipeline.runtime.timing import PRESET_KEYS, PROVIDERS, ProviderUnavailable, bench_one, peak_rss_bytes
 
 
 def bench_file(
@@ -104,62 +73,6 @@ def check_arguments(threads: tuple[int, ...], providers: tuple[str, ...], preset
         raise ConfigError(f"preset {preset!r}: expected exactly the keys {', '.join(PRESET_KEYS)}")
 
 
-def bench_one(
-    path: Path, provider: str, threads: int, batch: int, feed: dict[str, np.ndarray], preset: dict
-) -> dict[str, Any]:
-    """One fresh session, warmed up and timed with `preset`."""
-    sess, seconds = create_session(path, provider, threads)
-    run = DeviceRunner(sess, feed) if provider != "cpu" else (lambda: sess.run(None, feed))
-    try:
-        times = time_runs(run, **preset)  # check_arguments made sure it has exactly time_runs' keys
-    except ORT_ERRORS as error:
-        raise ConfigError(
-            f"{path}: onnxruntime fails running it on {provider} at batch {batch}: {first_line(error)}"
-        ) from error
-    return {
-        "provider": provider,
-        "threads": threads,
-        "batch": batch,
-        "session_seconds": seconds,
-        **summarize(times, batch),
-    }
-
-
-def create_session(path: Path, provider: str, threads: int) -> tuple[ort.InferenceSession, float]:
-    """A session on `provider` and the seconds its creation took; ProviderUnavailable if it is not there."""
-    required, chain = PROVIDERS[provider]
-    if required not in ort.get_available_providers():
-        raise ProviderUnavailable(f"onnxruntime has no {required} (install the gpu extra)")
-    started = time.perf_counter()
-    try:
-        sess = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=chain)
-    except ORT_ERRORS as error:
-        raise ConfigError(f"{path}: onnxruntime cannot load it on {provider}: {first_line(error)}") from error
-    seconds = time.perf_counter() - started
-    if required not in sess.get_providers():  # onnxruntime falls back to CPU when a GPU provider fails to start
-        raise ProviderUnavailable(f"{required} did not initialize (the session got {', '.join(sess.get_providers())})")
-    return sess, seconds
-
-
-class DeviceRunner:
-    """One inference with inputs and outputs on CUDA device 0 (IO binding), so only compute is timed."""
-
-    def __init__(self, sess: ort.InferenceSession, feed: dict[str, np.ndarray]):
-        self.sess = sess
-        self.binding = sess.io_binding()
-        # Copied to the device once, here, not in the timed loop; held here so the buffers outlive the binding.
-        self.inputs = {name: ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0) for name, array in feed.items()}
-        for name, value in self.inputs.items():
-            self.binding.bind_ortvalue_input(name, value)
-        self.binding.synchronize_inputs()
-        for output in sess.get_outputs():
-            self.binding.bind_output(output.name, "cuda", 0)
-
-    def __call__(self) -> None:
-        self.sess.run_with_iobinding(self.binding)
-        self.binding.synchronize_outputs()  # wait for the device: otherwise only the kernel launches are timed
-
-
 def describe_file(path: Path, model: onnx.ModelProto, signature: Signature) -> dict[str, Any]:
     digest = hashlib.sha256()
     with path.open("rb") as file:
@@ -172,16 +85,6 @@ def describe_file(path: Path, model: onnx.ModelProto, signature: Signature) -> d
         "inputs": signature,
         "outputs": output_signature(model),
     }
-
-
-def peak_rss_bytes() -> int | None:
-    """Peak resident memory of this process so far (sessions included); None where unknown."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, kilobytes on Linux
 
 
 def format_table(result: dict) -> str:

@@ -8,7 +8,6 @@ import logging
 import warnings
 from pathlib import Path
 
-import onnx
 import torch
 from torch import nn
 
@@ -37,4 +36,6 @@ def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, opset: int) -> No
             verbose=False,
         )
         program.save(str(path))
+    import onnx  # here: half a second to import, and only exporting needs it
+
     onnx.checker.check_model(str(path), full_check=True)

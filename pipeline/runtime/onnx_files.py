@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_line
 
 MIN_ONNX = (1, 21)
 
@@ -191,8 +191,3 @@ def numpy_dtype(elem_type: int) -> np.dtype | None:
 def element_type_name(elem_type: int) -> str:
     dtype = numpy_dtype(elem_type)
     return dtype.name if dtype is not None else onnx.TensorProto.DataType.Name(elem_type).lower()
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -14,18 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from pipeline.errors import StageError
 from pipeline.runtime.sessions import INPUT_NAME, run_batches, session
 
-METHODS = {
-    "minmax": CalibrationMethod.MinMax,
-    "entropy": CalibrationMethod.Entropy,
-    "percentile": CalibrationMethod.Percentile,
-}
-TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}  # -> onnxruntime's CalibrationMethod
+TYPES = {"int8": "QInt8", "uint8": "QUInt8"}  # -> onnxruntime's QuantType
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +34,9 @@ class QuantSettings:
     calibration_batch: int = 64  # images per calibration batch
 
 
-class ImageReader(CalibrationDataReader):
-    """Feeds calibration batches of preprocessed training images to onnxruntime."""
+class ImageReader:
+    """Feeds calibration batches of preprocessed training images to onnxruntime: its CalibrationDataReader protocol
+    (get_next, and iteration), which that abstract class recognizes in any class with get_next."""
 
     def __init__(self, inputs: np.ndarray, batch: int):
         self._batches = iter([inputs[i : i + batch] for i in range(0, len(inputs), batch)])
@@ -50,9 +45,22 @@ class ImageReader(CalibrationDataReader):
         batch = next(self._batches, None)
         return None if batch is None else {INPUT_NAME: batch}
 
+    def __iter__(self) -> ImageReader:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = self.get_next()
+        if batch is None:
+            raise StopIteration
+        return batch
+
 
 def quantize(source: Path, target: Path, calibration: np.ndarray, settings: QuantSettings) -> None:
     """quant_pre_process, then quantize_static with every argument explicit (see `arguments`)."""
+    # Imported here: onnxruntime.quantization loads onnx (half a second), which only quantizing needs.
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     prepared = target.with_name(f"{target.stem}.prepared.onnx")
     quant_pre_process(
         str(source), str(prepared), skip_optimization=False, skip_onnx_shape=False, skip_symbolic_shape=False
@@ -66,12 +74,12 @@ def quantize(source: Path, target: Path, calibration: np.ndarray, settings: Quan
             op_types_to_quantize=None,
             per_channel=settings.per_channel,
             reduce_range=settings.reduce_range,
-            activation_type=TYPES[settings.activation_type],
-            weight_type=TYPES[settings.weight_type],
+            activation_type=getattr(QuantType, TYPES[settings.activation_type]),
+            weight_type=getattr(QuantType, TYPES[settings.weight_type]),
             nodes_to_quantize=None,
             nodes_to_exclude=None,
             use_external_data_format=False,
-            calibrate_method=METHODS[settings.method],
+            calibrate_method=getattr(CalibrationMethod, METHODS[settings.method]),
             calibration_providers=["CPUExecutionProvider"],
             extra_options={},
         )

@@ -29,10 +29,10 @@ from pipeline.errors import StageError
 from pipeline.models.factory import count_macs_and_params
 from pipeline.models.spec import ModelSpec
 from pipeline.runtime import latency
-from pipeline.runtime.benchtool import ProviderUnavailable, bench_one
 from pipeline.runtime.onnx_export import DEFAULT_OPSET, export_onnx
 from pipeline.runtime.quantization import QuantSettings, arguments, quantize
 from pipeline.runtime.sessions import INPUT_NAME
+from pipeline.runtime.timing import ProviderUnavailable, bench_one
 from pipeline.search.prune_ratio import search_ratio
 from pipeline.training.augment import normalize
 

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.runtime import environment, latency
-from pipeline.runtime.benchtool import bench_one
 from pipeline.runtime.quantization import QuantSettings, quantize
 from pipeline.runtime.sessions import INPUT_NAME, run_batches, session
+from pipeline.runtime.timing import bench_one
 
 SEARCH_TIMING = latency.SEARCH
 LATENCY_TIE = 0.05  # about the run-to-run spread of a p50 this short

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from pipeline.datasets.artifact import Dataset
 from pipeline.errors import require
 from pipeline.models.factory import published_width
 from pipeline.models.spec import ModelSpec
-from pipeline.training.loop import Recipe
+from pipeline.training.loop import Recipe, accuracy
 
 
 def resolve_width(params: Any) -> None:
@@ -62,3 +64,13 @@ def recipe_for(params: Any, epochs: int, temperature: float = 1.0, alpha: float 
         schedule=params.schedule,
         device=params.device,
     )
+
+
+def scored(model: Any, dataset: Dataset) -> dict[str, float]:
+    """The model's accuracy (PyTorch) on the validation split, which choices read, and the test split, reported."""
+    validation = torch.from_numpy(dataset.val_images), torch.from_numpy(dataset.val_labels)
+    test = torch.from_numpy(dataset.test_images), torch.from_numpy(dataset.test_labels)
+    return {
+        "validation_accuracy": accuracy(model, *validation, dataset.norm),
+        "test_accuracy": accuracy(model, *test, dataset.norm),
+    }

@@ -3,7 +3,7 @@ import pytest
 from pipeline.cache import ArtifactStore
 from pipeline.errors import ConfigError
 from pipeline.runner import downstream_of, get_stage, load_config, needed_stages, plan_keys, run_pipeline
-from pipeline.training import loop as train
+from pipeline.training import checkpoints
 from stages import STAGES, teacher
 from tests.conftest import TINY
 
@@ -59,7 +59,7 @@ def test_a_failing_stage_publishes_nothing_and_keeps_upstream(tmp_path, monkeypa
 def test_an_interrupted_training_stage_resumes_to_the_same_result(tmp_path, monkeypatch, caplog):
     config = load_config(overrides=["teacher.width=4", "teacher.epochs=3"])
     saves = []
-    original_save = train._save_checkpoint
+    original_save = checkpoints.save
 
     def save_then_die_after_epoch_2(path, state):
         original_save(path, state)
@@ -67,7 +67,7 @@ def test_an_interrupted_training_stage_resumes_to_the_same_result(tmp_path, monk
         if len(saves) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "_save_checkpoint", save_then_die_after_epoch_2)
+    monkeypatch.setattr(checkpoints, "save", save_then_die_after_epoch_2)
     interrupted = ArtifactStore(tmp_path / "interrupted")
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(config, interrupted, target="teacher")
@@ -75,7 +75,7 @@ def test_an_interrupted_training_stage_resumes_to_the_same_result(tmp_path, monk
     assert interrupted.lookup("teacher", key) is None
     assert (interrupted.cache / "teacher" / f".tmp-{key}" / "checkpoints" / "teacher.pt").is_file()
 
-    monkeypatch.setattr(train, "_save_checkpoint", original_save)
+    monkeypatch.setattr(checkpoints, "save", original_save)
     caplog.set_level("INFO")
     resumed = run_pipeline(config, interrupted, target="teacher")[-1].artifact
     assert "teacher: resuming after epoch 2" in caplog.text

@@ -23,7 +23,7 @@ def test_data_artifact_holds_uint8_images_and_train_statistics(tiny_run):
     _, results = tiny_run
     dataset = load_dataset(results["data"].artifact)
     assert dataset.train_images.dtype == np.uint8 and dataset.train_images.shape[1:] == (1, 8, 8)
-    assert len(dataset.train_images) + len(dataset.test_images) == 1797
+    assert len(dataset.train_images) + len(dataset.val_images) + len(dataset.test_images) == 1797
     assert dataset.train_images.max() == 255
     assert np.isclose(dataset.mean[0], (dataset.train_images / 255.0).mean())
     assert results["data"].artifact.manifest["metrics"]["test_size"] == len(dataset.test_labels)
@@ -51,13 +51,14 @@ def test_imagefolder_becomes_a_data_artifact_with_class_names(tmp_path):
     artifact = run_pipeline(config, ArtifactStore(tmp_path / "artifacts"), target="data")[-1].artifact
     dataset = load_dataset(artifact)
     assert dataset.class_names == ["cat", "dog"]
-    assert dataset.train_images.shape == (12, 3, 8, 8) and dataset.test_images.shape == (4, 3, 8, 8)
+    assert dataset.test_images.shape == (4, 3, 8, 8)
     assert artifact.manifest["external"]["files"] == 16
     assert json.loads(artifact.file("dataset.json").read_text())["split"] == {
         "method": "the source's own train/test split",
-        "validation": {"fraction": 0.0, "images": 0, "seed": 1},
+        "validation": {"fraction": 0.1, "images": 2, "seed": 1},  # at least one image of each class
     }
-    assert dataset.val_images.shape == (0, 3, 8, 8)
+    assert dataset.val_images.shape == (2, 3, 8, 8) and sorted(dataset.val_labels.tolist()) == [0, 1]
+    assert dataset.train_images.shape == (10, 3, 8, 8)
 
 
 def test_validation_split_is_held_out_from_training_stratified_and_seeded(tmp_path):
@@ -65,19 +66,41 @@ def test_validation_split_is_held_out_from_training_stratified_and_seeded(tmp_pa
     from pipeline.runner import load_config, run_pipeline
 
     store = ArtifactStore(tmp_path / "artifacts")
-    overrides = ["data.validation_fraction=0.1"]
-    with_val = load_dataset(run_pipeline(load_config(overrides=overrides), store, target="data")[-1].artifact)
-    without = load_dataset(run_pipeline(load_config(), store, target="data")[-1].artifact)
-    assert len(with_val.val_labels) == 143 and len(with_val.train_labels) == len(without.train_labels) - 143
-    assert np.bincount(with_val.val_labels).min() >= 14  # every class, about 10% of each
-    assert np.array_equal(with_val.test_labels, without.test_labels)  # the test split is untouched
-    # Exactly the training split before, partitioned: validation images are the ones at val_index, the rest train.
-    artifact = run_pipeline(load_config(overrides=overrides), store, target="data")[-1].artifact
+    artifact = run_pipeline(load_config(), store, target="data")[-1].artifact  # on by default: 10% of training
+    dataset = load_dataset(artifact)
     with np.load(artifact.file("arrays.npz"), allow_pickle=False) as arrays:
-        held_out = arrays["val_index"]
-    kept = np.setdiff1d(np.arange(len(without.train_labels)), held_out)
-    assert np.array_equal(without.train_images[held_out], with_val.val_images)
-    assert np.array_equal(without.train_images[kept], with_val.train_images)
+        train_index, test_index, val_index = arrays["train_index"], arrays["test_index"], arrays["val_index"]
+    raw = catalog.load_digits()
+    training = raw.train_images[train_index]  # the training split before the validation images were taken out
+    kept = np.setdiff1d(np.arange(len(train_index)), val_index)
+    assert len(val_index) == 143 and len(np.intersect1d(kept, val_index)) == 0  # disjoint from training
+    assert len(np.intersect1d(train_index, test_index)) == 0  # and both from the test split
+    assert np.array_equal(training[val_index], dataset.val_images) and np.array_equal(
+        training[kept], dataset.train_images
+    )
+    counts = np.bincount(dataset.val_labels)
+    assert counts.min() >= 14 and counts.max() <= 15  # stratified: about 10% of every class
+    assert json.loads(artifact.file("dataset.json").read_text())["split"]["validation"] == {
+        "fraction": 0.1,
+        "images": 143,
+        "seed": 1,
+    }
+    again = load_dataset(run_pipeline(load_config(), ArtifactStore(tmp_path / "again"), target="data")[-1].artifact)
+    assert np.array_equal(again.val_images, dataset.val_images)  # stable across runs
+    reseeded = load_dataset(run_pipeline(load_config(overrides=["data.seed=5"]), store, target="data")[-1].artifact)
+    assert not np.array_equal(reseeded.val_labels, dataset.val_labels) or not np.array_equal(
+        reseeded.val_images, dataset.val_images
+    )
+
+
+def test_the_validation_split_cannot_be_turned_off():
+    from pipeline.errors import ConfigError
+    from pipeline.runner import load_config
+
+    with pytest.raises(
+        ConfigError, match=r"data.validation_fraction=0.0 is not allowed: expected a number in \(0, 1\)"
+    ):
+        load_config(overrides=["data.validation_fraction=0"])
 
 
 def test_one_changed_image_changes_the_key_and_untouched_files_are_not_read(tmp_path, monkeypatch):

@@ -48,4 +48,22 @@ def test_distill_stage_records_both_parts_and_the_baseline(tiny_run):
     assert all(row["kd"] > 0 and row["ce"] > 0 for row in metrics["history"])
     assert all(row["kd"] == 0 for row in metrics["baseline_history"])
     assert 0.5 < metrics["baseline_test_accuracy"] <= 1.0
-    assert metrics["test_accuracy"] > 0.8
+    assert 0.5 < metrics["baseline_validation_accuracy"] <= 1.0
+    assert metrics["test_accuracy"] > 0.8 and metrics["validation_accuracy"] > 0.8
+    assert metrics["feature_distillation"] is None  # logit KD alone by default
+    assert all(row["feature"] == 0 for row in metrics["history"])
+
+
+@pytest.mark.parametrize("kind", ["hint", "attention"])
+def test_feature_distillation_adds_its_loss_and_records_the_layer_pairs(tmp_path, kind):
+    from pipeline.cache import ArtifactStore
+    from pipeline.runner import load_config, run_pipeline
+    from tests.conftest import FAST
+
+    sets = [*FAST, f"distill.feature_loss={kind}", "distill.epochs=1"]
+    artifact = run_pipeline(load_config(overrides=sets), ArtifactStore(tmp_path), target="distill")[-1].artifact
+    metrics = artifact.metrics
+    assert metrics["feature_distillation"]["kind"] == kind
+    assert metrics["feature_distillation"]["layer_pairs"] == [["1", "1"], ["3", "3"]]  # cnn -> cnn: both boundaries
+    assert all(row["feature"] > 0 for row in metrics["history"])
+    assert set(artifact.manifest["files"]) == {"model.pt", "model.json"}  # adapters train, then are dropped

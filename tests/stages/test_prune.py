@@ -58,6 +58,21 @@ def test_prune_stage_reduces_params_and_macs_and_keeps_accuracy(tiny_run):
     assert exported.file("pruned.onnx").stat().st_size < exported.file("student.onnx").stat().st_size
 
 
+def test_the_from_scratch_baseline_has_exactly_the_pruned_architecture(tiny_run):
+    from pipeline.models.storage import architecture, load_model
+
+    _, results = tiny_run
+    metrics = results["prune"].artifact.metrics
+    pruned, _ = load_model(results["prune"].artifact.path)
+    scratch = metrics["scratch"]
+    assert scratch["architecture"] == architecture(pruned)  # every layer and width, from the replayed history
+    distill = results["distill"].artifact.manifest["params"]
+    assert scratch["epochs"] == distill["epochs"] + results["prune"].artifact.manifest["params"]["finetune_epochs"]
+    assert len(scratch["history"]) == scratch["epochs"] and all(row["kd"] > 0 for row in scratch["history"])
+    assert 0 < scratch["validation_accuracy"] <= 1 and 0 < scratch["test_accuracy"] <= 1
+    assert all("validation_accuracy" in row for row in metrics["history"])  # each fine-tune epoch scored on it
+
+
 @pytest.fixture(autouse=True)
 def short_search_timing(monkeypatch):
     """Candidates timed briefly: these tests check the search's logic and records, not the latencies."""

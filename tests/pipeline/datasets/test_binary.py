@@ -189,5 +189,3 @@ def test_mnist_missing_files_mention_download(tmp_path):
 
     with pytest.raises(ConfigError, match=r"t10k-labels-idx1-ubyte\[\.gz\] not found in .*data.download: true"):
         read_mnist(tmp_path)
-
-

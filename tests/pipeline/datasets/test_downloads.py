@@ -15,10 +15,9 @@ from pipeline.datasets.binary import CIFAR_FILES, IDX_FILES, read_cifar10, read_
 from pipeline.datasets.catalog import source_files
 from pipeline.datasets.downloads import Resource, download
 from pipeline.errors import ConfigError
+from tests.pipeline.datasets.test_binary import write_cifar, write_mnist
 
 RNG = np.random.default_rng(0)
-
-from tests.pipeline.datasets.test_binary import write_cifar, write_mnist
 
 # --- downloads (urlopen is faked: no test touches the network) ------------------------------------------------
 

@@ -16,8 +16,6 @@ from pipeline.errors import ConfigError
 RNG = np.random.default_rng(0)
 
 
-
-
 def save(path, pixels, **options):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path, **options)
@@ -188,5 +186,3 @@ def test_imagefolder_test_classes_must_match_train(tmp_path):
 
     with pytest.raises(ConfigError, match=r"same class folders .*missing: \['b'\], extra: \['c'\]"):
         read_imagefolder(tmp_path, image_size=None)
-
-

@@ -12,6 +12,7 @@ from pipeline.reporting.gates import choose_edge_model, pareto_front, signoff_ga
 from pipeline.reporting.html import render_html
 from stages.bench import PROVIDER
 from stages.report import Params
+from tests.stages.test_report import scores
 
 CLASSES = ["cat", "<script>alert(1)</script>", "dog & co"]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -46,7 +47,8 @@ def model(name: str, accuracy: float, p50: float, size: int, optional: bool = Tr
         "params": size // 4,
         "macs": size * 25,
         "size_bytes": size,
-        "accuracy": accuracy,
+        **scores("test", accuracy),
+        **scores("validation", accuracy),
         "agreement_with_teacher": min(1.0, accuracy + 0.005),
         "per_class_accuracy": [accuracy, accuracy - 0.02, min(1.0, accuracy + 0.02)],
         "confusion_matrix": [[30, 1, 0], [2, 28, 1], [0, 0, 31]],
@@ -80,7 +82,7 @@ def synthetic_report(optional: bool = True, **signoff: float) -> dict:
         model("student_int8", 0.975, 0.25, 22_000, optional),
     ]
     params = Params(**signoff)
-    edge, passing = choose_edge_model(models, params)
+    edge, passing, _ = choose_edge_model(models, params)
     gates = signoff_gates(edge, models, params)
     return {
         "config": {"signoff": dataclasses.asdict(params)},
@@ -103,7 +105,8 @@ def synthetic_report(optional: bool = True, **signoff: float) -> dict:
 
 
 def hand_model(name: str, accuracy: float, p50: float) -> dict:
-    return {"name": name, "accuracy": accuracy, "latency": {PROVIDER: {"1": {"p50_ms": p50}}}}
+    latencies = {PROVIDER: {"1": {"p50_ms": p50}}}
+    return {"name": name, "accuracy": 1 - accuracy, "validation_accuracy": accuracy, "latency": latencies}
 
 
 def test_pareto_front_drops_dominated_models_and_keeps_ties():

@@ -3,10 +3,8 @@ import onnx
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
 from pipeline.models.factory import build_model
 from pipeline.models.spec import ModelSpec
-from pipeline.runner import load_config
 from pipeline.runtime.onnx_export import export_onnx
 from pipeline.search import quantize_variants
 from pipeline.search.quantize_variants import choose, variants
@@ -48,12 +46,6 @@ def test_choice_is_the_fastest_accurate_variant():
 def test_near_tied_latencies_go_to_the_more_accurate_variant():
     results = [result(0.896, 0.100), result(0.900, 0.104), result(0.900, 0.104)]
     assert choose(results, tolerance=0.005) == 1  # within 5% of the fastest, more accurate; the earlier of equals
-
-
-def test_search_needs_a_validation_split():
-    with pytest.raises(ConfigError, match=r"quantize.search=true needs a validation split: set data.validation_fr"):
-        load_config(overrides=["quantize.search=true"])
-    load_config(overrides=["quantize.search=true", "data.validation_fraction=0.1"])
 
 
 def test_search_writes_the_chosen_variant_and_records_every_one(tmp_path, monkeypatch):

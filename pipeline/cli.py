@@ -230,7 +230,13 @@ def clean(store: ArtifactStore, keep_latest: bool) -> None:
     click.echo("\n".join(f"removed {p}" for p in removed) if removed else "nothing to remove")
 
 
-for command in (cli_tools.report, cli_tools.signoff, cli_tools.compare_reports, cli_tools.bench_command):
+for command in (
+    cli_tools.report,
+    cli_tools.signoff,
+    cli_tools.compare_reports,
+    cli_tools.predict,
+    cli_tools.bench_command,
+):
     cli.add_command(command)
 
 

@@ -1,5 +1,5 @@
 """`edgeforge` commands that read what a run wrote or measure a file a user brings: report, signoff, compare,
-bench. They parse arguments and call the libraries, nothing more; pipeline/cli.py adds them to the group."""
+predict, bench. They parse arguments and call the libraries, nothing more; pipeline/cli.py adds them to the group."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 import click
 
 from pipeline.cache import ArtifactStore
-from pipeline.errors import EdgeforgeError
+from pipeline.errors import ConfigError, EdgeforgeError
 from pipeline.reporting import compare, recheck
 from pipeline.runtime import latency
+from pipeline.runtime import predict as predictor
 from stages import report as report_stage
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of text.")
@@ -49,17 +50,56 @@ def signoff(store: ArtifactStore, report_file: Path | None) -> None:
 @click.argument("old_file", metavar="OLD.json", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("new_file", metavar="NEW.json", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--accuracy-drop", default=0.005, show_default=True, help="Flag accuracy losses larger than this.")
+@click.option(
+    "--min-change",
+    default=0.05,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Flag a latency only when it is this much worse (a fraction) and beyond the noise.",
+)
 @json_option
-def compare_reports(old_file: Path, new_file: Path, accuracy_drop: float, as_json: bool) -> None:
+def compare_reports(old_file: Path, new_file: Path, accuracy_drop: float, min_change: float, as_json: bool) -> None:
     """Compare two report.json files per model and metric; exit 1 on a latency regression or accuracy drop.
 
-    A p90 latency counts as regressed when the new confidence interval lies wholly above the old one (5% worse
-    when a report has no intervals).
+    A latency counts as regressed when it is more than --min-change worse and beyond the noise: every new round
+    slower than every old one (reports measured in rounds; older ones: disjoint p90 confidence intervals).
     """
-    result = compare.compare(compare.load_report(old_file), compare.load_report(new_file), accuracy_drop=accuracy_drop)
+    old, new = compare.load_report(old_file), compare.load_report(new_file)
+    result = compare.compare(old, new, accuracy_drop=accuracy_drop, min_change=min_change)
     click.echo(json.dumps(result, indent=2) if as_json else compare.format_comparison(result), nl=not as_json)
     if result["regressions"]:
         raise EdgeforgeError(f"{len(result['regressions'])} regression(s) from {old_file} to {new_file}")
+
+
+@click.command()
+@click.argument("targets", nargs=-1, required=True, metavar="IMAGE|FOLDER...")
+@click.option("--top", default=1, show_default=True, type=click.IntRange(min=1), help="Classes listed per image.")
+@click.option(
+    "--release",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A release folder (model.onnx, deploy.json). Default: ARTIFACTS/release.",
+)
+@json_option
+@click.pass_obj
+def predict(store: ArtifactStore, targets, top: int, release: Path | None, as_json: bool) -> None:
+    """Classify image files (folders: every .jpg, .jpeg and .png in them) with the released edge model.
+
+    The same code as release/predict.py: the shipped preprocessing and session settings. One line per image (its
+    path and top classes with probabilities), or with --json one JSON object per line.
+    """
+    deploy = (release or store.root / "release") / "deploy.json"
+    if not deploy.is_file():
+        raise ConfigError(f"no deploy.json in {deploy.parent}: run `edgeforge run` first, or pass --release FOLDER")
+    try:
+        session, description = predictor.load(deploy)
+        rows = predictor.predict(predictor.image_files(list(targets)), session, description, top)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"predict: {error}") from None
+    for row in rows:
+        if as_json:
+            click.echo(json.dumps(row))
+        else:
+            click.echo(f"{row['path']} " + " ".join(f"{c['class']} {c['probability']:.4f}" for c in row["top"]))
 
 
 @click.command(name="bench")
@@ -99,13 +139,28 @@ def compare_reports(old_file: Path, new_file: Path, accuracy_drop: float, as_jso
 @click.option(
     "--sign-off",
     is_flag=True,
-    help="MLPerf single-stream style: >= 1,024 timed runs and >= 60 s per combination (default: a quick "
-    "run of >= 200 runs and 2 s).",
+    help="MLPerf single-stream style: >= 1,024 timed runs and >= 60 s per combination over all rounds (default: "
+    "a quick run of >= 200 runs and 2 s).",
+)
+@click.option(
+    "--rounds",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Interleaved rounds: every combination once per round in a fresh session; disturbed rounds are redone.",
+)
+@click.option(
+    "--tune",
+    is_flag=True,
+    help="On the CPU, search the fastest session settings (threads 1..cores, spinning, graph optimization) at the "
+    "first batch size instead of taking --threads.",
 )
 @json_option
-def bench_command(model_file: Path, shapes, batch_sizes, threads, providers, sign_off: bool, as_json: bool) -> None:
+def bench_command(
+    model_file: Path, shapes, batch_sizes, threads, providers, sign_off: bool, rounds: int, tune: bool, as_json: bool
+) -> None:
     """Measure the latency of any ONNX file in onnxruntime: p50/p90/p95/p99, p90 confidence interval,
-    mean, std and throughput per provider, thread count and batch size.
+    mean, std, throughput and the spread between rounds per provider, session settings and batch size.
 
     Inputs are fixed random tensors of the model's input signature (seeded).
     """
@@ -113,6 +168,9 @@ def bench_command(model_file: Path, shapes, batch_sizes, threads, providers, sig
     from pipeline.runtime import benchtool, feeds
 
     parsed = dict(feeds.parse_shape(text) for text in shapes)
-    preset = latency.SIGN_OFF if sign_off else latency.QUICK
-    result = benchtool.bench_file(model_file, parsed, tuple(batch_sizes), tuple(threads), tuple(providers), preset)
+    total = latency.SIGN_OFF if sign_off else latency.QUICK
+    preset = latency.per_round(total, rounds)
+    result = benchtool.bench_file(
+        model_file, parsed, tuple(batch_sizes), tuple(threads), tuple(providers), preset, rounds=rounds, tune=tune
+    )
     click.echo(json.dumps(result, indent=2) if as_json else benchtool.format_table(result))

@@ -27,6 +27,11 @@ def check_sections(sections: dict[str, Any]) -> None:
             f"signoff.latency_batch={signoff.latency_batch} is not measured: add it to bench.batch_sizes "
             f"(now {list(bench_params.batch_sizes)})"
         )
+    if bench_params.settings_batch != signoff.latency_batch:
+        raise ConfigError(
+            f"bench.settings_batch={bench_params.settings_batch} must be where models are compared: set it to "
+            f"signoff.latency_batch ({signoff.latency_batch})"
+        )
     _check_search(sections)
     for limit in signoff.latency_limits:
         provider, batch, _, _ = parse_latency_limit(limit)

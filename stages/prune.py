@@ -27,6 +27,7 @@ from pipeline.datasets.artifact import Dataset, load_dataset
 from pipeline.errors import StageError, require
 from pipeline.models.factory import build_model, classifier_head, count_macs_and_params
 from pipeline.models.storage import architecture, load_model, replay_pruning, save_model
+from pipeline.runtime import environment
 from pipeline.runtime.timing import PROVIDERS
 from pipeline.search import prune_candidates
 from pipeline.training import distributed
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 NAME = "prune"
 SECTION = "prune"
-VERSION = 3
+VERSION = 4
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
@@ -72,7 +73,7 @@ class Params:
     target_latency_ms: float | None = None  # p50 in ms at target_batch on target_provider, deployed form
     target_batch: int = 1
     target_provider: str = "cpu"  # cpu, cuda or tensorrt (onnxruntime execution provider)
-    target_threads: int = 2  # intra-op threads of the measuring session (bench.threads[0] compares models)
+    target_threads: int | None = None  # null: each candidate at its own fastest session settings; else fixed threads
     target_format: str = "fastest"  # deployed form measured: fp32, int8, or fastest (the faster of the two)
     max_ratio: float = 0.9  # the most pruning the search tries
     search_step: float = 0.1  # grid of ratios scanned from 0 upwards...
@@ -102,7 +103,12 @@ class Params:
         )
         require(self.target_batch >= 1, "prune.target_batch", self.target_batch, "an integer >= 1")
         require(self.target_provider in PROVIDERS, "prune.target_provider", self.target_provider, ", ".join(PROVIDERS))
-        require(self.target_threads >= 1, "prune.target_threads", self.target_threads, "an integer >= 1")
+        require(
+            self.target_threads is None or self.target_threads >= 1,
+            "prune.target_threads",
+            self.target_threads,
+            "null (tuned per candidate) or an integer >= 1",
+        )
         formats = " or ".join(prune_candidates.FORMATS)
         require(self.target_format in prune_candidates.FORMATS, "prune.target_format", self.target_format, formats)
         require(0 < self.max_ratio < 1, "prune.max_ratio", self.max_ratio, "a fraction of channels in (0, 1)")
@@ -110,6 +116,11 @@ class Params:
         require(self.search_refine >= 0, "prune.search_refine", self.search_refine, "an integer >= 0")
         require(0 <= self.search_margin < 1, "prune.search_margin", self.search_margin, "a fraction in [0, 1)")
         require(self.search_budget_s > 0, "prune.search_budget_s", self.search_budget_s, "a number of seconds > 0")
+
+
+def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
+    """With a latency budget the decision rests on measurements: they are this machine's."""
+    return {} if params.target_latency_ms is None else {"machine": environment.identity()}
 
 
 def prune_channels(

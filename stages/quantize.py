@@ -21,13 +21,14 @@ import torch
 from pipeline.cache import Artifact
 from pipeline.datasets.artifact import Dataset, load_dataset
 from pipeline.errors import require
+from pipeline.runtime import environment
 from pipeline.runtime.quantization import METHODS, TYPES, QuantSettings, arguments, check_dynamic_batch, quantize
 from pipeline.search import quantize_variants
 from pipeline.training.augment import normalize
 
 NAME = "quantize"
 SECTION = "quantize"
-VERSION = 3
+VERSION = 4
 INPUTS = ("data", "export")
 TRAINS = False
 # int8 ONNX -> the export stage's fp32 ONNX it quantizes. Both: on CPUs with VNNI the int8 student can be the
@@ -52,7 +53,7 @@ class Params:
     search_methods: tuple[str, ...] = ("minmax", "entropy", "percentile")  # calibration methods tried
     search_tolerance: float = 0.005  # validation accuracy a variant may lose against the best one
     search_batch: int = 1  # batch size of the variants' latency (p50)...
-    search_threads: int = 2  # ...and intra-op threads (bench.threads[0] compares models)
+    search_threads: int | None = None  # ...and intra-op threads (null: the settings tuned for the first variant)
 
     def __post_init__(self):
         require(
@@ -70,7 +71,17 @@ class Params:
         )
         require(0 <= self.search_tolerance <= 1, "quantize.search_tolerance", self.search_tolerance, "in [0, 1]")
         require(self.search_batch >= 1, "quantize.search_batch", self.search_batch, "an integer >= 1")
-        require(self.search_threads >= 1, "quantize.search_threads", self.search_threads, "an integer >= 1")
+        require(
+            self.search_threads is None or self.search_threads >= 1,
+            "quantize.search_threads",
+            self.search_threads,
+            "null (tuned) or an integer >= 1",
+        )
+
+
+def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
+    """The variant search chooses on latencies measured here: they are this machine's."""
+    return {"machine": environment.identity()} if params.search else {}
 
 
 def calibration_inputs(dataset: Dataset, params: Params) -> np.ndarray:

@@ -19,6 +19,7 @@ from typing import Any
 from pipeline.cache import Artifact
 from pipeline.config import params_to_dict
 from pipeline.errors import StageError, require
+from pipeline.reporting import release
 from pipeline.reporting.gates import choose_edge_model, edge_reason, pareto_front, parse_latency_limit, signoff_gates
 from pipeline.reporting.intervals import wilson
 from pipeline.reporting.markdown import render_markdown
@@ -26,10 +27,10 @@ from pipeline.runtime.timing import PROVIDERS
 
 NAME = "report"
 SECTION = "signoff"
-VERSION = 10
+VERSION = 11
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
-OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx")
+OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Params:
     ] = ()  # more latency gates, each "PROVIDER:BATCH:PERCENTILE<=MS", e.g. "cpu:64:p99<=20"
     min_speedup_vs_teacher: float | None = None  # teacher p50 / edge p50 at latency_batch; null: no gate
     max_size_bytes: int | None = None  # ONNX file size limit; null: no gate
+    max_memory_mb: float | None = None  # peak resident memory of a fresh process running the edge model; null: none
 
     def __post_init__(self):
         for limit in self.latency_limits:
@@ -93,6 +95,12 @@ class Params:
             "signoff.max_size_bytes",
             self.max_size_bytes,
             "an integer > 0 or null",
+        )
+        require(
+            self.max_memory_mb is None or self.max_memory_mb > 0,
+            "signoff.max_memory_mb",
+            self.max_memory_mb,
+            "a number of megabytes > 0 or null",
         )
 
 
@@ -141,6 +149,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         **what_each_step_did(inputs),
     }
     shutil.copyfile(inputs[edge["stage"]].file(edge["file"]), out_dir / "model.onnx")
+    release.write(out_dir, edge, report, inputs["data"].manifest["params"], inputs["bench"].metrics)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "report.md").write_text(render_markdown(report))
     # Imported here: matplotlib, which draws its plots, takes a third of a second to import and only this needs it.
@@ -169,7 +178,7 @@ def run_facts(params: Params, inputs: dict[str, Artifact]) -> dict[str, Any]:
         "config": config,
         "environment": bench["environment"],
         "skipped_providers": bench["skipped_providers"],
-        "session_options": bench["session_options"],
+        "machine": bench["machine"],
         "bench_method": bench["method"],
         "dataset": {
             **{k: dataset[k] for k in ("name", "class_names", "image_shape", "mean", "std", "preprocessing", "split")},

@@ -36,6 +36,8 @@ TINY = (
     "bench.min_runs=20",
     "bench.min_seconds=0",
     "bench.warmup_seconds=0",
+    "bench.rounds=2",
+    "bench.optimization=[all]",  # 4 settings tried per model instead of 12
     # Eight epochs on 1,295 digits leave the small models a few points apart, and the validation split has 143
     # images: gates this loose let the tests that need a passing sign-off pass whichever model wins.
     "signoff.min_accuracy=0.8",
@@ -60,6 +62,9 @@ FAST = (
     "bench.min_runs=20",
     "bench.min_seconds=0",
     "bench.warmup_seconds=0",
+    "bench.rounds=2",
+    "bench.tune=false",
+    "bench.memory=false",
     # Two epochs do not reach the default accuracy gates, and these tests need a run that exits 0.
     "signoff.min_accuracy=0",
     "signoff.max_drop_vs_teacher=1",

@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import os
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,11 @@ def fingerprint(name: str, root: Path | None, download: bool, state_dir: Path) -
     if name == "digits":
         raw = load_digits()
         digest = hashlib.sha256(raw.train_images.tobytes() + raw.train_labels.tobytes())
-        return {"source": "sklearn digits", "source_sha256": digest.hexdigest()}
+        return {
+            "source": "sklearn digits",
+            "source_sha256": digest.hexdigest(),
+            "scikit-learn": version("scikit-learn"),
+        }
     root = Path(root)
     if download:
         downloads.download(name, root)
@@ -96,7 +101,9 @@ def fingerprint(name: str, root: Path | None, download: bool, state_dir: Path) -
         digest.update(f"{path.relative_to(root).as_posix()}\0{entry[2]}\n".encode())
     if rehashed:  # 60,000 CIFAR entries are ~9 MB of JSON: rewrite them only when something changed
         _write_hash_state(state_dir, known)
-    return {"source": str(root), "files": len(files), "source_sha256": digest.hexdigest()}
+    fingerprint = {"source": str(root), "files": len(files), "source_sha256": digest.hexdigest()}
+    # Pillow decodes image folders: another version may decode a JPEG to other pixels.
+    return fingerprint | ({"pillow": version("pillow")} if name == "imagefolder" else {})
 
 
 def _read_hash_state(state_dir: Path) -> dict[str, list]:

@@ -3,11 +3,11 @@
 `compare(old, new)` lines up models by name and lists, per metric, the old and new value with the absolute and
 relative change, and flags regressions a CLI can exit non-zero on:
 
-- "latency regression": the new p90 is worse beyond the measured noise. When both sides carry a p90 confidence
-  interval (`p90_ci_ms`), that means the new interval lies entirely above the old one (non-overlap, a
-  conservative test). Without intervals there is no noise estimate, so the new p90 must exceed the old by more
-  than `latency_threshold` (default 5%, relative); on a busy machine sub-millisecond latencies can move more than
-  that between runs, so prefer reports with intervals.
+- "latency regression": the new latency is worse by more than `min_change` (default 5%) *and* beyond the measured
+  noise. Reports measured in rounds compare p50s, and the noise is the spread between rounds: every new round's
+  median must lie above every old round's. Older reports compare p90s, and the noise is their confidence
+  intervals (disjoint); without either, the minimum change alone decides. Two benches of the same models on a
+  quiet machine therefore compare clean.
 - "accuracy drop": the accuracy fell by more than `accuracy_drop` (default 0.005, half a point).
 - "sign-off failed": the old report passed its sign-off and the new one does not.
 
@@ -24,7 +24,7 @@ from typing import Any
 from pipeline.errors import ConfigError
 
 DEFAULT_ACCURACY_DROP = 0.005
-DEFAULT_LATENCY_THRESHOLD = 0.05
+DEFAULT_MIN_CHANGE = 0.05
 MODEL_METRICS = ("accuracy", "size_bytes", "params", "macs")
 LATENCY_STATS = ("p50_ms", "p90_ms", "p99_ms")
 REQUIRED_MODEL_KEYS = ("name", *MODEL_METRICS, "latency")
@@ -88,7 +88,7 @@ def compare(
     new: dict[str, Any],
     *,
     accuracy_drop: float = DEFAULT_ACCURACY_DROP,
-    latency_threshold: float = DEFAULT_LATENCY_THRESHOLD,
+    min_change: float = DEFAULT_MIN_CHANGE,
 ) -> dict[str, Any]:
     """What changed from `old` to `new`; `result["regressions"]` is empty when nothing got worse.
 
@@ -105,14 +105,14 @@ def compare(
     for name in common:
         changes += _model_changes(old_models[name], new_models[name])
         regressions += _accuracy_drop(old_models[name], new_models[name], accuracy_drop)
-        regressions += _latency_regressions(old_models[name], new_models[name], latency_threshold)
+        regressions += _latency_regressions(old_models[name], new_models[name], min_change)
     signoff = _before_after(bool(old["signoff"]["passed"]), bool(new["signoff"]["passed"]))
     if signoff["old"] and not signoff["new"]:
         failed = [g["name"] for g in new["signoff"].get("gates", []) if not g.get("passed")]
         detail = "sign-off PASSED → FAILED" + (f" (failed gates: {', '.join(failed)})" if failed else "")
         regressions.append({"kind": "sign-off failed", "model": None, "detail": detail})
     return {
-        "thresholds": {"accuracy_drop": accuracy_drop, "latency_threshold": latency_threshold},
+        "thresholds": {"accuracy_drop": accuracy_drop, "min_change": min_change},
         "changes": changes,
         "added": [name for name in new_models if name not in old_models],
         "removed": [name for name in old_models if name not in new_models],
@@ -178,12 +178,13 @@ def _accuracy_drop(old: dict, new: dict, threshold: float) -> list[dict[str, Any
     ]
 
 
-def _latency_regressions(old: dict, new: dict, threshold: float) -> list[dict[str, Any]]:
+def _latency_regressions(old: dict, new: dict, min_change: float) -> list[dict[str, Any]]:
     found = []
     for provider, batch, old_lat, new_lat in _latency_pairs(old, new):
-        if not (is_number(old_lat.get("p90_ms")) and is_number(new_lat.get("p90_ms"))):
+        stat = "p50_ms" if "round_medians_ms" in old_lat and "round_medians_ms" in new_lat else "p90_ms"
+        if not (is_number(old_lat.get(stat)) and is_number(new_lat.get(stat))):
             continue  # measured on one side only: nothing to compare
-        verdict = _p90_regressed(old_lat, new_lat, threshold)
+        verdict = _regressed(old_lat, new_lat, stat, min_change)
         if verdict is not None:
             found.append(
                 {
@@ -191,31 +192,36 @@ def _latency_regressions(old: dict, new: dict, threshold: float) -> list[dict[st
                     "model": new["name"],
                     "provider": provider,
                     "batch": batch,
-                    "old": old_lat["p90_ms"],
-                    "new": new_lat["p90_ms"],
+                    "statistic": stat.removesuffix("_ms"),
+                    "old": old_lat[stat],
+                    "new": new_lat[stat],
                     "method": verdict[0],
-                    "detail": f"p90 at batch {batch} on {provider}: {verdict[1]}",
+                    "detail": f"{stat.removesuffix('_ms')} at batch {batch} on {provider}: {verdict[1]}",
                 }
             )
     return found
 
 
-def _p90_regressed(old: dict, new: dict, threshold: float) -> tuple[str, str] | None:
-    """(method, detail) when the new p90 is worse beyond the noise, else None."""
+def _regressed(old: dict, new: dict, stat: str, min_change: float) -> tuple[str, str] | None:
+    """(method, detail) when the new latency is worse by more than `min_change` and beyond the noise, else None.
+
+    The noise: between the rounds when both sides were measured in rounds (every new round slower than every old
+    one), else the p90's confidence intervals (disjoint), else none (the relative change alone decides)."""
+    change = new[stat] / old[stat] - 1 if old[stat] > 0 else 0.0
+    text = f"{old[stat]:.4g} ms → {new[stat]:.4g} ms ({change:+.1%}; minimum change {min_change:.0%})"
+    if change <= min_change:
+        return None
+    if stat == "p50_ms":
+        old_rounds, new_rounds = old["round_medians_ms"], new["round_medians_ms"]
+        if min(new_rounds) > max(old_rounds):
+            return "rounds", f"{text}, every new round slower than every old one"
+        return None
     old_ci, new_ci = old.get("p90_ci_ms"), new.get("p90_ci_ms")
     if _valid_ci(old_ci) and _valid_ci(new_ci):
         if new_ci[0] > old_ci[1]:
-            return "ci", (
-                f"{old['p90_ms']:.4g} ms [{old_ci[0]:.4g}, {old_ci[1]:.4g}] → {new['p90_ms']:.4g} ms "
-                f"[{new_ci[0]:.4g}, {new_ci[1]:.4g}]: the confidence intervals do not overlap"
-            )
+            return "ci", f"{text}, the p90 confidence intervals do not overlap"
         return None
-    if new["p90_ms"] > old["p90_ms"] * (1 + threshold):
-        return "relative", (
-            f"{old['p90_ms']:.4g} ms → {new['p90_ms']:.4g} ms ({new['p90_ms'] / old['p90_ms'] - 1:+.1%}; no "
-            f"confidence intervals on both sides, threshold {threshold:.0%})"
-        )
-    return None
+    return "relative", f"{text}; no rounds or confidence intervals to tell noise from change"
 
 
 def _valid_ci(ci: Any) -> bool:

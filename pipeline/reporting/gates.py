@@ -158,6 +158,11 @@ def signoff_gates(edge: dict, models: list[dict], params: Any) -> list[dict[str,
     if params.max_size_bytes is not None:
         value = edge["size_bytes"]
         gates.append(gate("max_size_bytes", params.max_size_bytes, value, value <= params.max_size_bytes))
+    if getattr(params, "max_memory_mb", None) is not None:  # absent from the params of reports made before it
+        value = (edge.get("memory") or {}).get("peak_rss_mb")  # None: not measured, which fails the gate
+        gates.append(
+            gate("max_memory_mb", params.max_memory_mb, value, value is not None and value <= params.max_memory_mb)
+        )
     return gates + latency_limit_gates(edge, params)
 
 

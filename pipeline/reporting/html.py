@@ -136,12 +136,13 @@ def _models_table(report: dict) -> str:
             f"<td>{m['size_bytes']:,}</td>" + "".join(_latency_cells(m, b, has_ci[b]) for b in batches)
         )
         rows.append(f'<tr class="{"edge" if edge else ""}">{cells}</tr>')
-    threads = (report.get("environment") or {}).get("threads", "?")
+    settings = "; ".join(f"{m['name']}: {m['settings_label']}" for m in report["models"] if "settings_label" in m)
     return (
         "<h2>Models</h2>\n<p>Teacher → student (distilled) → pruned → int8 (of pruned); student_int8 is int8 of the "
         "student. Accuracy computed in onnxruntime with its 95% Wilson interval, on the validation split (every "
-        f"choice reads it) and the test split (reported only); latency on {_e(PROVIDER)} with "
-        f"{_e(threads)} intra-op threads, in milliseconds.</p>\n" + _table(header, rows)
+        f"choice reads it) and the test split (reported only); latency on {_e(PROVIDER)} in milliseconds, each "
+        f"model at the session settings measured fastest for it ({_e(settings or 'not recorded')}).</p>\n"
+        + _table(header, rows)
     )
 
 
@@ -190,7 +191,7 @@ def _kv_rows(items: Iterable[tuple[str, Any]]) -> list[str]:
 
 def _environment(report: dict) -> str:
     items = list((report.get("environment") or {}).items())
-    items += [("session options", report.get("session_options", {})), ("method", report.get("bench_method", {}))]
+    items += [("machine identity", report.get("machine", {})), ("latency method", report.get("bench_method", {}))]
     return "<h2>Environment</h2>\n" + _table(["what", "value"], _kv_rows(items), "text")
 
 

@@ -21,14 +21,32 @@ def _latency_table(models: list[dict], provider: str) -> list[str]:
     batches = list(models[0]["latency"][provider])
     rows = []
     for m in models:
-        row = [m["name"]]
+        row = [m["name"], m.get("settings_label", "")]
         for b in batches:
             stats = m["latency"][provider][b]
             ci = stats.get("p90_ci_ms")
             interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-            row.append(f"{stats['p50_ms']:.3f} / {stats['p90_ms']:.3f}{interval} / {stats['p99_ms']:.3f}")
+            spread = (
+                ""
+                if "spread" not in stats
+                else f", spread {stats['spread']:.0%}" + ("" if stats["stable"] else " **unstable**")
+            )
+            row.append(f"{stats['p50_ms']:.4f} / {stats['p90_ms']:.4f}{interval} / {stats['p99_ms']:.4f}{spread}")
         rows.append(row)
-    return _table(["model", *[f"batch {b}" for b in batches]], rows)
+    return _table(["model", "session settings", *[f"batch {b}" for b in batches]], rows)
+
+
+def method_text(method: dict[str, Any]) -> str:
+    """The latency method in a sentence (older reports: the recorded method as it is)."""
+    if "rounds" not in method:
+        return str(method)
+    per_round = method["per_round"]
+    return (
+        f"{method['rounds']} interleaved rounds ({method['order']}), each a fresh session warmed up by "
+        f"{per_round['warmup_runs']} runs and {per_round['warmup_seconds']} s, then at least {per_round['min_runs']} "
+        f"timed runs and {per_round['min_seconds']} s; a disturbed round ({method['disturbed_round']}) is re-measured "
+        f"up to {method['retries']} times; {method['statistics']}. Session settings: {method['settings']}."
+    )
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -57,8 +75,8 @@ def models_section(report: dict[str, Any]) -> list[str]:
         "",
         f"Accuracy computed in onnxruntime, with its 95% Wilson interval, on the validation split "
         f"({split['validation']['images']} images held out of training: every choice reads it) and on the test split "
-        f"(reported only); latency with {report['environment']['threads']} intra-op threads, each model and batch "
-        "size in its own session.",
+        "(reported only). Latency: each model at its own session settings, the fastest measured for it on this "
+        "machine; " + method_text(report["bench_method"]),
         "",
     ]
     header = ["model", "validation accuracy", "test accuracy", "agrees with teacher", "params", "MACs", "size (bytes)"]
@@ -143,13 +161,34 @@ def gates_section(gates: list[dict[str, Any]]) -> list[str]:
 
 def deploy_section(report: dict[str, Any]) -> list[str]:
     data = report["dataset"]
-    return [
+    edge = next(m for m in report["models"] if m["name"] == report["edge_model"])
+    memory = edge.get("memory")
+    lines = [
         "",
         "## Deploying the edge model",
         "",
         f"Input `{report['input']['name']}`: {report['input']['dtype']} of shape {report['input']['shape']} "
         f"(dynamic batch). Preprocessing: {data['preprocessing']}, with mean {data['mean']} and std {data['std']} "
         f"(from the training split). Output `logits`, classes in order: {', '.join(data['class_names'])}.",
+    ]
+    if "settings" in edge:
+        lines += [
+            "",
+            f"Session options measured fastest for it here, and shipped in `release/deploy.json`: "
+            f"{edge['settings_label']} ({edge['settings']}).",
+        ]
+    if memory:
+        lines += [
+            "",
+            f"Memory: a fresh process running it peaks at {memory['peak_rss_mb']} MB resident "
+            f"({memory['baseline_rss_mb']} MB for Python with numpy and onnxruntime, {memory['model_rss_mb']} MB more "
+            "for the model and its session).",
+        ]
+    return lines + [
+        "",
+        "`release/` runs by itself: `python release/predict.py IMAGE_OR_FOLDER [--top K] [--json]` needs only "
+        "onnxruntime, numpy and Pillow, and preprocesses as this report was measured (`edgeforge predict` runs the "
+        "same code).",
     ]
 
 
@@ -158,7 +197,8 @@ def environment_section(report: dict[str, Any]) -> list[str]:
     data = report["dataset"]
     lines = ["", "## Environment", ""]
     lines += [f"- {k}: {v}" for k, v in report["environment"].items()]
-    lines += [f"- session options: {report['session_options']}", f"- method: {report['bench_method']}"]
+    lines += [f"- machine identity (in the keys of the stages that measure): {report.get('machine')}"]
+    lines += [f"- latency method: {method_text(report['bench_method'])}"]
     lines += ["", "## Artifacts", ""]
     lines += _table(
         ["model", "path (under artifacts/)", "sha256"], [[m["name"], m["path"], m["sha256"]] for m in report["models"]]

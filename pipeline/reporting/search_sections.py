@@ -65,7 +65,8 @@ def latency_search_section(search: dict[str, Any] | None) -> list[str]:
         "## Latency-budget search (prune.target_latency_ms)",
         "",
         f"Budget {search['budget_ms']:g} ms p50 at batch {method['batch']} on {method['provider']} "
-        f"({method['threads']} threads), deployed form measured: {' or '.join(method['formats'])}; a candidate must "
+        f"({method.get('settings', method.get('threads'))}), deployed form measured: "
+        f"{' or '.join(method['formats'])}; a candidate must "
         f"measure ≤ {search['limit_ms']:.4g} ms (margin {search['margin']:g}). Candidates were pruned copies of the "
         f"student, exported and timed before any fine-tuning ({len(search['trace'])} in {search['seconds']:.1f} s).",
         "",
@@ -99,7 +100,8 @@ def quantization_search_section(searches: dict[str, dict[str, Any]]) -> list[str
             f"## Quantization variants of {name} (chosen on the validation split)",
             "",
             f"CPU {isa} ({', '.join(search['isa']) or 'no listed ISA flags'}); fp32 validation accuracy "
-            f"{search['fp32_validation_accuracy']:.4f}; p50 at batch {method['batch']}, {method['threads']} threads.",
+            f"{search['fp32_validation_accuracy']:.4f}; p50 at batch {method['batch']}, "
+            f"{method.get('settings', method.get('threads'))}.",
             "",
         ]
         rows = [

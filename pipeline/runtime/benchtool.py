@@ -15,11 +15,14 @@ from typing import Any
 import onnx
 
 from pipeline.errors import ConfigError
-from pipeline.runtime import environment
+from pipeline.runtime import environment, tuning
 from pipeline.runtime.feeds import Signature, check_shapes, input_dtypes, make_feed, resolve_batches
+from pipeline.runtime.latency import summarize
 from pipeline.runtime.onnx_files import input_signature, load_checked, output_signature
-from pipeline.runtime.sessions import session_options_record
-from pipeline.runtime.timing import PRESET_KEYS, PROVIDERS, ProviderUnavailable, bench_one, peak_rss_bytes
+from pipeline.runtime.rounds import measure
+from pipeline.runtime.rounds import method as rounds_method
+from pipeline.runtime.sessions import SessionSettings
+from pipeline.runtime.timing import PRESET_KEYS, PROVIDERS, ProviderUnavailable, peak_rss_bytes, time_session
 
 
 def bench_file(
@@ -30,8 +33,12 @@ def bench_file(
     providers: tuple[str, ...],
     preset: dict,
     seed: int = 0,
+    rounds: int = 1,
+    tune: bool = False,
 ) -> dict:
-    """Latency of the ONNX file at `path` for every provider x threads x batch size (see the module docstring).
+    """Latency of the ONNX file at `path` for every provider x threads x batch size (see the module docstring),
+    in `rounds` interleaved rounds (pipeline/runtime/rounds.py: 10% tolerance, 2 retries). With `tune`, on the CPU
+    the threads are not taken from `threads` but the fastest settings are searched at the first batch size.
 
     `batch_sizes=()` means the model's own batch: 1 for a symbolic batch, else its fixed first dim.
     """
@@ -44,21 +51,70 @@ def bench_file(
     dtypes = input_dtypes(model, signature)
     feeds = {batch: make_feed(signature, dtypes, shapes, batch, seed) for batch in batches}
     results: list[dict[str, Any]] = []
+    tuned = None
     for provider in providers:
+        settings = [SessionSettings(count) for count in threads]
         try:
-            for count in threads:
-                results.extend(bench_one(path, provider, count, batch, feeds[batch], preset) for batch in batches)
+            if tune and provider == "cpu":
+                tuned = tuning.tune(
+                    path,
+                    provider,
+                    feeds[batches[0]],
+                    batches[0],
+                    tuning.candidates(tuple(range(1, environment.cores() + 1)), (False, True), tuning.all_levels()),
+                )
+                settings = [tuned[0]]
+            results += measure_combinations(path, provider, settings, batches, feeds, preset, rounds)
         except ProviderUnavailable as reason:
             results.append({"provider": provider, "skipped": str(reason)})
     return {
         "model": describe_file(path, model, signature),
-        "environment": environment.describe(threads[0]),
-        "session_options": {**session_options_record(threads[0]), "intra_op_num_threads": list(threads)},
+        "environment": environment.describe(),
+        "session_options": [s.record() for s in settings] if not tuned else tuned[0].record(),
+        "settings_search": tuned[2] if tuned else None,
         "preset": dict(preset),
+        "method": rounds_method(rounds, 0.1, 2, preset),
         "seed": seed,
         "results": results,
         "peak_rss_bytes": peak_rss_bytes(),
     }
+
+
+def measure_combinations(
+    path: Path,
+    provider: str,
+    settings: list[SessionSettings],
+    batches: tuple[int, ...],
+    feeds: dict,
+    preset: dict,
+    rounds: int,
+) -> list[dict[str, Any]]:
+    """Every settings x batch combination, each round a fresh session, in interleaved rounds."""
+    seconds: dict[str, float] = {}
+
+    def job(setting: SessionSettings, batch: int, name: str):
+        def timed():
+            times, seconds[name] = time_session(path, provider, setting, feeds[batch], preset, batch)
+            return times
+
+        return timed
+
+    combos = {f"{i}@{batch}": (setting, batch) for i, setting in enumerate(settings) for batch in batches}
+    measured = measure({name: job(*combo, name) for name, combo in combos.items()}, rounds, 0.1, 2)
+    return [
+        {
+            "provider": provider,
+            "threads": setting.threads,
+            "settings": setting.label(),
+            "batch": batch,
+            "session_seconds": seconds[name],
+            **summarize(measured[name]["times"], batch),
+            "round_medians_ms": measured[name]["round_medians"],
+            "spread": measured[name]["spread"],
+            "stable": measured[name]["stable"],
+        }
+        for name, (setting, batch) in combos.items()
+    ]
 
 
 def check_arguments(threads: tuple[int, ...], providers: tuple[str, ...], preset: dict) -> None:
@@ -91,6 +147,7 @@ def format_table(result: dict) -> str:
     """The results as a fixed-width table, a line about the model before it and one about the environment after."""
     model = result["model"]
     header = ["provider", "threads", "batch", "p50 ms", "p90 ms [95% CI]", "p99 ms", "mean±std ms", "img/s", "runs"]
+    header += ["spread"]
     rows, skipped = [header], []
     for entry in result["results"]:
         if "skipped" in entry:
@@ -108,6 +165,7 @@ def format_table(result: dict) -> str:
                 f"{_ms(entry['mean_ms'])}±{_ms(entry['std_ms'])}",
                 f"{entry['throughput_ips']:.1f}",
                 str(entry["runs"]),
+                f"{entry['spread']:.0%}" + ("" if entry["stable"] else " unstable"),
             ]
         )
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 from importlib import metadata
@@ -53,21 +54,46 @@ def is_x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
-def describe(threads: int) -> dict[str, object]:
+def cores() -> int:
+    """CPUs this process may run on (its affinity), the most intra-op threads worth trying."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def identity() -> dict[str, object]:
+    """What makes a latency this machine's: part of the cache keys of the stages that measure, so an artifacts
+    folder shared between machines re-measures instead of reusing another machine's numbers and decisions."""
+    import onnxruntime
+
+    info = _cpuinfo()
+    flags = sorted(set((info.get("flags") or info.get("Features") or "").split()))
+    return {
+        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "machine": platform.machine(),
+        "cpu_family_model_stepping": [info.get(k) for k in ("cpu family", "model", "stepping")],
+        "cpu_flags_sha256": hashlib.sha256(" ".join(flags).encode()).hexdigest(),
+        "cores": cores(),
+        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime_build": onnxruntime.get_build_info() if hasattr(onnxruntime, "get_build_info") else None,
+        "providers": onnxruntime.get_available_providers(),
+    }
+
+
+def describe() -> dict[str, object]:
+    """The environment a report's numbers were measured in, for people to read."""
     import onnxruntime
 
     info = _cpuinfo()
     return {
         "cpu": info.get("model name") or platform.processor() or platform.machine(),
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores": cores(),
         "physical_cores": physical_cores(),
-        "threads": threads,
         "isa": isa(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "torch": metadata.version("torch"),
         "onnx": metadata.version("onnx"),
         "onnxruntime": onnxruntime.__version__,
+        "onnxruntime_build": onnxruntime.get_build_info() if hasattr(onnxruntime, "get_build_info") else None,
         "torch_pruning": metadata.version("torch-pruning"),
         "providers": onnxruntime.get_available_providers(),
     }

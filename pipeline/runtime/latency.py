@@ -36,7 +36,19 @@ import numpy as np
 SIGN_OFF = dict(warmup_runs=100, warmup_seconds=5.0, min_runs=1024, min_seconds=60.0)
 QUICK = dict(warmup_runs=20, warmup_seconds=0.5, min_runs=200, min_seconds=2.0)
 # Searches (pruning candidates, quantization variants) compare many models; the bench stage measures what ships.
-SEARCH = dict(warmup_runs=20, warmup_seconds=0.2, min_runs=200, min_seconds=0.5)
+SEARCH = dict(warmup_runs=20, warmup_seconds=0.05, min_runs=100, min_seconds=0.1)  # each refine round
+SEARCH_SCREEN = dict(warmup_runs=10, warmup_seconds=0.02, min_runs=50, min_seconds=0.03)  # each setting's screen
+
+
+def per_round(total: dict, rounds: int) -> dict:
+    """The preset of one of `rounds` rounds whose timed runs and seconds together reach `total`'s (warm-up is
+    per session, so per round)."""
+    return {
+        **total,
+        "min_runs": math.ceil(total["min_runs"] / rounds),
+        "min_seconds": total["min_seconds"] / rounds,
+    }
+
 
 PERCENTILES = (50, 90, 95, 99)
 CI_QUANTILE = 0.9

@@ -20,7 +20,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from pipeline.errors import ConfigError, first_line
 from pipeline.runtime.latency import summarize, time_runs
-from pipeline.runtime.sessions import session_options
+from pipeline.runtime.sessions import SessionSettings
 
 # name on the command line -> (the provider that must be present, the providers handed to the session)
 PROVIDERS = {
@@ -44,34 +44,41 @@ class ProviderUnavailable(Exception):
 
 
 def bench_one(
-    path: Path, provider: str, threads: int, batch: int, feed: dict[str, np.ndarray], preset: dict
+    path: Path, provider: str, settings: SessionSettings, batch: int, feed: dict[str, np.ndarray], preset: dict
 ) -> dict[str, Any]:
-    """One fresh session, warmed up and timed with `preset`."""
-    sess, seconds = create_session(path, provider, threads)
-    run = DeviceRunner(sess, feed) if provider != "cpu" else (lambda: sess.run(None, feed))
-    try:
-        times = time_runs(run, **preset)  # check_arguments made sure it has exactly time_runs' keys
-    except ORT_ERRORS as error:
-        raise ConfigError(
-            f"{path}: onnxruntime fails running it on {provider} at batch {batch}: {first_line(error)}"
-        ) from error
+    """One fresh session, warmed up and timed with `preset`: its statistics."""
+    times, seconds = time_session(path, provider, settings, feed, preset, batch)
     return {
         "provider": provider,
-        "threads": threads,
+        "threads": settings.threads,
         "batch": batch,
         "session_seconds": seconds,
         **summarize(times, batch),
     }
 
 
-def create_session(path: Path, provider: str, threads: int) -> tuple[ort.InferenceSession, float]:
+def time_session(
+    path: Path, provider: str, settings: SessionSettings, feed: dict[str, np.ndarray], preset: dict, batch: int
+) -> tuple[np.ndarray, float]:
+    """Milliseconds of each timed run of one fresh session (and the seconds its creation took)."""
+    sess, seconds = create_session(path, provider, settings)
+    run = DeviceRunner(sess, feed) if provider != "cpu" else (lambda: sess.run(None, feed))
+    try:
+        return time_runs(run, **preset), seconds
+    except ORT_ERRORS as error:
+        raise ConfigError(
+            f"{path}: onnxruntime fails running it on {provider} at batch {batch}: {first_line(error)}"
+        ) from error
+
+
+def create_session(path: Path, provider: str, settings: SessionSettings) -> tuple[ort.InferenceSession, float]:
     """A session on `provider` and the seconds its creation took; ProviderUnavailable if it is not there."""
     required, chain = PROVIDERS[provider]
     if required not in ort.get_available_providers():
         raise ProviderUnavailable(f"onnxruntime has no {required} (install the gpu extra)")
     started = time.perf_counter()
     try:
-        sess = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=chain)
+        sess = ort.InferenceSession(str(path), sess_options=settings.options(), providers=chain)
     except ORT_ERRORS as error:
         raise ConfigError(f"{path}: onnxruntime cannot load it on {provider}: {first_line(error)}") from error
     seconds = time.perf_counter() - started

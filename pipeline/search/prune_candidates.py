@@ -28,15 +28,17 @@ from torch import nn
 from pipeline.errors import StageError
 from pipeline.models.factory import count_macs_and_params
 from pipeline.models.spec import ModelSpec
-from pipeline.runtime import latency
+from pipeline.runtime import environment, latency, tuning
 from pipeline.runtime.onnx_export import DEFAULT_OPSET, export_onnx
 from pipeline.runtime.quantization import QuantSettings, arguments, quantize
-from pipeline.runtime.sessions import INPUT_NAME
-from pipeline.runtime.timing import ProviderUnavailable, bench_one
+from pipeline.runtime.sessions import INPUT_NAME, SessionSettings
+from pipeline.runtime.timing import ProviderUnavailable
 from pipeline.search.prune_ratio import search_ratio
 from pipeline.training.augment import normalize
 
-SEARCH_TIMING = latency.SEARCH
+# Screen and refine presets of each candidate's settings search: shorter than the bench stage's, which measures
+# what ships; the search compares candidates.
+SEARCH_TIMING = (latency.SEARCH_SCREEN, latency.SEARCH)
 CALIBRATION_IMAGES = 64
 EXPORT_OPSET = DEFAULT_OPSET
 FORMATS = {"fp32": ("fp32",), "int8": ("int8",), "fastest": ("fp32", "int8")}  # prune.target_format -> measured
@@ -69,19 +71,31 @@ class Candidates:
             if form == "int8":
                 path = fp32.with_name("candidate_int8.onnx")
                 quantize(fp32, path, self.calibration, QuantSettings())
-            result[f"{form}_ms"] = self.p50(path)
+            result[f"{form}_ms"], result[f"{form}_settings"] = self.p50(path)
         best = min(FORMATS[self.params.target_format], key=lambda form: result[f"{form}_ms"])
         return {"latency_ms": result[f"{best}_ms"], "format": best, **result}
 
-    def p50(self, path: Path) -> float:
-        batch, provider, threads = self.params.target_batch, self.params.target_provider, self.params.target_threads
+    def p50(self, path: Path) -> tuple[float, str]:
+        """The candidate's p50 at its own fastest settings (or prune.target_threads, fixed), and those settings."""
+        batch, provider = self.params.target_batch, self.params.target_provider
         try:
-            return bench_one(path, provider, threads, batch, self.feed, SEARCH_TIMING)["p50_ms"]
+            settings, p50, _ = tuning.tune(
+                path, provider, self.feed, batch, settings_tried(self.params), *SEARCH_TIMING
+            )
         except ProviderUnavailable as reason:
             raise StageError(f"prune: prune.target_provider={provider!r} cannot be measured here: {reason}") from None
+        return p50, settings.label()
 
     def close(self) -> None:
         self.work.cleanup()
+
+
+def settings_tried(params: Any) -> list[SessionSettings]:
+    """Every candidate is timed at its own fastest session settings, as its model would ship (or at
+    prune.target_threads, spinning off, when set; a GPU provider takes no thread settings)."""
+    if params.target_threads is not None or params.target_provider != "cpu":
+        return [SessionSettings(params.target_threads or 1)]
+    return tuning.candidates(tuple(range(1, environment.cores() + 1)), (False, True), tuning.all_levels())
 
 
 def method(params: Any) -> dict[str, Any]:
@@ -89,7 +103,7 @@ def method(params: Any) -> dict[str, Any]:
     return {
         "provider": params.target_provider,
         "batch": params.target_batch,
-        "threads": params.target_threads,
+        "settings": "tuned per candidate" if params.target_threads is None else f"{params.target_threads} threads",
         "formats": list(FORMATS[params.target_format]),
         "statistic": "p50",
         "timing": SEARCH_TIMING,

@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.runtime import environment, latency
+from pipeline.runtime import environment, latency, rounds, tuning
 from pipeline.runtime.quantization import QuantSettings, quantize
-from pipeline.runtime.sessions import INPUT_NAME, run_batches, session
-from pipeline.runtime.timing import bench_one
+from pipeline.runtime.sessions import INPUT_NAME, SessionSettings, run_batches, session
+from pipeline.runtime.timing import time_session
 
-SEARCH_TIMING = latency.SEARCH
+SEARCH_TIMING = (latency.SEARCH_SCREEN, latency.SEARCH)  # the settings search's screen and refine presets
+ROUNDS = 3  # interleaved rounds of the variants' timing
 LATENCY_TIE = 0.05  # about the run-to-run spread of a p50 this short
 
 
@@ -56,8 +57,8 @@ def choose(results: list[dict[str, Any]], tolerance: float) -> int:
     return max(tied, key=lambda i: (results[i]["validation_accuracy"], -i))
 
 
-def validation_accuracy(path: Path, inputs: np.ndarray, labels: np.ndarray, threads: int) -> float:
-    return float((run_batches(session(path, threads), inputs).argmax(1) == labels).mean())
+def validation_accuracy(path: Path, inputs: np.ndarray, labels: np.ndarray) -> float:
+    return float((run_batches(session(path), inputs).argmax(1) == labels).mean())
 
 
 def search(
@@ -66,29 +67,46 @@ def search(
     """Quantize `source` with every variant, write the chosen one to `target`; return what was tried.
 
     `params` are the quantize stage's: search_methods, search_tolerance, search_batch, search_threads, and the
-    calibration_batch and weight_type every variant shares."""
+    calibration_batch and weight_type every variant shares. The variants are timed in interleaved rounds, all at the
+    session settings tuned for the first (or search_threads, fixed): they differ in their numbers, not their graph."""
     inputs, labels = validation
     feed = {INPUT_NAME: np.resize(inputs, (params.search_batch, *inputs.shape[1:]))}
     isa = environment.isa()
-    results = []
+    results, paths = [], []
     with tempfile.TemporaryDirectory(prefix="edgeforge-quantize-search-") as work:
         for index, variant in enumerate(variants(params.search_methods, isa, environment.is_x86())):
-            path = Path(work) / f"variant{index}.onnx"
+            paths.append(Path(work) / f"variant{index}.onnx")
             settings = QuantSettings(
                 calibration_batch=params.calibration_batch, weight_type=params.weight_type, **variant
             )
-            quantize(source, path, calibration, settings)
-            timing = bench_one(path, "cpu", params.search_threads, params.search_batch, feed, SEARCH_TIMING)
-            accuracy = validation_accuracy(path, inputs, labels, params.search_threads)
-            results.append({**variant, "validation_accuracy": accuracy, "p50_ms": timing["p50_ms"]})
+            quantize(source, paths[-1], calibration, settings)
+            results.append({**variant, "validation_accuracy": validation_accuracy(paths[-1], inputs, labels)})
+        tried = [SessionSettings(params.search_threads)] if params.search_threads else default_candidates()
+        session_settings, _, _ = tuning.tune(paths[0], "cpu", feed, params.search_batch, tried, *SEARCH_TIMING)
+        jobs = {str(i): timed(path, session_settings, feed, params.search_batch) for i, path in enumerate(paths)}
+        for i, measured in rounds.measure(jobs, ROUNDS, tolerance=0.1, retries=1).items():
+            results[int(i)]["p50_ms"] = float(np.median(measured["round_medians"]))
         chosen = choose(results, params.search_tolerance)
         shutil.copyfile(Path(work) / f"variant{chosen}.onnx", target)
     return {
-        "fp32_validation_accuracy": validation_accuracy(source, inputs, labels, params.search_threads),
+        "fp32_validation_accuracy": validation_accuracy(source, inputs, labels),
         "variants": results,
         "chosen": chosen,
         "isa": isa,
         "vnni": environment.has_vnni(isa),
         "x86": environment.is_x86(),
-        "method": {"batch": params.search_batch, "threads": params.search_threads, "timing": SEARCH_TIMING},
+        "method": {
+            "batch": params.search_batch,
+            "settings": session_settings.label(),
+            "rounds": ROUNDS,
+            "timing": SEARCH_TIMING[1],
+        },
     }
+
+
+def default_candidates() -> list[SessionSettings]:
+    return tuning.candidates(tuple(range(1, environment.cores() + 1)), (False, True), tuning.all_levels())
+
+
+def timed(path: Path, settings: SessionSettings, feed: dict, batch: int) -> rounds.Job:
+    return lambda: time_session(path, "cpu", settings, feed, SEARCH_TIMING[1], batch)[0]

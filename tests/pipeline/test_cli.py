@@ -31,7 +31,15 @@ def test_second_run_reuses_every_stage_and_releases(tiny_run):
     summary = json.loads(result.stdout)
     assert summary["signoff_passed"] is True
     release = store.root / "release"
-    assert sorted(p.name for p in release.iterdir()) == ["model.onnx", "report.html", "report.json", "report.md"]
+    assert sorted(p.name for p in release.iterdir()) == [
+        "deploy.json",
+        "labels.txt",
+        "model.onnx",
+        "predict.py",
+        "report.html",
+        "report.json",
+        "report.md",
+    ]
     assert json.loads((release / "report.json").read_text())["edge_model"] == summary["edge_model"]
 
 
@@ -209,3 +217,27 @@ def test_bench_any_onnx_file_and_refuse_a_broken_one(tiny_run, tmp_path):
     refused = edgeforge(tmp_path, "bench", str(broken))
     assert refused.exit_code == 2
     assert refused.stderr.startswith(f"error: {broken}: not an ONNX model or truncated")
+
+
+@pytest.mark.slow
+def test_two_benches_of_the_same_models_compare_clean(tiny_run, tmp_path):
+    """Round-to-round noise is no regression: one bench of 10 interleaved rounds, split into two reports of 5
+    (even and odd rounds: two benches of the same models, without the drift of a machine whose load changes between
+    two runs, which a CI machine running other tests beside this one has), compares clean."""
+    store, _ = tiny_run
+    result = edgeforge(store.root, "run", *SETS, "--set", "bench.rounds=10", "--force", "bench", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((store.root / "release" / "report.json").read_text())
+    halves = []
+    for parity in (0, 1):
+        half = json.loads(json.dumps(report))
+        for model in half["models"]:
+            for stats in model["latency"]["CPUExecutionProvider"].values():
+                stats["round_medians_ms"] = stats["round_medians_ms"][parity::2]
+                stats["p50_ms"] = sorted(stats["round_medians_ms"])[2]
+        halves.append(tmp_path / f"half{parity}.json")
+        halves[-1].write_text(json.dumps(half))
+    for old, new in (halves, halves[::-1]):
+        compared = edgeforge(tmp_path, "compare", str(old), str(new), "--json")
+        assert compared.exit_code == 0, compared.output
+        assert json.loads(compared.stdout)["regressions"] == []

@@ -53,4 +53,4 @@ def test_two_runs_at_once_on_one_store_build_each_stage_once(tmp_path):
     store = ArtifactStore(tmp_path)
     checked, problems = store.verify()
     assert checked == 8 and problems == []
-    assert len(list((tmp_path / "release").iterdir())) == 4
+    assert len(list((tmp_path / "release").iterdir())) == 7

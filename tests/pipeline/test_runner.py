@@ -98,3 +98,30 @@ def test_editing_a_user_model_changes_the_teacher_key(tmp_path, monkeypatch):
     (tmp_path / "my_models.py").write_text((tmp_path / "my_models.py").read_text() + "# tuned\n")
     after = plan_keys(config, list(STAGES), store)
     assert before["data"] == after["data"] and before["teacher"] != after["teacher"]
+
+
+def test_the_stages_that_measure_have_the_machine_in_their_keys(tmp_path, monkeypatch):
+    from pipeline.runtime import environment
+
+    store = ArtifactStore(tmp_path)
+    sets = ["prune.target_latency_ms=1", "quantize.search=true"]
+    before = plan_keys(load_config(overrides=sets), list(STAGES), store)
+    other = {**environment.identity(), "cpu_flags_sha256": "another CPU"}
+    monkeypatch.setattr(environment, "identity", lambda: other)
+    after = plan_keys(load_config(overrides=sets), list(STAGES), store)
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {"prune", "export", "quantize", "bench", "report"}  # prune and quantize measure; the rest follow
+    # Without a budget and a variant search, prune and quantize measure nothing: another machine reuses them.
+    plain_before = plan_keys(load_config(), list(STAGES), store)
+    monkeypatch.undo()
+    plain_after = plan_keys(load_config(), list(STAGES), store)
+    assert {n for n in plain_before if plain_before[n] != plain_after[n]} == {"bench", "report"}
+
+
+def test_the_decoders_versions_are_in_the_data_key(tmp_path, monkeypatch):
+    from pipeline.datasets import catalog
+
+    store = ArtifactStore(tmp_path)
+    before = plan_keys(load_config(), list(STAGES), store)["data"]
+    monkeypatch.setattr(catalog, "version", lambda name: "0.0-other")
+    assert plan_keys(load_config(), list(STAGES), store)["data"] != before  # digits: scikit-learn's version

@@ -20,9 +20,14 @@ def test_bench_measures_every_model_at_every_batch(tiny_run):
     for model in metrics["models"]:
         for batch in ("1", "8"):
             stats = model["latency"][PROVIDER][batch]
-            assert stats["runs"] >= 20 and 0 < stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
+            assert stats["runs"] >= 2 * 20 and 0 < stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
+            assert len(stats["round_medians_ms"]) == 2 and stats["spread"] >= 0  # two interleaved rounds
         assert 0.5 < model["accuracy"] <= 1.0
-    assert metrics["environment"]["threads"] == 2 and metrics["environment"]["cores"] >= 1
+        chosen = [entry for entry in model["settings_search"] if entry["chosen"]]
+        assert len(model["settings_search"]) == 2 * 2 and len(chosen) == 1  # threads 1, 2 x spinning off, on
+        assert chosen[0]["settings"] == model["settings"]  # measured and shipped with the fastest found
+        assert model["memory"]["peak_rss_mb"] > model["memory"]["baseline_rss_mb"] > 10
+    assert metrics["environment"]["cores"] >= 1 and metrics["machine"]["cores"] == metrics["environment"]["cores"]
 
 
 def test_class_breakdown_counts_true_against_predicted():

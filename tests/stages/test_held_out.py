@@ -10,8 +10,8 @@ from PIL import Image
 
 from pipeline.cache import ArtifactStore
 from pipeline.runner import load_config, run_pipeline
-from pipeline.runtime import latency
-from pipeline.search import prune_candidates, quantize_variants
+from pipeline.runtime import memory, tuning
+from pipeline.search import quantize_variants
 from stages import bench
 from tests.conftest import FAST
 
@@ -32,24 +32,19 @@ def write_folder(root, test_label_of):
                 Image.fromarray(pixels).save(folder / f"{name}-{i}.png")
 
 
-def fake_bench_one(path, provider, threads, batch, feed, preset):
-    """A clock that cannot disagree with itself: each distinct model file gets its own fixed latency."""
-    base = 0.01 + int(hashlib.sha256(path.read_bytes()).hexdigest()[:6], 16) % 1000 / 1e5
-    times = base * (1 + np.linspace(0, 0.1, 50)) * batch
-    return {
-        "provider": provider,
-        "threads": threads,
-        "batch": batch,
-        "session_seconds": 0.0,
-        **latency.summarize(times, batch),
-    }
+def fake_time_session(path, provider, settings, feed, preset, batch):
+    """A clock that cannot disagree with itself: each distinct model file and setting gets its own fixed latency."""
+    key = hashlib.sha256(path.read_bytes() + repr(settings).encode()).hexdigest()
+    base = 0.01 + int(key[:6], 16) % 1000 / 1e5
+    return base * (1 + np.linspace(0, 0.01, 50)) * batch, 0.0
 
 
 def run(tmp_path, name, test_label_of, monkeypatch):
     root = tmp_path / name
     write_folder(root, test_label_of)
-    for module in (bench, quantize_variants, prune_candidates):
-        monkeypatch.setattr(module, "bench_one", fake_bench_one)
+    for module in (bench, quantize_variants, tuning):
+        monkeypatch.setattr(module, "time_session", fake_time_session)
+    monkeypatch.setattr(memory, "peak_memory", lambda *args, **kwargs: None)
     learn = [f"{section}.batch_size=16" for section in ("teacher", "distill", "prune")]
     learn += ["teacher.epochs=8", "distill.epochs=8", "prune.finetune_epochs=2"]  # enough to learn the colours
     sets = [

@@ -78,9 +78,8 @@ def short_search_timing(monkeypatch):
     """Candidates timed briefly: these tests check the search's logic and records, not the latencies."""
     from pipeline.search import prune_candidates
 
-    monkeypatch.setattr(
-        prune_candidates, "SEARCH_TIMING", dict(warmup_runs=2, warmup_seconds=0, min_runs=20, min_seconds=0)
-    )
+    fast = dict(warmup_runs=2, warmup_seconds=0, min_runs=20, min_seconds=0)
+    monkeypatch.setattr(prune_candidates, "SEARCH_TIMING", (fast, fast))
 
 
 @pytest.fixture(scope="module")

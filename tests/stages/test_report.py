@@ -114,7 +114,8 @@ def test_report_files_follow_the_schema(tiny_run):
     artifact = results["report"].artifact
     report = json.loads(artifact.file("report.json").read_text())
     assert set(report) >= {"config", "environment", "models", "edge_model", "signoff"}
-    assert set(report["environment"]) >= {"cpu", "cores", "threads", "torch", "onnx", "onnxruntime", "providers"}
+    assert set(report["environment"]) >= {"cpu", "cores", "torch", "onnx", "onnxruntime", "providers"}
+    assert set(report["machine"]) >= {"cpu", "cpu_flags_sha256", "cores", "onnxruntime", "onnxruntime_build"}
     assert report["config"]["prune"]["ratio"] == 0.5 and report["config"]["signoff"]["min_accuracy"] == 0.8
     for entry in report["models"]:
         assert (store.root / entry["path"]).is_file()
@@ -179,4 +180,7 @@ def test_budget_must_be_where_the_edge_model_is_chosen():
 
     with pytest.raises(ConfigError, match=r"prune.target_batch=32 and prune.target_provider='cpu' must be where"):
         load_config(overrides=["prune.target_latency_ms=0.1", "prune.target_batch=32"])
-    load_config(overrides=["prune.target_latency_ms=0.1", "prune.target_batch=32", "signoff.latency_batch=32"])
+    batch_32 = ["signoff.latency_batch=32", "bench.settings_batch=32"]
+    load_config(overrides=["prune.target_latency_ms=0.1", "prune.target_batch=32", *batch_32])
+    with pytest.raises(ConfigError, match=r"bench.settings_batch=1 must be where models are compared: set it to sig"):
+        load_config(overrides=["signoff.latency_batch=32"])

@@ -66,7 +66,7 @@ def test_latency_without_confidence_intervals_uses_the_relative_threshold():
     result = compare(old, new)
     assert kinds(result) == [("latency regression", "teacher")]
     assert result["regressions"][0]["method"] == "relative"
-    assert compare(old, new, latency_threshold=0.2)["regressions"] == []
+    assert compare(old, new, min_change=0.2)["regressions"] == []
 
 
 def test_a_confidence_interval_on_one_side_only_falls_back_to_the_relative_threshold():
@@ -164,3 +164,29 @@ def test_compare_names_the_report_missing_a_key():
     del new["edge_model"]
     with pytest.raises(ConfigError, match="^new report: missing key edge_model$"):
         compare(synthetic_report(), new)
+
+
+def rounds_report(medians: dict[str, list[float]]) -> dict:
+    report = synthetic_report()
+    for entry in report["models"]:
+        stats = entry["latency"]["CPUExecutionProvider"]["1"]
+        stats["round_medians_ms"] = medians[entry["name"]]
+        stats["p50_ms"] = sorted(medians[entry["name"]])[len(medians[entry["name"]]) // 2]
+    return report
+
+
+def test_reports_with_rounds_flag_only_a_change_beyond_the_minimum_and_the_rounds():
+    names = ["teacher", "student", "pruned", "int8", "student_int8"]
+    old = rounds_report({n: [1.0, 1.02, 0.98, 1.01, 0.99] for n in names})
+    new = rounds_report(
+        {
+            "teacher": [1.03, 1.05, 1.01, 1.04, 1.02],  # +3%: under the minimum change
+            "student": [1.2, 1.21, 1.19, 1.22, 1.18],  # +20%, every round slower: a regression
+            "pruned": [1.2, 0.97, 1.3, 1.25, 1.1],  # +20% median, but a new round as fast as old ones: noise
+            "int8": [1.0, 1.02, 0.98, 1.01, 0.99],
+            "student_int8": [0.8, 0.81, 0.79, 0.8, 0.8],  # faster
+        }
+    )
+    found = [(r["model"], r["statistic"], r["method"]) for r in compare(old, new)["regressions"]]
+    assert found == [("student", "p50", "rounds")]
+    assert compare(old, new, min_change=0.25)["regressions"] == []

@@ -49,9 +49,8 @@ def test_near_tied_latencies_go_to_the_more_accurate_variant():
 
 
 def test_search_writes_the_chosen_variant_and_records_every_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(
-        quantize_variants, "SEARCH_TIMING", dict(warmup_runs=2, warmup_seconds=0, min_runs=20, min_seconds=0)
-    )
+    fast = dict(warmup_runs=2, warmup_seconds=0, min_runs=20, min_seconds=0)
+    monkeypatch.setattr(quantize_variants, "SEARCH_TIMING", (fast, fast))
     spec = ModelSpec("cnn", 4, 1, 10, (8, 8))
     torch.manual_seed(0)
     model = build_model(spec).eval()

@@ -13,6 +13,7 @@ from pipeline.errors import ConfigError, EdgeforgeError
 from pipeline.reporting import compare, recheck
 from pipeline.runtime import latency
 from pipeline.runtime import predict as predictor
+from pipeline.runtime.timing import parse_provider_options
 from stages import report as report_stage
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of text.")
@@ -131,10 +132,31 @@ def predict(store: ArtifactStore, targets, top: int, release: Path | None, as_js
     "--provider",
     "providers",
     multiple=True,
-    type=click.Choice(["cpu", "cuda", "tensorrt"]),
     default=("cpu", "cuda", "tensorrt"),
     show_default=True,
-    help="Execution providers; one that onnxruntime lacks is reported as skipped, never replaced by CPU.",
+    help="Execution providers (cpu, cuda, tensorrt, openvino, xnnpack, coreml, dml, qnn, ... or a full onnxruntime "
+    "name); one that onnxruntime lacks is reported as skipped, never replaced by CPU.",
+)
+@click.option(
+    "--provider-option",
+    "provider_options",
+    multiple=True,
+    metavar="PROVIDER:KEY=VALUE",
+    help="An execution provider's option (repeatable), e.g. openvino:device_type=CPU.",
+)
+@click.option(
+    "--target",
+    default="local",
+    show_default=True,
+    help="Where to measure: local, or a device over SSH, ssh://[user@]host[:port][?python=/path/to/python3] (it "
+    "needs Python 3.10+, numpy and onnxruntime; ~/.ssh/config, keys and the agent apply).",
+)
+@click.option(
+    "--timeout",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds one call to a --target device may take before the command fails.",
 )
 @click.option(
     "--sign-off",
@@ -157,7 +179,18 @@ def predict(store: ArtifactStore, targets, top: int, release: Path | None, as_js
 )
 @json_option
 def bench_command(
-    model_file: Path, shapes, batch_sizes, threads, providers, sign_off: bool, rounds: int, tune: bool, as_json: bool
+    model_file: Path,
+    shapes,
+    batch_sizes,
+    threads,
+    providers,
+    provider_options,
+    target: str,
+    timeout: float,
+    sign_off: bool,
+    rounds: int,
+    tune: bool,
+    as_json: bool,
 ) -> None:
     """Measure the latency of any ONNX file in onnxruntime: p50/p90/p95/p99, p90 confidence interval,
     mean, std, throughput and the spread between rounds per provider, session settings and batch size.
@@ -171,6 +204,16 @@ def bench_command(
     total = latency.SIGN_OFF if sign_off else latency.QUICK
     preset = latency.per_round(total, rounds)
     result = benchtool.bench_file(
-        model_file, parsed, tuple(batch_sizes), tuple(threads), tuple(providers), preset, rounds=rounds, tune=tune
+        model_file,
+        parsed,
+        tuple(batch_sizes),
+        tuple(threads),
+        tuple(providers),
+        preset,
+        rounds=rounds,
+        tune=tune,
+        target=target,
+        provider_options=parse_provider_options(tuple(provider_options)),
+        timeout=timeout,
     )
     click.echo(json.dumps(result, indent=2) if as_json else benchtool.format_table(result))

@@ -9,7 +9,9 @@ relative paths given with `--set` against the working directory.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import shlex
 import types
 import typing
 from pathlib import Path
@@ -207,3 +209,15 @@ def _describe(annotation: Any) -> str:
         else:
             parts.append(names[option])
     return " or ".join(parts)
+
+
+def reproduce_command(config: dict[str, dict[str, Any]], defaults: dict[str, dict[str, Any]]) -> str:
+    """`edgeforge run` with a --set for every value that differs from the built-in defaults (every value of a
+    section whose defaults are unknown: an entry cached before manifests recorded them)."""
+    overrides = []
+    for section, values in config.items():
+        for key, value in values.items():
+            if key not in defaults.get(section, {}) or value != defaults[section][key]:
+                text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+                overrides.append(f"--set {shlex.quote(f'{section}.{key}={text}')}")
+    return " ".join(["edgeforge run", *overrides])

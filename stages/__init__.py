@@ -32,6 +32,12 @@ def check_sections(sections: dict[str, Any]) -> None:
             f"bench.settings_batch={bench_params.settings_batch} must be where models are compared: set it to "
             f"signoff.latency_batch ({signoff.latency_batch})"
         )
+    target = signoff.latency_target or bench_params.targets[0]
+    if target not in bench_params.targets:
+        raise ConfigError(
+            f"signoff.latency_target={target!r} is not measured: add it to bench.targets (now "
+            f"{list(bench_params.targets)})"
+        )
     _check_search(sections)
     for limit in signoff.latency_limits:
         provider, batch, _, _ = parse_latency_limit(limit)
@@ -45,8 +51,20 @@ def check_sections(sections: dict[str, Any]) -> None:
 def _check_search(sections: dict[str, Any]) -> None:
     """The searches' settings against what the other stages provide and measure."""
     prune_params, bench_params, signoff = sections["prune"], sections["bench"], sections["signoff"]
+    quantize_params = sections["quantize"]
+    if quantize_params.search and quantize_params.search_device not in bench_params.targets:
+        raise ConfigError(
+            f"quantize.search_device={quantize_params.search_device!r} is not benchmarked: add it to bench.targets "
+            f"(now {list(bench_params.targets)})"
+        )
     if prune_params.target_latency_ms is None:
         return
+    target = signoff.latency_target or bench_params.targets[0]
+    if prune_params.target_device != target:
+        raise ConfigError(
+            f"prune.target_device={prune_params.target_device!r} must be where the edge model is gated: set "
+            f"signoff.latency_target={prune_params.target_device} (now {target})"
+        )
     if (prune_params.target_batch, prune_params.target_provider) != (signoff.latency_batch, signoff.latency_provider):
         raise ConfigError(
             f"prune.target_batch={prune_params.target_batch} and prune.target_provider="

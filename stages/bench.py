@@ -1,4 +1,7 @@
-"""bench: accuracy, latency and memory of every ONNX model in onnxruntime, each with its own fastest settings.
+"""bench: accuracy, latency and memory of every ONNX model in onnxruntime, each with its own fastest settings, on
+this machine and on every device named in `bench.targets` (over SSH: pipeline/runtime/remote.py).
+
+Everywhere the same code measures (pipeline/runtime/device.py):
 
 1. Settings: with `bench.tune`, each model's session settings (intra-op threads, spinning, graph optimization) are
    searched at `bench.settings_batch` on this machine (pipeline/runtime/tuning.py); the winner is what the model is
@@ -10,6 +13,10 @@
 3. Latency in interleaved rounds (pipeline/runtime/rounds.py): every model and batch size once per round, each in
    a fresh session, on real validation images; disturbed rounds are re-measured.
 4. Memory: the peak resident memory of a fresh process running each model (pipeline/runtime/memory.py).
+
+Each target's results are kept apart (`targets` of every model); the report compares and gates the models on
+`signoff.latency_target`. With `bench.target_accuracy`, a device also recomputes the test accuracy with its own
+onnxruntime (int8 kernels differ between instruction sets).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +33,16 @@ import numpy as np
 from pipeline.cache import Artifact
 from pipeline.datasets.artifact import load_dataset
 from pipeline.errors import require
-from pipeline.reporting.intervals import accuracy_with_interval
-from pipeline.runtime import environment, memory, rounds, tuning
-from pipeline.runtime.latency import SIGN_OFF, summarize
+from pipeline.reporting.intervals import test_and_validation
+from pipeline.runtime import device, environment, rounds, targets
+from pipeline.runtime.latency import SIGN_OFF
 from pipeline.runtime.predict import normalize
-from pipeline.runtime.sessions import INPUT_NAME, OPTIMIZATION_LEVELS, SessionSettings, run_batches, session
-from pipeline.runtime.timing import PROVIDERS, ProviderUnavailable, time_session
+from pipeline.runtime.sessions import OPTIMIZATION_LEVELS, SessionSettings
+from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, parse_provider_options
 
 NAME = "bench"
 SECTION = "bench"
-VERSION = 7
+VERSION = 8
 INPUTS = ("data", "export", "quantize")
 TRAINS = False
 OUTPUTS = ("bench.json",)
@@ -51,10 +59,16 @@ PROVIDER = "CPUExecutionProvider"
 @dataclasses.dataclass(frozen=True)
 class Params:
     batch_sizes: tuple[int, ...] = (1, 32)  # latency is measured at each
-    providers: tuple[str, ...] = ("cpu", "cuda")  # cpu always; cuda only when onnxruntime has it (else skipped)
+    # Execution providers: cpu, cuda, tensorrt, openvino, xnnpack, coreml, dml, qnn, ... or a full onnxruntime name;
+    # one a target's onnxruntime lacks is reported as skipped there, never replaced by the CPU.
+    providers: tuple[str, ...] = ("cpu", "cuda")
+    provider_options: tuple[str, ...] = ()  # "PROVIDER:KEY=VALUE", e.g. "openvino:device_type=CPU"
+    targets: tuple[str, ...] = ("local",)  # where to measure: local, and devices as ssh://[user@]host[:port][?python=]
+    target_timeout_s: float = 600.0  # the longest one call to a device may take before the stage fails
+    target_accuracy: bool = False  # devices also recompute the test accuracy with their own onnxruntime
     tune: bool = True  # search each model's fastest session settings; false: the first of each list below
     settings_batch: int = 1  # the batch the settings are tuned at: where models are compared (signoff.latency_batch)
-    threads: tuple[int, ...] | None = None  # intra-op thread counts tried; null: 1 up to this machine's cores
+    threads: tuple[int, ...] | None = None  # intra-op thread counts tried; null: 1 up to each target's cores
     spinning: tuple[bool, ...] = (False, True)  # whether idle intra-op threads spin
     optimization: tuple[str, ...] = ("all", "extended", "basic")  # graph optimization levels tried
     rounds: int = 5  # every model and batch is timed once per round, in a fresh session
@@ -70,11 +84,16 @@ class Params:
     def __post_init__(self):
         require(all(b >= 1 for b in self.batch_sizes), "bench.batch_sizes", list(self.batch_sizes), "integers >= 1")
         require(
-            "cpu" in self.providers and set(self.providers) <= set(PROVIDERS),
+            "cpu" in self.providers and all(map(is_provider, self.providers)),
             "bench.providers",
             list(self.providers),
-            f"a list with cpu, from {', '.join(PROVIDERS)}",
+            f"a list with cpu, from {PROVIDER_NAMES}",
         )
+        parse_provider_options(self.provider_options)
+        require(len(set(self.targets)) == len(self.targets) >= 1, "bench.targets", list(self.targets), "distinct")
+        for target in self.targets:
+            targets.check(target)
+        require(self.target_timeout_s > 0, "bench.target_timeout_s", self.target_timeout_s, "seconds > 0")
         require(self.settings_batch >= 1, "bench.settings_batch", self.settings_batch, "an integer >= 1")
         threads = self.threads or (1,)
         require(all(t >= 1 for t in threads), "bench.threads", self.threads, "null or integers >= 1")
@@ -90,8 +109,10 @@ class Params:
 
 
 def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
-    """The machine measured on: another machine's latencies and settings are not this one's."""
-    return {"machine": environment.identity()}
+    """The machines measured on: another machine's latencies and settings are not this one's (a device is asked
+    who it is, so a different board behind the same address measures again)."""
+    identities = {target: targets.identity(target, params.target_timeout_s) for target in params.targets}
+    return {"machine": environment.identity(), "targets": identities}
 
 
 def timing(params: Params) -> dict[str, Any]:
@@ -101,14 +122,6 @@ def timing(params: Params) -> dict[str, Any]:
         chosen["min_runs"] = max(chosen["min_runs"], math.ceil(SIGN_OFF["min_runs"] / params.rounds))
         chosen["min_seconds"] = max(chosen["min_seconds"], SIGN_OFF["min_seconds"] / params.rounds)
     return chosen
-
-
-def candidates(params: Params) -> list[SessionSettings]:
-    """The session settings tried for every model (just the first of each list without tuning)."""
-    threads = params.threads or tuple(range(1, environment.cores() + 1))
-    if not params.tune:
-        return [SessionSettings(threads[0], params.spinning[0], params.optimization[0])]
-    return tuning.candidates(threads, params.spinning, params.optimization)
 
 
 def model_facts(name: str, inputs: dict[str, Artifact]) -> dict[str, Any]:
@@ -139,109 +152,135 @@ def class_breakdown(labels: np.ndarray, predictions: np.ndarray, num_classes: in
     return {"per_class_accuracy": per_class.round(6).tolist(), "confusion_matrix": confusion.tolist()}
 
 
-def accuracies(test_correct: np.ndarray, validation_correct: np.ndarray) -> dict[str, Any]:
-    """Test and validation accuracy, each with its 95% Wilson interval and per-image correctness (packed)."""
-    test, validation = accuracy_with_interval(test_correct), accuracy_with_interval(validation_correct)
+def request(params: Params, files: dict[str, dict[str, str]], accuracy: dict[str, Any] | None) -> dict[str, Any]:
+    """What a target is asked to measure (pipeline/runtime/device.py reads it)."""
     return {
-        "accuracy": test["accuracy"],
-        "accuracy_interval": test["interval"],
-        "test_correct": test["correct"],
-        "test_images": test["images"],
-        "validation_accuracy": validation["accuracy"],
-        "validation_interval": validation["interval"],
-        "validation_correct": validation["correct"],
-        "validation_images": validation["images"],
+        "op": "bench",
+        "models": files["models"],
+        "feeds": files["feeds"],
+        "settings_batch": params.settings_batch,
+        "batch_sizes": list(params.batch_sizes),
+        "providers": list(params.providers),
+        "provider_options": parse_provider_options(params.provider_options),
+        "tune": params.tune,
+        "threads": list(params.threads) if params.threads else None,
+        "spinning": list(params.spinning),
+        "optimization": list(params.optimization),
+        "rounds": params.rounds,
+        "tolerance": params.tolerance,
+        "retries": params.retries,
+        "preset": timing(params),
+        "memory": params.memory,
+        "accuracy": accuracy,
     }
-
-
-def measure_latency(
-    paths: dict[str, Path], settings: dict[str, SessionSettings], params: Params, feeds: dict[int, dict]
-) -> tuple[dict[str, dict], dict[str, str]]:
-    """{model: {provider: {batch: stats}}} from interleaved rounds, and the providers skipped."""
-    latency: dict[str, dict] = {name: {} for name in paths}
-    skipped = {}
-    for provider in params.providers:
-        jobs = {
-            (name, batch): job(paths[name], provider, settings[name], feeds[batch], timing(params), batch)
-            for name in paths
-            for batch in params.batch_sizes
-        }
-        try:
-            measured = rounds.measure(
-                {f"{n}@{b}": j for (n, b), j in jobs.items()}, params.rounds, params.tolerance, params.retries
-            )
-        except ProviderUnavailable as reason:
-            skipped[provider] = str(reason)  # reported, never replaced by CPU
-            continue
-        for name, batch in jobs:
-            result = measured[f"{name}@{batch}"]
-            stats = {
-                **summarize(result["times"], batch),
-                "round_medians_ms": result["round_medians"],
-                "dropped_rounds_ms": result["dropped_medians"],
-                "spread": result["spread"],
-                "stable": result["stable"],
-            }
-            latency[name].setdefault(PROVIDERS[provider][0], {})[str(batch)] = stats
-    return latency, skipped
-
-
-def job(path: Path, provider: str, settings: SessionSettings, feed: dict, preset: dict, batch: int) -> rounds.Job:
-    return lambda: time_session(path, provider, settings, feed, preset, batch)[0]
 
 
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
     dataset = load_dataset(inputs["data"])
-    test_inputs = normalize(dataset.test_images, *dataset.norm)
-    validation_inputs = normalize(dataset.val_images, *dataset.norm)
-    # Latency inputs: real validation images, repeated to fill the batch.
-    shape = validation_inputs.shape[1:]
-    feeds = {
-        b: {INPUT_NAME: np.resize(validation_inputs, (b, *shape))} for b in (*params.batch_sizes, params.settings_batch)
-    }
     paths = {name: inputs[stage].file(file) for name, (stage, file) in MODELS.items()}
-    settings, searches = {}, {}
-    for name, path in paths.items():
-        feed = feeds[params.settings_batch]
-        settings[name], _, searches[name] = tuning.tune(path, "cpu", feed, params.settings_batch, candidates(params))
-    latency, skipped = measure_latency(paths, settings, params, feeds)
-    models = []
-    teacher_predictions = None  # MODELS lists the teacher first
-    for name, path in paths.items():
-        sess = session(path, settings[name])
-        predictions = run_batches(sess, test_inputs).argmax(1)
-        validation_predictions = run_batches(sess, validation_inputs).argmax(1)
-        teacher_predictions = predictions if teacher_predictions is None else teacher_predictions
-        footprint = memory.peak_memory(path, settings[name], [params.settings_batch, *shape]) if params.memory else None
-        models.append(
-            {
-                **model_facts(name, inputs),
-                **accuracies(predictions == dataset.test_labels, validation_predictions == dataset.val_labels),
-                "agreement_with_teacher": float((predictions == teacher_predictions).mean()),
-                **class_breakdown(dataset.test_labels, predictions, len(dataset.class_names)),
-                "settings": settings[name].record(),
-                "settings_label": settings[name].label(),
-                "settings_search": searches[name],
-                "latency": latency[name],
-                "memory": footprint,
-            }
-        )
-    results = {
+    with tempfile.TemporaryDirectory(prefix="edgeforge-bench-") as work:
+        files, located = stage_files(paths, dataset, params, Path(work))
+        accuracy = {"images": files["images"], "mean": dataset.mean, "std": dataset.std}
+        measured = {target: measure_on(target, params, files, located, accuracy) for target in params.targets}
+        predicted = local_predictions(measured, files, located, accuracy)
+    models = results(paths, inputs, dataset, predicted, measured, params)
+    bench = {
         "models": models,
         "environment": environment.describe(),
         "machine": environment.identity(),
+        "targets": {name: result["environment"] for name, result in measured.items()},
         "method": {
             **rounds.method(params.rounds, params.tolerance, params.retries, timing(params)),
             "sign_off": params.sign_off,
             "settings": f"tuned per model at batch {params.settings_batch}" if params.tune else "fixed",
         },
-        "skipped_providers": skipped,
+        "skipped_providers": measured[params.targets[0]]["skipped_providers"],
+        "skipped_by_target": {name: result["skipped_providers"] for name, result in measured.items()},
     }
-    (out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out_dir / "bench.json").write_text(json.dumps(bench, indent=2) + "\n")
+    return {**bench, "summary": summary_line(models, params)}
+
+
+def measure_on(
+    target: str, params: Params, files: dict[str, Any], located: dict[str, Path], accuracy: dict[str, Any]
+) -> dict[str, Any]:
+    """One target's measurements (device.bench's answer). This machine computes the accuracies of record; a device
+    the test split's with its own onnxruntime when bench.target_accuracy asks."""
+    if target != targets.LOCAL:
+        accuracy = {**accuracy, "images": {"test": files["images"]["test"]}} if params.target_accuracy else None
+    return targets.bench(target, request(params, files, accuracy), located, params.target_timeout_s)
+
+
+def local_predictions(
+    measured: dict[str, dict], files: dict[str, Any], located: dict[str, Path], accuracy: dict[str, Any]
+) -> dict[str, dict[str, list[int]]]:
+    """{model: {split: predictions}} of this machine's onnxruntime: from the local target's measurement, or (no
+    local target) computed here with default session settings."""
+    if "local" in measured:
+        return {name: model["predictions"] for name, model in measured["local"]["models"].items()}
+    return {
+        name: device.predictions(located[digest], SessionSettings(), accuracy, located.__getitem__)
+        for name, digest in files["models"].items()
+    }
+
+
+def stage_files(
+    paths: dict[str, Path], dataset, params: Params, work: Path
+) -> tuple[dict[str, dict[str, str]], dict[str, Path]]:
+    """Every file a target needs, named by sha256: the models, the latency inputs (real validation images, repeated
+    to fill each batch) and the images accuracy is computed on (uint8; the target preprocesses them). Returns the
+    request's names and where each sha256's file is here."""
+    staged = targets.Files()
+    validation = normalize(dataset.val_images, *dataset.norm)
+    feeds = {
+        str(batch): staged.save(np.resize(validation, (batch, *validation.shape[1:])), work, f"feed-{batch}")
+        for batch in sorted({*params.batch_sizes, params.settings_batch})
+    }
+    images = {
+        split: staged.save(array, work, split)
+        for split, array in (("test", dataset.test_images), ("validation", dataset.val_images))
+    }
+    files = {"models": {name: staged.add(path) for name, path in paths.items()}, "feeds": feeds, "images": images}
+    return files, staged.located
+
+
+def results(paths, inputs, dataset, predicted, measured: dict[str, dict], params: Params) -> list[dict[str, Any]]:
+    """One record per model: facts, accuracies (this machine's onnxruntime), and each target's measurements (the
+    first target's also at the top level)."""
+    models = []
+    teacher = None  # MODELS lists the teacher first
+    for name in paths:
+        test, validation = (np.array(predicted[name][split]) for split in ("test", "validation"))
+        teacher = test if teacher is None else teacher
+        per_target = {target: target_record(result["models"][name], dataset) for target, result in measured.items()}
+        first = per_target[params.targets[0]]
+        models.append(
+            {
+                **model_facts(name, inputs),
+                **test_and_validation(test == dataset.test_labels, validation == dataset.val_labels),
+                "agreement_with_teacher": float((test == teacher).mean()),
+                **class_breakdown(dataset.test_labels, test, len(dataset.class_names)),
+                **{key: first[key] for key in ("settings", "settings_label", "settings_search", "latency", "memory")},
+                "targets": per_target,
+            }
+        )
+    return models
+
+
+def target_record(measured: dict[str, Any], dataset) -> dict[str, Any]:
+    record = {key: measured[key] for key in ("settings", "settings_label", "settings_search", "latency", "memory")}
+    predictions = (measured.get("predictions") or {}).get("test")
+    record["test_accuracy"] = (
+        None if predictions is None else float((np.array(predictions) == dataset.test_labels).mean())
+    )
+    return record
+
+
+def summary_line(models: list[dict], params: Params) -> str:
     batch = str(params.settings_batch)
     line = ", ".join(
         f"{m['name']} {m['validation_accuracy']:.4f} / {m['latency'][PROVIDER][batch]['p50_ms']:.3f} ms"
         for m in models
         if batch in m["latency"].get(PROVIDER, {})
     )
-    return {**results, "summary": f"validation accuracy / p50 at batch {batch} with tuned settings: {line}"}
+    return f"validation accuracy / p50 at batch {batch} on {params.targets[0]} with tuned settings: {line}"

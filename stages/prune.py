@@ -27,8 +27,8 @@ from pipeline.datasets.artifact import Dataset, load_dataset
 from pipeline.errors import StageError, require
 from pipeline.models.factory import build_model, classifier_head, count_macs_and_params
 from pipeline.models.storage import architecture, load_model, replay_pruning, save_model
-from pipeline.runtime import environment
-from pipeline.runtime.timing import PROVIDERS
+from pipeline.runtime import targets
+from pipeline.runtime.timing import PROVIDER_NAMES, is_provider
 from pipeline.search import prune_candidates
 from pipeline.training import distributed
 from pipeline.training.loop import fit
@@ -72,8 +72,9 @@ class Params:
     # Latency budget instead of a ratio: the least pruning whose measured latency meets it (null: use `ratio`).
     target_latency_ms: float | None = None  # p50 in ms at target_batch on target_provider, deployed form
     target_batch: int = 1
-    target_provider: str = "cpu"  # cpu, cuda or tensorrt (onnxruntime execution provider)
+    target_provider: str = "cpu"  # onnxruntime execution provider: cpu, cuda, tensorrt, openvino, ...
     target_threads: int | None = None  # null: each candidate at its own fastest session settings; else fixed threads
+    target_device: str = "local"  # where candidates are timed: local or a device, ssh://... (one of bench.targets)
     target_format: str = "fastest"  # deployed form measured: fp32, int8, or fastest (the faster of the two)
     max_ratio: float = 0.9  # the most pruning the search tries
     search_step: float = 0.1  # grid of ratios scanned from 0 upwards...
@@ -102,13 +103,14 @@ class Params:
             "a number of milliseconds > 0, or null to prune by prune.ratio",
         )
         require(self.target_batch >= 1, "prune.target_batch", self.target_batch, "an integer >= 1")
-        require(self.target_provider in PROVIDERS, "prune.target_provider", self.target_provider, ", ".join(PROVIDERS))
+        require(is_provider(self.target_provider), "prune.target_provider", self.target_provider, PROVIDER_NAMES)
         require(
             self.target_threads is None or self.target_threads >= 1,
             "prune.target_threads",
             self.target_threads,
             "null (tuned per candidate) or an integer >= 1",
         )
+        targets.check(self.target_device)
         formats = " or ".join(prune_candidates.FORMATS)
         require(self.target_format in prune_candidates.FORMATS, "prune.target_format", self.target_format, formats)
         require(0 < self.max_ratio < 1, "prune.max_ratio", self.max_ratio, "a fraction of channels in (0, 1)")
@@ -119,8 +121,10 @@ class Params:
 
 
 def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
-    """With a latency budget the decision rests on measurements: they are this machine's."""
-    return {} if params.target_latency_ms is None else {"machine": environment.identity()}
+    """With a latency budget the decision rests on measurements: they are the measuring device's."""
+    if params.target_latency_ms is None:
+        return {}
+    return {"machine": targets.identity(params.target_device, targets.TIMEOUT_S)}
 
 
 def prune_channels(

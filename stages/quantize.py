@@ -21,7 +21,7 @@ import torch
 from pipeline.cache import Artifact
 from pipeline.datasets.artifact import Dataset, load_dataset
 from pipeline.errors import require
-from pipeline.runtime import environment
+from pipeline.runtime import targets
 from pipeline.runtime.quantization import METHODS, TYPES, QuantSettings, arguments, check_dynamic_batch, quantize
 from pipeline.search import quantize_variants
 from pipeline.training.augment import normalize
@@ -54,6 +54,7 @@ class Params:
     search_tolerance: float = 0.005  # validation accuracy a variant may lose against the best one
     search_batch: int = 1  # batch size of the variants' latency (p50)...
     search_threads: int | None = None  # ...and intra-op threads (null: the settings tuned for the first variant)
+    search_device: str = "local"  # where variants are timed and scored: local or a device, ssh://... (bench.targets)
 
     def __post_init__(self):
         require(
@@ -77,11 +78,12 @@ class Params:
             self.search_threads,
             "null (tuned) or an integer >= 1",
         )
+        targets.check(self.search_device)
 
 
 def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
-    """The variant search chooses on latencies measured here: they are this machine's."""
-    return {"machine": environment.identity()} if params.search else {}
+    """The variant search chooses on latencies measured on quantize.search_device: they are that device's."""
+    return {"machine": targets.identity(params.search_device, targets.TIMEOUT_S)} if params.search else {}
 
 
 def calibration_inputs(dataset: Dataset, params: Params) -> np.ndarray:

@@ -1,29 +1,28 @@
 """report: pick the edge model, evaluate the sign-off gates, write report.json, report.md and model.onnx.
 
-The edge model is the fastest model (p50 at `signoff.latency_batch` on `signoff.latency_provider`) among those
-that pass the accuracy gates; int8 is not assumed faster. A latency budget (prune.target_latency_ms) becomes a
-latency gate on the edge model (`PROVIDER:BATCH:p50<=BUDGET` in the report's signoff.latency_limits). If no
-model passes the accuracy gates, the most accurate one is named and the sign-off fails. The runner copies this
-stage's files to `artifacts/release/`.
+The edge model is the fastest model (p50 at `signoff.latency_batch` on `signoff.latency_provider`, measured on
+`signoff.latency_target`) among those that pass the accuracy gates; int8 is not assumed faster. A latency budget
+(prune.target_latency_ms) becomes a latency gate on the edge model (`PROVIDER:BATCH:p50<=BUDGET` in the report's
+signoff.latency_limits). If no model passes the accuracy gates, the most accurate one is named and the sign-off
+fails. The runner copies this stage's files to `artifacts/release/`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
 import shutil
 from pathlib import Path
 from typing import Any
 
 from pipeline.cache import Artifact
-from pipeline.config import params_to_dict
+from pipeline.config import params_to_dict, reproduce_command
 from pipeline.errors import StageError, require
 from pipeline.reporting import release
 from pipeline.reporting.gates import choose_edge_model, edge_reason, pareto_front, parse_latency_limit, signoff_gates
 from pipeline.reporting.intervals import wilson
 from pipeline.reporting.markdown import render_markdown
-from pipeline.runtime.timing import PROVIDERS
+from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, provider_name
 
 NAME = "report"
 SECTION = "signoff"
@@ -42,7 +41,8 @@ class Params:
     max_drop_vs_student: float = 0.02  # ...and against the fp32 distilled student
     accuracy_basis: str = "point"  # point or bound
     latency_batch: int = 1  # batch size at which models are compared and latency gated (one of bench.batch_sizes)
-    latency_provider: str = "cpu"  # execution provider at which models are compared: cpu, cuda or tensorrt
+    latency_provider: str = "cpu"  # execution provider at which models are compared: cpu, cuda, openvino, ...
+    latency_target: str | None = None  # where models are compared and gated: one of bench.targets; null: the first
     # The fastest model passing the accuracy gates (on validation) is the edge model; p50s within this fraction of
     # the fastest count as equally fast, and a slower one of those wins if more accurate beyond the validation noise.
     latency_tie: float = 0.0
@@ -74,9 +74,7 @@ class Params:
             self.accuracy_basis in ("point", "bound"), "signoff.accuracy_basis", self.accuracy_basis, "point or bound"
         )
         require(self.latency_batch >= 1, "signoff.latency_batch", self.latency_batch, "an integer >= 1")
-        require(
-            self.latency_provider in PROVIDERS, "signoff.latency_provider", self.latency_provider, ", ".join(PROVIDERS)
-        )
+        require(is_provider(self.latency_provider), "signoff.latency_provider", self.latency_provider, PROVIDER_NAMES)
         require(0 <= self.latency_tie < 1, "signoff.latency_tie", self.latency_tie, "a fraction in [0, 1)")
         require(
             self.max_latency_ms is None or self.max_latency_ms > 0,
@@ -104,18 +102,6 @@ class Params:
         )
 
 
-def reproduce_command(config: dict[str, dict[str, Any]], defaults: dict[str, dict[str, Any]]) -> str:
-    """`edgeforge run` with a --set for every value that differs from the built-in defaults (every value of a
-    section whose defaults are unknown: an entry cached before manifests recorded them)."""
-    overrides = []
-    for section, values in config.items():
-        for key, value in values.items():
-            if key not in defaults.get(section, {}) or value != defaults[section][key]:
-                text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-                overrides.append(f"--set {shlex.quote(f'{section}.{key}={text}')}")
-    return " ".join(["edgeforge run", *overrides])
-
-
 def with_budget_gate(params: Params, prune: dict[str, Any]) -> Params:
     """The latency budget the prune stage searched for, as one more latency gate on the edge model."""
     if prune.get("target_latency_ms") is None:
@@ -128,28 +114,54 @@ def with_budget_gate(params: Params, prune: dict[str, Any]) -> Params:
     )
 
 
-def check_measured(models: list[dict], params: Params, bench: dict) -> None:
-    required = PROVIDERS[params.latency_provider][0]
+def latency_target(params: Params, bench: dict) -> str:
+    """Where models are compared and gated: signoff.latency_target, or the first of bench.targets."""
+    target = params.latency_target or next(iter(bench["targets"]))
+    if target not in bench["targets"]:
+        raise StageError(
+            f"report: signoff.latency_target={target!r} was not measured: add it to bench.targets "
+            f"(now {list(bench['targets'])})"
+        )
+    return target
+
+
+def on_target(model: dict[str, Any], target: str) -> dict[str, Any]:
+    """The model with the latency, settings and memory measured on `target` (and the test accuracy computed there,
+    when bench.target_accuracy asked for it, as `target_test_accuracy`)."""
+    measured = model["targets"][target]
+    return {
+        **model,
+        **{key: measured[key] for key in ("settings", "settings_label", "settings_search", "latency", "memory")},
+        "target_test_accuracy": measured.get("test_accuracy"),
+    }
+
+
+def check_measured(models: list[dict], params: Params, bench: dict, target: str) -> None:
+    required = provider_name(params.latency_provider)
     if any(required not in m["latency"] for m in models):
-        why = bench["skipped_providers"].get(params.latency_provider, "not in bench.providers")
-        raise StageError(f"report: signoff.latency_provider={params.latency_provider!r} was not measured: {why}")
+        skipped = bench["skipped_by_target"][target]
+        why = skipped.get(params.latency_provider, "not in bench.providers")
+        raise StageError(
+            f"report: signoff.latency_provider={params.latency_provider!r} was not measured on {target}: {why}"
+        )
 
 
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
     bench = inputs["bench"].metrics
-    models = [{**m, "path": f"cache/{m['stage']}/{m['key']}/{m['file']}"} for m in bench["models"]]
+    target = latency_target(params, bench)
+    models = [{**on_target(m, target), "path": f"cache/{m['stage']}/{m['key']}/{m['file']}"} for m in bench["models"]]
     params = with_budget_gate(params, inputs["prune"].manifest["params"])
-    check_measured(models, params, bench)
+    check_measured(models, params, bench, target)
     edge, passing, tied = choose_edge_model(models, params)
     gates = signoff_gates(edge, models, params)
     report = {
-        **run_facts(params, inputs),
+        **run_facts(params, inputs, target),
         "models": models,
         **edge_decision(edge, passing, tied, gates, models, params),
         **what_each_step_did(inputs),
     }
     shutil.copyfile(inputs[edge["stage"]].file(edge["file"]), out_dir / "model.onnx")
-    release.write(out_dir, edge, report, inputs["data"].manifest["params"], inputs["bench"].metrics)
+    release.write(out_dir, edge, report, inputs["data"].manifest["params"])
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "report.md").write_text(render_markdown(report))
     # Imported here: matplotlib, which draws its plots, takes a third of a second to import and only this needs it.
@@ -166,7 +178,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     }
 
 
-def run_facts(params: Params, inputs: dict[str, Artifact]) -> dict[str, Any]:
+def run_facts(params: Params, inputs: dict[str, Artifact], target: str) -> dict[str, Any]:
     """The config, where the latencies were measured, the data and how to feed the model, and how to reproduce."""
     bench = inputs["bench"].metrics
     dataset = json.loads(inputs["data"].file("dataset.json").read_text())
@@ -176,8 +188,10 @@ def run_facts(params: Params, inputs: dict[str, Artifact]) -> dict[str, Any]:
     defaults[SECTION] = params_to_dict(Params())
     return {
         "config": config,
-        "environment": bench["environment"],
-        "skipped_providers": bench["skipped_providers"],
+        "environment": bench["environment"],  # this machine's, where the pipeline ran
+        "latency_target": {"name": target, "environment": bench["targets"][target]},
+        "targets": bench["targets"],  # every target's environment; each model's "targets" has its measurements
+        "skipped_providers": bench["skipped_by_target"][target],
         "machine": bench["machine"],
         "bench_method": bench["method"],
         "dataset": {
@@ -193,7 +207,7 @@ def edge_decision(
     edge: dict, passing: list[str], tied: list[str], gates: list[dict], models: list[dict], params: Params
 ) -> dict:
     """Which model ships and why, the sign-off verdict, and the split every choice of the run was made on."""
-    provider = PROVIDERS[params.latency_provider][0]
+    provider = provider_name(params.latency_provider)
     return {
         "edge_model": edge["name"],
         "edge_model_reason": edge_reason(edge, passing, tied, params),

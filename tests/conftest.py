@@ -96,6 +96,33 @@ def tiny_run(tmp_path_factory, tiny_cache):
     return store, {result.name: result for result in results}
 
 
+@pytest.fixture(scope="session")
+def loopback_sshd():
+    """A real sshd on 127.0.0.1 with a throwaway key (tests/sshd.py), one per test process. Without openssh-server
+    the tests that need it skip, except under EDGEFORGE_REQUIRE_SSHD=1 (.ci/run installs it and sets that)."""
+    from tests.sshd import SSHD, LoopbackSshd
+
+    required = os.environ.get("EDGEFORGE_REQUIRE_SSHD") == "1"
+    if SSHD is None or shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
+        message = "OpenSSH (sshd, ssh, ssh-keygen) is not installed: apt-get install openssh-server"
+        pytest.fail(message) if required else pytest.skip(message)
+    server = LoopbackSshd()
+    try:
+        server.start()
+    except RuntimeError as error:
+        pytest.fail(str(error)) if required else pytest.skip(str(error))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def device(loopback_sshd, monkeypatch, tmp_path) -> str:
+    """A remote target on the loopback sshd with this interpreter (numpy and onnxruntime) and a fresh device cache;
+    EDGEFORGE_SSH_COMMAND points ssh at the server's own client config, so ~/.ssh is never read."""
+    monkeypatch.setenv("EDGEFORGE_SSH_COMMAND", loopback_sshd.ssh_command())
+    return f"ssh://{loopback_sshd.alias}?python={sys.executable}&cache={tmp_path / 'device-cache'}"
+
+
 def edgeforge_command(artifacts, *args, sets=()) -> list[str]:
     """The `edgeforge` command line as a subprocess runs it (a fresh interpreter: real exit codes and signals)."""
     overrides = [arg for item in sets for arg in ("--set", item)]

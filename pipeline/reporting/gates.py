@@ -24,23 +24,23 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 from pipeline.reporting.intervals import paired_difference, unpack
-from pipeline.runtime.timing import PROVIDERS
+from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, provider_name
 
 SPLITS = {
     "test": ("accuracy", "accuracy_interval", "test_correct"),
     "validation": ("validation_accuracy", "validation_interval", "validation_correct"),
 }  # split -> keys of a report's model
 
-LATENCY_LIMIT = re.compile(r"^(cpu|cuda|tensorrt):(\d+):(p50|p90|p95|p99)<=(\d+(?:\.\d*)?(?:e-?\d+)?)$")
+LATENCY_LIMIT = re.compile(r"^([A-Za-z]\w*):(\d+):(p50|p90|p95|p99)<=(\d+(?:\.\d*)?(?:e-?\d+)?)$")
 
 
 def parse_latency_limit(text: str) -> tuple[str, int, str, float]:
     """'cpu:1:p99<=0.5' -> ('cpu', 1, 'p99', 0.5), or a ConfigError showing the form."""
     match = LATENCY_LIMIT.match(text.replace(" ", ""))
-    if not match or float(match.group(4)) <= 0:
+    if not match or float(match.group(4)) <= 0 or not is_provider(match.group(1)):
         raise ConfigError(
             f"signoff.latency_limits entry {text!r} is not allowed: expected PROVIDER:BATCH:PERCENTILE<=MS with "
-            "PROVIDER cpu, cuda or tensorrt and PERCENTILE p50, p90, p95 or p99, e.g. 'cpu:1:p99<=0.5'"
+            f"PROVIDER {PROVIDER_NAMES} and PERCENTILE p50, p90, p95 or p99, e.g. 'cpu:1:p99<=0.5'"
         )
     return match.group(1), int(match.group(2)), match.group(3), float(match.group(4))
 
@@ -50,7 +50,7 @@ def latency_limit_gates(edge: dict, params: Any) -> list[dict[str, Any]]:
     gates = []
     for text in params.latency_limits:
         provider, batch, percentile, limit = parse_latency_limit(text)
-        stats = edge["latency"].get(PROVIDERS[provider][0], {}).get(str(batch))
+        stats = edge["latency"].get(provider_name(provider), {}).get(str(batch))
         value = None if stats is None else stats[f"{percentile}_ms"]
         name = f"max_latency_ms_{percentile}_{provider}_batch_{batch}"
         gates.append(gate(name, limit, value, value is not None and value <= limit))
@@ -90,7 +90,7 @@ def accuracy_gates(model: dict, teacher: dict, student: dict, params: Any, split
 
 
 def p(model: dict, batch: int, stat: str, provider: str = "cpu") -> float:
-    return model["latency"][PROVIDERS[provider][0]][str(batch)][stat]
+    return model["latency"][provider_name(provider)][str(batch)][stat]
 
 
 def choose_edge_model(models: list[dict], params: Any) -> tuple[dict, list[str], list[str]]:
@@ -138,6 +138,18 @@ def signoff_gates(edge: dict, models: list[dict], params: Any) -> list[dict[str,
     """The edge model's gates: accuracy on the test split, latency, speed-up, size."""
     by_name = {m["name"]: m for m in models}
     gates = accuracy_gates(edge, by_name["teacher"], by_name["student"], params, "test")
+    if edge.get("target_test_accuracy") is not None:  # bench.target_accuracy: the device's onnxruntime's
+        value = edge["target_test_accuracy"]
+        gates.append(
+            gate(
+                "min_accuracy_on_target",
+                params.min_accuracy,
+                value,
+                value >= params.min_accuracy,
+                "test",
+                "point estimate, the latency target's onnxruntime",
+            )
+        )
     batch = params.latency_batch
     if params.max_latency_ms is not None:
         value = p(edge, batch, "p90_ms", params.latency_provider)
@@ -166,7 +178,7 @@ def signoff_gates(edge: dict, models: list[dict], params: Any) -> list[dict[str,
     return gates + latency_limit_gates(edge, params)
 
 
-def pareto_front(models: list[dict], batch: str = "1", provider: str = PROVIDERS["cpu"][0]) -> list[str]:
+def pareto_front(models: list[dict], batch: str = "1", provider: str = "CPUExecutionProvider") -> list[str]:
     """Names (in input order) of the models no other model dominates in validation accuracy and p50 at `batch`.
 
     A model is dominated when another is at least as accurate and at least as fast, and strictly better in

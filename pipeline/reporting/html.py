@@ -22,6 +22,7 @@ from pipeline.reporting.html_figures import (
     training_section,
 )
 from pipeline.reporting.plots import PROVIDER, STATS, latency_at
+from pipeline.reporting.targets_section import target_descriptions, target_rows
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
@@ -57,6 +58,7 @@ def render_html(report: dict[str, Any]) -> str:
     sections = [
         _verdict(report),
         _models_table(report),
+        _targets(report),
         "<h2>Plots</h2>",
         figure(plots.accuracy_vs_latency(report, batch, colors), caption_pareto(report, batch)),
         figure(plots.latency_distributions(report, batch, colors), caption_distributions(report, batch)),
@@ -187,6 +189,22 @@ def _kv_rows(items: Iterable[tuple[str, Any]]) -> list[str]:
         return str(value)
 
     return [f'<tr><td class="name">{_e(k)}</td><td class="text">{_e(text(v))}</td></tr>' for k, v in items]
+
+
+def _targets(report: dict) -> str:
+    if not report.get("latency_target"):
+        return ""  # a report made before targets
+    items = "".join(f"<li>{_e(line)}</li>" for line in target_descriptions(report))
+    html = (
+        f"<h2>Where latency was measured</h2>\n<p>Models are compared and gated on "
+        f"<strong>{_e(report['latency_target']['name'])}</strong> (signoff.latency_target).</p>\n<ul>{items}</ul>\n"
+    )
+    table = target_rows(report)
+    if table:
+        header, rows = table
+        cells = ["<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in row) + "</tr>" for row in rows]
+        html += _table(header, cells, "text")
+    return html
 
 
 def _environment(report: dict) -> str:

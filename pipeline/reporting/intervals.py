@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import math
+from typing import Any
 
 import numpy as np
 
@@ -77,4 +78,19 @@ def accuracy_with_interval(correct: np.ndarray) -> dict[str, object]:
         "interval": list(wilson(hits, correct.size)),
         "images": int(correct.size),
         "correct": pack(correct),
+    }
+
+
+def test_and_validation(test_correct: np.ndarray, validation_correct: np.ndarray) -> dict[str, Any]:
+    """Test and validation accuracy, each with its 95% Wilson interval and per-image correctness (packed)."""
+    test, validation = accuracy_with_interval(test_correct), accuracy_with_interval(validation_correct)
+    return {
+        "accuracy": test["accuracy"],
+        "accuracy_interval": test["interval"],
+        "test_correct": test["correct"],
+        "test_images": test["images"],
+        "validation_accuracy": validation["accuracy"],
+        "validation_interval": validation["interval"],
+        "validation_correct": validation["correct"],
+        "validation_images": validation["images"],
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.reporting.search_sections import search_sections
+from pipeline.reporting.targets_section import target_descriptions, target_rows
 
 
 def accuracy_text(value: float, interval: list[float] | None) -> str:
@@ -58,6 +59,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"(`release/model.onnx`): {report['edge_model_reason']}.",
     ]
     lines += models_section(report)
+    lines += targets_section(report)
     lines += search_sections(report)
     lines += steps_section(report)
     lines += gates_section(signoff["gates"])
@@ -69,14 +71,15 @@ def render_markdown(report: dict[str, Any]) -> str:
 def models_section(report: dict[str, Any]) -> list[str]:
     """A row per model, then a latency table per provider measured and the providers skipped."""
     split = report["dataset"]["split"]
+    target = (report.get("latency_target") or {}).get("name", "this machine")
     lines = [
         "",
         "## Models (teacher → student → pruned → int8 of pruned; student_int8: int8 of the student)",
         "",
         f"Accuracy computed in onnxruntime, with its 95% Wilson interval, on the validation split "
         f"({split['validation']['images']} images held out of training: every choice reads it) and on the test split "
-        "(reported only). Latency: each model at its own session settings, the fastest measured for it on this "
-        "machine; " + method_text(report["bench_method"]),
+        "(reported only). Latency: each model at its own session settings, the fastest measured for it on the "
+        f"latency target ({target}); " + method_text(report["bench_method"]),
         "",
     ]
     header = ["model", "validation accuracy", "test accuracy", "agrees with teacher", "params", "MACs", "size (bytes)"]
@@ -98,6 +101,26 @@ def models_section(report: dict[str, Any]) -> list[str]:
         lines += _latency_table(report["models"], provider)
     skipped = report.get("skipped_providers") or {}
     return lines + ([""] if skipped else []) + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
+
+
+def targets_section(report: dict[str, Any]) -> list[str]:
+    """Where latency was measured: each target described, and every model on every target side by side."""
+    if not report.get("latency_target"):
+        return []  # a report made before targets
+    lines = [
+        "",
+        "## Where latency was measured",
+        "",
+        f"Models are compared and gated on **{report['latency_target']['name']}** (signoff.latency_target). Targets:",
+        "",
+    ]
+    lines += [f"- {line}" for line in target_descriptions(report)]
+    table = target_rows(report)
+    if table:
+        batch = report["config"]["signoff"]["latency_batch"]
+        lines += ["", f"Every target at batch {batch} on the CPU, each model at the settings tuned there:", ""]
+        lines += _table(*table)
+    return lines
 
 
 def _both(scores: dict[str, Any] | None) -> str:
@@ -174,7 +197,7 @@ def deploy_section(report: dict[str, Any]) -> list[str]:
     if "settings" in edge:
         lines += [
             "",
-            f"Session options measured fastest for it here, and shipped in `release/deploy.json`: "
+            f"Session options measured fastest for it on the latency target, and shipped in `release/deploy.json`: "
             f"{edge['settings_label']} ({edge['settings']}).",
         ]
     if memory:

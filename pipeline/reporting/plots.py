@@ -15,9 +15,8 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from pipeline.reporting.gates import pareto_front
-from pipeline.runtime.timing import PROVIDERS
 
-PROVIDER = PROVIDERS["cpu"][0]  # where the plots' latencies are read
+PROVIDER = "CPUExecutionProvider"  # where the plots' latencies are read
 COLORS = {"teacher": "#4c72b0", "student": "#dd8452", "pruned": "#55a868", "int8": "#c44e52", "student_int8": "#8172b3"}
 OTHER_COLORS = ("#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd")
 WIDE_RANGE = 20  # max / min beyond which an axis goes logarithmic

@@ -15,7 +15,7 @@ from typing import Any
 from pipeline.errors import ConfigError
 from pipeline.reporting.compare import is_number, lookup, validate_report
 from pipeline.reporting.gates import choose_edge_model, signoff_gates
-from pipeline.runtime.timing import PROVIDERS
+from pipeline.runtime.timing import provider_name
 
 
 def recheck_signoff(report: dict[str, Any], params_class: type, source: str = "report") -> dict[str, Any]:
@@ -74,7 +74,7 @@ def _check_recheck_inputs(models: list[dict], params: Any, source: str) -> None:
     for needed in ("teacher", "student"):
         if needed not in names:
             raise ConfigError(f"{source}: the gates need a model named {needed!r}; models are {', '.join(names)}")
-    batch, provider = str(params.latency_batch), PROVIDERS[params.latency_provider][0]
+    batch, provider = str(params.latency_batch), provider_name(params.latency_provider)
     for i, model in enumerate(models):
         for key in ("validation_accuracy", "validation_correct", "validation_images", "test_correct", "test_images"):
             # The edge model is chosen on validation, with paired intervals: a report made before that lacks them.

@@ -9,20 +9,30 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from pipeline.errors import ConfigError
-from pipeline.runtime import environment, tuning
+from pipeline.runtime import environment, targets, tuning
 from pipeline.runtime.feeds import Signature, check_shapes, input_dtypes, make_feed, resolve_batches
 from pipeline.runtime.latency import summarize
 from pipeline.runtime.onnx_files import input_signature, load_checked, output_signature
 from pipeline.runtime.rounds import measure
 from pipeline.runtime.rounds import method as rounds_method
 from pipeline.runtime.sessions import SessionSettings
-from pipeline.runtime.timing import PRESET_KEYS, PROVIDERS, ProviderUnavailable, peak_rss_bytes, time_session
+from pipeline.runtime.timing import (
+    PRESET_KEYS,
+    PROVIDER_NAMES,
+    ProviderUnavailable,
+    is_provider,
+    peak_rss_bytes,
+    provider_name,
+    time_session,
+)
 
 
 def bench_file(
@@ -35,14 +45,19 @@ def bench_file(
     seed: int = 0,
     rounds: int = 1,
     tune: bool = False,
+    target: str = "local",
+    provider_options: dict[str, dict[str, str]] | None = None,
+    timeout: float = targets.TIMEOUT_S,
 ) -> dict:
     """Latency of the ONNX file at `path` for every provider x threads x batch size (see the module docstring),
     in `rounds` interleaved rounds (pipeline/runtime/rounds.py: 10% tolerance, 2 retries). With `tune`, on the CPU
     the threads are not taken from `threads` but the fastest settings are searched at the first batch size.
 
-    `batch_sizes=()` means the model's own batch: 1 for a symbolic batch, else its fixed first dim.
+    `batch_sizes=()` means the model's own batch: 1 for a symbolic batch, else its fixed first dim. A `target`
+    other than local is a device (ssh://...), measured there by the same code (pipeline/runtime/targets.py).
     """
     check_arguments(threads, providers, preset)
+    targets.check(target)
     path = Path(path)
     model = load_checked(path)
     signature = input_signature(model)
@@ -50,23 +65,10 @@ def bench_file(
     batches = resolve_batches(path, signature, shapes, batch_sizes)
     dtypes = input_dtypes(model, signature)
     feeds = {batch: make_feed(signature, dtypes, shapes, batch, seed) for batch in batches}
-    results: list[dict[str, Any]] = []
-    tuned = None
-    for provider in providers:
-        settings = [SessionSettings(count) for count in threads]
-        try:
-            if tune and provider == "cpu":
-                tuned = tuning.tune(
-                    path,
-                    provider,
-                    feeds[batches[0]],
-                    batches[0],
-                    tuning.candidates(tuple(range(1, environment.cores() + 1)), (False, True), tuning.all_levels()),
-                )
-                settings = [tuned[0]]
-            results += measure_combinations(path, provider, settings, batches, feeds, preset, rounds)
-        except ProviderUnavailable as reason:
-            results.append({"provider": provider, "skipped": str(reason)})
+    if target != targets.LOCAL:
+        remote = on_target(target, path, feeds, threads, providers, preset, rounds, tune, provider_options, timeout)
+        return {"model": describe_file(path, model, signature), "seed": seed, **remote}
+    results, settings, tuned = here(path, feeds, threads, providers, preset, rounds, tune, provider_options or {})
     return {
         "model": describe_file(path, model, signature),
         "environment": environment.describe(),
@@ -80,6 +82,78 @@ def bench_file(
     }
 
 
+def here(path: Path, feeds: dict, threads, providers, preset: dict, rounds: int, tune: bool, options: dict):
+    """bench_file's measurements on this machine: (rows, the settings measured, the settings search or None)."""
+    batches = list(feeds)
+    results: list[dict[str, Any]] = []
+    tuned = None
+    for provider in providers:
+        settings = [SessionSettings(count) for count in threads]
+        try:
+            if tune and provider == "cpu":
+                every = tuning.candidates(tuple(range(1, environment.cores() + 1)), (False, True), tuning.all_levels())
+                tuned = tuning.tune(path, provider, feeds[batches[0]], batches[0], every)
+                settings = [tuned[0]]
+            chosen = options.get(provider_name(provider))
+            results += measure_combinations(path, provider, settings, batches, feeds, preset, rounds, chosen)
+        except ProviderUnavailable as reason:
+            results.append({"provider": provider, "skipped": str(reason)})
+    return results, settings, tuned
+
+
+def on_target(
+    target: str, path: Path, feeds: dict, threads, providers, preset: dict, rounds: int, tune: bool, options, timeout
+) -> dict[str, Any]:
+    """bench_file's measurements on a device: one request per thread count (or one tuned), the same rows back."""
+    with tempfile.TemporaryDirectory(prefix="edgeforge-bench-") as work:
+        files = targets.Files()
+        model = files.add(path)
+        for batch, feed in feeds.items():
+            np.savez(Path(work) / f"feed-{batch}.npz", **feed)
+        digests = {batch: files.add(Path(work) / f"feed-{batch}.npz") for batch in feeds}
+        answers = []
+        for settings in [None] if tune else [[SessionSettings(count)] for count in threads]:
+            request = targets.request(
+                {"model": model},
+                digests,
+                next(iter(feeds)),
+                dict(preset),
+                providers=tuple(providers),
+                settings=settings,
+                rounds=rounds,
+                retries=2,
+                provider_options=options,
+            )
+            answers.append(targets.bench(target, request, files.located, timeout))
+    measured = answers[-1]["models"]["model"]
+    return {
+        "target": target,
+        "environment": answers[0]["environment"],
+        "session_options": measured["settings"] if tune else [SessionSettings(count).record() for count in threads],
+        "settings_search": measured["settings_search"] if tune else None,
+        "preset": dict(preset),
+        "method": rounds_method(rounds, 0.1, 2, preset),
+        "results": target_rows(answers, providers),
+    }
+
+
+def target_rows(answers: list[dict[str, Any]], providers) -> list[dict[str, Any]]:
+    """The rows of bench_file's table from a device's answers (a provider it lacks: one skipped row)."""
+    rows: list[dict[str, Any]] = []
+    for provider in providers:
+        skipped = answers[0]["skipped_providers"].get(provider)
+        if skipped is not None:
+            rows.append({"provider": provider, "skipped": skipped})
+            continue
+        for answer in answers:
+            measured = answer["models"]["model"]
+            settings = SessionSettings.from_record(measured["settings"])
+            for batch, stats in measured["latency"][provider_name(provider)].items():
+                row = {"provider": provider, "threads": settings.threads, "settings": settings.label()}
+                rows.append({**row, "batch": int(batch), **stats})
+    return rows
+
+
 def measure_combinations(
     path: Path,
     provider: str,
@@ -88,13 +162,14 @@ def measure_combinations(
     feeds: dict,
     preset: dict,
     rounds: int,
+    options: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every settings x batch combination, each round a fresh session, in interleaved rounds."""
     seconds: dict[str, float] = {}
 
     def job(setting: SessionSettings, batch: int, name: str):
         def timed():
-            times, seconds[name] = time_session(path, provider, setting, feeds[batch], preset, batch)
+            times, seconds[name] = time_session(path, provider, setting, feeds[batch], preset, batch, options)
             return times
 
         return timed
@@ -121,10 +196,10 @@ def check_arguments(threads: tuple[int, ...], providers: tuple[str, ...], preset
     if not threads or any(count < 1 for count in threads):
         raise ConfigError(f"threads={list(threads)!r}: expected one or more integers >= 1")
     if not providers:
-        raise ConfigError(f"providers=[]: expected one or more of {', '.join(PROVIDERS)}")
-    unknown = [name for name in providers if name not in PROVIDERS]
+        raise ConfigError(f"providers=[]: expected one or more of {PROVIDER_NAMES}")
+    unknown = [name for name in providers if not is_provider(name)]
     if unknown:
-        raise ConfigError(f"provider {unknown[0]!r} is not known: expected one of {', '.join(PROVIDERS)}")
+        raise ConfigError(f"provider {unknown[0]!r} is not known: expected {PROVIDER_NAMES}")
     if sorted(preset) != sorted(PRESET_KEYS):
         raise ConfigError(f"preset {preset!r}: expected exactly the keys {', '.join(PRESET_KEYS)}")
 
@@ -187,9 +262,11 @@ def _ms(value: float) -> str:
 
 def _environment_line(result: dict) -> str:
     env, preset = result["environment"], result["preset"]
+    where = f"{result['target']}: " if "target" in result else ""
+    onnx_version = f", onnx {env['onnx']}" if "onnx" in env else ""
     return (
-        f"environment: {env['cpu']} ({' '.join(env['isa']) or 'no listed ISA flags'}), {env['cores']} cores, "
-        f"onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, python {env['python']}; "
+        f"environment: {where}{env['cpu']} ({' '.join(env['isa']) or 'no listed ISA flags'}), {env['cores']} "
+        f"cores, onnxruntime {env['onnxruntime']}{onnx_version}, python {env['python']}; "
         f"warm-up >= {preset['warmup_runs']} runs and {preset['warmup_seconds']} s, "
         f"timed >= {preset['min_runs']} runs and {preset['min_seconds']} s"
     )

@@ -8,7 +8,27 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "asimd")
+# x86 flags, then Arm's (asimddp: int8 dot products, i8mm: int8 matrix multiply; what int8 kernels need there)
+ISA_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "neon",
+    "asimd",
+    "asimddp",
+    "asimdhp",
+    "i8mm",
+    "bf16",
+    "sve",
+    "sve2",
+)
+
+
+CPU_IDS = (("cpu family", "model", "stepping"), ("CPU implementer", "CPU part", "CPU revision"))
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -50,8 +70,19 @@ def has_vnni(flags: list[str]) -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
+X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
+
+
 def is_x86() -> bool:
-    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    return platform.machine().lower() in X86_MACHINES
+
+
+def board() -> str | None:
+    """The board's name where the device tree or cpuinfo gives it (a Raspberry Pi, a Jetson); None on a PC."""
+    try:
+        return Path("/proc/device-tree/model").read_text().rstrip("\x00\n") or None
+    except OSError:
+        return _cpuinfo().get("Model")
 
 
 def cores() -> int:
@@ -68,8 +99,10 @@ def identity() -> dict[str, object]:
     flags = sorted(set((info.get("flags") or info.get("Features") or "").split()))
     return {
         "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "board": board(),
         "machine": platform.machine(),
-        "cpu_family_model_stepping": [info.get(k) for k in ("cpu family", "model", "stepping")],
+        # x86: family, model, stepping; Arm: implementer, part (the core: 0xd08 is a Cortex-A72), revision
+        "cpu_family_model_stepping": [info.get(k) for k in CPU_IDS["cpu family" not in info]],
         "cpu_flags_sha256": hashlib.sha256(" ".join(flags).encode()).hexdigest(),
         "cores": cores(),
         "onnxruntime": onnxruntime.__version__,

@@ -61,14 +61,21 @@ _WINDOW_SDS = 12  # binomial mass beyond nq +- 12 sd is < 1e-30: negligible next
 def time_runs(
     call: Callable[[], object], warmup_runs: int, warmup_seconds: float, min_runs: int, min_seconds: float
 ) -> np.ndarray:
-    """Milliseconds of each timed call, after warm-up; at least one call is timed."""
-    warm_up(call, warmup_runs, warmup_seconds)
+    """Milliseconds of each timed call, after warm-up; at least one call is timed.
+
+    A model far slower than the minimums assume stops early: warm-up after one call once CAP_SECONDS(...) / 4
+    have passed, timing after one call once the cap has: a device too slow for its budget fails its gate in
+    bounded time instead of holding the run for min_runs of its slow calls."""
+    cap = cap_seconds(warmup_seconds, min_seconds)
+    warm_up(call, warmup_runs, warmup_seconds, cap / 4)
     times_ns: list[int] = []
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection in the middle of a run would be charged to the model
     try:
         started = time.perf_counter()
         while len(times_ns) < max(min_runs, 1) or time.perf_counter() - started < min_seconds:
+            if times_ns and time.perf_counter() - started > cap:
+                break
             begin = time.perf_counter_ns()
             call()
             times_ns.append(time.perf_counter_ns() - begin)
@@ -78,14 +85,22 @@ def time_runs(
     return np.array(times_ns, dtype=np.float64) / 1e6
 
 
-def warm_up(call: Callable[[], object], runs: int, seconds: float) -> int:
-    """Call until both `runs` calls were made and `seconds` have passed; returns the number of calls."""
+def warm_up(call: Callable[[], object], runs: int, seconds: float, cap: float = math.inf) -> int:
+    """Call until both `runs` calls were made and `seconds` have passed (or, after one call, `cap` seconds have);
+    returns the number of calls."""
     done = 0
     started = time.perf_counter()
     while done < runs or time.perf_counter() - started < seconds:
+        if done and time.perf_counter() - started > cap:
+            break
         call()
         done += 1
     return done
+
+
+def cap_seconds(warmup_seconds: float, min_seconds: float) -> float:
+    """How long one session's timing may take before it stops early: 20 times what the preset asks for, and 2 s."""
+    return 2.0 + 20 * (warmup_seconds + min_seconds)
 
 
 def summarize(times_ms: Sequence[float] | np.ndarray, batch: int = 1) -> dict[str, Any]:

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 BATCH = 256
@@ -45,6 +44,8 @@ def normalize(pixels: np.ndarray, mean: list[float], std: list[float]) -> np.nda
 
 def decode(path: Path, channels: int, size: list[int], resize: bool) -> np.ndarray:
     """One image as (channels, height, width) uint8, decoded as the pipeline's data stage decodes image folders."""
+    from PIL import Image  # here: the device runner (pipeline/runtime/device.py) uses normalize without Pillow
+
     with Image.open(path) as image:
         image.load()
         if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit: 0..65535 to 0..255, not clipped
@@ -92,7 +93,13 @@ def load(deploy_path: Path) -> tuple[ort.InferenceSession, dict[str, Any]]:
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, record["graph_optimization_level"])
     for key, value in record["session_config"].items():
         options.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"]), deploy
+    providers = [tuple(entry) for entry in deploy.get("providers", [["CPUExecutionProvider", {}]])]
+    if providers[0][0] not in ort.get_available_providers():
+        raise ValueError(
+            f"the model was measured on {providers[0][0]}, which this onnxruntime lacks: install the onnxruntime "
+            "build that has it"
+        )
+    return ort.InferenceSession(str(model), sess_options=options, providers=providers), deploy
 
 
 def predict(files: list[Path], session: ort.InferenceSession, deploy: dict[str, Any], top: int) -> list[dict]:

@@ -22,7 +22,9 @@ from pipeline.errors import ConfigError, first_line
 from pipeline.runtime.latency import summarize, time_runs
 from pipeline.runtime.sessions import SessionSettings
 
-# name on the command line -> (the provider that must be present, the providers handed to the session)
+# short name -> (the provider that must be present, the providers handed to the session, in order). Any other
+# onnxruntime provider is named in full ("...ExecutionProvider") and runs with the CPU behind it for the operators it
+# lacks; a session that did not get the provider is reported as skipped, never timed on the CPU instead.
 PROVIDERS = {
     "cpu": ("CPUExecutionProvider", ["CPUExecutionProvider"]),
     "cuda": ("CUDAExecutionProvider", ["CUDAExecutionProvider", "CPUExecutionProvider"]),
@@ -30,7 +32,62 @@ PROVIDERS = {
         "TensorrtExecutionProvider",
         ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
     ),
+    **{
+        short: (f"{full}ExecutionProvider", [f"{full}ExecutionProvider", "CPUExecutionProvider"])
+        for short, full in (
+            ("openvino", "OpenVINO"),
+            ("xnnpack", "Xnnpack"),
+            ("coreml", "CoreML"),
+            ("dml", "Dml"),
+            ("qnn", "QNN"),
+            ("rocm", "ROCM"),
+            ("migraphx", "MIGraphX"),
+            ("nnapi", "Nnapi"),
+            ("acl", "ACL"),
+            ("armnn", "ArmNN"),
+        )
+    },
 }
+
+
+PROVIDER_NAMES = f"{', '.join(PROVIDERS)} or a full onnxruntime provider name (...ExecutionProvider)"
+
+
+def provider_chain(provider: str) -> tuple[str, list[str]]:
+    """(the provider that must be present, the session's providers) of a short name or a full provider name."""
+    if provider in PROVIDERS:
+        return PROVIDERS[provider]
+    if provider.endswith("ExecutionProvider"):
+        return provider, [provider, "CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [provider]
+    raise ValueError(
+        f"provider {provider!r}: expected one of {', '.join(PROVIDERS)} or a full onnxruntime provider name"
+    )
+
+
+def is_provider(provider: str) -> bool:
+    return provider in PROVIDERS or provider.endswith("ExecutionProvider")
+
+
+def provider_name(provider: str) -> str:
+    """The onnxruntime name of a provider given by short or full name."""
+    return provider_chain(provider)[0]
+
+
+def parse_provider_options(texts: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """('openvino:device_type=CPU',) -> {'OpenVINOExecutionProvider': {'device_type': 'CPU'}}, or a ConfigError."""
+    options: dict[str, dict[str, str]] = {}
+    for text in texts:
+        provider, colon, setting = text.partition(":")
+        key, equals, value = setting.partition("=")
+        if not colon or not equals or not key or not is_provider(provider):
+            raise ConfigError(
+                f"bench.provider_options entry {text!r} is not allowed: expected PROVIDER:KEY=VALUE, e.g. "
+                "'openvino:device_type=CPU'"
+            )
+        options.setdefault(provider_name(provider), {})[key] = value
+    return options
+
+
 PRESET_KEYS = ("warmup_runs", "warmup_seconds", "min_runs", "min_seconds")
 ORT_ERRORS = tuple(
     getattr(ort_state, name)
@@ -58,11 +115,18 @@ def bench_one(
 
 
 def time_session(
-    path: Path, provider: str, settings: SessionSettings, feed: dict[str, np.ndarray], preset: dict, batch: int
+    path: Path,
+    provider: str,
+    settings: SessionSettings,
+    feed: dict[str, np.ndarray],
+    preset: dict,
+    batch: int,
+    options: dict[str, str] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Milliseconds of each timed run of one fresh session (and the seconds its creation took)."""
-    sess, seconds = create_session(path, provider, settings)
-    run = DeviceRunner(sess, feed) if provider != "cpu" else (lambda: sess.run(None, feed))
+    sess, seconds = create_session(path, provider, settings, options)
+    on_gpu = provider_chain(provider)[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+    run = DeviceRunner(sess, feed) if on_gpu else (lambda: sess.run(None, feed))
     try:
         return time_runs(run, **preset), seconds
     except ORT_ERRORS as error:
@@ -71,14 +135,19 @@ def time_session(
         ) from error
 
 
-def create_session(path: Path, provider: str, settings: SessionSettings) -> tuple[ort.InferenceSession, float]:
-    """A session on `provider` and the seconds its creation took; ProviderUnavailable if it is not there."""
-    required, chain = PROVIDERS[provider]
+def create_session(
+    path: Path, provider: str, settings: SessionSettings, options: dict[str, str] | None = None
+) -> tuple[ort.InferenceSession, float]:
+    """A session on `provider` (with its provider `options`) and the seconds its creation took; ProviderUnavailable
+    if this onnxruntime does not have it or it did not initialize."""
+    required, chain = provider_chain(provider)
     if required not in ort.get_available_providers():
-        raise ProviderUnavailable(f"onnxruntime has no {required} (install the gpu extra)")
+        hint = " (install the gpu extra)" if required in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else ""
+        raise ProviderUnavailable(f"onnxruntime has no {required}{hint}")
+    providers = [(name, options or {}) if name == required else name for name in chain]
     started = time.perf_counter()
     try:
-        sess = ort.InferenceSession(str(path), sess_options=settings.options(), providers=chain)
+        sess = ort.InferenceSession(str(path), sess_options=settings.options(), providers=providers)
     except ORT_ERRORS as error:
         raise ConfigError(f"{path}: onnxruntime cannot load it on {provider}: {first_line(error)}") from error
     seconds = time.perf_counter() - started

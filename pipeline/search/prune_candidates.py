@@ -28,11 +28,11 @@ from torch import nn
 from pipeline.errors import StageError
 from pipeline.models.factory import count_macs_and_params
 from pipeline.models.spec import ModelSpec
-from pipeline.runtime import environment, latency, tuning
+from pipeline.runtime import environment, latency, targets, tuning
 from pipeline.runtime.onnx_export import DEFAULT_OPSET, export_onnx
 from pipeline.runtime.quantization import QuantSettings, arguments, quantize
 from pipeline.runtime.sessions import INPUT_NAME, SessionSettings
-from pipeline.runtime.timing import ProviderUnavailable
+from pipeline.runtime.timing import ProviderUnavailable, provider_name
 from pipeline.search.prune_ratio import search_ratio
 from pipeline.training.augment import normalize
 
@@ -78,6 +78,8 @@ class Candidates:
     def p50(self, path: Path) -> tuple[float, str]:
         """The candidate's p50 at its own fastest settings (or prune.target_threads, fixed), and those settings."""
         batch, provider = self.params.target_batch, self.params.target_provider
+        if self.params.target_device != targets.LOCAL:
+            return self.p50_on_device(path)
         try:
             settings, p50, _ = tuning.tune(
                 path, provider, self.feed, batch, settings_tried(self.params), *SEARCH_TIMING
@@ -85,6 +87,33 @@ class Candidates:
         except ProviderUnavailable as reason:
             raise StageError(f"prune: prune.target_provider={provider!r} cannot be measured here: {reason}") from None
         return p50, settings.label()
+
+    def p50_on_device(self, path: Path) -> tuple[float, str]:
+        """The same on prune.target_device: its settings searched there (its own cores), then the candidate timed
+        in interleaved rounds; the p50 is the median of the rounds' medians, as tuning's is."""
+        batch, provider, device = self.params.target_batch, self.params.target_provider, self.params.target_device
+        files = targets.Files()
+        model = files.add(path)
+        feed = files.save(self.feed[INPUT_NAME], Path(self.work.name), "feed")
+        fixed = self.params.target_threads is not None or provider != "cpu"
+        request = targets.request(
+            {"candidate": model},
+            {batch: feed},
+            batch,
+            SEARCH_TIMING[1],
+            providers=(provider,),
+            settings=settings_tried(self.params) if fixed else None,
+            screen=SEARCH_TIMING[0],
+            refine=SEARCH_TIMING[1],
+            rounds=tuning.REFINE_ROUNDS,
+        )
+        answer = targets.bench(device, request, files.located, targets.TIMEOUT_S)
+        if provider in answer["skipped_providers"]:
+            why = answer["skipped_providers"][provider]
+            raise StageError(f"prune: prune.target_provider={provider!r} cannot be measured on {device}: {why}")
+        measured = answer["models"]["candidate"]
+        stats = measured["latency"][provider_name(provider)][str(batch)]
+        return float(np.median(stats["round_medians_ms"])), measured["settings_label"]
 
     def close(self) -> None:
         self.work.cleanup()
@@ -102,6 +131,7 @@ def method(params: Any) -> dict[str, Any]:
     """What the search's latencies mean, recorded beside them."""
     return {
         "provider": params.target_provider,
+        "device": params.target_device,
         "batch": params.target_batch,
         "settings": "tuned per candidate" if params.target_threads is None else f"{params.target_threads} threads",
         "formats": list(FORMATS[params.target_format]),

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.runtime import environment, latency, rounds, tuning
+from pipeline.runtime import environment, latency, rounds, targets, tuning
 from pipeline.runtime.quantization import QuantSettings, quantize
 from pipeline.runtime.sessions import INPUT_NAME, SessionSettings, run_batches, session
 from pipeline.runtime.timing import time_session
@@ -71,30 +71,32 @@ def search(
     session settings tuned for the first (or search_threads, fixed): they differ in their numbers, not their graph."""
     inputs, labels = validation
     feed = {INPUT_NAME: np.resize(inputs, (params.search_batch, *inputs.shape[1:]))}
-    isa = environment.isa()
+    device = getattr(params, "search_device", targets.LOCAL)
+    described = targets.describe(device, targets.TIMEOUT_S)  # the variants tried depend on the device's ISA
+    isa, x86 = described["isa"], described["machine"].lower() in environment.X86_MACHINES
     results, paths = [], []
     with tempfile.TemporaryDirectory(prefix="edgeforge-quantize-search-") as work:
-        for index, variant in enumerate(variants(params.search_methods, isa, environment.is_x86())):
+        for index, variant in enumerate(variants(params.search_methods, isa, x86)):
             paths.append(Path(work) / f"variant{index}.onnx")
             settings = QuantSettings(
                 calibration_batch=params.calibration_batch, weight_type=params.weight_type, **variant
             )
             quantize(source, paths[-1], calibration, settings)
-            results.append({**variant, "validation_accuracy": validation_accuracy(paths[-1], inputs, labels)})
-        tried = [SessionSettings(params.search_threads)] if params.search_threads else default_candidates()
-        session_settings, _, _ = tuning.tune(paths[0], "cpu", feed, params.search_batch, tried, *SEARCH_TIMING)
-        jobs = {str(i): timed(path, session_settings, feed, params.search_batch) for i, path in enumerate(paths)}
-        for i, measured in rounds.measure(jobs, ROUNDS, tolerance=0.1, retries=1).items():
-            results[int(i)]["p50_ms"] = float(np.median(measured["round_medians"]))
+            results.append(dict(variant))
+        measure = measure_here if device == targets.LOCAL else measure_on_device
+        accuracies, p50s, session_settings = measure(paths, feed, validation, params, Path(work))
+        for result, accuracy, p50 in zip(results, accuracies, p50s, strict=True):
+            result.update(validation_accuracy=accuracy, p50_ms=p50)
         chosen = choose(results, params.search_tolerance)
         shutil.copyfile(Path(work) / f"variant{chosen}.onnx", target)
     return {
         "fp32_validation_accuracy": validation_accuracy(source, inputs, labels),
         "variants": results,
         "chosen": chosen,
+        "device": device,
         "isa": isa,
         "vnni": environment.has_vnni(isa),
-        "x86": environment.is_x86(),
+        "x86": x86,
         "method": {
             "batch": params.search_batch,
             "settings": session_settings.label(),
@@ -102,6 +104,53 @@ def search(
             "timing": SEARCH_TIMING[1],
         },
     }
+
+
+def measure_here(
+    paths: list[Path], feed: dict, validation: tuple[np.ndarray, np.ndarray], params: Any, work: Path
+) -> tuple[list[float], list[float], SessionSettings]:
+    """Each variant's validation accuracy and p50 on this machine, and the session settings they were timed at."""
+    inputs, labels = validation
+    accuracies = [validation_accuracy(path, inputs, labels) for path in paths]
+    tried = [SessionSettings(params.search_threads)] if params.search_threads else default_candidates()
+    settings, _, _ = tuning.tune(paths[0], "cpu", feed, params.search_batch, tried, *SEARCH_TIMING)
+    jobs = {str(i): timed(path, settings, feed, params.search_batch) for i, path in enumerate(paths)}
+    measured = rounds.measure(jobs, ROUNDS, tolerance=0.1, retries=1)
+    return accuracies, [float(np.median(measured[str(i)]["round_medians"])) for i in range(len(paths))], settings
+
+
+def measure_on_device(
+    paths: list[Path], feed: dict, validation: tuple[np.ndarray, np.ndarray], params: Any, work: Path
+) -> tuple[list[float], list[float], SessionSettings]:
+    """The same on quantize.search_device, with its onnxruntime (int8 kernels differ between ISAs): the settings
+    tuned there for the first variant, then every variant's accuracy and interleaved rounds at those settings."""
+    device, batch = params.search_device, params.search_batch
+    files = targets.Files()
+    models = {str(i): files.add(path) for i, path in enumerate(paths)}
+    feeds = {batch: files.save(feed[INPUT_NAME], work, "feed")}
+    images = files.save(validation[0], work, "validation")  # float32: the device takes them as they are
+    fixed = [SessionSettings(params.search_threads)] if params.search_threads else None
+    first = targets.request(
+        {"0": models["0"]},
+        feeds,
+        batch,
+        SEARCH_TIMING[1],
+        settings=fixed,
+        screen=SEARCH_TIMING[0],
+        refine=SEARCH_TIMING[1],
+        rounds=1,
+    )
+    tuned = targets.bench(device, first, files.located, targets.TIMEOUT_S)["models"]["0"]["settings"]
+    settings = SessionSettings.from_record(tuned)
+    accuracy = {"images": {"validation": images}, "mean": None, "std": None}
+    every = targets.request(
+        models, feeds, batch, SEARCH_TIMING[1], settings=[settings], rounds=ROUNDS, accuracy=accuracy
+    )
+    answer = targets.bench(device, every, files.located, targets.TIMEOUT_S)["models"]
+    measured = [answer[str(i)] for i in range(len(paths))]
+    accuracies = [float((np.array(m["predictions"]["validation"]) == validation[1]).mean()) for m in measured]
+    p50s = [float(np.median(m["latency"]["CPUExecutionProvider"][str(batch)]["round_medians_ms"])) for m in measured]
+    return accuracies, p50s, settings
 
 
 def default_candidates() -> list[SessionSettings]:

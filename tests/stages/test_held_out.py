@@ -10,9 +10,8 @@ from PIL import Image
 
 from pipeline.cache import ArtifactStore
 from pipeline.runner import load_config, run_pipeline
-from pipeline.runtime import memory, tuning
+from pipeline.runtime import device, memory, tuning
 from pipeline.search import quantize_variants
-from stages import bench
 from tests.conftest import FAST
 
 CLASSES = ("circle", "cross", "square")
@@ -32,7 +31,7 @@ def write_folder(root, test_label_of):
                 Image.fromarray(pixels).save(folder / f"{name}-{i}.png")
 
 
-def fake_time_session(path, provider, settings, feed, preset, batch):
+def fake_time_session(path, provider, settings, feed, preset, batch, options=None):
     """A clock that cannot disagree with itself: each distinct model file and setting gets its own fixed latency."""
     key = hashlib.sha256(path.read_bytes() + repr(settings).encode()).hexdigest()
     base = 0.01 + int(key[:6], 16) % 1000 / 1e5
@@ -42,7 +41,7 @@ def fake_time_session(path, provider, settings, feed, preset, batch):
 def run(tmp_path, name, test_label_of, monkeypatch):
     root = tmp_path / name
     write_folder(root, test_label_of)
-    for module in (bench, quantize_variants, tuning):
+    for module in (device, quantize_variants, tuning):
         monkeypatch.setattr(module, "time_session", fake_time_session)
     monkeypatch.setattr(memory, "peak_memory", lambda *args, **kwargs: None)
     learn = [f"{section}.batch_size=16" for section in ("teacher", "distill", "prune")]

@@ -221,7 +221,7 @@ def test_shape_must_agree_with_fixed_dims(conv_file):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(providers=("gpu",)), r"provider 'gpu' is not known: expected one of cpu, cuda, tensorrt"),
+        (dict(providers=("gpu",)), r"provider 'gpu' is not known: expected cpu, cuda, tensorrt, openvino"),
         (dict(threads=(0,)), r"threads=\[0\]: expected one or more integers >= 1"),
         (dict(preset={"min_runs": 1}), r"expected exactly the keys warmup_runs, warmup_seconds, min_runs"),
         (dict(batch_sizes=(0,)), r"batch sizes \[0\]: expected integers >= 1"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import math
 from importlib import metadata
 from types import ModuleType
 
@@ -119,9 +118,6 @@ def pretrained_state_dict(key: str, spec: ModelSpec) -> dict[str, torch.Tensor]:
 
 
 def adapt_input_kernel(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """An RGB kernel (out, 3, k, k) for `in_channels` inputs, responding alike to gray images: one channel gets
-    the sum over RGB; more channels repeat RGB, scaled so a constant image gives the same response (as timm does)."""
-    if in_channels == 1:
-        return weight.sum(dim=1, keepdim=True)
-    repeated = weight.repeat(1, math.ceil(in_channels / 3), 1, 1)[:, :in_channels]
-    return repeated * (3 / in_channels)
+    """An RGB kernel (out, 3, k, k) for `in_channels` inputs: each channel gets the RGB sum over `in_channels`, so an
+    image whose channels are equal (gray) gives exactly the response the pretrained kernel gives its RGB version."""
+    return weight.sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels

@@ -78,6 +78,14 @@ def test_the_weights_file_is_in_the_key_and_positive_epochs_fine_tune(trained, t
     assert len(metrics["history"]) == 1 and "from teacher.safetensors, fine-tuned 1 epoch(s)" in metrics["summary"]
 
 
+def test_a_weights_path_in_a_config_file_is_relative_to_that_file(tmp_path):
+    (tmp_path / "configs").mkdir()
+    config = tmp_path / "configs" / "pretrained.yaml"
+    config.write_text("teacher:\n  weights: ../weights/teacher.safetensors\n  epochs: 0\n")
+    teacher = load_config(config).section("teacher")
+    assert teacher.weights == str(tmp_path / "weights" / "teacher.safetensors") and teacher.epochs == 0
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -68,8 +68,8 @@ class Params:
     feature_layers: tuple[str, ...] | None = None
 
     def __post_init__(self):
-        check_model_name("distill.model", self.model)
         check_training_params("distill", self)
+        check_model_name("distill.model", self.model)
         resolve_width(self)
         require(self.temperature > 0, "distill.temperature", self.temperature, "a number > 0")
         require(0 <= self.alpha <= 1, "distill.alpha", self.alpha, "a number in [0, 1]")

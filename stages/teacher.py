@@ -62,8 +62,8 @@ class Params:
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
 
     def __post_init__(self):
-        check_model_name("teacher.model", self.model)
         check_training_params("teacher", self, min_epochs=0)
+        check_model_name("teacher.model", self.model)
         require(
             self.epochs >= 1 or self.weights is not None or self.pretrained,
             "teacher.epochs",

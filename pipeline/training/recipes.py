@@ -34,6 +34,11 @@ def model_label(model: str, width: int | None) -> str:
 def check_training_params(section: str, params: Any, min_epochs: int = 1) -> None:
     """Range checks of the stages that build and train a model (teacher, distill)."""
     require(params.width is None or params.width >= 1, f"{section}.width", params.width, "null or an integer >= 1")
+    if params.width is not None and library_of(params.model) is not None:
+        raise ConfigError(
+            f"{section}.width={params.width} does not apply to {params.model!r}, which comes in its published width: "
+            f"remove it or set it to null"
+        )
     require(params.epochs >= min_epochs, f"{section}.epochs", params.epochs, f"an integer >= {min_epochs}")
     check_recipe_params(section, params)
     check_start_params(section, params)

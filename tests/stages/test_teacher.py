@@ -104,6 +104,10 @@ def test_a_weights_path_in_a_config_file_is_relative_to_that_file(tmp_path):
             "distill.weights='*/student.onnx' is not allowed: expected a .safetensors file or a state_dict saved as "
             ".pt or .pth",
         ),
+        (
+            ("distill.model=timm:efficientnet_b0", "distill.width=8"),
+            "distill.width=8 does not apply to 'timm:efficientnet_b0', which comes in its published width: remove it",
+        ),
         (("distill.reinit_head=true",), "distill.reinit_head=true has no weights to apply to: set distill.weights"),
         (
             ("teacher.weights=absent.pt",),

@@ -21,7 +21,7 @@ from pipeline.models.storage import load_model, save_model
 from pipeline.runtime.onnx_export import export_onnx
 from pipeline.runtime.quantization import QuantSettings, quantize
 from pipeline.runtime.sessions import run_batches, session
-from pipeline.training.recipes import model_inputs
+from pipeline.training.recipes import model_inputs, start_from
 from stages.prune import Params, prune_channels
 
 
@@ -133,3 +133,43 @@ def test_a_library_family_trains_prunes_rebuilds_exports_and_quantizes(name, tmp
     assert np.abs(run_batches(session(tmp_path / "model.onnx"), images) - expected).max() < 1e-3
     quantize(tmp_path / "model.onnx", tmp_path / "int8.onnx", images, QuantSettings(calibration_batch=4))
     assert run_batches(session(tmp_path / "int8.onnx"), images).shape == (4, 10)
+
+
+def test_torchvision_pretrained_weights_start_a_gray_model_with_a_new_head(monkeypatch):
+    """torchvision's own loading path, with its download replaced by a state_dict made here (nothing fetched)."""
+    importable("torchvision:resnet18")
+    import torchvision.models._api as api
+
+    torch.manual_seed(0)
+    imagenet = build_model(ModelSpec("torchvision:resnet18", None, 3, 1000, (32, 32))).state_dict()
+    fetched = []
+    monkeypatch.setattr(api, "load_state_dict_from_url", lambda url, **kwargs: fetched.append(url) or imagenet)
+    spec = ModelSpec("torchvision:resnet18", None, 1, 10, (32, 32))
+    model = build_model(spec)
+    starting = SimpleNamespace(weights=None, pretrained=True, reinit_head=False)
+    with pytest.raises(ConfigError, match=r"classifier 'fc.weight' has shape \[1000, 512\], the data's 10 classes"):
+        start_from(model, spec, "teacher", starting)
+    start_from(model, spec, "teacher", SimpleNamespace(weights=None, pretrained=True, reinit_head=True))
+    assert fetched and fetched[0].endswith(".pth")
+    assert torch.equal(model.conv1.weight, imagenet["conv1.weight"].sum(dim=1, keepdim=True))
+    assert torch.equal(model.layer4[1].conv2.weight, imagenet["layer4.1.conv2.weight"])
+    assert model.fc.out_features == 10
+
+
+def test_timm_pretrained_weights_start_a_gray_model_with_a_new_head(monkeypatch):
+    """timm's own loading path (it adapts the input convolution to in_chans), with its hub download replaced by a
+    state_dict made here (nothing fetched)."""
+    importable("timm:mobilenetv3_small_050")
+    import timm.models._builder as builder
+
+    torch.manual_seed(0)
+    imagenet = build_model(ModelSpec("timm:mobilenetv3_small_050", None, 3, 1000, (32, 32))).state_dict()
+    fetched = []
+    monkeypatch.setattr(builder, "load_state_dict_from_hf", lambda *args, **kwargs: fetched.append(args) or imagenet)
+    spec = ModelSpec("timm:mobilenetv3_small_050", None, 1, 10, (32, 32))
+    model = build_model(spec)
+    start_from(model, spec, "distill", SimpleNamespace(weights=None, pretrained=True, reinit_head=True))
+    assert fetched
+    assert torch.allclose(model.conv_stem.weight, imagenet["conv_stem.weight"].sum(dim=1, keepdim=True))
+    assert torch.equal(model.conv_head.weight, imagenet["conv_head.weight"])
+    assert model.classifier.out_features == 10

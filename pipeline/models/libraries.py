@@ -46,9 +46,11 @@ def import_library(key: str, name: str) -> ModuleType:
     try:
         return importlib.import_module(library)
     except Exception as error:  # torchvision built for another torch fails with a RuntimeError, not ImportError
+        # timm imports torchvision: both fail when torchvision's compiled operators were built for another torch.
+        wanted = "timm and the torchvision build for" if library == "timm" else "the torchvision build that matches"
         raise ConfigError(
             f"{key}={name!r} needs {library}, which does not import here ({type(error).__name__}: "
-            f"{first_line(error)}); install the {library} build that matches torch {torch.__version__}: {INSTALL}"
+            f"{first_line(error)}); install {wanted} torch {torch.__version__}: {INSTALL}"
         ) from None
 
 

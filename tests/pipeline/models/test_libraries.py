@@ -45,6 +45,11 @@ def test_a_library_that_does_not_import_is_one_line(monkeypatch):
     )
     with pytest.raises(ConfigError, match=re.escape(expected)):
         check_model_name("teacher.model", "torchvision:resnet18")
+    expected = "install timm and the torchvision build for torch"
+    with pytest.raises(ConfigError, match=r"^distill.model='timm:efficientnet_b0' needs timm, which does not import"):
+        check_model_name("distill.model", "timm:efficientnet_b0")
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        check_model_name("distill.model", "timm:efficientnet_b0")
 
 
 def test_pretrained_weights_offline_name_the_way_out(monkeypatch):

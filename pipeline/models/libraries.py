@@ -57,11 +57,12 @@ def import_library(key: str, name: str) -> ModuleType:
 def check_library_model(key: str, name: str) -> None:
     """A one-line ConfigError unless the library imports and knows the classifier `name`."""
     module, model = import_library(key, name), name.partition(":")[2]
-    known = module.models.list_models(module=module.models) if library_of(name) == "torchvision" else None
-    exists = model in known if known is not None else module.is_model(model)
+    if library_of(name) == "torchvision":  # classifiers only: detection and segmentation live in submodules
+        exists, names = model in module.models.list_models(module=module.models), "torchvision.models.list_models()"
+    else:
+        exists, names = module.is_model(model), "timm.list_models()"
     if not exists:
-        where = "torchvision.models.list_models()" if known is not None else "timm.list_models()"
-        raise ConfigError(f"{key}={name!r} is not a classifier {library_of(name)} can build; see {where} for names")
+        raise ConfigError(f"{key}={name!r} is not a classifier {library_of(name)} can build; see {names} for names")
 
 
 def build_library_model(spec: ModelSpec) -> nn.Module:

@@ -178,3 +178,14 @@ def test_timm_pretrained_weights_start_a_gray_model_with_a_new_head(monkeypatch)
     assert torch.allclose(model.conv_stem.weight, imagenet["conv_stem.weight"].sum(dim=1, keepdim=True))
     assert torch.equal(model.conv_head.weight, imagenet["conv_head.weight"])
     assert model.classifier.out_features == 10
+
+
+@pytest.mark.parametrize(
+    ("name", "names"),
+    [("timm:no_such_net", "timm.list_models()"), ("torchvision:fasterrcnn_resnet50_fpn", "torchvision.models")],
+)
+def test_a_name_the_library_cannot_build_as_a_classifier_is_one_line(name, names):
+    importable(name)
+    expected = f"teacher.model='{name}' is not a classifier {library_of(name)} can build; see {names}"
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        check_model_name("teacher.model", name)

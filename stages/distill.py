@@ -4,6 +4,8 @@ With `distill.feature_loss` (hint or attention, pipeline/training/features.py) t
 maps also learn from the teacher's. Also trains the same student, same seed and budget, on labels alone (alpha =
 0, no feature loss), so the report can show what distillation bought. Set `distill.baseline: false` to skip that
 second run. Accuracies are measured on the validation split (what choices read) and the test split (reported).
+The student can start from weights (`distill.weights`, or a library's with `distill.pretrained`); so does its
+baseline, so the two differ only in what they learn from.
 """
 
 from __future__ import annotations
@@ -17,11 +19,20 @@ import torch
 from pipeline.cache import CHECKPOINTS, Artifact
 from pipeline.datasets.artifact import load_dataset
 from pipeline.errors import require
-from pipeline.models.factory import build_model, check_model_name, count_macs_and_params, model_source_sha256
+from pipeline.models.factory import build_model, check_model_name, count_macs_and_params
 from pipeline.models.storage import load_model, save_model
 from pipeline.training import features
 from pipeline.training.loop import fit
-from pipeline.training.recipes import check_training_params, model_label, recipe_for, resolve_width, scored, spec_for
+from pipeline.training.recipes import (
+    check_training_params,
+    model_inputs,
+    model_label,
+    recipe_for,
+    resolve_width,
+    scored,
+    spec_for,
+    start_from,
+)
 
 NAME = "distill"
 SECTION = "distill"
@@ -36,6 +47,9 @@ class Params:
     model: str = "cnn"  # student architecture: see teacher.model
     width: int | None = dataclasses.field(default=8, metadata={"follows": "model"})  # see teacher.width
     epochs: int = 30
+    weights: str | None = dataclasses.field(default=None, metadata={"path": True})  # start from: see teacher.weights
+    pretrained: bool = False  # start from the library's pretrained weights: see teacher.pretrained
+    reinit_head: bool = False  # see teacher.reinit_head
     batch_size: int = 64
     lr: float = 0.1
     weight_decay: float = 5e-4
@@ -54,8 +68,8 @@ class Params:
     feature_layers: tuple[str, ...] | None = None
 
     def __post_init__(self):
-        check_model_name("distill.model", self.model)
         check_training_params("distill", self)
+        check_model_name("distill.model", self.model)
         resolve_width(self)
         require(self.temperature > 0, "distill.temperature", self.temperature, "a number > 0")
         require(0 <= self.alpha <= 1, "distill.alpha", self.alpha, "a number in [0, 1]")
@@ -71,9 +85,8 @@ class Params:
 
 
 def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
-    """A user model's source file is an input: editing it must re-run this stage."""
-    source = model_source_sha256(params.model)
-    return {"model_source_sha256": source} if source else {}
+    """A user model's source, the model library's version and the weights file are inputs: a change re-runs it."""
+    return model_inputs(SECTION, params)
 
 
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
@@ -84,6 +97,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     validation = torch.from_numpy(dataset.val_images), torch.from_numpy(dataset.val_labels)
     torch.manual_seed(params.seed)
     student = build_model(spec)
+    start = start_from(student, spec, SECTION, params)
     example = spec.example_input()
     matching = features.build(
         params.feature_loss, params.feature_weight, params.feature_layers or (), teacher, student, example
@@ -109,7 +123,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "macs": macs,
         "history": history,
         "baseline_history": baseline_history,
-        "summary": f"{model_label(params.model, params.width)}, {n_params:,} params, "
+        "start": start,
+        "summary": f"{model_label(params.model, params.width)} {start}, {n_params:,} params, "
         f"validation accuracy {scores['validation_accuracy']:.4f}{gain}",
     }
 
@@ -118,6 +133,7 @@ def train_baseline(params: Params, spec, dataset, out_dir: Path) -> tuple[dict[s
     """The same student, seed and budget, on labels alone (no teacher, no feature loss): its scores and history."""
     torch.manual_seed(params.seed)
     model = build_model(spec)
+    start_from(model, spec, SECTION, params)
     recipe = recipe_for(params, params.epochs, params.temperature, alpha=0.0)
     images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
     validation = torch.from_numpy(dataset.val_images), torch.from_numpy(dataset.val_labels)

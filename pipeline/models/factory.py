@@ -1,5 +1,6 @@
-"""Model builders behind one factory: the built-in architectures by name, or the user's own
-`package.module:function`, imported with importlib and called as `function(in_channels=..., num_classes=...)`.
+"""Model builders behind one factory: the built-in architectures by name, a library's by 'torchvision:NAME' or
+'timm:NAME' (pipeline/models/libraries.py), or the user's own `package.module:function`, imported with importlib and
+called as `function(in_channels=..., num_classes=...)`.
 """
 
 from __future__ import annotations
@@ -15,20 +16,22 @@ from torch import nn
 
 from pipeline.errors import ConfigError
 from pipeline.models.cifar import MODELS, PUBLISHED_WIDTHS
+from pipeline.models.libraries import build_library_model, check_library_model, library_of
 from pipeline.models.spec import ModelSpec
+
+OTHER_NAMES = "'torchvision:NAME', 'timm:NAME' or 'package.module:function'"
 
 
 def is_user_model(name: str) -> bool:
-    """A 'package.module:function' name: the user's own builder rather than a key of MODELS."""
-    return ":" in name
+    """A 'package.module:function' name: the user's own builder rather than a key of MODELS or a library's model."""
+    return ":" in name and library_of(name) is None
 
 
 def import_user_module(key: str, name: str) -> tuple[ModuleType, str]:
     """(module, attribute name) of a user model name, or a one-line ConfigError saying what to fix."""
     module_name, _, attribute = name.partition(":")
     if not module_name or not attribute.isidentifier():
-        expected = f"one of {', '.join(MODELS)} or 'package.module:function'"
-        raise ConfigError(f"{key}={name!r} is not a model name: expected {expected}")
+        raise ConfigError(f"{key}={name!r} is not a model name: expected one of {', '.join(MODELS)}, {OTHER_NAMES}")
     try:
         module = importlib.import_module(module_name)
     except Exception as error:  # the user's module may fail in any way while importing; say how, in one line
@@ -50,16 +53,18 @@ def user_builder(key: str, name: str) -> Callable[..., nn.Module]:
 
 
 def check_model_name(key: str, name: str) -> None:
-    if is_user_model(name):
+    if library_of(name) is not None:
+        check_library_model(key, name)
+    elif is_user_model(name):
         user_builder(key, name)
     elif name not in MODELS:
-        raise ConfigError(f"{key}={name!r} is not a known model; available: {', '.join(MODELS)}")
+        raise ConfigError(f"{key}={name!r} is not a known model; available: {', '.join(MODELS)}, {OTHER_NAMES}")
 
 
 def published_width(name: str) -> int | None:
     """The width of the published network `name`: what `width` is unless a config sets it. None for a user's
-    own builder, which takes no width."""
-    return None if is_user_model(name) else PUBLISHED_WIDTHS.get(name)
+    own builder or a library's model, which take no width (a library's models come in their published widths)."""
+    return None if ":" in name else PUBLISHED_WIDTHS.get(name)
 
 
 def model_source_sha256(name: str) -> str | None:
@@ -78,6 +83,8 @@ def model_source_sha256(name: str) -> str | None:
 
 def build_model(spec: ModelSpec) -> nn.Module:
     check_model_name("model", spec.name)
+    if library_of(spec.name) is not None:
+        return build_library_model(spec)
     if not is_user_model(spec.name):
         return MODELS[spec.name](spec)
     model = user_builder("model", spec.name)(in_channels=spec.in_channels, num_classes=spec.num_classes)

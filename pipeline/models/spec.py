@@ -11,8 +11,10 @@ import torch
 class ModelSpec:
     """Everything needed to rebuild a model's architecture."""
 
-    name: str  # a key of MODELS, or 'package.module:function' for a user model
-    width: int  # cnn: channels of the first block; mlp: hidden units; resnet*, mobilenetv2: stem channels
+    name: str  # a key of MODELS, 'torchvision:NAME', 'timm:NAME', or 'package.module:function' for a user model
+    # cnn: channels of the first block; mlp: hidden units; resnet*, mobilenetv2: stem channels; None for library
+    # and user models (their own widths)
+    width: int | None
     in_channels: int
     num_classes: int
     image_size: tuple[int, int]  # (height, width)

@@ -3,14 +3,19 @@ ModelSpec."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from pipeline.cache import sha256_file
 from pipeline.datasets.artifact import Dataset
-from pipeline.errors import require
-from pipeline.models.factory import published_width
+from pipeline.errors import ConfigError, require
+from pipeline.models.factory import classifier_head, model_source_sha256, published_width
+from pipeline.models.libraries import library_of, library_version, pretrained_state_dict
 from pipeline.models.spec import ModelSpec
+from pipeline.models.weights import SUFFIXES, load_checked, read_state_dict
 from pipeline.training.loop import Recipe, accuracy
 
 
@@ -26,11 +31,67 @@ def model_label(model: str, width: int | None) -> str:
     return model if width is None else f"{model} x{width}"
 
 
-def check_training_params(section: str, params: Any) -> None:
-    """Range checks of the stages that train a model from scratch."""
+def check_training_params(section: str, params: Any, min_epochs: int = 1) -> None:
+    """Range checks of the stages that build and train a model (teacher, distill)."""
     require(params.width is None or params.width >= 1, f"{section}.width", params.width, "null or an integer >= 1")
-    require(params.epochs >= 1, f"{section}.epochs", params.epochs, "an integer >= 1")
+    if params.width is not None and library_of(params.model) is not None:
+        raise ConfigError(
+            f"{section}.width={params.width} does not apply to {params.model!r}, which comes in its published width: "
+            f"remove it or set it to null"
+        )
+    require(params.epochs >= min_epochs, f"{section}.epochs", params.epochs, f"an integer >= {min_epochs}")
     check_recipe_params(section, params)
+    check_start_params(section, params)
+
+
+def check_start_params(section: str, params: Any) -> None:
+    """The weights a model starts from: a file (`weights`), the library's (`pretrained`), or fresh."""
+    if params.weights is not None and Path(params.weights).suffix not in SUFFIXES:
+        expected = "a .safetensors file or a state_dict saved as .pt or .pth"
+        require(False, f"{section}.weights", params.weights, expected)
+    if params.weights is not None and params.pretrained:
+        raise ConfigError(f"{section}.weights and {section}.pretrained both say where to start: set only one")
+    if params.pretrained and library_of(params.model) is None:
+        raise ConfigError(
+            f"{section}.pretrained=true needs a torchvision:NAME or timm:NAME model, not {params.model!r}; "
+            f"bring your own weights with {section}.weights"
+        )
+    if params.reinit_head and params.weights is None and not params.pretrained:
+        raise ConfigError(f"{section}.reinit_head=true has no weights to apply to: set {section}.weights or pretrained")
+
+
+def model_inputs(section: str, params: Any) -> dict[str, str]:
+    """What a training stage's model is built and started from, outside the config: a user builder's source, the
+    library's version (an upgrade can change an architecture or its pretrained weights), the weights file."""
+    inputs = {
+        "model_source_sha256": model_source_sha256(params.model),
+        "model_library": library_version(params.model),
+        "weights_sha256": None if params.weights is None else weights_sha256(section, params.weights),
+    }
+    return {key: value for key, value in inputs.items() if value is not None}
+
+
+def weights_sha256(section: str, weights: str) -> str:
+    if not Path(weights).is_file():
+        raise ConfigError(f"{section}.weights={weights!r}: no such file; give the path of a .safetensors or .pt file")
+    return sha256_file(Path(weights))
+
+
+def start_from(model: nn.Module, spec: ModelSpec, section: str, params: Any) -> str:
+    """Load the weights `model` starts training from (in place): `params.weights`, the library's pretrained
+    weights, or none. Says which, for the stage's line."""
+    if params.weights is not None:
+        where = f"{section}.weights={params.weights!r}"
+        state = read_state_dict(f"{section}.weights", Path(params.weights))
+    elif params.pretrained:
+        where = f"{spec.name}'s pretrained weights"
+        state = pretrained_state_dict(f"{section}.pretrained", spec)
+    else:
+        return "fresh weights"
+    head = classifier_head(model, spec.num_classes)
+    built = f"{section}.model={spec.name!r}"
+    load_checked(model, state, head, where=where, built=built, reinit_head=params.reinit_head)
+    return f"from {Path(params.weights).name}" if params.weights is not None else "from pretrained weights"
 
 
 def check_recipe_params(section: str, params: Any) -> None:

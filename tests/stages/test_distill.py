@@ -67,3 +67,19 @@ def test_feature_distillation_adds_its_loss_and_records_the_layer_pairs(tmp_path
     assert metrics["feature_distillation"]["layer_pairs"] == [["1", "1"], ["3", "3"]]  # cnn -> cnn: both boundaries
     assert all(row["feature"] > 0 for row in metrics["history"])
     assert set(artifact.manifest["files"]) == {"model.pt", "model.json"}  # adapters train, then are dropped
+
+
+def test_the_student_starts_from_a_state_dict_with_a_new_head(tmp_path):
+    """distill.weights with another class count: the body loads, a new classifier for the data's 10 classes."""
+    from pipeline.cache import ArtifactStore
+    from pipeline.models.factory import build_model
+    from pipeline.models.spec import ModelSpec
+    from pipeline.runner import load_config, run_pipeline
+    from tests.conftest import FAST
+
+    path = tmp_path / "student.pt"
+    torch.save(build_model(ModelSpec("cnn", 8, 1, 100, (8, 8))).state_dict(), path)
+    sets = [*FAST, "distill.epochs=1", "distill.baseline=true", f"distill.weights={path}", "distill.reinit_head=true"]
+    artifact = run_pipeline(load_config(overrides=sets), ArtifactStore(tmp_path / "a"), target="distill")[-1].artifact
+    assert artifact.metrics["start"] == "from student.pt" and "cnn x8 from student.pt" in artifact.metrics["summary"]
+    assert artifact.metrics["baseline_validation_accuracy"] is not None

@@ -1,0 +1,126 @@
+"""Architectures from the libraries people use, by 'torchvision:NAME' or 'timm:NAME'.
+
+Built for the data's class count and input channels, always with fresh weights: a saved model's spec rebuilds the
+architecture this way, then its state_dict is loaded, so nothing is downloaded when a model is loaded. The
+library's own pretrained weights (`*.pretrained: true`) come as a state_dict, loaded like a file the user brings.
+The libraries are optional (`pip install 'edgeforge[models]'`) and imported only when a name asks for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from importlib import metadata
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from pipeline.errors import ConfigError, first_line
+from pipeline.models.spec import ModelSpec
+
+LIBRARIES = ("torchvision", "timm")
+INSTALL = "pip install -c constraints.txt 'edgeforge[models]'"
+
+
+def library_of(name: str) -> str | None:
+    """'timm' for 'timm:NAME', 'torchvision' for 'torchvision:NAME', None for any other name."""
+    library, colon, _ = name.partition(":")
+    return library if colon and library in LIBRARIES else None
+
+
+def library_version(name: str) -> str | None:
+    """'timm 1.0.31' for a timm model name (an upgrade can change an architecture: it belongs in the key)."""
+    library = library_of(name)
+    if library is None:
+        return None
+    try:
+        return f"{library} {metadata.version(library)}"
+    except metadata.PackageNotFoundError:
+        raise ConfigError(f"model={name!r} needs {library}, which is not installed; {INSTALL}") from None
+
+
+def import_library(key: str, name: str) -> ModuleType:
+    """The library a 'LIBRARY:NAME' model name asks for, or a one-line ConfigError saying what to install."""
+    library = library_of(name)
+    try:
+        return importlib.import_module(library)
+    except Exception as error:  # torchvision built for another torch fails with a RuntimeError, not ImportError
+        # timm imports torchvision: both fail when torchvision's compiled operators were built for another torch.
+        wanted = "timm and the torchvision build for" if library == "timm" else "the torchvision build that matches"
+        raise ConfigError(
+            f"{key}={name!r} needs {library}, which does not import here ({type(error).__name__}: "
+            f"{first_line(error)}); install {wanted} torch {torch.__version__}: {INSTALL}"
+        ) from None
+
+
+def check_library_model(key: str, name: str) -> None:
+    """A one-line ConfigError unless the library imports and knows the classifier `name`."""
+    module, model = import_library(key, name), name.partition(":")[2]
+    if library_of(name) == "torchvision":  # classifiers only: detection and segmentation live in submodules
+        exists, names = model in module.models.list_models(module=module.models), "torchvision.models.list_models()"
+    else:
+        exists, names = module.is_model(model), "timm.list_models()"
+    if not exists:
+        raise ConfigError(f"{key}={name!r} is not a classifier {library_of(name)} can build; see {names} for names")
+
+
+def build_library_model(spec: ModelSpec) -> nn.Module:
+    """A fresh (randomly initialised) model for `spec`'s classes and input channels."""
+    module, model = import_library("model", spec.name), spec.name.partition(":")[2]
+    if library_of(spec.name) == "timm":
+        return module.create_model(model, pretrained=False, num_classes=spec.num_classes, in_chans=spec.in_channels)
+    built = module.models.get_model(model, weights=None, num_classes=spec.num_classes)
+    if spec.in_channels != 3:
+        name, conv = input_convolution(built, spec)
+        adapted = nn.Conv2d(
+            spec.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+        )
+        parent, _, attribute = name.rpartition(".")
+        setattr(built.get_submodule(parent), attribute, adapted)
+    return built
+
+
+def input_convolution(model: nn.Module, spec: ModelSpec) -> tuple[str, nn.Conv2d]:
+    """The first convolution, which reads the RGB image: (qualified name, layer), or a one-line refusal."""
+    first = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None or first[1].in_channels != 3 or first[1].groups != 1:
+        raise ConfigError(
+            f"model={spec.name!r}: cannot adapt its first layer to {spec.in_channels}-channel images; use a "
+            "timm: model (built for any number of channels) or 3-channel images"
+        )
+    return first
+
+
+def pretrained_state_dict(key: str, spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """The library's own pretrained weights for `spec`'s architecture (downloaded into the library's cache once),
+    with the input convolution adapted to `spec.in_channels`; the head keeps the pretraining's class count."""
+    module, model = import_library(key, spec.name), spec.name.partition(":")[2]
+    try:
+        if library_of(spec.name) == "timm":  # timm adapts the input convolution to in_chans itself
+            return module.create_model(model, pretrained=True, in_chans=spec.in_channels).state_dict()
+        state = module.models.get_model(model, weights="DEFAULT").state_dict()
+    except Exception as error:  # offline: urllib, requests or huggingface_hub errors, each its own type
+        raise ConfigError(
+            f"{key}=true: cannot get {spec.name}'s pretrained weights ({type(error).__name__}: {first_line(error)}); "
+            f"offline, download them where you can and pass the file as {key.rpartition('.')[0]}.weights "
+            "(.safetensors or a state_dict .pt)"
+        ) from None
+    if spec.in_channels != 3:
+        name, _ = input_convolution(build_library_model(dataclasses.replace(spec, in_channels=3)), spec)
+        state[f"{name}.weight"] = adapt_input_kernel(state[f"{name}.weight"], spec.in_channels)
+    return state
+
+
+def adapt_input_kernel(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """An RGB kernel (out, 3, k, k) for `in_channels` inputs: each channel gets the RGB sum over `in_channels`, so an
+    image whose channels are equal (gray) gives exactly the response the pretrained kernel gives its RGB version."""
+    return weight.sum(dim=1, keepdim=True).repeat(1, in_channels, 1, 1) / in_channels

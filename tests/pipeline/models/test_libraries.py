@@ -1,0 +1,191 @@
+"""torchvision:NAME and timm:NAME models: names, one-line failures, and each family built, trained a step, pruned,
+saved and rebuilt, exported and quantized at 32 px. Nothing is downloaded: every model starts from fresh weights.
+
+The family tests need the optional extra edgeforge[models] and skip, saying why, where it does not import."""
+
+import importlib
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline.errors import ConfigError
+from pipeline.models import libraries
+from pipeline.models.factory import build_model, check_model_name, classifier_head, is_user_model, published_width
+from pipeline.models.libraries import adapt_input_kernel, input_convolution, library_of
+from pipeline.models.spec import ModelSpec
+from pipeline.models.storage import load_model, save_model
+from pipeline.runtime.onnx_export import export_onnx
+from pipeline.runtime.quantization import QuantSettings, quantize
+from pipeline.runtime.sessions import run_batches, session
+from pipeline.training.recipes import model_inputs, start_from
+from stages.prune import Params, prune_channels
+
+
+def test_library_prefixes_are_explicit():
+    assert library_of("timm:efficientnet_b0") == "timm" and library_of("torchvision:resnet18") == "torchvision"
+    for name in ("timm.models:build", "mypackage.models:build", "resnet20"):
+        assert library_of(name) is None
+    assert is_user_model("mypackage.models:build") and not is_user_model("timm:efficientnet_b0")
+    assert published_width("timm:efficientnet_b0") is None  # library models come in their published widths
+
+
+def test_a_library_that_does_not_import_is_one_line(monkeypatch):
+    def broken(name):
+        raise RuntimeError("operator torchvision::nms does not exist\n(more lines)")
+
+    monkeypatch.setattr(libraries.importlib, "import_module", broken)
+    expected = (
+        "teacher.model='torchvision:resnet18' needs torchvision, which does not import here (RuntimeError: operator "
+        f"torchvision::nms does not exist); install the torchvision build that matches torch {torch.__version__}: "
+        "pip install -c constraints.txt 'edgeforge[models]'"
+    )
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        check_model_name("teacher.model", "torchvision:resnet18")
+    expected = "install timm and the torchvision build for torch"
+    with pytest.raises(ConfigError, match=r"^distill.model='timm:efficientnet_b0' needs timm, which does not import"):
+        check_model_name("distill.model", "timm:efficientnet_b0")
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        check_model_name("distill.model", "timm:efficientnet_b0")
+
+
+def test_pretrained_weights_offline_name_the_way_out(monkeypatch):
+    """The download fails as it does offline (here inside a stand-in for timm's create_model: nothing is fetched)."""
+
+    def offline(name, pretrained, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    real = importlib.import_module
+    stand_in = SimpleNamespace(create_model=offline)
+    monkeypatch.setattr(libraries.importlib, "import_module", lambda name: stand_in if name == "timm" else real(name))
+    expected = (
+        "teacher.pretrained=true: cannot get timm:resnet18's pretrained weights (OSError: We couldn't connect to "
+        "'https://huggingface.co' to load the files); offline, download them where you can and pass the file as "
+        "teacher.weights (.safetensors or a state_dict .pt)"
+    )
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        libraries.pretrained_state_dict("teacher.pretrained", ModelSpec("timm:resnet18", None, 3, 10, (32, 32)))
+
+
+def test_the_library_version_is_in_the_stage_key(monkeypatch):
+    monkeypatch.setattr(libraries.metadata, "version", lambda name: {"timm": "1.0.31"}[name])
+    params = SimpleNamespace(model="timm:efficientnet_b0", weights=None)
+    assert model_inputs("teacher", params) == {"model_library": "timm 1.0.31"}
+
+
+@pytest.mark.parametrize("in_channels", [1, 2, 4])
+def test_an_rgb_kernel_adapted_to_other_channels_responds_alike_to_gray_images(in_channels):
+    torch.manual_seed(0)
+    rgb = nn.Conv2d(3, 8, 3, bias=False)
+    adapted = nn.Conv2d(in_channels, 8, 3, bias=False)
+    adapted.weight.data = adapt_input_kernel(rgb.weight.data, in_channels)
+    gray = torch.rand(2, 1, 6, 6)
+    assert torch.allclose(adapted(gray.expand(-1, in_channels, -1, -1)), rgb(gray.expand(-1, 3, -1, -1)), atol=1e-5)
+
+
+def test_a_first_layer_that_cannot_be_adapted_is_refused_in_one_line():
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Flatten(), nn.LazyLinear(10))
+    expected = (
+        "model='torchvision:x': cannot adapt its first layer to 1-channel images; use a timm: model (built for any "
+        "number of channels) or 3-channel images"
+    )
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        input_convolution(model, ModelSpec("torchvision:x", None, 1, 10, (32, 32)))
+
+
+FAMILIES = ["torchvision:resnet18", "timm:mobilenetv3_small_050", "timm:efficientnet_b0"]
+
+
+def importable(name: str) -> None:
+    """Skip unless the model's library imports here (torchvision built for another torch raises a RuntimeError)."""
+    try:
+        importlib.import_module(library_of(name))
+    except Exception as error:
+        pytest.skip(f"{library_of(name)} does not import here ({type(error).__name__}: {error}); edgeforge[models]")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_library_family_trains_prunes_rebuilds_exports_and_quantizes(name, tmp_path):
+    importable(name)
+    spec = ModelSpec(name, None, 1, 10, (32, 32))  # gray images: the first layer is adapted
+    torch.manual_seed(0)
+    model = build_model(spec)
+    x, y = torch.randn(8, 1, 32, 32), torch.arange(8) % 10
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    before = classifier_head(model, 10).weight.detach().clone()
+    nn.functional.cross_entropy(model.train()(x), y).backward()
+    optimizer.step()
+    assert not torch.equal(before, classifier_head(model, 10).weight)
+
+    model.eval()
+    params_before = sum(p.numel() for p in model.parameters())
+    history = prune_channels(model, spec.example_input(), spec.num_classes, Params(ratio=0.5))
+    assert sum(p.numel() for p in model.parameters()) < 0.5 * params_before
+    assert classifier_head(model, 10).out_features == 10 and model(x).shape == (8, 10)
+
+    save_model(model, spec, tmp_path, pruning_history=history)
+    loaded, _ = load_model(tmp_path)  # rebuilt from the spec with fresh weights, then the state_dict: no download
+    assert torch.equal(loaded(x), model(x))
+
+    export_onnx(model, spec, tmp_path / "model.onnx", opset=18)
+    images = np.random.default_rng(0).standard_normal((4, 1, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images)).numpy()
+    assert np.abs(run_batches(session(tmp_path / "model.onnx"), images) - expected).max() < 1e-3
+    quantize(tmp_path / "model.onnx", tmp_path / "int8.onnx", images, QuantSettings(calibration_batch=4))
+    assert run_batches(session(tmp_path / "int8.onnx"), images).shape == (4, 10)
+
+
+def test_torchvision_pretrained_weights_start_a_gray_model_with_a_new_head(monkeypatch):
+    """torchvision's own loading path, with its download replaced by a state_dict made here (nothing fetched)."""
+    importable("torchvision:resnet18")
+    import torchvision.models._api as api
+
+    torch.manual_seed(0)
+    imagenet = build_model(ModelSpec("torchvision:resnet18", None, 3, 1000, (32, 32))).state_dict()
+    fetched = []
+    monkeypatch.setattr(api, "load_state_dict_from_url", lambda url, **kwargs: fetched.append(url) or imagenet)
+    spec = ModelSpec("torchvision:resnet18", None, 1, 10, (32, 32))
+    model = build_model(spec)
+    starting = SimpleNamespace(weights=None, pretrained=True, reinit_head=False)
+    with pytest.raises(ConfigError, match=r"classifier 'fc.weight' has shape \[1000, 512\], the data's 10 classes"):
+        start_from(model, spec, "teacher", starting)
+    start_from(model, spec, "teacher", SimpleNamespace(weights=None, pretrained=True, reinit_head=True))
+    assert fetched and fetched[0].endswith(".pth")
+    assert torch.equal(model.conv1.weight, imagenet["conv1.weight"].sum(dim=1, keepdim=True))
+    assert torch.equal(model.layer4[1].conv2.weight, imagenet["layer4.1.conv2.weight"])
+    assert model.fc.out_features == 10
+
+
+def test_timm_pretrained_weights_start_a_gray_model_with_a_new_head(monkeypatch):
+    """timm's own loading path (it adapts the input convolution to in_chans), with its hub download replaced by a
+    state_dict made here (nothing fetched)."""
+    importable("timm:mobilenetv3_small_050")
+    import timm.models._builder as builder
+
+    torch.manual_seed(0)
+    imagenet = build_model(ModelSpec("timm:mobilenetv3_small_050", None, 3, 1000, (32, 32))).state_dict()
+    fetched = []
+    monkeypatch.setattr(builder, "load_state_dict_from_hf", lambda *args, **kwargs: fetched.append(args) or imagenet)
+    spec = ModelSpec("timm:mobilenetv3_small_050", None, 1, 10, (32, 32))
+    model = build_model(spec)
+    start_from(model, spec, "distill", SimpleNamespace(weights=None, pretrained=True, reinit_head=True))
+    assert fetched
+    assert torch.allclose(model.conv_stem.weight, imagenet["conv_stem.weight"].sum(dim=1, keepdim=True))
+    assert torch.equal(model.conv_head.weight, imagenet["conv_head.weight"])
+    assert model.classifier.out_features == 10
+
+
+@pytest.mark.parametrize(
+    ("name", "names"),
+    [("timm:no_such_net", "timm.list_models()"), ("torchvision:fasterrcnn_resnet50_fpn", "torchvision.models")],
+)
+def test_a_name_the_library_cannot_build_as_a_classifier_is_one_line(name, names):
+    importable(name)
+    expected = f"teacher.model='{name}' is not a classifier {library_of(name)} can build; see {names}"
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        check_model_name("teacher.model", name)

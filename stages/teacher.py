@@ -98,6 +98,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
             validation=validation,
         )
     scores = scored(model, dataset)
+    trained = "trained" if start == "fresh weights" else "fine-tuned"
     save_model(model, spec, out_dir)
     macs, n_params = count_macs_and_params(model, spec)
     return {
@@ -107,6 +108,6 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "history": history,
         "start": start,
         "summary": f"{model_label(params.model, params.width)} {start}"
-        + (", used as it is" if params.epochs == 0 else f", fine-tuned {params.epochs} epoch(s)")
+        + (", used as it is" if params.epochs == 0 else f", {trained} {params.epochs} epoch(s)")
         + f", {n_params:,} params, validation accuracy {scores['validation_accuracy']:.4f}",
     }

@@ -3,6 +3,8 @@
 torch-pruning's dependency graph removes whole channels (and the matching inputs of the layers
 that consume them), so the pruned model is physically smaller and its MACs really drop. The result
 is stored as state_dict plus pruning history: loading replays the history on a freshly built model.
+With `prune.steps` > 1 the channels go gradually, each step followed by its share of the fine-tune
+(pipeline/models/pruning.py); the schedule and each step's accuracies are in the metrics and the report.
 
 The ratio is either `prune.ratio`, or, with `prune.target_latency_ms`, the least pruning whose measured
 onnxruntime latency meets that budget (pipeline/prune_candidates.py, pipeline/latency_search.py): candidates are
@@ -20,12 +22,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-import torch_pruning as tp
 
 from pipeline.cache import CHECKPOINTS, Artifact
 from pipeline.datasets.artifact import Dataset, load_dataset
 from pipeline.errors import StageError, require
-from pipeline.models.factory import build_model, classifier_head, count_macs_and_params
+from pipeline.models.factory import build_model, count_macs_and_params
+from pipeline.models.pruning import make_pruner, prune_channels, schedule
 from pipeline.models.storage import architecture, load_model, replay_pruning, save_model
 from pipeline.runtime import targets
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 
 NAME = "prune"
 SECTION = "prune"
-VERSION = 4
+VERSION = 5
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
@@ -57,6 +59,9 @@ class Params:
     # channels: on this machine resnet8 at 12/24/48 channels ran slower than unpruned at 16/32/64 (BENCHMARKS.md).
     round_to: int = 0
     finetune_epochs: int = 15  # distillation fine-tune after pruning (0: none)
+    # 1: prune in one shot. N: gradually, in N steps (ratio * k / N of the channels gone after step k), each followed
+    # by its share of finetune_epochs: the same training time as one shot, channels re-ranked after each recovery.
+    steps: int = 1
     batch_size: int = 64
     lr: float = 0.05  # lower than training: the pruned weights are a good start
     weight_decay: float = 5e-4
@@ -90,6 +95,12 @@ class Params:
         require(self.importance in IMPORTANCES, "prune.importance", self.importance, " or ".join(IMPORTANCES))
         require(self.finetune_epochs >= 0, "prune.finetune_epochs", self.finetune_epochs, "an integer >= 0")
         require(self.round_to >= 0, "prune.round_to", self.round_to, "an integer >= 0 (0: no rounding)")
+        require(
+            self.steps == 1 or self.finetune_epochs >= self.steps >= 1,
+            "prune.steps",
+            self.steps,
+            f"1 (one shot), or 2..finetune_epochs ({self.finetune_epochs}): every step is followed by a fine-tune",
+        )
         require(
             self.scratch_epochs is None or self.scratch_epochs >= 1,
             "prune.scratch_epochs",
@@ -130,23 +141,6 @@ def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
     return {"machine": targets.identity(params.target_device, targets.TIMEOUT_S)}
 
 
-def prune_channels(
-    model: torch.nn.Module, example: torch.Tensor, num_classes: int, params: Params, ratio: float | None = None
-) -> list:
-    """Remove `ratio` (default `params.ratio`) of the channels in place; return torch-pruning's history."""
-    pruner = tp.pruner.MetaPruner(
-        model,
-        example,
-        importance=tp.importance.GroupMagnitudeImportance(p=1 if params.importance == "l1" else 2),
-        pruning_ratio=params.ratio if ratio is None else ratio,
-        global_pruning=params.global_pruning,
-        round_to=params.round_to or None,
-        ignored_layers=[classifier_head(model, num_classes)],  # its outputs are the classes
-    )
-    pruner.step()
-    return pruner.pruning_history()
-
-
 def candidates(student: torch.nn.Module, spec, dataset: Dataset, params: Params) -> prune_candidates.Candidates:
     def prune(model: torch.nn.Module, ratio: float) -> None:
         prune_channels(model, spec.example_input(), spec.num_classes, params, ratio)
@@ -179,14 +173,11 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     macs_before, params_before = count_macs_and_params(student, spec)
     search = budget_decision(student, spec, dataset, params, out_dir)
     ratio = params.ratio if search is None else search["ratio"]
-    history: list = []
-    if ratio > 0:
-        history = prune_channels(student, spec.example_input(), spec.num_classes, params, ratio)
-    macs_after, params_after = count_macs_and_params(student, spec)
-    before_finetune = scored(student, dataset)
-    training = finetune(student, teacher, dataset, params, out_dir)
-    after = scored(student, dataset)
+    history, steps, training = prune_and_finetune(student, teacher, spec, dataset, params, ratio, out_dir)
+    macs_after, params_after = steps[-1]["macs"], steps[-1]["params"]
+    before_finetune, after = steps[0]["before_finetune"], steps[-1]["after_finetune"]
     save_model(student, spec, out_dir, pruning_history=history)
+    in_steps = f" in {len(steps)} steps" if len(steps) > 1 else ""
     if search is not None:
         achieved = achieved_latency(student, spec, dataset, params) if distributed.is_leader() else None
         search = {**search, "achieved": distributed.broadcast_json(achieved)}
@@ -196,6 +187,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         scratch = scratch_baseline(student, spec, history, teacher, dataset, params, distill_params, out_dir)
     return {
         "ratio": ratio,
+        "steps": steps,
         "latency_search": search,
         **after,
         "validation_accuracy_before_finetune": before_finetune["validation_accuracy"],
@@ -208,7 +200,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "scratch": scratch,
         "summary": search_summary(search)
         + (
-            f"{ratio:.1%} of channels removed: MACs {macs_before:,} -> {macs_after:,}, "
+            f"{ratio:.1%} of channels removed{in_steps}: MACs {macs_before:,} -> {macs_after:,}, "
             f"params {params_before:,} -> {params_after:,}, validation accuracy "
             f"{before_finetune['validation_accuracy']:.4f} -> {after['validation_accuracy']:.4f} after fine-tune"
             + ("" if scratch is None else f" ({scratch['validation_accuracy']:.4f} trained from scratch)")
@@ -260,14 +252,35 @@ def budget_decision(student: torch.nn.Module, spec, dataset: Dataset, params: Pa
     return search
 
 
-def finetune(student: torch.nn.Module, teacher: torch.nn.Module, dataset: Dataset, params: Params, out_dir: Path):
-    """The distillation fine-tune of the pruned student (in place); its per-epoch history."""
-    if params.finetune_epochs == 0:
+def prune_and_finetune(
+    student: torch.nn.Module, teacher: torch.nn.Module, spec, dataset: Dataset, params: Params, ratio: float, out_dir
+) -> tuple[list, list[dict[str, Any]], list]:
+    """Prune `student` in place to `ratio` in `params.steps` steps, each followed by its share of the distillation
+    fine-tune. Returns torch-pruning's history, the schedule with each step's size and accuracies (before and after
+    its fine-tune), and the fine-tune's per-epoch history."""
+    plan = schedule(ratio, params.steps if ratio > 0 else 1, params.finetune_epochs)
+    pruner = make_pruner(student, spec.example_input(), spec.num_classes, params, ratio, len(plan)) if ratio else None
+    training: list = []
+    for step in plan:
+        if pruner is not None:
+            pruner.step()
+        macs, n_params = count_macs_and_params(student, spec)
+        before = scored(student, dataset)
+        name = "finetune.pt" if len(plan) == 1 else f"finetune-{step['step']}.pt"  # a resumed run finds its step's
+        training += finetune(student, teacher, dataset, params, step["epochs"], out_dir / CHECKPOINTS / name)
+        step.update(macs=macs, params=n_params, before_finetune=before, after_finetune=scored(student, dataset))
+    return (pruner.pruning_history() if pruner is not None else []), plan, training
+
+
+def finetune(
+    student: torch.nn.Module, teacher: torch.nn.Module, dataset: Dataset, params: Params, epochs: int, checkpoint: Path
+) -> list:
+    """`epochs` of distillation fine-tune of the pruned student (in place); its per-epoch history."""
+    if epochs == 0:
         return []
-    recipe = recipe_for(params, params.finetune_epochs, params.temperature, params.alpha)
+    recipe = recipe_for(params, epochs, params.temperature, params.alpha)
     images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
     validation = torch.from_numpy(dataset.val_images), torch.from_numpy(dataset.val_labels)
-    checkpoint = out_dir / CHECKPOINTS / "finetune.pt"
     return fit(student, images, labels, dataset.norm, recipe, teacher, NAME, checkpoint, None, validation)
 
 

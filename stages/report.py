@@ -257,6 +257,16 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
                 sizes,
             ),
             "after_finetune": scored(prune_metrics["validation_accuracy"], prune_metrics["test_accuracy"], sizes),
+            "steps": [
+                {
+                    **{key: step[key] for key in ("step", "ratio", "epochs", "params", "macs")},
+                    **{
+                        when: scored(step[when]["validation_accuracy"], step[when]["test_accuracy"], sizes)
+                        for when in ("before_finetune", "after_finetune")
+                    },
+                }
+                for step in prune_metrics["steps"]
+            ],
             "scratch": None
             if scratch is None
             else {

@@ -123,6 +123,19 @@ def targets_section(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _gradual_text(steps: list[dict[str, Any]]) -> str:
+    """The gradual schedule (prune.steps > 1): each step's share removed, its fine-tune and validation accuracy."""
+    if len(steps) < 2:
+        return ""
+    return f"; gradually, in {len(steps)} steps (right after pruning → after each step's fine-tune, validation): " + (
+        ", ".join(
+            f"{s['ratio']:.1%} + {s['epochs']} epochs: {s['before_finetune']['validation_accuracy']:.4f} → "
+            f"{s['after_finetune']['validation_accuracy']:.4f}"
+            for s in steps
+        )
+    )
+
+
 def _both(scores: dict[str, Any] | None) -> str:
     if scores is None:
         return "not trained"
@@ -153,7 +166,7 @@ def steps_section(report: dict[str, Any]) -> list[str]:
         + f"; distilled {_both(distill['student'])}.",
         f"- Pruning ({prune['ratio']:.1%} of channels): params {prune['params_before']:,} → {prune['params']:,}, "
         f"MACs {prune['macs_before']:,} → {prune['macs']:,}; right after pruning {_both(prune['before_finetune'])}; "
-        f"after the distillation fine-tune {_both(prune['after_finetune'])}.",
+        f"after the distillation fine-tune {_both(prune['after_finetune'])}" + _gradual_text(prune["steps"]) + ".",
         "- The pruned architecture trained from scratch with distillation "
         + (
             "was not trained (prune.scratch_baseline: false)."

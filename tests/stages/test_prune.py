@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from pipeline.models.factory import build_model, count_macs_and_params
+from pipeline.models.pruning import prune_channels
 from pipeline.models.spec import ModelSpec
 from pipeline.models.storage import load_model, save_model
-from stages.prune import Params, prune_channels
+from stages.prune import Params
 
 
 def test_pruning_removes_channels_and_the_model_still_works():
@@ -166,3 +167,25 @@ def test_bad_budget_settings_are_one_line_errors(key, value, message):
 
     with pytest.raises(ConfigError, match=message):
         Params(**{key: value})
+
+
+@pytest.mark.slow
+def test_gradual_pruning_fine_tunes_after_each_step_and_the_report_shows_the_schedule(store):
+    from pipeline.models.storage import architecture, load_model
+
+    sets = ["prune.ratio=0.5", "prune.finetune_epochs=3", "prune.scratch_baseline=false"]
+    gradual = run_prune(store, *sets, "prune.steps=3", target="report")
+    metrics = gradual["prune"].artifact.metrics
+    steps = metrics["steps"]
+    assert [s["ratio"] for s in steps] == pytest.approx([0.5 / 3, 1 / 3, 0.5]) and metrics["ratio"] == 0.5
+    assert [s["epochs"] for s in steps] == [1, 1, 1] and len(metrics["history"]) == 3  # one epoch after each step
+    assert steps[0]["params"] > steps[1]["params"] > steps[2]["params"] == metrics["params"]
+    assert all(0 <= s[w]["validation_accuracy"] <= 1 for s in steps for w in ("before_finetune", "after_finetune"))
+    assert "in 3 steps" in metrics["summary"]
+    markdown = gradual["report"].artifact.file("report.md").read_text()
+    assert "gradually, in 3 steps" in markdown
+    one_shot = run_prune(store, *sets)
+    assert len(one_shot.artifact.metrics["steps"]) == 1
+    assert architecture(load_model(gradual["prune"].artifact.path)[0]) == architecture(
+        load_model(one_shot.artifact.path)[0]
+    )

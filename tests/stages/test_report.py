@@ -116,7 +116,7 @@ def test_report_files_follow_the_schema(tiny_run):
     assert set(report) >= {"config", "environment", "models", "edge_model", "signoff"}
     assert set(report["environment"]) >= {"cpu", "cores", "torch", "onnx", "onnxruntime", "providers"}
     assert set(report["machine"]) >= {"cpu", "cpu_flags_sha256", "cores", "onnxruntime", "onnxruntime_build"}
-    assert report["config"]["prune"]["ratio"] == 0.25 and report["config"]["signoff"]["min_accuracy"] == 0.8
+    assert report["config"]["prune"]["ratio"] == 0.5 and report["config"]["signoff"]["min_accuracy"] == 0.8
     for entry in report["models"]:
         assert (store.root / entry["path"]).is_file()
         assert set(entry) >= {"name", "path", "sha256", "params", "macs", "size_bytes", "accuracy", "latency"}

@@ -16,13 +16,14 @@ from pipeline.errors import ConfigError
 from pipeline.models import libraries
 from pipeline.models.factory import build_model, check_model_name, classifier_head, is_user_model, published_width
 from pipeline.models.libraries import adapt_input_kernel, input_convolution, library_of
+from pipeline.models.pruning import prune_channels
 from pipeline.models.spec import ModelSpec
 from pipeline.models.storage import load_model, save_model
 from pipeline.runtime.onnx_export import export_onnx
 from pipeline.runtime.quantization import QuantSettings, quantize
 from pipeline.runtime.sessions import run_batches, session
 from pipeline.training.recipes import model_inputs, start_from
-from stages.prune import Params, prune_channels
+from stages.prune import Params
 
 
 def test_library_prefixes_are_explicit():

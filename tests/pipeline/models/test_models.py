@@ -18,11 +18,12 @@ from pipeline.models.factory import (
     count_macs_and_params,
     model_source_sha256,
 )
+from pipeline.models.pruning import prune_channels
 from pipeline.models.spec import ModelSpec
 from pipeline.models.storage import load_model, save_model
 from pipeline.runtime.onnx_export import export_onnx
 from pipeline.runtime.sessions import run_batches, session
-from stages.prune import Params, prune_channels
+from stages.prune import Params
 
 WIDTH = 4  # tiny: the tests check wiring, not accuracy
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]  # digits, MNIST, CIFAR

@@ -56,7 +56,14 @@ class Normalized:
         return len(self.pixels)
 
     def __getitem__(self, rows: slice) -> np.ndarray:
-        return normalize(np.asarray(self.pixels[rows]), self.mean, self.std)
+        pixels = self.pixels
+        if isinstance(pixels, np.memmap) and pixels.filename is not None:
+            # A mapping of this slice's own, closed after: pages read through one long-lived mapping would stay in
+            # this process's resident memory (pipeline/datasets/artifact.py read_rows does the same).
+            whole = np.load(pixels.filename, mmap_mode="r", allow_pickle=False)
+            if (whole.shape, whole.strides, whole.dtype) == (pixels.shape, pixels.strides, pixels.dtype):
+                pixels = whole
+        return normalize(np.asarray(pixels[rows]), self.mean, self.std)
 
 
 def resize_center_crop(image, size: int, crop_fraction: float):

@@ -172,3 +172,14 @@ def test_an_imagefolder_of_mixed_sizes_is_stored_resized_and_cropped_as_memory_m
     assert len(dataset.train_labels) + len(dataset.val_labels) + len(dataset.test_labels) == 12
     assert artifact.manifest["metrics"]["image_shape"] == [3, 16, 16]
     assert artifact.manifest["params"]["crop_fraction"] == 0.875
+
+
+def test_crop_fraction_outside_zero_to_one_is_one_line():
+    from pipeline.errors import ConfigError
+    from pipeline.runner import load_config
+
+    for value in ("0", "1.5"):
+        with pytest.raises(
+            ConfigError, match=rf"data.crop_fraction={value}\.?\d* is not allowed: expected a number in"
+        ):
+            load_config(overrides=[f"data.crop_fraction={value}"])

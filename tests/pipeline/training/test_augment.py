@@ -79,3 +79,12 @@ def test_resized_crop_is_the_same_on_cuda_and_cpu():
     images = torch.randint(0, 256, (32, 3, 24, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
     draws = draw(6, n=32)
     torch.testing.assert_close(augment(images.cuda(), 4, draws).cpu(), augment(images, 4, draws), atol=1e-3, rtol=0)
+
+
+def test_an_unknown_augmentation_is_one_line_naming_the_choices():
+    from pipeline.errors import ConfigError
+    from pipeline.runner import load_config
+
+    with pytest.raises(ConfigError, match=r"distill.augment='crop' is not allowed: expected shift or resized_crop"):
+        load_config(overrides=["distill.augment=crop"])
+    assert load_config(overrides=["teacher.augment=resized_crop"]).to_dict()["teacher"]["augment"] == "resized_crop"

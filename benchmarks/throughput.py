@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from pipeline.cache import ArtifactStore
+from pipeline.datasets.artifact import Dataset, load_dataset, read_rows
 from pipeline.models.factory import build_model
 from pipeline.models.spec import ModelSpec
 from pipeline.runner import load_config, run_pipeline
 from pipeline.training.augment import normalize
 from pipeline.training.loop import Recipe, fit
-from stages import data
 
 
 def bare_images_per_s(
@@ -56,9 +56,9 @@ def synchronize(device: torch.device) -> None:
 
 
 def pipeline_images_per_s(
-    spec: ModelSpec, dataset: data.Dataset, batch_size: int, steps: int, device: torch.device
+    spec: ModelSpec, dataset: Dataset, batch_size: int, steps: int, device: torch.device
 ) -> float:
-    images = torch.from_numpy(dataset.train_images[: batch_size * steps])
+    images = torch.from_numpy(read_rows(dataset.train_images, slice(0, batch_size * steps)))
     labels = torch.from_numpy(dataset.train_labels[: batch_size * steps])
     recipe = Recipe(
         epochs=1,
@@ -91,10 +91,10 @@ def main() -> None:
     device = torch.device(args.device)
 
     results = run_pipeline(load_config(args.config, args.overrides), ArtifactStore(args.artifacts), target="data")
-    dataset = data.load(results[-1].artifact)
+    dataset = load_dataset(results[-1].artifact)
     _, channels, height, width = dataset.train_images.shape
     spec = ModelSpec(args.model, args.width, channels, len(dataset.class_names), (height, width))
-    batch = normalize(torch.from_numpy(dataset.train_images[: args.batch_size]), *dataset.norm)
+    batch = normalize(torch.from_numpy(read_rows(dataset.train_images, slice(0, args.batch_size))), *dataset.norm)
     labels = torch.from_numpy(dataset.train_labels[: args.batch_size])
     bare, pipeline = [], []
     for _ in range(args.repeats):  # interleaved, so drift hits both alike

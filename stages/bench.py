@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.cache import Artifact
-from pipeline.datasets.artifact import load_dataset
+from pipeline.datasets.artifact import load_dataset, read_rows
 from pipeline.errors import require
 from pipeline.reporting.intervals import test_and_validation
 from pipeline.runtime import device, environment, rounds, targets
@@ -231,17 +231,25 @@ def stage_files(
     to fill each batch) and the images accuracy is computed on (uint8; the target preprocesses them). Returns the
     request's names and where each sha256's file is here."""
     staged = targets.Files()
-    validation = normalize(dataset.val_images, *dataset.norm)
+    batches = sorted({*params.batch_sizes, params.settings_batch})
+    validation = normalize(read_rows(dataset.val_images, slice(0, batches[-1])), *dataset.norm)  # what feeds use
     feeds = {
         str(batch): staged.save(np.resize(validation, (batch, *validation.shape[1:])), work, f"feed-{batch}")
-        for batch in sorted({*params.batch_sizes, params.settings_batch})
+        for batch in batches
     }
     images = {
-        split: staged.save(array, work, split)
+        split: stage_images(staged, array, work, split)
         for split, array in (("test", dataset.test_images), ("validation", dataset.val_images))
     }
     files = {"models": {name: staged.add(path) for name, path in paths.items()}, "feeds": feeds, "images": images}
     return files, staged.located
+
+
+def stage_images(staged: targets.Files, images: np.ndarray, work: Path, split: str) -> str:
+    """A split's uint8 images for the targets: the data artifact's own .npy file when memory-mapped (not copied)."""
+    if isinstance(images, np.memmap) and images.filename is not None:
+        return staged.add(Path(images.filename))
+    return staged.save(images, work, split)
 
 
 def results(paths, inputs, dataset, predicted, measured: dict[str, dict], params: Params) -> list[dict[str, Any]]:

@@ -56,6 +56,7 @@ class Params:
     label_smoothing: float = 0.0
     shift: int = 1
     flip: bool = False
+    augment: str = "shift"  # shift (small images) or resized_crop (RandomResizedCrop, for full-size images)
     seed: int = 0
     schedule: str = "onecycle"  # learning rate per step: onecycle or cosine
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
@@ -93,8 +94,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     dataset = load_dataset(inputs["data"])
     teacher, _ = load_model(inputs["teacher"].path)
     spec = spec_for(dataset, params.model, params.width)
-    images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
-    validation = torch.from_numpy(dataset.val_images), torch.from_numpy(dataset.val_labels)
+    images, labels = dataset.train_images, dataset.train_labels
+    validation = dataset.val_images, dataset.val_labels
     torch.manual_seed(params.seed)
     student = build_model(spec)
     start = start_from(student, spec, SECTION, params)
@@ -135,8 +136,8 @@ def train_baseline(params: Params, spec, dataset, out_dir: Path) -> tuple[dict[s
     model = build_model(spec)
     start_from(model, spec, SECTION, params)
     recipe = recipe_for(params, params.epochs, params.temperature, alpha=0.0)
-    images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
-    validation = torch.from_numpy(dataset.val_images), torch.from_numpy(dataset.val_labels)
+    images, labels = dataset.train_images, dataset.train_labels
+    validation = dataset.val_images, dataset.val_labels
     checkpoint = out_dir / CHECKPOINTS / "baseline.pt"
     history = fit(model, images, labels, dataset.norm, recipe, None, f"{NAME} baseline", checkpoint, None, validation)
     return scored(model, dataset), history

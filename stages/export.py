@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.cache import Artifact
-from pipeline.datasets.artifact import load_dataset
+from pipeline.datasets.artifact import load_dataset, read_rows
 from pipeline.errors import StageError, require
 from pipeline.models.storage import load_model
 from pipeline.runtime.onnx_export import DEFAULT_OPSET, export_onnx
@@ -67,7 +67,9 @@ def compare_with_torch(
 
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
     dataset = load_dataset(inputs["data"])
-    test_inputs = normalize(torch.from_numpy(dataset.test_images[: params.compare_batch]), *dataset.norm)
+    test_inputs = normalize(
+        torch.from_numpy(read_rows(dataset.test_images, slice(0, params.compare_batch))), *dataset.norm
+    )
     models = {}
     for name, stage in SOURCES.items():
         model, spec = load_model(inputs[stage].path)

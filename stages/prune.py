@@ -68,6 +68,7 @@ class Params:
     label_smoothing: float = 0.0
     shift: int = 1
     flip: bool = False
+    augment: str = "shift"  # shift (small images) or resized_crop (RandomResizedCrop, for full-size images)
     seed: int = 0
     schedule: str = "onecycle"  # learning rate per step: onecycle or cosine
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
@@ -228,8 +229,8 @@ def scratch_baseline(
     epochs = params.scratch_epochs or distill_params["epochs"] + params.finetune_epochs
     teaching = SimpleNamespace(**distill_params)
     recipe = recipe_for(teaching, epochs, teaching.temperature, teaching.alpha)
-    images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
-    validation = torch.from_numpy(dataset.val_images), torch.from_numpy(dataset.val_labels)
+    images, labels = dataset.train_images, dataset.train_labels
+    validation = dataset.val_images, dataset.val_labels
     checkpoint = out_dir / CHECKPOINTS / "scratch.pt"
     history = fit(model, images, labels, dataset.norm, recipe, teacher, f"{NAME} scratch", checkpoint, None, validation)
     return {
@@ -279,8 +280,8 @@ def finetune(
     if epochs == 0:
         return []
     recipe = recipe_for(params, epochs, params.temperature, params.alpha)
-    images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)
-    validation = torch.from_numpy(dataset.val_images), torch.from_numpy(dataset.val_labels)
+    images, labels = dataset.train_images, dataset.train_labels
+    validation = dataset.val_images, dataset.val_labels
     return fit(student, images, labels, dataset.norm, recipe, teacher, NAME, checkpoint, None, validation)
 
 

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from pipeline.cache import Artifact
-from pipeline.datasets.artifact import Dataset, load_dataset
+from pipeline.datasets.artifact import Dataset, load_dataset, read_rows
 from pipeline.errors import require
 from pipeline.runtime import targets
+from pipeline.runtime.predict import Normalized
 from pipeline.runtime.quantization import METHODS, TYPES, QuantSettings, arguments, check_dynamic_batch, quantize
 from pipeline.search import quantize_variants
 from pipeline.training.augment import normalize
@@ -90,7 +91,7 @@ def calibration_inputs(dataset: Dataset, params: Params) -> np.ndarray:
     rng = np.random.default_rng(params.seed)
     count = min(params.calibration_samples, len(dataset.train_images))
     chosen = np.sort(rng.choice(len(dataset.train_images), size=count, replace=False))
-    return normalize(torch.from_numpy(dataset.train_images[chosen]), *dataset.norm).numpy()
+    return normalize(torch.from_numpy(read_rows(dataset.train_images, chosen)), *dataset.norm).numpy()
 
 
 def settings(params: Params) -> QuantSettings:
@@ -109,7 +110,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     calibration = calibration_inputs(dataset, params)
     validation = None
     if params.search:
-        validation = normalize(torch.from_numpy(dataset.val_images), *dataset.norm).numpy(), dataset.val_labels
+        validation = Normalized(dataset.val_images, *dataset.norm), dataset.val_labels  # normalized per batch
     models = {}
     for target, source in SOURCES.items():
         if validation is None:

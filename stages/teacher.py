@@ -57,6 +57,7 @@ class Params:
     label_smoothing: float = 0.0
     shift: int = 1  # random translation in pixels
     flip: bool = False  # random horizontal flips
+    augment: str = "shift"  # shift (small images) or resized_crop (RandomResizedCrop, for full-size images)
     seed: int = 0
     schedule: str = "onecycle"  # learning rate per step: onecycle or cosine
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
@@ -81,7 +82,7 @@ def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
     dataset = load_dataset(inputs["data"])
     spec = spec_for(dataset, params.model, params.width)
-    validation = torch.from_numpy(dataset.val_images), torch.from_numpy(dataset.val_labels)
+    validation = dataset.val_images, dataset.val_labels
     torch.manual_seed(params.seed)
     model = build_model(spec)
     start = start_from(model, spec, SECTION, params)
@@ -89,8 +90,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     if params.epochs > 0:
         history = fit(
             model,
-            torch.from_numpy(dataset.train_images),
-            torch.from_numpy(dataset.train_labels),
+            dataset.train_images,
+            dataset.train_labels,
             dataset.norm,
             recipe_for(params, params.epochs),
             stage=NAME,

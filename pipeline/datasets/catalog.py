@@ -48,12 +48,14 @@ def load_digits() -> RawDataset:
     return RawDataset(pixels, table[:, -1].astype(np.int64), None, None, [str(c) for c in range(10)])
 
 
-def read(name: str, root: Path | None, image_size: int | None) -> RawDataset:
-    """The whole source dataset `name` as uint8 arrays (decoding images in one process per core)."""
+def read(name: str, root: Path | None, image_size: int | None, crop_fraction: float, out_dir: Path) -> RawDataset:
+    """The source dataset `name` as uint8 arrays; an image folder is decoded (one process per core) into
+    memory-mapped files in `out_dir` (source-*.npy), since it may be larger than RAM."""
     if name == "digits":
         return load_digits()
     if name == "imagefolder":
-        return imagefolder.read_imagefolder(root, image_size, workers=min(os.cpu_count() or 1, 8))
+        workers = min(os.cpu_count() or 1, 8)
+        return imagefolder.read_imagefolder(root, image_size, out_dir, crop_fraction, workers)
     if name == "cifar10":
         return binary.read_cifar10(root)
     return binary.read_mnist(root, fashion=name == "fashion_mnist")

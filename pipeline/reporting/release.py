@@ -33,7 +33,9 @@ def deployment(edge: dict, report: dict[str, Any], data_params: dict[str, Any]) 
         "classes": dataset["class_names"],
         "preprocessing": {
             "color": "L" if shape[0] == 1 else "RGB",
-            "resize": data_params.get("image_size") is not None,  # bilinear, to the input's height and width
+            # shorter side to floor(size / crop_fraction) (bilinear), then the central size x size square
+            "resize": data_params.get("image_size") is not None,
+            "crop_fraction": data_params.get("crop_fraction", 0.875),
             "mean": dataset["mean"],
             "std": dataset["std"],
             "formula": "pixel * (1 / (255 * std)) + (-mean / std) per channel, float32",

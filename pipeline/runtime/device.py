@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline.runtime import environment, memory, rounds, tuning
 from pipeline.runtime.latency import summarize
-from pipeline.runtime.predict import normalize
+from pipeline.runtime.predict import Normalized
 from pipeline.runtime.sessions import INPUT_NAME, SessionSettings, run_batches, session
 from pipeline.runtime.timing import ProviderUnavailable, provider_name, time_session
 
@@ -125,9 +125,9 @@ def predictions(
     sess = session(path, settings)
     found = {}
     for split, digest in accuracy["images"].items():
-        inputs = np.load(locate(digest), allow_pickle=False)
+        inputs = np.load(locate(digest), mmap_mode="r", allow_pickle=False)  # read a batch at a time
         if inputs.dtype != np.float32:
-            inputs = normalize(inputs, accuracy["mean"], accuracy["std"])
+            inputs = Normalized(inputs, accuracy["mean"], accuracy["std"])
         found[split] = run_batches(sess, inputs).argmax(1).tolist()
     return found
 

@@ -8,8 +8,9 @@ each image with exactly the preprocessing the pipeline evaluated the model with:
 
 1. decode with Pillow; 16-bit grayscale scaled to 8 bits, palette transparency resolved, alpha dropped;
 2. grayscale ("L") for a one-channel model, RGB for a three-channel one;
-3. resized (bilinear) to the model's input size when deploy.json says the data was resized, else the image must
-   already have that size;
+3. when deploy.json says the data was resized: the shorter side resized (bilinear) to floor(size / crop_fraction),
+   then the central size x size square (torchvision's evaluation transform); else the image must already have the
+   model's input size;
 4. NCHW float32: (pixel * (1 / (255 * std)) + (-mean / std)), per channel, in float32 as written here.
 
 Folders are searched recursively for .jpg, .jpeg and .png files, in sorted order. One line per image (or one JSON
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,43 @@ def normalize(pixels: np.ndarray, mean: list[float], std: list[float]) -> np.nda
     return pixels.astype(np.float32) * scale + shift
 
 
-def decode(path: Path, channels: int, size: list[int], resize: bool) -> np.ndarray:
+class Normalized:
+    """uint8 NCHW images seen as the model's float32 inputs, normalized a slice at a time as they are read (a large or
+    memory-mapped set is never converted to float whole)."""
+
+    def __init__(self, pixels: np.ndarray, mean: list[float], std: list[float]):
+        self.pixels, self.mean, self.std = pixels, mean, std
+        self.shape = pixels.shape
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        pixels = self.pixels
+        if isinstance(pixels, np.memmap) and pixels.filename is not None:
+            # A mapping of this slice's own, closed after: pages read through one long-lived mapping would stay in
+            # this process's resident memory (pipeline/datasets/artifact.py read_rows does the same).
+            whole = np.load(pixels.filename, mmap_mode="r", allow_pickle=False)
+            if (whole.shape, whole.strides, whole.dtype) == (pixels.shape, pixels.strides, pixels.dtype):
+                pixels = whole
+        return normalize(np.asarray(pixels[rows]), self.mean, self.std)
+
+
+def resize_center_crop(image, size: int, crop_fraction: float):
+    """The data stage's pipeline/datasets/imagefolder.py resize_center_crop, repeated here so this file stands alone
+    (a test checks the two agree)."""
+    from PIL import Image
+
+    width, height = image.size
+    short = math.floor(size / crop_fraction)
+    resized = (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
+    if resized != image.size:
+        image = image.resize(resized, Image.Resampling.BILINEAR)
+    left, top = int(round((resized[0] - size) / 2.0)), int(round((resized[1] - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
+
+
+def decode(path: Path, channels: int, size: list[int], resize: bool, crop_fraction: float = 1.0) -> np.ndarray:
     """One image as (channels, height, width) uint8, decoded as the pipeline's data stage decodes image folders."""
     from PIL import Image  # here: the device runner (pipeline/runtime/device.py) uses normalize without Pillow
 
@@ -55,10 +93,10 @@ def decode(path: Path, channels: int, size: list[int], resize: bool) -> np.ndarr
             image = image.convert("RGBA")
         image = image.convert("L" if channels == 1 else "RGB")
         height, width = size
-        if image.size != (width, height):
-            if not resize:
-                raise ValueError(f"{path} is {image.size[0]}x{image.size[1]} pixels; the model takes {width}x{height}")
-            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        if resize:
+            image = resize_center_crop(image, height, crop_fraction)  # the data stage stores square images
+        elif image.size != (width, height):
+            raise ValueError(f"{path} is {image.size[0]}x{image.size[1]} pixels; the model takes {width}x{height}")
         array = np.asarray(image, dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
@@ -108,7 +146,8 @@ def predict(files: list[Path], session: ort.InferenceSession, deploy: dict[str, 
     rows = []
     for start in range(0, len(files), BATCH):
         chunk = files[start : start + BATCH]
-        pixels = np.stack([decode(f, shape[1], shape[2:], prep["resize"]) for f in chunk])
+        crop = prep.get("crop_fraction", 1.0)
+        pixels = np.stack([decode(f, shape[1], shape[2:], prep["resize"], crop) for f in chunk])
         logits = session.run(
             [deploy["output"]["name"]], {deploy["input"]["name"]: normalize(pixels, prep["mean"], prep["std"])}
         )[0]

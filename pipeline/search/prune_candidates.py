@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.datasets.artifact import read_rows
 from pipeline.errors import StageError
 from pipeline.models.factory import count_macs_and_params
 from pipeline.models.spec import ModelSpec
@@ -49,7 +50,7 @@ class Candidates:
 
     def __init__(self, student: nn.Module, spec: ModelSpec, images: np.ndarray, norm: tuple, params: Any, prune):
         self.student, self.spec, self.params, self.prune = student, spec, params, prune
-        inputs = normalize(torch.from_numpy(images[:CALIBRATION_IMAGES]), *norm).numpy()
+        inputs = normalize(torch.from_numpy(read_rows(images, slice(0, CALIBRATION_IMAGES))), *norm).numpy()
         self.calibration = inputs
         self.feed = {INPUT_NAME: np.resize(inputs, (params.target_batch, *inputs.shape[1:]))}
         self.work = tempfile.TemporaryDirectory(prefix="edgeforge-prune-search-")

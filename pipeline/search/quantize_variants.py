@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.runtime import environment, latency, rounds, targets, tuning
+from pipeline.runtime.predict import Normalized
 from pipeline.runtime.quantization import QuantSettings, quantize
 from pipeline.runtime.sessions import INPUT_NAME, SessionSettings, run_batches, session
 from pipeline.runtime.timing import time_session
@@ -70,7 +71,7 @@ def search(
     calibration_batch and weight_type every variant shares. The variants are timed in interleaved rounds, all at the
     session settings tuned for the first (or search_threads, fixed): they differ in their numbers, not their graph."""
     inputs, labels = validation
-    feed = {INPUT_NAME: np.resize(inputs, (params.search_batch, *inputs.shape[1:]))}
+    feed = {INPUT_NAME: np.resize(inputs[: params.search_batch], (params.search_batch, *inputs.shape[1:]))}
     device = getattr(params, "search_device", targets.LOCAL)
     described = targets.describe(device, targets.TIMEOUT_S)  # the variants tried depend on the device's ISA
     isa, x86 = described["isa"], described["machine"].lower() in environment.X86_MACHINES
@@ -128,7 +129,12 @@ def measure_on_device(
     files = targets.Files()
     models = {str(i): files.add(path) for i, path in enumerate(paths)}
     feeds = {batch: files.save(feed[INPUT_NAME], work, "feed")}
-    images = files.save(validation[0], work, "validation")  # float32: the device takes them as they are
+    inputs = validation[0]
+    if isinstance(inputs, Normalized):  # uint8 with mean and std: the device normalizes as the release does
+        images = files.save(np.asarray(inputs.pixels), work, "validation")
+        norm = {"mean": inputs.mean, "std": inputs.std}
+    else:  # float32: the device takes them as they are
+        images, norm = files.save(inputs, work, "validation"), {"mean": None, "std": None}
     fixed = [SessionSettings(params.search_threads)] if params.search_threads else None
     first = targets.request(
         {"0": models["0"]},
@@ -142,7 +148,7 @@ def measure_on_device(
     )
     tuned = targets.bench(device, first, files.located, targets.TIMEOUT_S)["models"]["0"]["settings"]
     settings = SessionSettings.from_record(tuned)
-    accuracy = {"images": {"validation": images}, "mean": None, "std": None}
+    accuracy = {"images": {"validation": images}, **norm}
     every = targets.request(
         models, feeds, batch, SEARCH_TIMING[1], settings=[settings], rounds=ROUNDS, accuracy=accuracy
     )

@@ -1,7 +1,7 @@
 """Training loop shared by the teacher, distill and prune stages.
 
-Images stay uint8 in memory; each batch is augmented (random shift, optional flip) and normalized
-on the fly. With a teacher, its logits are computed on the same augmented batch, so a student never
+Images stay uint8 (in memory or memory-mapped: only each batch's rows are read); each batch is augmented and
+normalized on the fly. With a teacher, its logits are computed on the same augmented batch, so a student never
 learns from logits of an image it did not see.
 """
 
@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from pipeline.errors import StageError
 from pipeline.training import checkpoints, distributed
 from pipeline.training.augment import Augmentation, augment, normalize
+from pipeline.training.batches import Images, pixel_rows
 from pipeline.training.devices import PinnedStaging, resolve_device
 from pipeline.training.features import FeatureDistillation, Trainee
 from pipeline.training.losses import kd_loss
@@ -38,6 +40,7 @@ class Recipe:
     seed: int
     shift: int  # random translation in pixels (zero padding)
     flip: bool  # random horizontal flips (off for digits: a flipped 2 is not a 2)
+    augment: str = "shift"  # shift (by `shift` pixels) or resized_crop (RandomResizedCrop); see augment.py
     temperature: float = 1.0  # distillation temperature T
     alpha: float = 0.0  # weight of the distillation term; 0 trains on labels only
     schedule: str = "onecycle"  # learning-rate schedule per step: onecycle or cosine
@@ -58,15 +61,15 @@ def _optimizer_and_schedule(model: nn.Module, recipe: Recipe, steps_per_epoch: i
 
 def fit(
     model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    images: Images,
+    labels: np.ndarray | torch.Tensor,
     norm: tuple[list[float], list[float]],
     recipe: Recipe,
     teacher: nn.Module | None = None,
     stage: str = "train",
     checkpoint: Path | None = None,
     features: FeatureDistillation | None = None,
-    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+    validation: tuple[Images, np.ndarray | torch.Tensor] | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` in place on uint8 `images`; return one dict of metrics per epoch.
 
@@ -81,7 +84,7 @@ def fit(
     scaling rule applies. BatchNorm normalizes each rank's share with its own statistics; the running
     statistics kept for inference are rank 0's (DDP broadcasts them every step).
     """
-    device = resolve_device(recipe.device)
+    device, labels = resolve_device(recipe.device), torch.as_tensor(labels)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: cuDNN picks its fastest kernels once
     torch.manual_seed(recipe.seed)
@@ -146,7 +149,7 @@ class _Loop:
 
     model: nn.Module  # wrapped in DistributedDataParallel under torchrun
     teacher: nn.Module | None
-    images: torch.Tensor
+    images: Images
     labels: torch.Tensor
     norm: tuple[list[float], list[float]]
     recipe: Recipe
@@ -247,11 +250,13 @@ def _train_epoch(loop: _Loop, epoch: int, with_features: bool) -> dict[str, floa
 def _batch(loop: _Loop, index: torch.Tensor, share: slice) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's share of one global batch, augmented and normalized on the training device."""
     recipe = loop.recipe
-    draws = Augmentation.draw(len(index), recipe.shift, recipe.flip, loop.generator)
+    crop_of = tuple(loop.images.shape[2:]) if recipe.augment == "resized_crop" else None
+    draws = Augmentation.draw(len(index), recipe.shift, recipe.flip, loop.generator, crop_of)
     index, draws = index[share], draws.select(share)
-    pixels, y = loop.images[index], loop.labels[index]
+    pixels, y = pixel_rows(loop.images, index), loop.labels[index]
     if loop.staging is not None:
-        pixels, y, *drawn = loop.staging.to_device([pixels, y, draws.dy, draws.dx, draws.flipped], loop.device)
+        drawn = [draws.dy, draws.dx, draws.flipped, draws.boxes]
+        pixels, y, *drawn = loop.staging.to_device([pixels, y, *drawn], loop.device)
         draws = Augmentation(*drawn)
     pixels = augment(pixels, recipe.shift, draws)  # on uint8, on the device: 4x less to move than floats
     return normalize(pixels, *loop.norm, memory_format=torch.channels_last), y
@@ -280,18 +285,14 @@ def _losses(
 
 
 @torch.no_grad()
-def predict(
-    model: nn.Module, images: torch.Tensor, norm: tuple[list[float], list[float]], batch: int = 512
-) -> torch.Tensor:
-    """Logits for uint8 `images`, in eval mode, on the device the model is on (returned on the CPU)."""
+def predict(model: nn.Module, images: Images, norm: tuple[list[float], list[float]], batch: int = 512) -> torch.Tensor:
+    """Logits for uint8 `images` (never augmented), in eval mode, on the device the model is on (returned on the
+    CPU); a memory-mapped array is read `batch` images at a time."""
     model.eval()
     device = next(model.parameters()).device
-    return torch.cat(
-        [model(normalize(images[i : i + batch].to(device), *norm)).cpu() for i in range(0, len(images), batch)]
-    )
+    rows = (pixel_rows(images, slice(i, i + batch)) for i in range(0, len(images), batch))
+    return torch.cat([model(normalize(pixels.to(device), *norm)).cpu() for pixels in rows])
 
 
-def accuracy(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, norm: tuple[list[float], list[float]]
-) -> float:
-    return (predict(model, images, norm).argmax(1) == labels).float().mean().item()
+def accuracy(model: nn.Module, images: Images, labels: np.ndarray | torch.Tensor, norm: tuple) -> float:
+    return (predict(model, images, norm).argmax(1) == torch.as_tensor(labels)).float().mean().item()

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from pipeline.cache import sha256_file
@@ -16,6 +15,7 @@ from pipeline.models.factory import classifier_head, model_source_sha256, publis
 from pipeline.models.libraries import library_of, library_version, pretrained_state_dict
 from pipeline.models.spec import ModelSpec
 from pipeline.models.weights import SUFFIXES, load_checked, read_state_dict
+from pipeline.training.augment import AUGMENTATIONS
 from pipeline.training.loop import Recipe, accuracy
 
 
@@ -101,6 +101,7 @@ def check_recipe_params(section: str, params: Any) -> None:
     require(params.weight_decay >= 0, f"{section}.weight_decay", params.weight_decay, "a number >= 0")
     require(0 <= params.label_smoothing < 1, f"{section}.label_smoothing", params.label_smoothing, "a number in [0, 1)")
     require(params.shift >= 0, f"{section}.shift", params.shift, "an integer >= 0")
+    require(params.augment in AUGMENTATIONS, f"{section}.augment", params.augment, " or ".join(AUGMENTATIONS))
     require(params.schedule in ("onecycle", "cosine"), f"{section}.schedule", params.schedule, "onecycle or cosine")
     require(params.device in ("auto", "cpu", "cuda"), f"{section}.device", params.device, "auto, cpu or cuda")
 
@@ -120,6 +121,7 @@ def recipe_for(params: Any, epochs: int, temperature: float = 1.0, alpha: float 
         seed=params.seed,
         shift=params.shift,
         flip=params.flip,
+        augment=params.augment,
         temperature=temperature,
         alpha=alpha,
         schedule=params.schedule,
@@ -129,9 +131,7 @@ def recipe_for(params: Any, epochs: int, temperature: float = 1.0, alpha: float 
 
 def scored(model: Any, dataset: Dataset) -> dict[str, float]:
     """The model's accuracy (PyTorch) on the validation split, which choices read, and the test split, reported."""
-    validation = torch.from_numpy(dataset.val_images), torch.from_numpy(dataset.val_labels)
-    test = torch.from_numpy(dataset.test_images), torch.from_numpy(dataset.test_labels)
     return {
-        "validation_accuracy": accuracy(model, *validation, dataset.norm),
-        "test_accuracy": accuracy(model, *test, dataset.norm),
+        "validation_accuracy": accuracy(model, dataset.val_images, dataset.val_labels, dataset.norm),
+        "test_accuracy": accuracy(model, dataset.test_images, dataset.test_labels, dataset.norm),
     }

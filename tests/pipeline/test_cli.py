@@ -161,7 +161,7 @@ def test_a_full_disk_is_one_line_and_publishes_nothing(tmp_path, monkeypatch):
     from pipeline.cache import ArtifactStore
 
     def disk_full(self, stage, key, temp_dir, manifest):
-        raise OSError(errno.ENOSPC, "No space left on device", str(temp_dir / "arrays.npz"))
+        raise OSError(errno.ENOSPC, "No space left on device", str(temp_dir / "train_images.npy"))
 
     monkeypatch.setattr(ArtifactStore, "publish", disk_full)
     result = edgeforge(tmp_path, "stage", "data", *SETS)

@@ -68,7 +68,7 @@ def test_validation_split_is_held_out_from_training_stratified_and_seeded(tmp_pa
     store = ArtifactStore(tmp_path / "artifacts")
     artifact = run_pipeline(load_config(), store, target="data")[-1].artifact  # on by default: 10% of training
     dataset = load_dataset(artifact)
-    with np.load(artifact.file("arrays.npz"), allow_pickle=False) as arrays:
+    with np.load(artifact.file("labels.npz"), allow_pickle=False) as arrays:
         train_index, test_index, val_index = arrays["train_index"], arrays["test_index"], arrays["val_index"]
     raw = catalog.load_digits()
     training = raw.train_images[train_index]  # the training split before the validation images were taken out
@@ -141,3 +141,45 @@ def test_dataset_problems_are_config_errors(tmp_path):
             {},
             tmp_path,
         )
+
+
+def test_an_imagefolder_of_mixed_sizes_is_stored_resized_and_cropped_as_memory_mapped_splits(tmp_path):
+    from PIL import Image
+
+    from pipeline.cache import ArtifactStore
+    from pipeline.runner import load_config, run_pipeline
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        width, height = (int(v) for v in rng.integers(12, 40, 2))
+        folder = tmp_path / "pets" / "train" / ("cat", "dog")[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    overrides = ["data.name=imagefolder", f"data.root={tmp_path / 'pets'}", "data.image_size=16"]
+    artifact = run_pipeline(load_config(overrides=overrides), ArtifactStore(tmp_path / "artifacts"), target="data")
+    artifact = artifact[-1].artifact
+
+    dataset = load_dataset(artifact)
+    assert sorted(artifact.manifest["files"]) == [
+        "dataset.json",
+        "labels.npz",
+        "test_images.npy",
+        "train_images.npy",
+        "val_images.npy",
+    ]  # fmt: skip  (the decoded source files were removed before publishing)
+    for images, labels in ((dataset.train_images, dataset.train_labels), (dataset.test_images, dataset.test_labels)):
+        assert isinstance(images, np.memmap) and images.shape == (len(labels), 3, 16, 16)
+    assert len(dataset.train_labels) + len(dataset.val_labels) + len(dataset.test_labels) == 12
+    assert artifact.manifest["metrics"]["image_shape"] == [3, 16, 16]
+    assert artifact.manifest["params"]["crop_fraction"] == 0.875
+
+
+def test_crop_fraction_outside_zero_to_one_is_one_line():
+    from pipeline.errors import ConfigError
+    from pipeline.runner import load_config
+
+    for value in ("0", "1.5"):
+        with pytest.raises(
+            ConfigError, match=rf"data.crop_fraction={value}\.?\d* is not allowed: expected a number in"
+        ):
+            load_config(overrides=[f"data.crop_fraction={value}"])

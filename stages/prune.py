@@ -62,6 +62,7 @@ class Params:
     # 1: prune in one shot. N: gradually, in N steps (ratio * k / N of the channels gone after step k), each followed
     # by its share of finetune_epochs: the same training time as one shot, channels re-ranked after each recovery.
     steps: int = 1
+    step_epochs: int | None = None  # null: split finetune_epochs evenly; N: N after each step, the last gets them all
     batch_size: int = 64
     lr: float = 0.05  # lower than training: the pruned weights are a good start
     weight_decay: float = 5e-4
@@ -101,6 +102,12 @@ class Params:
             "prune.steps",
             self.steps,
             f"1 (one shot), or 2..finetune_epochs ({self.finetune_epochs}): every step is followed by a fine-tune",
+        )
+        require(
+            self.step_epochs is None or self.step_epochs >= 1,
+            "prune.step_epochs",
+            self.step_epochs,
+            "null (finetune_epochs split evenly between the steps) or an integer >= 1",
         )
         require(
             self.scratch_epochs is None or self.scratch_epochs >= 1,
@@ -259,7 +266,7 @@ def prune_and_finetune(
     """Prune `student` in place to `ratio` in `params.steps` steps, each followed by its share of the distillation
     fine-tune. Returns torch-pruning's history, the schedule with each step's size and accuracies (before and after
     its fine-tune), and the fine-tune's per-epoch history."""
-    plan = schedule(ratio, params.steps if ratio > 0 else 1, params.finetune_epochs)
+    plan = schedule(ratio, params.steps if ratio > 0 else 1, params.finetune_epochs, params.step_epochs)
     pruner = make_pruner(student, spec.example_input(), spec.num_classes, params, ratio, len(plan)) if ratio else None
     training: list = []
     for step in plan:

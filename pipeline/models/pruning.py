@@ -49,10 +49,19 @@ def prune_channels(
     return pruner.pruning_history()
 
 
-def schedule(ratio: float, steps: int, epochs: int) -> list[dict[str, Any]]:
+def schedule(ratio: float, steps: int, epochs: int, step_epochs: int | None = None) -> list[dict[str, Any]]:
     """The gradual schedule: for each step, the share of the original channels removed once it is done, and the
-    fine-tune epochs that follow it. The epochs are `epochs` split as evenly as possible, the later steps taking
-    the remainder (the last step, the most pruned, gets the most), so one shot and gradual train equally long."""
+    fine-tune epochs that follow it.
+
+    Without `step_epochs`, `epochs` is split as evenly as possible, the later steps taking the remainder, so one
+    shot and gradual train equally long. With it, every step but the last is followed by `step_epochs` and the
+    last, the most pruned, by the whole `epochs` (on digits an even split left the last step too few epochs to
+    recover: BENCHMARKS.md)."""
+    if step_epochs is not None:
+        return [
+            {"step": k, "ratio": ratio * k / steps, "epochs": epochs if k == steps else step_epochs}
+            for k in range(1, steps + 1)
+        ]
     base, extra = divmod(epochs, steps)
     return [
         {"step": k, "ratio": ratio * k / steps, "epochs": base + (1 if k > steps - extra else 0)}

@@ -18,6 +18,8 @@ def test_schedule_reaches_the_ratio_in_equal_steps_and_splits_the_epochs():
     assert [step["epochs"] for step in plan] == [3, 3, 4]  # as long as one shot; the last, most pruned, the most
     assert schedule(0.25, 1, 15) == [{"step": 1, "ratio": 0.25, "epochs": 15}]
     assert [step["epochs"] for step in schedule(0.6, 4, 6)] == [1, 1, 2, 2]
+    long_last = schedule(0.75, 3, 15, step_epochs=2)  # short fine-tunes between, the whole one after the last
+    assert [step["epochs"] for step in long_last] == [2, 2, 15] and long_last[-1]["ratio"] == 0.75
 
 
 def test_steps_need_a_fine_tune_after_each():
@@ -26,6 +28,8 @@ def test_steps_need_a_fine_tune_after_each():
     with pytest.raises(ConfigError, match=r"prune\.steps"):
         Params(steps=0)
     assert Params(steps=3, finetune_epochs=3).steps == 3
+    with pytest.raises(ConfigError, match=r"prune\.step_epochs"):
+        Params(steps=3, step_epochs=0)
 
 
 def _disturb(model: torch.nn.Module, seed: int) -> None:

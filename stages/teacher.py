@@ -78,6 +78,7 @@ class Params:
     onnx_scale: float = 1 / 255  # it expects pixels (0..255) times this: 1/255 for [0, 1], 1 for [0, 255]...
     onnx_mean: tuple[float, ...] | None = None  # ...minus this per channel (units of pixel * scale; null: the data's)
     onnx_std: tuple[float, ...] | None = None  # ...divided by this (null: the data's std, as the student sees it)
+    onnx_output: str = "logits"  # what it outputs: logits, or probabilities (a softmax at its end)
 
     def __post_init__(self):
         check_training_params("teacher", self, min_epochs=0)
@@ -96,6 +97,8 @@ def check_onnx_params(params: Params) -> None:
     """An ONNX teacher is used as it is: nothing may say to train it or where else its weights come from."""
     layouts = " or ".join(onnx_teacher.LAYOUTS)
     require(params.onnx_layout in onnx_teacher.LAYOUTS, "teacher.onnx_layout", params.onnx_layout, layouts)
+    kinds = " or ".join(onnx_teacher.OUTPUTS)
+    require(params.onnx_output in onnx_teacher.OUTPUTS, "teacher.onnx_output", params.onnx_output, kinds)
     require(params.onnx_scale > 0, "teacher.onnx_scale", params.onnx_scale, "a number > 0, like 1/255 or 1")
     positive = params.onnx_std is None or all(s > 0 for s in params.onnx_std)
     require(positive, "teacher.onnx_std", params.onnx_std, "null or numbers > 0")
@@ -163,7 +166,9 @@ def run_onnx(params: Params, dataset: Dataset, out_dir: Path) -> dict[str, Any]:
     """Check the user's ONNX file, save it wrapped behind its preprocessing, and score it in onnxruntime."""
     source = Path(params.onnx)
     image_shape = tuple(dataset.train_images.shape[1:])
-    settings = (params.onnx_layout, params.onnx_scale, params.onnx_mean, params.onnx_std)
+    settings = onnx_teacher.Settings(
+        params.onnx_layout, params.onnx_scale, params.onnx_mean, params.onnx_std, params.onnx_output
+    )
     classes = len(dataset.class_names)
     model, wrapped, pre = onnx_teacher.prepare(
         source, out_dir / ONNX_FILE, settings, dataset.norm, image_shape, classes

@@ -115,7 +115,13 @@ def onnx_teacher_lines(onnx: dict[str, Any] | None) -> list[str]:
         f"as it is; MACs counted from its graph (Conv, Gemm, MatMul). Its input `{name}` {dims} expects "
         f"{onnx['preprocessing_text']}: a Mul and an Add per channel"
         + (" and a Transpose" if onnx["preprocessing"]["layout"] == "nhwc" else "")
-        + " in front of it convert the pipeline's input, so it is fed, measured and scored like every model here.",
+        + " in front of it convert the pipeline's input"
+        + (
+            ", a Log after it turns its probabilities into logits"
+            if onnx["preprocessing"]["output"] != "logits"
+            else ""
+        )
+        + ", so it is fed, measured and scored like every model here.",
     ]
 
 

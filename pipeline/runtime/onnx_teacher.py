@@ -23,6 +23,7 @@ from pipeline.errors import ConfigError
 from pipeline.runtime.onnx_files import (
     all_tensors,
     check_external_location,
+    check_path,
     input_signature,
     load_checked,
     output_signature,
@@ -31,39 +32,46 @@ from pipeline.runtime.onnx_files import (
 from pipeline.runtime.sessions import INPUT_NAME, OUTPUT_NAME
 
 LAYOUTS = ("nchw", "nhwc")
+OUTPUTS = ("logits", "probabilities")
 PREFIX = "teacher/"  # the user's names, prefixed: none can collide with the wrapper's `input` and `logits`
 
 
 @dataclasses.dataclass(frozen=True)
+class Settings:
+    """The teacher.onnx_* keys as the config gives them (mean and std None: the data's own)."""
+
+    layout: str = "nchw"
+    scale: float = 1 / 255
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    output: str = "logits"
+
+
+@dataclasses.dataclass(frozen=True)
 class Preprocessing:
-    """What the user's model expects: `(pixel * scale - mean) / std` per channel, in `layout`."""
+    """What the user's model expects: `(pixel * scale - mean) / std` per channel, in `layout`; and what it gives."""
 
     layout: str  # nchw or nhwc
     scale: float  # pixels (0..255) are multiplied by this first: 1/255 for [0, 1], 1 for [0, 255]
-    mean: tuple[float, ...]  # per channel (or one for all), in the units of pixel * scale
+    mean: tuple[float, ...]  # one per channel, in the units of pixel * scale
     std: tuple[float, ...]
+    output: str  # logits, or probabilities (a softmax at its end), whose log the wrapper gives as logits
 
     def describe(self) -> str:
         return (
             f"{self.layout.upper()} float32, (pixel * {self.scale:.6g} - mean) / std with mean "
-            f"{[round(m, 6) for m in self.mean]} and std {[round(s, 6) for s in self.std]}"
+            f"{[round(m, 6) for m in self.mean]} and std {[round(s, 6) for s in self.std]}; it outputs {self.output}"
         )
 
 
-def preprocessing(
-    layout: str,
-    scale: float,
-    mean: tuple[float, ...] | None,
-    std: tuple[float, ...] | None,
-    data_norm: tuple[list[float], list[float]],
-) -> Preprocessing:
+def preprocessing(settings: Settings, data_norm: tuple[list[float], list[float]]) -> Preprocessing:
     """The user's settings with null mean/std resolved to the data's own normalization (what the student sees),
     expressed in the units of pixel * scale, and one value broadcast to every channel."""
     data_mean, data_std = data_norm
     channels = len(data_mean)
     resolved = []
-    for key, given, data_value in (("mean", mean, data_mean), ("std", std, data_std)):
-        values = tuple(v * 255 * scale for v in data_value) if given is None else tuple(given)
+    for key, given, data_value in (("mean", settings.mean, data_mean), ("std", settings.std, data_std)):
+        values = tuple(v * 255 * settings.scale for v in data_value) if given is None else tuple(given)
         if len(values) == 1:
             values = values * channels
         if len(values) != channels:
@@ -72,7 +80,7 @@ def preprocessing(
                 f"give one value or {channels}"
             )
         resolved.append(values)
-    return Preprocessing(layout, scale, resolved[0], resolved[1])
+    return Preprocessing(settings.layout, settings.scale, resolved[0], resolved[1], settings.output)
 
 
 def affine(pre: Preprocessing, data_norm: tuple[list[float], list[float]]) -> tuple[np.ndarray, np.ndarray]:
@@ -90,8 +98,9 @@ def affine(pre: Preprocessing, data_norm: tuple[list[float], list[float]]) -> tu
 def source_sha256(path: Path) -> dict[str, str]:
     """sha256 of the file and of every external-data file it names (checked first): what the stage key holds."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         raise ConfigError(f"teacher.onnx={str(path)!r}: no such file; give the path of an .onnx file")
+    check_path(path)  # as bench's loader: a link is refused
     model = parse(path)
     hashes = {path.name: sha256_file(path)}
     for tensor in _external_tensors(model):
@@ -165,7 +174,7 @@ def wrap(
         onnx.helper.make_node("Add", ["edgeforge/multiplied", "edgeforge/offset"], ["edgeforge/scaled"]),
         to_layout,
         *graph.node,
-        onnx.helper.make_node("Identity", [user_output.name], [OUTPUT_NAME]),
+        *to_logits(user_output.name, pre.output),
     ]
     del graph.node[:]
     graph.node.extend(nodes)
@@ -173,6 +182,7 @@ def wrap(
         [
             onnx.numpy_helper.from_array(multiplier, "edgeforge/multiplier"),
             onnx.numpy_helper.from_array(offset, "edgeforge/offset"),
+            onnx.numpy_helper.from_array(np.array(np.finfo(np.float32).tiny, dtype=np.float32), "edgeforge/tiny"),
         ]
     )
     classes = user_output.type.tensor_type.shape.dim[1]
@@ -184,6 +194,17 @@ def wrap(
     logits_shape = ["batch", classes.dim_value or classes.dim_param or None]
     graph.output.append(onnx.helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, logits_shape))
     return wrapped
+
+
+def to_logits(output: str, kind: str) -> list[onnx.NodeProto]:
+    """Nodes from the user's output to `logits`. Probabilities become their log: softmax(log p / T) is p softened
+    by T, as distillation needs, and the argmax is the same. The smallest float32 keeps log(0) finite."""
+    if kind == "logits":
+        return [onnx.helper.make_node("Identity", [output], [OUTPUT_NAME])]
+    return [
+        onnx.helper.make_node("Max", [output, "edgeforge/tiny"], ["edgeforge/positive"]),
+        onnx.helper.make_node("Log", ["edgeforge/positive"], [OUTPUT_NAME]),
+    ]
 
 
 def save_wrapped(model: onnx.ModelProto, source: Path, out: Path) -> None:
@@ -199,18 +220,16 @@ def save_wrapped(model: onnx.ModelProto, source: Path, out: Path) -> None:
 def prepare(
     source: Path,
     out: Path,
-    settings: tuple[str, float, tuple[float, ...] | None, tuple[float, ...] | None],
+    settings: Settings,
     data_norm: tuple[list[float], list[float]],
     image_shape: tuple[int, int, int],
     classes: int,
 ) -> tuple[onnx.ModelProto, onnx.ModelProto, Preprocessing]:
     """Load the user's file through the safe loader, check it against the data and write it wrapped to `out`.
-    `settings`: teacher.onnx_layout, onnx_scale, onnx_mean and onnx_std. Returns the user's model, the wrapped
-    one and the resolved preprocessing."""
-    layout, scale, mean, std = settings
+    Returns the user's model, the wrapped one and the resolved preprocessing."""
     model = load_checked(source)
-    check_signature(source, model, layout, image_shape, classes)
-    pre = preprocessing(layout, scale, mean, std, data_norm)
+    check_signature(source, model, settings.layout, image_shape, classes)
+    pre = preprocessing(settings, data_norm)
     wrapped = wrap(model, pre, data_norm, image_shape)
     save_wrapped(wrapped, source, out)
     return model, wrapped, pre

@@ -44,8 +44,7 @@ def test_onnx_teacher_matches_the_pytorch_teachers_kd_loss(torch_teacher, tmp_pa
     settings = CONVENTIONS[convention]
     source = export_foreign(torch_teacher, tmp_path / "foreign.onnx", IMAGE_SHAPE, **settings, data_norm=DATA_NORM)
     wrapped = tmp_path / "teacher.onnx"
-    settings_tuple = (settings["layout"], settings["scale"], settings["mean"], settings["std"])
-    onnx_teacher.prepare(source, wrapped, settings_tuple, DATA_NORM, IMAGE_SHAPE, SPEC.num_classes)
+    onnx_teacher.prepare(source, wrapped, onnx_teacher.Settings(**settings), DATA_NORM, IMAGE_SHAPE, SPEC.num_classes)
     teacher = OnnxTeacher(wrapped, threads=1)
     x, labels = augmented_batch()
     student_logits = torch.randn(16, SPEC.num_classes, generator=torch.Generator().manual_seed(1))
@@ -57,6 +56,23 @@ def test_onnx_teacher_matches_the_pytorch_teachers_kd_loss(torch_teacher, tmp_pa
     actual = kd_loss(student_logits, actual_logits, labels, temperature=4.0, alpha=0.9)
     for part in ("total", "kd"):
         assert actual[part].item() == pytest.approx(expected[part].item(), abs=1e-4)
+
+
+def test_a_softmax_teacher_distills_as_its_logits_would(torch_teacher, tmp_path):
+    """A model ending in a softmax (as Keras classifiers often do) with onnx_output=probabilities: the log of its
+    probabilities gives the KD loss of the logits (softmax is shift-invariant), and the same predictions."""
+    softmaxed = torch.nn.Sequential(torch_teacher, torch.nn.Softmax(dim=1)).eval()
+    source = export_foreign(softmaxed, tmp_path / "softmax.onnx", IMAGE_SHAPE, data_norm=DATA_NORM)
+    settings = onnx_teacher.Settings(output="probabilities")
+    onnx_teacher.prepare(source, tmp_path / "teacher.onnx", settings, DATA_NORM, IMAGE_SHAPE, SPEC.num_classes)
+    x, labels = augmented_batch()
+    student_logits = torch.randn(16, SPEC.num_classes, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = kd_loss(student_logits, torch_teacher(x), labels, temperature=4.0, alpha=0.9)
+        teacher_logits = OnnxTeacher(tmp_path / "teacher.onnx")(x)
+    actual = kd_loss(student_logits, teacher_logits, labels, temperature=4.0, alpha=0.9)
+    assert actual["kd"].item() == pytest.approx(expected["kd"].item(), abs=1e-4)
+    assert torch.equal(teacher_logits.argmax(1), torch_teacher(x).argmax(1))
 
 
 def test_wrong_convention_gives_other_logits(torch_teacher, tmp_path):
@@ -72,8 +88,9 @@ def test_wrong_convention_gives_other_logits(torch_teacher, tmp_path):
         data_norm=DATA_NORM,
     )
     right, wrong = tmp_path / "right.onnx", tmp_path / "wrong.onnx"
-    onnx_teacher.prepare(source, right, ("nchw", 1.0, (0.0,), (1.0,)), DATA_NORM, IMAGE_SHAPE, SPEC.num_classes)
-    onnx_teacher.prepare(source, wrong, ("nchw", 1 / 255, None, None), DATA_NORM, IMAGE_SHAPE, SPEC.num_classes)
+    right_settings, wrong_settings = onnx_teacher.Settings("nchw", 1.0, (0.0,), (1.0,)), onnx_teacher.Settings()
+    onnx_teacher.prepare(source, right, right_settings, DATA_NORM, IMAGE_SHAPE, SPEC.num_classes)
+    onnx_teacher.prepare(source, wrong, wrong_settings, DATA_NORM, IMAGE_SHAPE, SPEC.num_classes)
     x, _ = augmented_batch()
     assert not torch.allclose(OnnxTeacher(right)(x), OnnxTeacher(wrong)(x), atol=1e-3)
 

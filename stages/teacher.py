@@ -187,7 +187,7 @@ def run_onnx(params: Params, dataset: Dataset, out_dir: Path) -> dict[str, Any]:
             "input": [list(value) for value in input_signature(model)],
             "output": [list(value) for value in output_signature(model)],
             "input_shape": list(image_shape),  # of the wrapped model, after the batch: what the pipeline feeds
-            "preprocessing": dataclasses.asdict(pre),
+            "preprocessing": {**dataclasses.asdict(pre), "mean": list(pre.mean), "std": list(pre.std)},
             "preprocessing_text": pre.describe(),
         },
         "summary": f"ONNX {source.name} used as it is ({pre.describe()}), {n_params:,} params, "

@@ -106,11 +106,13 @@ def models_section(report: dict[str, Any]) -> list[str]:
 
 def onnx_teacher_lines(onnx: dict[str, Any] | None) -> list[str]:
     """Where an ONNX teacher came from and the preprocessing it expects (nothing for a PyTorch teacher)."""
-    if not onnx:
-        return []
+    return [] if not onnx else ["", onnx_teacher_sentence(onnx)]
+
+
+def onnx_teacher_sentence(onnx: dict[str, Any]) -> str:
+    """The ONNX teacher's file, hash, input and preprocessing in a sentence (Markdown: names in backticks)."""
     (name, _, dims), *_ = onnx["input"]
-    return [
-        "",
+    return (
         f"The teacher is the ONNX file `{onnx['file']}` (teacher.onnx, sha256 {onnx['sha256'][onnx['file']]}), used "
         f"as it is; MACs counted from its graph (Conv, Gemm, MatMul). Its input `{name}` {dims} expects "
         f"{onnx['preprocessing_text']}: a Mul and an Add per channel"
@@ -121,8 +123,8 @@ def onnx_teacher_lines(onnx: dict[str, Any] | None) -> list[str]:
             if onnx["preprocessing"]["output"] != "logits"
             else ""
         )
-        + ", so it is fed, measured and scored like every model here.",
-    ]
+        + ", so it is fed, measured and scored like every model here."
+    )
 
 
 def targets_section(report: dict[str, Any]) -> list[str]:

@@ -19,7 +19,7 @@ import onnx
 import onnx.compose
 
 from pipeline.cache import sha256_file
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_line
 from pipeline.runtime.onnx_files import (
     all_tensors,
     check_external_location,
@@ -213,7 +213,10 @@ def save_wrapped(model: onnx.ModelProto, source: Path, out: Path) -> None:
         raise ConfigError(
             f"teacher.onnx={str(source)!r}: the model is over 2 GB, which edgeforge cannot store in one ONNX file yet"
         )
-    onnx.checker.check_model(model)
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as error:
+        raise ConfigError(f"{source}: behind its preprocessing it fails onnx.checker: {first_line(error)}") from error
     onnx.save(model, str(out))
 
 

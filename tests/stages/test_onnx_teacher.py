@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.cache import ArtifactStore
 from pipeline.datasets.artifact import load_dataset
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, StageError
 from pipeline.models.factory import build_model
 from pipeline.models.spec import ModelSpec
 from pipeline.models.storage import load_model
@@ -150,6 +150,28 @@ def test_a_classifier_for_other_classes_is_one_line(foreign, tmp_path):
         run_pipeline(load_config(overrides=with_onnx(path)), store, target="teacher")
 
 
+def test_a_model_onnxruntime_cannot_run_is_one_line(foreign, tmp_path):
+    """onnx.checker passes ops of domains it does not know; onnxruntime refuses them: the stage says which file."""
+    store, _, _ = foreign
+    images = onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, ["n", 1, 8, 8])
+    scores = onnx.helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, ["n", 10])
+    node = onnx.helper.make_node("Mystery", ["images"], ["scores"], domain="com.example")
+    graph = onnx.helper.make_graph([node], "mystery", [images], [scores])
+    opsets = [onnx.helper.make_opsetid("", 18), onnx.helper.make_opsetid("com.example", 1)]
+    path = tmp_path / "mystery.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=opsets), str(path))
+    overrides = with_onnx(path, "teacher.onnx_layout=nchw")
+    with pytest.raises(StageError, match=rf"^teacher: onnxruntime cannot run {path}: .*com.example:Mystery"):
+        run_pipeline(load_config(overrides=overrides), store, target="teacher")
+
+
+def test_an_onnx_path_in_a_config_file_is_relative_to_that_file(tmp_path):
+    (tmp_path / "configs").mkdir()
+    config = tmp_path / "configs" / "keras.yaml"
+    config.write_text("teacher:\n  onnx: ../models/teacher.onnx\n  epochs: 0\n")
+    assert load_config(config).section("teacher").onnx == str(tmp_path / "models" / "teacher.onnx")
+
+
 def test_the_wrong_layout_names_the_right_one(foreign):
     store, path, _ = foreign
     overrides = with_onnx(path, "teacher.onnx_layout=nchw")
@@ -213,5 +235,8 @@ def test_an_onnx_teacher_drives_the_run_to_the_report(foreign):
     markdown = results["report"].artifact.file("report.md").read_text()
     assert "The teacher is the ONNX file `keras_teacher.onnx`" in markdown
     assert "NHWC float32, (pixel * 1 - mean) / std with mean [0.0] and std [1.0]; it outputs logits" in markdown
+    assert (
+        "The teacher is the ONNX file keras_teacher.onnx" in results["report"].artifact.file("report.html").read_text()
+    )
     export = results["export"].artifact.metrics["models"]["teacher"]
     assert export["copied_from"] == "keras_teacher.onnx" and "max_abs_diff_batch_1" not in export

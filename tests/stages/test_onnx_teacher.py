@@ -8,8 +8,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from click.testing import CliRunner
 
 from pipeline.cache import ArtifactStore
+from pipeline.cli import cli
 from pipeline.datasets.artifact import load_dataset
 from pipeline.errors import ConfigError, StageError
 from pipeline.models.factory import build_model
@@ -240,3 +242,13 @@ def test_an_onnx_teacher_drives_the_run_to_the_report(foreign):
     )
     export = results["export"].artifact.metrics["models"]["teacher"]
     assert export["copied_from"] == "keras_teacher.onnx" and "max_abs_diff_batch_1" not in export
+
+
+def test_the_cli_says_a_bad_onnx_teacher_in_one_line(foreign, tmp_path):
+    """What the user sees: one line naming the file and what is wrong, exit 2, no traceback."""
+    _, path, _ = foreign
+    args = ["--artifacts", str(tmp_path), "stage", "teacher", *[a for s in with_onnx(path) for a in ("--set", s)]]
+    result = CliRunner().invoke(cli, [*args, "--set", "teacher.onnx_layout=nchw"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert result.stderr.startswith(f"error: {path}: input 'images' has shape ['n', 8, 8, 1], but teacher.onnx_layout")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

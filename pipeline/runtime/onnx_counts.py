@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import onnx
+import onnx.inliner
 import onnx.shape_inference
 
 
@@ -29,7 +30,8 @@ def count_macs(model: onnx.ModelProto) -> int:
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_value = 1
-    inferred = onnx.shape_inference.infer_shapes(single)
+    # Layers inside local functions (jax2onnx writes modules as functions) count as the graph's own.
+    inferred = onnx.shape_inference.infer_shapes(onnx.inliner.inline_local_functions(single))
     shapes = {tensor.name: list(tensor.dims) for tensor in inferred.graph.initializer}
     for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         tensor = value.type.tensor_type

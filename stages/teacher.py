@@ -103,6 +103,9 @@ def check_onnx_params(params: Params) -> None:
     positive = params.onnx_std is None or all(s > 0 for s in params.onnx_std)
     require(positive, "teacher.onnx_std", params.onnx_std, "null or numbers > 0")
     if params.onnx is None:
+        for field in dataclasses.fields(params):
+            if field.name.startswith("onnx_") and getattr(params, field.name) != field.default:
+                raise ConfigError(f"teacher.{field.name} describes an ONNX teacher: set teacher.onnx, or remove it")
         return
     if params.epochs != 0:
         raise ConfigError(

@@ -211,6 +211,11 @@ def test_contradictory_settings_are_one_line(overrides, message):
         load_config(overrides=(*KERAS, "teacher.onnx=t.onnx", *overrides))
 
 
+def test_onnx_settings_without_an_onnx_teacher_are_one_line():
+    with pytest.raises(ConfigError, match=r"^teacher.onnx_layout describes an ONNX teacher: set teacher.onnx, or"):
+        load_config(overrides=("teacher.onnx_layout=nhwc",))
+
+
 def test_a_mean_for_other_channels_is_one_line(foreign):
     store, path, _ = foreign
     overrides = with_onnx(path, "teacher.onnx_mean=[0, 0, 0]")

@@ -4,7 +4,8 @@ Every model downstream of the teacher stage (distillation, bench, the report, a 
 input: NCHW float32, `(pixel / 255 - mean) / std` with the data's mean and std. A model exported from Keras,
 TensorFlow or JAX often expects something else: NHWC, pixels in [0, 255], ImageNet's mean and std. Rather than
 teaching each consumer a second input convention, the user's graph is wrapped once, here: a per-channel Mul and Add
-(and a Transpose for NHWC) in front turn the pipeline's input into the model's, and its output is renamed `logits`.
+(and a Transpose for NHWC) in front turn the pipeline's input into the model's, and its output becomes `logits`
+(the log of its probabilities, for a model that ends in a softmax).
 The wrapped file is then an exported model like the others, so training, onnxruntime accuracy, latency and the
 report use it unchanged, and the conversion is one piece of code, not one per consumer.
 """
@@ -114,7 +115,9 @@ def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     return [tensor for tensor in all_tensors(model) if tensor.data_location == onnx.TensorProto.EXTERNAL]
 
 
-def check_signature(path: Path, model: onnx.ModelProto, layout: str, image_shape: tuple[int, int, int], classes: int):
+def check_signature(
+    path: Path, model: onnx.ModelProto, layout: str, image_shape: tuple[int, int, int], classes: int
+) -> None:
     """One float32 input of [batch, C, H, W] (nchw) or [batch, H, W, C] (nhwc) and one float32 output of
     [batch, classes], or a ConfigError naming the file, what it has and the fix. Symbolic dims pass."""
     inputs, outputs = input_signature(model), output_signature(model)

@@ -206,8 +206,9 @@ def run_stage(
             for p in temp_dir.rglob("*")
             if p.is_file() and p.relative_to(temp_dir).parts[0] != CHECKPOINTS
         )
-        if written != sorted(stage.OUTPUTS):
-            raise StageError(f"{stage.NAME}: wrote {written}, but declares {sorted(stage.OUTPUTS)}")
+        declared = sorted(stage.outputs(params) if hasattr(stage, "outputs") else stage.OUTPUTS)
+        if written != declared:
+            raise StageError(f"{stage.NAME}: wrote {written}, but declares {declared}")
         manifest = {
             "version": stage.VERSION,
             "section": stage.SECTION,

@@ -4,7 +4,8 @@ Each stage module defines: NAME, SECTION (its config section), VERSION (bump whe
 the same inputs changes), INPUTS (upstream stage names), OUTPUTS (the files it writes), a frozen
 `Params` dataclass and `run(params, inputs, out_dir) -> metrics`. A stage with inputs from outside
 the pipeline also defines `fingerprint(params, state_dir) -> dict`, content hashes of those inputs
-(source data files, a user's model code) that go into its cache key.
+(source data files, a user's model code) that go into its cache key. A stage whose files depend on its params
+(the teacher: a PyTorch model or an ONNX file) defines `outputs(params) -> tuple`, used instead of OUTPUTS.
 """
 
 from typing import Any
@@ -39,6 +40,7 @@ def check_sections(sections: dict[str, Any]) -> None:
             f"{list(bench_params.targets)})"
         )
     _check_search(sections)
+    _check_onnx_teacher(sections)
     for limit in signoff.latency_limits:
         provider, batch, _, _ = parse_latency_limit(limit)
         if batch not in bench_params.batch_sizes or provider not in bench_params.providers:
@@ -76,4 +78,14 @@ def _check_search(sections: dict[str, Any]) -> None:
         raise ConfigError(
             f"prune.target_provider={prune_params.target_provider!r} is not measured: add it to bench.providers "
             f"(now {list(bench_params.providers)})"
+        )
+
+
+def _check_onnx_teacher(sections: dict[str, Any]) -> None:
+    """Feature distillation reads the teacher's intermediate layers, which an ONNX teacher does not expose."""
+    teacher, distill = sections["teacher"], sections["distill"]
+    if teacher.onnx is not None and distill.feature_loss != "none":
+        raise ConfigError(
+            f"distill.feature_loss={distill.feature_loss!r} needs the teacher's intermediate layers, which an ONNX "
+            "teacher (teacher.onnx) does not expose: set distill.feature_loss=none"
         )

@@ -20,9 +20,10 @@ from pipeline.cache import CHECKPOINTS, Artifact
 from pipeline.datasets.artifact import load_dataset
 from pipeline.errors import require
 from pipeline.models.factory import build_model, check_model_name, count_macs_and_params
-from pipeline.models.storage import load_model, save_model
+from pipeline.models.storage import save_model
 from pipeline.training import features
 from pipeline.training.loop import fit
+from pipeline.training.onnx_teacher import load_teacher
 from pipeline.training.recipes import (
     check_training_params,
     model_inputs,
@@ -92,7 +93,7 @@ def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
 
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
     dataset = load_dataset(inputs["data"])
-    teacher, _ = load_model(inputs["teacher"].path)
+    teacher = load_teacher(inputs["teacher"].path)
     spec = spec_for(dataset, params.model, params.width)
     images, labels = dataset.train_images, dataset.train_labels
     validation = dataset.val_images, dataset.val_labels

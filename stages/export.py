@@ -2,11 +2,16 @@
 
 Verification: onnx.checker (full check), then onnxruntime against PyTorch on real test images at
 batch 1 and batch N; the largest difference and the tolerance go into the manifest.
+
+A teacher that is an ONNX file (`teacher.onnx`) is not exported: the teacher stage's file (the user's model wrapped
+behind its preprocessing, checked there) is copied. There is no PyTorch model to compare it with, and its record
+says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,7 @@ from pipeline.errors import StageError, require
 from pipeline.models.storage import load_model
 from pipeline.runtime.onnx_export import DEFAULT_OPSET, export_onnx
 from pipeline.runtime.sessions import run_batches, session
+from pipeline.training import onnx_teacher
 from pipeline.training.augment import normalize
 
 NAME = "export"
@@ -72,6 +78,9 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     )
     models = {}
     for name, stage in SOURCES.items():
+        if onnx_teacher.is_onnx_teacher(inputs[stage].path):
+            models[name] = copy_onnx_teacher(inputs[stage], out_dir / f"{name}.onnx")
+            continue
         model, spec = load_model(inputs[stage].path)
         path = out_dir / f"{name}.onnx"
         export_onnx(model, spec, path, params.opset)
@@ -83,8 +92,24 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
             **compare_with_torch(model, path, test_inputs, params, name),
         }
     worst = max(v for m in models.values() for k, v in m.items() if k.startswith("max_abs_diff"))
+    copied = [name for name, m in models.items() if "copied_from" in m]
+    exported = [name for name in models if name not in copied]
     return {
         "models": models,
         "tolerance": {"atol": params.atol, "rtol": params.rtol},
-        "summary": f"{', '.join(models)} exported (opset {params.opset}); max |onnxruntime - PyTorch| {worst:.2g}",
+        "summary": f"{', '.join(exported)} exported (opset {params.opset}); max |onnxruntime - PyTorch| {worst:.2g}"
+        + "".join(f"; {name} copied from teacher.onnx (no PyTorch model to compare with)" for name in copied),
+    }
+
+
+def copy_onnx_teacher(teacher: Artifact, path: Path) -> dict[str, Any]:
+    """The teacher stage's ONNX file as it is, with the counts that stage made of it."""
+    shutil.copyfile(teacher.file(onnx_teacher.FILE), path)
+    return {
+        "macs": teacher.metrics["macs"],
+        "params": teacher.metrics["params"],
+        "size_bytes": path.stat().st_size,
+        "input_shape": ["batch", *teacher.metrics["onnx"]["input_shape"]],
+        "copied_from": teacher.metrics["onnx"]["file"],
+        "compared": "skipped: the teacher is an ONNX file (teacher.onnx), there is no PyTorch model to compare with",
     }

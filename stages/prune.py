@@ -34,6 +34,7 @@ from pipeline.runtime.timing import PROVIDER_NAMES, is_provider
 from pipeline.search import prune_candidates
 from pipeline.training import distributed
 from pipeline.training.loop import fit
+from pipeline.training.onnx_teacher import load_teacher
 from pipeline.training.recipes import check_recipe_params, recipe_for, scored
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def latency_decision(student: torch.nn.Module, spec, dataset: Dataset, params: P
 
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
     dataset = load_dataset(inputs["data"])
-    teacher, _ = load_model(inputs["teacher"].path)
+    teacher = load_teacher(inputs["teacher"].path)
     student, spec = load_model(inputs["distill"].path)
     macs_before, params_before = count_macs_and_params(student, spec)
     search = budget_decision(student, spec, dataset, params, out_dir)

@@ -26,7 +26,7 @@ from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, provider_name
 
 NAME = "report"
 SECTION = "signoff"
-VERSION = 11
+VERSION = 12
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")
@@ -199,6 +199,8 @@ def run_facts(params: Params, inputs: dict[str, Artifact], target: str) -> dict[
             **inputs["data"].manifest["external"],
         },
         "input": {"name": "input", "shape": ["batch", *dataset["image_shape"]], "dtype": "float32"},
+        # teacher.onnx: the user's file, its signature and the preprocessing it expects (null: a PyTorch teacher)
+        "teacher_onnx": inputs["teacher"].metrics.get("onnx"),
         "reproduce": reproduce_command(config, defaults),
     }
 

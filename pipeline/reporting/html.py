@@ -21,6 +21,7 @@ from pipeline.reporting.html_figures import (
     search_trace_section,
     training_section,
 )
+from pipeline.reporting.markdown import onnx_teacher_sentence
 from pipeline.reporting.plots import PROVIDER, STATS, latency_at
 from pipeline.reporting.targets_section import target_descriptions, target_rows
 
@@ -145,7 +146,12 @@ def _models_table(report: dict) -> str:
         f"choice reads it) and the test split (reported only); latency on {_e(PROVIDER)} in milliseconds, each "
         f"model at the session settings measured fastest for it ({_e(settings or 'not recorded')}).</p>\n"
         + _table(header, rows)
+        + _onnx_teacher(report.get("teacher_onnx"))
     )
+
+
+def _onnx_teacher(onnx: dict | None) -> str:
+    return "" if not onnx else f"\n<p>{_e(onnx_teacher_sentence(onnx).replace('`', ''))}</p>"
 
 
 def _accuracy(value: float | None, interval: list[float] | None) -> str:

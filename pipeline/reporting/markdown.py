@@ -96,11 +96,35 @@ def models_section(report: dict[str, Any]) -> list[str]:
         for m in report["models"]
     ]
     lines += _table(header, rows)
+    lines += onnx_teacher_lines(report.get("teacher_onnx"))
     for provider in report["models"][0]["latency"]:  # one latency table per provider measured
         lines += ["", f"Latency on {provider} (p50 / p90 / p99 ms; p90's 95% interval where measured):", ""]
         lines += _latency_table(report["models"], provider)
     skipped = report.get("skipped_providers") or {}
     return lines + ([""] if skipped else []) + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
+
+
+def onnx_teacher_lines(onnx: dict[str, Any] | None) -> list[str]:
+    """Where an ONNX teacher came from and the preprocessing it expects (nothing for a PyTorch teacher)."""
+    return [] if not onnx else ["", onnx_teacher_sentence(onnx)]
+
+
+def onnx_teacher_sentence(onnx: dict[str, Any]) -> str:
+    """The ONNX teacher's file, hash, input and preprocessing in a sentence (Markdown: names in backticks)."""
+    (name, _, dims), *_ = onnx["input"]
+    return (
+        f"The teacher is the ONNX file `{onnx['file']}` (teacher.onnx, sha256 {onnx['sha256'][onnx['file']]}), used "
+        f"as it is; MACs counted from its graph (Conv, Gemm, MatMul). Its input `{name}` {dims} expects "
+        f"{onnx['preprocessing_text']}: a Mul and an Add per channel"
+        + (" and a Transpose" if onnx["preprocessing"]["layout"] == "nhwc" else "")
+        + " in front of it convert the pipeline's input"
+        + (
+            ", a Log after it turns its probabilities into logits"
+            if onnx["preprocessing"]["output"] != "logits"
+            else ""
+        )
+        + ", so it is fed, measured and scored like every model here."
+    )
 
 
 def targets_section(report: dict[str, Any]) -> list[str]:
@@ -177,7 +201,8 @@ def steps_section(report: dict[str, Any]) -> list[str]:
         + ", ".join(f"{k}={v}" for k, v in report["quantization"].items())
         + ".",
         f"- Export check: onnxruntime vs PyTorch within atol {report['export_tolerance']['atol']}, "
-        f"rtol {report['export_tolerance']['rtol']} at batch 1 and N.",
+        f"rtol {report['export_tolerance']['rtol']} at batch 1 and N"
+        + (" (not the teacher: it is the ONNX file it was given, copied)." if report.get("teacher_onnx") else "."),
     ]
 
 

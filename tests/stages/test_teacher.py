@@ -91,8 +91,8 @@ def test_a_weights_path_in_a_config_file_is_relative_to_that_file(tmp_path):
     [
         (
             ("teacher.epochs=0",),
-            "teacher.epochs=0 is not allowed: expected an integer >= 1, or 0 with teacher.weights or "
-            "teacher.pretrained (a teacher used as it is)",
+            "teacher.epochs=0 is not allowed: expected an integer >= 1, or 0 with teacher.weights, "
+            "teacher.pretrained or teacher.onnx (a teacher used as it is)",
         ),
         (
             ("teacher.pretrained=true",),

@@ -133,7 +133,8 @@ def test_reproduce_command_lists_every_non_default_value(tiny_run):
     command = report["reproduce"]
     assert command.startswith("edgeforge run --set teacher.width=16 --set teacher.epochs=8")
     assert "--set 'bench.batch_sizes=[1,8]'" in command
-    assert "prune.ratio" not in command  # a default
+    assert "--set prune.ratio=0.5" in command  # not the default 0.25
+    assert "prune.importance" not in command and "export.opset" not in command  # defaults
 
 
 def test_latency_limits_gate_any_percentile_provider_and_batch():

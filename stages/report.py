@@ -26,7 +26,7 @@ from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, provider_name
 
 NAME = "report"
 SECTION = "signoff"
-VERSION = 12
+VERSION = 13
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")
@@ -201,6 +201,8 @@ def run_facts(params: Params, inputs: dict[str, Artifact], target: str) -> dict[
         "input": {"name": "input", "shape": ["batch", *dataset["image_shape"]], "dtype": "float32"},
         # teacher.onnx: the user's file, its signature and the preprocessing it expects (null: a PyTorch teacher)
         "teacher_onnx": inputs["teacher"].metrics.get("onnx"),
+        # how the teacher came to be (trained, fine-tuned from weights, used as it is) and the hashes of its inputs
+        "teacher_origin": {"summary": inputs["teacher"].metrics["summary"], **inputs["teacher"].manifest["external"]},
         "reproduce": reproduce_command(config, defaults),
     }
 

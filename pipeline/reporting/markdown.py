@@ -96,7 +96,7 @@ def models_section(report: dict[str, Any]) -> list[str]:
         for m in report["models"]
     ]
     lines += _table(header, rows)
-    lines += onnx_teacher_lines(report.get("teacher_onnx"))
+    lines += teacher_lines(report)
     for provider in report["models"][0]["latency"]:  # one latency table per provider measured
         lines += ["", f"Latency on {provider} (p50 / p90 / p99 ms; p90's 95% interval where measured):", ""]
         lines += _latency_table(report["models"], provider)
@@ -104,9 +104,16 @@ def models_section(report: dict[str, Any]) -> list[str]:
     return lines + ([""] if skipped else []) + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
 
 
-def onnx_teacher_lines(onnx: dict[str, Any] | None) -> list[str]:
-    """Where an ONNX teacher came from and the preprocessing it expects (nothing for a PyTorch teacher)."""
-    return [] if not onnx else ["", onnx_teacher_sentence(onnx)]
+def teacher_lines(report: dict[str, Any]) -> list[str]:
+    """Where the teacher came from: an ONNX file and the preprocessing it expects, or how the PyTorch teacher was
+    made (trained, fine-tuned from the user's weights, or used as it is) with the hash of those weights."""
+    if report.get("teacher_onnx"):
+        return ["", onnx_teacher_sentence(report["teacher_onnx"])]
+    origin = report.get("teacher_origin")
+    if not origin:
+        return []
+    weights = f" (teacher.weights sha256 {origin['weights_sha256']})" if origin.get("weights_sha256") else ""
+    return ["", f"Teacher: {origin['summary']}{weights}."]
 
 
 def onnx_teacher_sentence(onnx: dict[str, Any]) -> str:

@@ -125,6 +125,8 @@ def test_report_files_follow_the_schema(tiny_run):
     markdown = artifact.file("report.md").read_text()
     assert f"Edge model: **{report['edge_model']}**" in markdown
     assert "| min_accuracy | 0.8 |" in markdown
+    assert report["teacher_origin"]["summary"].startswith("cnn x16 fresh weights, trained 8 epoch(s)")
+    assert f"Teacher: {report['teacher_origin']['summary']}." in markdown
 
 
 def test_reproduce_command_lists_every_non_default_value(tiny_run):

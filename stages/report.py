@@ -20,7 +20,7 @@ from pipeline.config import params_to_dict, reproduce_command
 from pipeline.errors import StageError, require
 from pipeline.reporting import release
 from pipeline.reporting.gates import choose_edge_model, edge_reason, pareto_front, parse_latency_limit, signoff_gates
-from pipeline.reporting.intervals import wilson
+from pipeline.reporting.intervals import accuracies_with_intervals
 from pipeline.reporting.markdown import render_markdown
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, provider_name
 
@@ -247,25 +247,31 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
     scratch = prune_metrics["scratch"]
     return {
         "distillation": {
-            "student": scored(distill["validation_accuracy"], distill["test_accuracy"], sizes),
-            "baseline": scored(distill["baseline_validation_accuracy"], distill["baseline_test_accuracy"], sizes),
+            "student": accuracies_with_intervals(distill["validation_accuracy"], distill["test_accuracy"], sizes),
+            "baseline": accuracies_with_intervals(
+                distill["baseline_validation_accuracy"], distill["baseline_test_accuracy"], sizes
+            ),
             "temperature": distill_params["temperature"],
             "alpha": distill_params["alpha"],
             "feature_distillation": distill["feature_distillation"],
         },
         "pruning": {
             **{key: prune_metrics[key] for key in ("ratio", "params_before", "params", "macs_before", "macs")},
-            "before_finetune": scored(
+            "before_finetune": accuracies_with_intervals(
                 prune_metrics["validation_accuracy_before_finetune"],
                 prune_metrics["test_accuracy_before_finetune"],
                 sizes,
             ),
-            "after_finetune": scored(prune_metrics["validation_accuracy"], prune_metrics["test_accuracy"], sizes),
+            "after_finetune": accuracies_with_intervals(
+                prune_metrics["validation_accuracy"], prune_metrics["test_accuracy"], sizes
+            ),
             "steps": [
                 {
                     **{key: step[key] for key in ("step", "ratio", "epochs", "params", "macs")},
                     **{
-                        when: scored(step[when]["validation_accuracy"], step[when]["test_accuracy"], sizes)
+                        when: accuracies_with_intervals(
+                            step[when]["validation_accuracy"], step[when]["test_accuracy"], sizes
+                        )
                         for when in ("before_finetune", "after_finetune")
                     },
                 }
@@ -275,7 +281,7 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
             if scratch is None
             else {
                 "epochs": scratch["epochs"],
-                **scored(scratch["validation_accuracy"], scratch["test_accuracy"], sizes),
+                **accuracies_with_intervals(scratch["validation_accuracy"], scratch["test_accuracy"], sizes),
             },
         },
         "quantization": quantize_metrics["arguments"],
@@ -292,17 +298,3 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
         },
         "export_tolerance": inputs["export"].metrics["tolerance"],
     }
-
-
-def scored(validation: float | None, test: float | None, sizes: dict[str, Any]) -> dict[str, Any] | None:
-    """Validation and test accuracy, each with its 95% Wilson interval (None when the model was not trained)."""
-    if validation is None:
-        return None
-    intervals = {}
-    for split, value, count in (
-        ("validation", validation, sizes["validation_size"]),
-        ("test", test, sizes["test_size"]),
-    ):
-        intervals[f"{split}_accuracy"] = value
-        intervals[f"{split}_interval"] = list(wilson(round(value * count), count))
-    return intervals

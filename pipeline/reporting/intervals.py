@@ -94,3 +94,19 @@ def test_and_validation(test_correct: np.ndarray, validation_correct: np.ndarray
         "validation_correct": validation["correct"],
         "validation_images": validation["images"],
     }
+
+
+def accuracies_with_intervals(
+    validation: float | None, test: float | None, sizes: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Validation and test accuracy, each with its 95% Wilson interval (None when the model was not trained)."""
+    if validation is None:
+        return None
+    intervals = {}
+    for split, value, count in (
+        ("validation", validation, sizes["validation_size"]),
+        ("test", test, sizes["test_size"]),
+    ):
+        intervals[f"{split}_accuracy"] = value
+        intervals[f"{split}_interval"] = list(wilson(round(value * count), count))
+    return intervals

@@ -43,6 +43,7 @@ def test_second_run_reuses_every_stage_and_releases(tiny_run):
     assert json.loads((release / "report.json").read_text())["edge_model"] == summary["edge_model"]
 
 
+@pytest.mark.slow  # re-runs prune to report end to end through the CLI
 def test_a_param_change_reruns_that_stage_and_after_only(tiny_run):
     store, _ = tiny_run
     cached = stages_of(edgeforge(store.root, "run", *SETS, "--set", "prune.ratio=0.375", "--json"))

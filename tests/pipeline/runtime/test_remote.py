@@ -206,6 +206,7 @@ def long_request(tmp_path: Path) -> tuple[dict, dict]:
     return request, located
 
 
+@pytest.mark.slow  # waits out a timeout
 def test_a_device_that_does_not_answer_in_time_fails_and_is_not_left_running(device, tmp_path):
     request, located = long_request(tmp_path)
     started = time.monotonic()

@@ -29,7 +29,7 @@ from pipeline.training.augment import normalize
 
 NAME = "quantize"
 SECTION = "quantize"
-VERSION = 4
+VERSION = 5
 INPUTS = ("data", "export")
 TRAINS = False
 # int8 ONNX -> the export stage's fp32 ONNX it quantizes. Both: on CPUs with VNNI the int8 student can be the

@@ -1,8 +1,10 @@
 """Post-training static int8 in onnxruntime (QDQ), with every argument of quantize_static explicit and recorded.
 
-quantize_static's defaults have changed across onnxruntime versions, so nothing is left to them. On x86 without
-VNNI, u8 x s8 products can saturate a 16-bit intermediate (../shared/FACTS.md): `reduce_range` (7-bit weights)
-avoids it.
+quantize_static's defaults have changed across onnxruntime versions, so nothing is left to them: every documented
+`extra_options` key is passed with the value onnxruntime 1.32 would fill in (`extra_options`; a test checks that the
+file is byte for byte the one quantize_static writes with `extra_options={}`), and all of them are recorded. On x86
+without VNNI, u8 x s8 products can saturate a 16-bit intermediate (../shared/FACTS.md): `reduce_range` (7-bit
+weights) avoids it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
 
 from pipeline.errors import StageError
 from pipeline.runtime.sessions import INPUT_NAME, run_batches, session
@@ -81,13 +84,51 @@ def quantize(source: Path, target: Path, calibration: np.ndarray, settings: Quan
             use_external_data_format=False,
             calibrate_method=getattr(CalibrationMethod, METHODS[settings.method]),
             calibration_providers=["CPUExecutionProvider"],
-            extra_options={},
+            extra_options=extra_options(settings),
         )
     prepared.unlink()
 
 
+def extra_options(settings: QuantSettings) -> dict[str, Any]:
+    """Every extra option of quantize_static (QDQ, static) at the value onnxruntime fills in when it is absent."""
+    return {
+        "ActivationSymmetric": False,
+        "ActivationRestrictedAsymmetric": False,
+        "WeightSymmetric": settings.weight_type == "int8",  # signed weights are quantized symmetrically
+        "EnableSubgraph": False,
+        "ForceQuantizeNoInputCheck": False,
+        "MatMulConstBOnly": False,
+        "AddQDQPairToWeight": False,
+        "OpTypesToExcludeOutputQuantization": [],
+        "DedicatedQDQPair": False,
+        "QDQOpTypePerChannelSupportToAxis": {},
+        "QuantizeBias": True,
+        "CalibTensorRangeSymmetric": settings.method == "percentile",  # the Percentile calibrator's own default
+        "CalibMovingAverage": False,
+        "CalibMovingAverageConstant": 0.01,
+        "CalibMaxIntermediateOutputs": None,
+        "CalibStridedMinMax": None,
+        **({"CalibPercentile": 99.999} if settings.method == "percentile" else {}),
+        "SmoothQuant": False,
+        "UseQDQContribOps": False,
+        "MinimumRealRange": None,
+        "TensorQuantOverrides": {},
+        "QDQKeepRemovableActivations": False,
+        "QDQDisableWeightAdjustForInt32Bias": False,
+    }
+
+
+# What quantize_static does not let a caller set, recorded beside the arguments: the calibrators' histogram sizes.
+CALIBRATOR_FIXED = {
+    "minmax": {},
+    "entropy": {"num_bins": 128, "num_quantized_bins": 128},
+    "percentile": {"num_bins": 2048},
+}
+
+
 def arguments(settings: QuantSettings) -> dict[str, Any]:
-    """The quantize_static arguments, as recorded in the manifest and the report."""
+    """The quantize_static arguments, as recorded in the manifest and the report: with the calibration images
+    and onnxruntime's version, they reproduce the quantized file byte for byte."""
     return {
         "quant_format": "QDQ",
         "per_channel": settings.per_channel,
@@ -97,7 +138,10 @@ def arguments(settings: QuantSettings) -> dict[str, Any]:
         "calibrate_method": settings.method,
         "op_types_to_quantize": None,
         "nodes_to_exclude": None,
-        "extra_options": {},
+        "calibration_batch": settings.calibration_batch,
+        "extra_options": extra_options(settings),
+        "calibrator_fixed": CALIBRATOR_FIXED[settings.method],
+        "onnxruntime": onnxruntime.__version__,
     }
 
 

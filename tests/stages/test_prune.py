@@ -160,6 +160,8 @@ def test_latency_budget_met_unpruned_keeps_every_channel_and_is_gated_in_the_rep
         ("target_provider", "tpu", r"prune.target_provider='tpu' is not allowed: expected cpu, cuda, tensorrt"),
         ("target_format", "fp16", r"prune.target_format='fp16' is not allowed: expected fp32 or int8 or fastest"),
         ("search_step", 0.95, r"prune.search_step=0.95 is not allowed: expected in \(0, max_ratio\]"),
+        ("search", "greedy", r"prune.search='greedy' is not allowed: expected uniform or per_layer$"),
+        ("search", "per_layer", r"prune.search='per_layer' is not allowed: expected prune.target_latency_ms set and"),
     ],
 )
 def test_bad_budget_settings_are_one_line_errors(key, value, message):
@@ -167,6 +169,14 @@ def test_bad_budget_settings_are_one_line_errors(key, value, message):
 
     with pytest.raises(ConfigError, match=message):
         Params(**{key: value})
+
+
+def test_per_layer_search_refuses_gradual_steps_in_one_line():
+    from pipeline.errors import ConfigError
+
+    message = r"prune.search='per_layer' is not allowed: .* prune.steps=1 \(per-layer pruning is one shot\)$"
+    with pytest.raises(ConfigError, match=message):
+        Params(search="per_layer", target_latency_ms=1.0, steps=2, finetune_epochs=2)
 
 
 @pytest.mark.slow

@@ -9,6 +9,8 @@ With `prune.steps` > 1 the channels go gradually, each step followed by its shar
 The ratio is either `prune.ratio`, or, with `prune.target_latency_ms`, the least pruning whose measured
 onnxruntime latency meets that budget (pipeline/prune_candidates.py, pipeline/latency_search.py): candidates are
 measured before fine-tuning, the chosen one is fine-tuned, then measured again (predicted vs achieved).
+With `prune.search: per_layer` each dependency group gets its own channel count instead, from a latency table
+measured once per machine (pipeline/search/prune_layers.py, prune_layer_table.py); `ratio` is then the overall share.
 """
 
 from __future__ import annotations

@@ -103,7 +103,8 @@ def per_layer_search_section(search: dict[str, Any]) -> list[str]:
         f"Budget {search['budget_ms']:g} ms p50 at batch {method['batch']} on {method['provider']} "
         f"({method['settings']}), deployed form measured: {' or '.join(method['formats'])}; a configuration must "
         f"measure ≤ {search['limit_ms']:.4g} ms (margin {search['margin']:g}). Latency table: {entries} pruned copies "
-        f"of the student, each with one group reduced ({method['table']} for this machine and architecture); "
+        f"of the student, each with one group reduced ({method['table']} for this machine and architecture in "
+        f"{method.get('table_seconds', 0):.1f} s); "
         f"configurations chosen greedily on importance lost per ms the table saves, then measured "
         f"({len(search['trace'])} in {search['seconds']:.1f} s).",
         "",

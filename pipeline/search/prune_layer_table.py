@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,9 @@ def cached_table(candidates: Candidates, groups: list[Group], key: dict[str, Any
 def search(candidates: Candidates, student: nn.Module, spec: ModelSpec, params: Any, folder: Path) -> dict[str, Any]:
     """The per-layer decision for `params.target_latency_ms`, with the method and the table's provenance."""
     groups = prunable_groups(student, spec, params)
+    started = time.monotonic()
     table, cached = cached_table(candidates, groups, table_key(student, spec, groups, params), folder)
+    table_seconds = time.monotonic() - started
     decision = search_layers(
         groups,
         table,
@@ -97,4 +100,5 @@ def search(candidates: Candidates, student: nn.Module, spec: ModelSpec, params: 
         margin=params.search_margin,
         time_budget_s=params.search_budget_s,
     )
-    return {**decision, "method": {**method(params), "table": "cached" if cached else "measured"}}
+    provenance = {"table": "cached" if cached else "measured", "table_seconds": table_seconds}
+    return {**decision, "method": {**method(params), **provenance}}

@@ -9,6 +9,8 @@ With `prune.steps` > 1 the channels go gradually, each step followed by its shar
 The ratio is either `prune.ratio`, or, with `prune.target_latency_ms`, the least pruning whose measured
 onnxruntime latency meets that budget (pipeline/prune_candidates.py, pipeline/latency_search.py): candidates are
 measured before fine-tuning, the chosen one is fine-tuned, then measured again (predicted vs achieved).
+With `prune.search: per_layer` each dependency group gets its own channel count instead, from a latency table
+measured once per machine (pipeline/search/prune_layers.py, prune_layer_table.py); `ratio` is then the overall share.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from pipeline.cache import CHECKPOINTS, Artifact
 from pipeline.datasets.artifact import Dataset, load_dataset
 from pipeline.errors import StageError, require
 from pipeline.models.factory import build_model, count_macs_and_params
+from pipeline.models.group_pruning import GroupPruner, prune_groups
 from pipeline.models.pruning import make_pruner, prune_channels, schedule
 from pipeline.models.storage import architecture, load_model, replay_pruning, save_model
 from pipeline.runtime import targets
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider
-from pipeline.search import prune_candidates
+from pipeline.search import prune_candidates, prune_layer_table
 from pipeline.training import distributed
 from pipeline.training.loop import fit
 from pipeline.training.onnx_teacher import load_teacher
@@ -46,6 +49,7 @@ INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
 IMPORTANCES = ("l1", "l2")
+SEARCHES = ("uniform", "per_layer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +91,9 @@ class Params:
     target_threads: int | None = None  # null: each candidate at its own fastest session settings; else fixed threads
     target_device: str = "local"  # where candidates are timed: local or a device, ssh://... (one of bench.targets)
     target_format: str = "fastest"  # deployed form measured: fp32, int8, or fastest (the faster of the two)
+    # uniform: one ratio for every layer. per_layer: each group's channel count from a latency table measured once
+    # per machine, greedy on importance lost per ms saved (pipeline/search/prune_layers.py)
+    search: str = "uniform"
     max_ratio: float = 0.9  # the most pruning the search tries
     search_step: float = 0.1  # grid of ratios scanned from 0 upwards...
     search_refine: int = 3  # ...then this many bisections below the first ratio that meets the budget
@@ -136,6 +143,10 @@ class Params:
         targets.check(self.target_device)
         formats = " or ".join(prune_candidates.FORMATS)
         require(self.target_format in prune_candidates.FORMATS, "prune.target_format", self.target_format, formats)
+        require(self.search in SEARCHES, "prune.search", self.search, " or ".join(SEARCHES))
+        per_layer = self.search == "per_layer"
+        need = "prune.target_latency_ms set and prune.steps=1 (per-layer pruning is one shot)"
+        require(not per_layer or (self.target_latency_ms and self.steps == 1), "prune.search", self.search, need)
         require(0 < self.max_ratio < 1, "prune.max_ratio", self.max_ratio, "a fraction of channels in (0, 1)")
         require(0 < self.search_step <= self.max_ratio, "prune.search_step", self.search_step, "in (0, max_ratio]")
         require(self.search_refine >= 0, "prune.search_refine", self.search_refine, "an integer >= 0")
@@ -151,8 +162,11 @@ def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
 
 
 def candidates(student: torch.nn.Module, spec, dataset: Dataset, params: Params) -> prune_candidates.Candidates:
-    def prune(model: torch.nn.Module, ratio: float) -> None:
-        prune_channels(model, spec.example_input(), spec.num_classes, params, ratio)
+    def prune(model: torch.nn.Module, setting: float | dict[str, int]) -> None:  # a ratio, or counts per group
+        if isinstance(setting, dict):
+            prune_groups(model, spec.example_input(), spec.num_classes, params, setting)
+        else:
+            prune_channels(model, spec.example_input(), spec.num_classes, params, setting)
 
     return prune_candidates.Candidates(student, spec, dataset.train_images, dataset.norm, params, prune)
 
@@ -165,7 +179,11 @@ def latency_decision(student: torch.nn.Module, spec, dataset: Dataset, params: P
         return json.loads(saved.read_text())
     measure = candidates(student, spec, dataset, params)
     try:
-        decision = prune_candidates.search(measure, params)
+        if params.search == "per_layer":  # its latency table is kept beside the stage's entries, across budgets
+            tables = out_dir.parent / prune_layer_table.TABLES
+            decision = prune_layer_table.search(measure, student, spec, params, tables)
+        else:
+            decision = prune_candidates.search(measure, params)
     finally:
         measure.close()
     saved.parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +200,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     macs_before, params_before = count_macs_and_params(student, spec)
     search = budget_decision(student, spec, dataset, params, out_dir)
     ratio = params.ratio if search is None else search["ratio"]
-    history, steps, training = prune_and_finetune(student, teacher, spec, dataset, params, ratio, out_dir)
+    channels = None if search is None else search.get("channels")  # per group, from the per-layer search
+    history, steps, training = prune_and_finetune(student, teacher, spec, dataset, params, ratio, out_dir, channels)
     macs_after, params_after = steps[-1]["macs"], steps[-1]["params"]
     before_finetune, after = steps[0]["before_finetune"], steps[-1]["after_finetune"]
     save_model(student, spec, out_dir, pruning_history=history)
@@ -262,13 +281,24 @@ def budget_decision(student: torch.nn.Module, spec, dataset: Dataset, params: Pa
 
 
 def prune_and_finetune(
-    student: torch.nn.Module, teacher: torch.nn.Module, spec, dataset: Dataset, params: Params, ratio: float, out_dir
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    spec,
+    dataset: Dataset,
+    params: Params,
+    ratio: float,
+    out_dir,
+    channels: dict[str, int] | None = None,
 ) -> tuple[list, list[dict[str, Any]], list]:
-    """Prune `student` in place to `ratio` in `params.steps` steps, each followed by its share of the distillation
-    fine-tune. Returns torch-pruning's history, the schedule with each step's size and accuracies (before and after
-    its fine-tune), and the fine-tune's per-epoch history."""
+    """Prune `student` in place to `ratio` in `params.steps` steps (or, one shot, to `channels` per group), each
+    followed by its share of the distillation fine-tune. Returns torch-pruning's history, the schedule with each
+    step's size and accuracies (before and after its fine-tune), and the fine-tune's per-epoch history."""
     plan = schedule(ratio, params.steps if ratio > 0 else 1, params.finetune_epochs, params.step_epochs)
-    pruner = make_pruner(student, spec.example_input(), spec.num_classes, params, ratio, len(plan)) if ratio else None
+    example, classes = spec.example_input(), spec.num_classes
+    if channels is not None:
+        pruner = GroupPruner(student, example, classes, params, channels)
+    else:
+        pruner = make_pruner(student, example, classes, params, ratio, len(plan)) if ratio else None
     training: list = []
     for step in plan:
         if pruner is not None:

@@ -1,5 +1,5 @@
 """report.md sections for the choices edgeforge made: the edge model on the Pareto front, the latency-budget
-search (ratio -> latency trace) and the quantization variants tried."""
+search (ratio -> latency trace, or the per-layer search's channel counts) and the quantization variants tried."""
 
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ def edge_choice_section(report: dict[str, Any]) -> list[str]:
 def latency_search_section(search: dict[str, Any] | None) -> list[str]:
     if search is None:
         return []
+    if search.get("search") == "per_layer":
+        return per_layer_search_section(search)
     method, achieved = search["method"], search["achieved"]
     lines = [
         "",
@@ -88,6 +90,54 @@ def latency_search_section(search: dict[str, Any] | None) -> list[str]:
     ]
     lines += ["", "Search trace, in the order measured:", ""]
     return lines + _table(["ratio", "fp32 p50 ms", "int8 p50 ms", "deployed ms", "MACs", "meets limit"], rows)
+
+
+def per_layer_search_section(search: dict[str, Any]) -> list[str]:
+    """The per-layer search (pipeline/search/prune_layers.py): each group's chosen count, predicted vs achieved."""
+    method, achieved, table = search["method"], search["achieved"], search["table"]
+    entries = sum(len(row) - 1 for row in table.values()) + 1
+    lines = [
+        "",
+        "## Latency-budget search (prune.target_latency_ms, per layer)",
+        "",
+        f"Budget {search['budget_ms']:g} ms p50 at batch {method['batch']} on {method['provider']} "
+        f"({method['settings']}), deployed form measured: {' or '.join(method['formats'])}; a configuration must "
+        f"measure ≤ {search['limit_ms']:.4g} ms (margin {search['margin']:g}). Latency table: {entries} pruned copies "
+        f"of the student, each with one group reduced ({method['table']} for this machine and architecture in "
+        f"{method.get('table_seconds', 0):.1f} s); "
+        f"configurations chosen greedily on importance lost per ms the table saves, then measured "
+        f"({len(search['trace'])} in {search['seconds']:.1f} s).",
+        "",
+        f"Chosen: **{search['ratio']:.1%}** of the groups' channels removed; additive prediction "
+        f"{search['additive_ms']:.4f} ms, measured before the fine-tune {search['predicted_ms']:.4f} ms, achieved "
+        f"after the fine-tune {achieved['latency_ms']:.4f} ms ({achieved['format']}).",
+    ]
+    if not search["met"]:
+        lines += ["", f"**Budget not reached**: {search['message']}."]
+    rows = [
+        [
+            name,
+            str(search["full_channels"][name]),
+            f"**{search['channels'][name]}**",
+            ", ".join(f"{count}: {ms:.4f}" for count, ms in row.items()),
+        ]
+        for name, row in table.items()
+    ]
+    lines += ["", "Channels per group, with the table (channel count: p50 ms with only that group reduced):", ""]
+    lines += _table(["group", "channels", "chosen", "table"], rows)
+    trace = [
+        [
+            str(i),
+            " ".join(f"{name}:{count}" for name, count in e["channels"].items()),
+            f"{e['additive_ms']:.4f}",
+            f"{e['latency_ms']:.4f} ({e['format']})",
+            f"{e['macs']:,}",
+            "yes" if e["meets_limit"] else "no",
+        ]
+        for i, e in enumerate(search["trace"], 1)
+    ]
+    lines += ["", "Configurations measured, in order:", ""]
+    return lines + _table(["#", "channels", "additive ms", "measured ms", "MACs", "meets limit"], trace)
 
 
 def quantization_search_section(searches: dict[str, dict[str, Any]]) -> list[str]:

@@ -46,7 +46,8 @@ FORMATS = {"fp32": ("fp32",), "int8": ("int8",), "fastest": ("fp32", "int8")}  #
 
 
 class Candidates:
-    """Measures pruned copies of one student; `prune(model, ratio)` prunes a model in place."""
+    """Measures pruned copies of one student; `prune(model, setting)` prunes a model in place to a setting: a ratio
+    (the uniform search) or channel counts per group (the per-layer search, pipeline/search/prune_layers.py)."""
 
     def __init__(self, student: nn.Module, spec: ModelSpec, images: np.ndarray, norm: tuple, params: Any, prune):
         self.student, self.spec, self.params, self.prune = student, spec, params, prune
@@ -55,10 +56,10 @@ class Candidates:
         self.feed = {INPUT_NAME: np.resize(inputs, (params.target_batch, *inputs.shape[1:]))}
         self.work = tempfile.TemporaryDirectory(prefix="edgeforge-prune-search-")
 
-    def __call__(self, ratio: float) -> dict[str, Any]:
+    def __call__(self, setting: float | dict[str, int]) -> dict[str, Any]:
         model = copy.deepcopy(self.student).eval()
-        if ratio > 0:
-            self.prune(model, ratio)
+        if setting:  # ratio 0 or no group's count: the student itself
+            self.prune(model, setting)
         return self.measure(model)
 
     def measure(self, model: nn.Module) -> dict[str, Any]:

@@ -160,6 +160,8 @@ def test_latency_budget_met_unpruned_keeps_every_channel_and_is_gated_in_the_rep
         ("target_provider", "tpu", r"prune.target_provider='tpu' is not allowed: expected cpu, cuda, tensorrt"),
         ("target_format", "fp16", r"prune.target_format='fp16' is not allowed: expected fp32 or int8 or fastest"),
         ("search_step", 0.95, r"prune.search_step=0.95 is not allowed: expected in \(0, max_ratio\]"),
+        ("search", "greedy", r"prune.search='greedy' is not allowed: expected uniform or per_layer$"),
+        ("search", "per_layer", r"prune.search='per_layer' is not allowed: expected prune.target_latency_ms set and"),
     ],
 )
 def test_bad_budget_settings_are_one_line_errors(key, value, message):
@@ -167,6 +169,14 @@ def test_bad_budget_settings_are_one_line_errors(key, value, message):
 
     with pytest.raises(ConfigError, match=message):
         Params(**{key: value})
+
+
+def test_per_layer_search_refuses_gradual_steps_in_one_line():
+    from pipeline.errors import ConfigError
+
+    message = r"prune.search='per_layer' is not allowed: .* prune.steps=1 \(per-layer pruning is one shot\)$"
+    with pytest.raises(ConfigError, match=message):
+        Params(search="per_layer", target_latency_ms=1.0, steps=2, finetune_epochs=2)
 
 
 @pytest.mark.slow
@@ -189,3 +199,32 @@ def test_gradual_pruning_fine_tunes_after_each_step_and_the_report_shows_the_sch
     assert architecture(load_model(gradual["prune"].artifact.path)[0]) == architecture(
         load_model(one_shot.artifact.path)[0]
     )
+
+
+@pytest.mark.slow
+def test_per_layer_search_prunes_each_group_to_its_count_and_reuses_the_table_for_another_budget(store, caplog):
+    from pipeline.models.group_pruning import channel_counts
+    from pipeline.models.storage import load_model
+
+    # The digits student (cnn, width 8): groups of 16 and 32 channels (8 is already at the floor), 5 table entries.
+    per_layer = ["prune.search=per_layer", "prune.target_format=fp32", "prune.scratch_baseline=false"]
+    unreachable = run_prune(store, *per_layer, "prune.target_latency_ms=0.000001")
+    search = unreachable.artifact.metrics["latency_search"]
+    assert search["search"] == "per_layer" and search["method"]["table"] == "measured"
+    assert {name: sorted(map(int, row)) for name, row in search["table"].items()} == {
+        "1.0": [8, 16],
+        "3.0": [8, 16, 24, 32],
+    }
+    assert search["met"] is False and "not reached by the per-layer search" in caplog.text
+    pruned, spec = load_model(unreachable.artifact.path)  # replays the saved history
+    counts = channel_counts(pruned, spec.example_input(), spec.num_classes, Params())
+    assert {name: counts[name] for name in search["channels"]} == search["channels"]
+    assert unreachable.artifact.metrics["ratio"] == search["ratio"] > 0
+    # Another budget: the table is this machine's and this architecture's, so it is reused, not measured again.
+    results = run_prune(store, *per_layer, "prune.target_latency_ms=1000", target="report")
+    met = results["prune"].artifact.metrics["latency_search"]
+    assert met["method"]["table"] == "cached" and met["table"] == search["table"]
+    assert met["met"] and met["channels"] == met["full_channels"] and len(met["trace"]) == 1
+    markdown = results["report"].artifact.file("report.md").read_text()
+    assert "## Latency-budget search (prune.target_latency_ms, per layer)" in markdown
+    assert "| 3.0 | 32 | **32** |" in markdown and "additive prediction" in markdown

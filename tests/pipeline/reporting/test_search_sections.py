@@ -1,0 +1,21 @@
+from pipeline.reporting.search_sections import latency_search_section
+from pipeline.search.prune_layers import Group, candidate_counts, predict, search_layers
+
+
+def test_the_per_layer_section_shows_each_groups_count_and_predicted_against_achieved():
+    groups = [Group(name, candidate_counts(n, 0), (1.0,) * n) for name, n in (("conv1", 16), ("conv2", 32))]
+    table = {"conv1": {16: 1.0, 8: 0.6}, "conv2": {32: 1.0, 24: 0.9, 16: 0.8, 8: 0.7}}
+
+    def measure(channels):
+        return {"latency_ms": predict(groups, table, channels) + 0.01, "format": "fp32", "fp32_ms": 0.0, "macs": 1000}
+
+    decision = search_layers(groups, table, measure, budget_ms=0.7, margin=0.0, time_budget_s=60)
+    method = {"batch": 1, "provider": "cpu", "settings": "1 threads", "formats": ["fp32"], "table": "cached"}
+    search = {**decision, "method": method, "achieved": {"latency_ms": 0.65, "format": "fp32"}}
+    lines = latency_search_section(search)
+    text = "\n".join(lines)
+    assert "## Latency-budget search (prune.target_latency_ms, per layer)" in text
+    assert "| conv1 | 16 | **8** | 16: 1.0000, 8: 0.6000 |" in lines
+    assert "additive prediction 0.6000 ms, measured before the fine-tune 0.6100 ms" in text
+    assert "achieved after the fine-tune 0.6500 ms (fp32)" in text
+    assert "| 1 | conv1:8 conv2:32 | 0.6000 | 0.6100 (fp32) | 1,000 | yes |" in lines

@@ -7,18 +7,17 @@ With `prune.steps` > 1 the channels go gradually, each step followed by its shar
 (pipeline/models/pruning.py); the schedule and each step's accuracies are in the metrics and the report.
 
 The ratio is either `prune.ratio`, or, with `prune.target_latency_ms`, the least pruning whose measured
-onnxruntime latency meets that budget (pipeline/prune_candidates.py, pipeline/latency_search.py): candidates are
-measured before fine-tuning, the chosen one is fine-tuned, then measured again (predicted vs achieved).
+onnxruntime latency meets that budget (pipeline/search/prune_budget.py, prune_ratio.py, prune_candidates.py):
+candidates are measured before fine-tuning, the chosen one is fine-tuned, then measured again (predicted vs
+achieved).
 With `prune.search: per_layer` each dependency group gets its own channel count instead, from a latency table
-measured once per machine (pipeline/search/prune_layers.py, prune_layer_table.py); `ratio` is then the overall share.
+measured once per machine (pipeline/search/prune_layers.py, prune_layer_table.py); `ratio` is then the overall
+share of channels removed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
-import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,18 +28,16 @@ from pipeline.cache import CHECKPOINTS, Artifact
 from pipeline.datasets.artifact import Dataset, load_dataset
 from pipeline.errors import StageError, require
 from pipeline.models.factory import build_model, count_macs_and_params
-from pipeline.models.group_pruning import GroupPruner, prune_groups
-from pipeline.models.pruning import make_pruner, prune_channels, schedule
+from pipeline.models.group_pruning import GroupPruner
+from pipeline.models.pruning import make_pruner, schedule
 from pipeline.models.storage import architecture, load_model, replay_pruning, save_model
 from pipeline.runtime import targets
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider
-from pipeline.search import prune_candidates, prune_layer_table
+from pipeline.search import prune_budget, prune_candidates
 from pipeline.training import distributed
 from pipeline.training.loop import fit
 from pipeline.training.onnx_teacher import load_teacher
 from pipeline.training.recipes import check_recipe_params, recipe_for, scored
-
-log = logging.getLogger(__name__)
 
 NAME = "prune"
 SECTION = "prune"
@@ -161,44 +158,12 @@ def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
     return {"machine": targets.identity(params.target_device, targets.TIMEOUT_S)}
 
 
-def candidates(student: torch.nn.Module, spec, dataset: Dataset, params: Params) -> prune_candidates.Candidates:
-    def prune(model: torch.nn.Module, setting: float | dict[str, int]) -> None:  # a ratio, or counts per group
-        if isinstance(setting, dict):
-            prune_groups(model, spec.example_input(), spec.num_classes, params, setting)
-        else:
-            prune_channels(model, spec.example_input(), spec.num_classes, params, setting)
-
-    return prune_candidates.Candidates(student, spec, dataset.train_images, dataset.norm, params, prune)
-
-
-def latency_decision(student: torch.nn.Module, spec, dataset: Dataset, params: Params, out_dir: Path) -> dict:
-    """The search's JSON decision, measured once: kept in the work directory so a resumed run re-uses it (the
-    fine-tune checkpoint belongs to that architecture). Pure in its inputs, so one rank can decide for all."""
-    saved = out_dir / CHECKPOINTS / "search.json"
-    if saved.is_file():
-        return json.loads(saved.read_text())
-    measure = candidates(student, spec, dataset, params)
-    try:
-        if params.search == "per_layer":  # its latency table is kept beside the stage's entries, across budgets
-            tables = out_dir.parent / prune_layer_table.TABLES
-            decision = prune_layer_table.search(measure, student, spec, params, tables)
-        else:
-            decision = prune_candidates.search(measure, params)
-    finally:
-        measure.close()
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    temp = saved.with_suffix(".tmp")
-    temp.write_text(json.dumps(decision))
-    os.replace(temp, saved)
-    return decision
-
-
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
     dataset = load_dataset(inputs["data"])
     teacher = load_teacher(inputs["teacher"].path)
     student, spec = load_model(inputs["distill"].path)
     macs_before, params_before = count_macs_and_params(student, spec)
-    search = budget_decision(student, spec, dataset, params, out_dir)
+    search = prune_budget.budget_decision(student, spec, dataset, params, out_dir)
     ratio = params.ratio if search is None else search["ratio"]
     channels = None if search is None else search.get("channels")  # per group, from the per-layer search
     history, steps, training = prune_and_finetune(student, teacher, spec, dataset, params, ratio, out_dir, channels)
@@ -207,7 +172,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     save_model(student, spec, out_dir, pruning_history=history)
     in_steps = f" in {len(steps)} steps" if len(steps) > 1 else ""
     if search is not None:
-        achieved = achieved_latency(student, spec, dataset, params) if distributed.is_leader() else None
+        achieved = prune_budget.achieved_latency(student, spec, dataset, params) if distributed.is_leader() else None
         search = {**search, "achieved": distributed.broadcast_json(achieved)}
     scratch = None
     if params.scratch_baseline:
@@ -226,7 +191,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "macs": macs_after,
         "history": training,
         "scratch": scratch,
-        "summary": search_summary(search)
+        "summary": prune_budget.search_summary(search)
         + (
             f"{ratio:.1%} of channels removed{in_steps}: MACs {macs_before:,} -> {macs_after:,}, "
             f"params {params_before:,} -> {params_after:,}, validation accuracy "
@@ -266,18 +231,6 @@ def scratch_baseline(
         "architecture": architecture(model),
         "history": history,
     }
-
-
-def budget_decision(student: torch.nn.Module, spec, dataset: Dataset, params: Params, out_dir: Path) -> dict | None:
-    """With a latency budget, the search's decision (None without one). Under torchrun only the leader measures
-    (ranks timing at once would slow each other) and tells the rest."""
-    if params.target_latency_ms is None:
-        return None
-    leader = distributed.is_leader()
-    search = distributed.broadcast_json(latency_decision(student, spec, dataset, params, out_dir) if leader else None)
-    if not search["met"]:
-        log.warning("prune: %s", search["message"])
-    return search
 
 
 def prune_and_finetune(
@@ -321,23 +274,3 @@ def finetune(
     images, labels = dataset.train_images, dataset.train_labels
     validation = dataset.val_images, dataset.val_labels
     return fit(student, images, labels, dataset.norm, recipe, teacher, NAME, checkpoint, None, validation)
-
-
-def achieved_latency(model: torch.nn.Module, spec, dataset: Dataset, params: Params) -> dict[str, Any]:
-    """The fine-tuned model measured as its candidate was (weights do not change the graph; noise does)."""
-    measure = candidates(model, spec, dataset, params)
-    try:
-        return measure.measure(model)
-    finally:
-        measure.close()
-
-
-def search_summary(search: dict | None) -> str:
-    if search is None:
-        return ""
-    achieved = search["achieved"]["latency_ms"]
-    verdict = "met" if search["met"] and achieved <= search["budget_ms"] else "NOT met"
-    return (
-        f"budget {search['budget_ms']:g} ms {verdict} (predicted {search['predicted_ms']:.4g}, achieved "
-        f"{achieved:.4g} ms {search['achieved']['format']}, {len(search['trace'])} candidates); "
-    )

@@ -219,7 +219,11 @@ def test_per_layer_search_prunes_each_group_to_its_count_and_reuses_the_table_fo
     pruned, spec = load_model(unreachable.artifact.path)  # replays the saved history
     counts = channel_counts(pruned, spec.example_input(), spec.num_classes, Params())
     assert {name: counts[name] for name in search["channels"]} == search["channels"]
-    assert unreachable.artifact.metrics["ratio"] == search["ratio"] > 0
+    # The fastest configuration measured is used. Which one that is depends on this machine's timings (on a
+    # quiet machine the table can show no count of this tiny model as faster than the full one), so only the
+    # consistency of the decision is asserted.
+    fastest = min(search["trace"], key=lambda e: (e["latency_ms"], e["ratio"]))
+    assert search["channels"] == fastest["channels"] and unreachable.artifact.metrics["ratio"] == search["ratio"]
     # Another budget: the table is this machine's and this architecture's, so it is reused, not measured again.
     results = run_prune(store, *per_layer, "prune.target_latency_ms=1000", target="report")
     met = results["prune"].artifact.metrics["latency_search"]

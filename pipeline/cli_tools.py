@@ -11,10 +11,10 @@ import click
 from pipeline.cache import ArtifactStore
 from pipeline.errors import ConfigError, EdgeforgeError
 from pipeline.reporting import compare, recheck
+from pipeline.runner import section_classes
 from pipeline.runtime import latency
 from pipeline.runtime import predict as predictor
 from pipeline.runtime.timing import parse_provider_options
-from stages import report as report_stage
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of text.")
 
@@ -41,7 +41,7 @@ def signoff(store: ArtifactStore, report_file: Path | None) -> None:
     measured values and the report's signoff config; a stored verdict that disagrees is listed and fails.
     """
     report_file = report_file or store.root / "release" / "report.json"
-    result = recheck.recheck_signoff(compare.load_report(report_file), report_stage.Params, str(report_file))
+    result = recheck.recheck_signoff(compare.load_report(report_file), section_classes()["signoff"], str(report_file))
     click.echo(recheck.format_recheck(result), nl=False)
     if not result["passed"] or result["mismatches"]:
         raise EdgeforgeError(f"sign-off of {report_file} does not pass")

@@ -23,8 +23,6 @@ from pipeline.datasets.artifact import Dataset, load_dataset
 from pipeline.errors import ConfigError, StageError, first_line, require
 from pipeline.models.factory import build_model, check_model_name, count_macs_and_params
 from pipeline.models.storage import save_model
-from pipeline.runtime import onnx_counts, onnx_teacher
-from pipeline.runtime.onnx_files import input_signature, output_signature
 from pipeline.runtime.predict import normalize
 from pipeline.training.loop import fit
 from pipeline.training.onnx_teacher import FILE as ONNX_FILE
@@ -47,6 +45,8 @@ INPUTS = ("data",)
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
 ONNX_OUTPUTS = (ONNX_FILE,)  # with teacher.onnx
+ONNX_LAYOUTS = ("nchw", "nhwc")  # teacher.onnx_layout
+ONNX_KINDS = ("logits", "probabilities")  # teacher.onnx_output
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,10 +96,10 @@ class Params:
 
 def check_onnx_params(params: Params) -> None:
     """An ONNX teacher is used as it is: nothing may say to train it or where else its weights come from."""
-    layouts = " or ".join(onnx_teacher.LAYOUTS)
-    require(params.onnx_layout in onnx_teacher.LAYOUTS, "teacher.onnx_layout", params.onnx_layout, layouts)
-    kinds = " or ".join(onnx_teacher.OUTPUTS)
-    require(params.onnx_output in onnx_teacher.OUTPUTS, "teacher.onnx_output", params.onnx_output, kinds)
+    layouts = " or ".join(ONNX_LAYOUTS)
+    require(params.onnx_layout in ONNX_LAYOUTS, "teacher.onnx_layout", params.onnx_layout, layouts)
+    kinds = " or ".join(ONNX_KINDS)
+    require(params.onnx_output in ONNX_KINDS, "teacher.onnx_output", params.onnx_output, kinds)
     require(params.onnx_scale > 0, "teacher.onnx_scale", params.onnx_scale, "a number > 0, like 1/255 or 1")
     positive = params.onnx_std is None or all(s > 0 for s in params.onnx_std)
     require(positive, "teacher.onnx_std", params.onnx_std, "null or numbers > 0")
@@ -126,6 +126,8 @@ def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
     """A user model's source, the model library's version, the weights file or the ONNX file (and its external
     data) are inputs: a change re-runs it."""
     if params.onnx is not None:
+        from pipeline.runtime import onnx_teacher  # imports onnx: see run_onnx
+
         return {"onnx_sha256": onnx_teacher.source_sha256(Path(params.onnx))}
     return model_inputs(SECTION, params)
 
@@ -169,6 +171,10 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
 
 def run_onnx(params: Params, dataset: Dataset, out_dir: Path) -> dict[str, Any]:
     """Check the user's ONNX file, save it wrapped behind its preprocessing, and score it in onnxruntime."""
+    # Imported here: onnx takes half a second to import, and only an ONNX teacher needs it (not every CLI start).
+    from pipeline.runtime import onnx_counts, onnx_teacher
+    from pipeline.runtime.onnx_files import input_signature, output_signature
+
     source = Path(params.onnx)
     image_shape = tuple(dataset.train_images.shape[1:])
     settings = onnx_teacher.Settings(

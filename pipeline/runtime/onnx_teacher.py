@@ -32,8 +32,6 @@ from pipeline.runtime.onnx_files import (
 )
 from pipeline.runtime.sessions import INPUT_NAME, OUTPUT_NAME
 
-LAYOUTS = ("nchw", "nhwc")
-OUTPUTS = ("logits", "probabilities")
 PREFIX = "teacher/"  # the user's names, prefixed: none can collide with the wrapper's `input` and `logits`
 
 

@@ -41,15 +41,7 @@ def stage_boundaries(model: nn.Module, example: torch.Tensor) -> list[str]:
 
         return hook
 
-    handles = [module.register_forward_hook(record(name)) for name, module in model.named_modules() if name]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    _run_with_hooks(model, example, [(module, record(name)) for name, module in model.named_modules() if name])
     last: dict[tuple[int, int], str] = {}
     order: list[tuple[int, int]] = []
     for name, size in fired:  # hooks fire as modules finish: a block fires after its layers
@@ -209,15 +201,7 @@ def _output_shapes(model: nn.Module, example: torch.Tensor, names: list[str]) ->
 
         return hook
 
-    handles = [modules[n].register_forward_hook(record(n)) for n in names]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    _run_with_hooks(model, example, [(modules[n], record(n)) for n in names])
     for name in names:
         if name not in shapes or len(shapes[name]) != 4:
             raise ConfigError(f"distill.feature_layers: layer {name!r} does not output a feature map (N, C, H, W)")
@@ -235,3 +219,16 @@ class Trainee(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.student(x)
         return logits, self.features()
+
+
+def _run_with_hooks(model: nn.Module, example: torch.Tensor, hooks: list[tuple[nn.Module, object]]) -> None:
+    """One forward pass of `example` in eval mode with forward `hooks` attached, then the model as it was."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from pipeline.cache import ArtifactStore
@@ -22,6 +21,7 @@ from pipeline.runtime.onnx_export import export_onnx
 from pipeline.search import prune_candidates, quantize_variants
 from stages import quantize
 from tests.conftest import FAST
+from tests.pipeline.search.test_quantize_variants import exported_model_and_data
 
 pytestmark = pytest.mark.slow  # pipeline runs with a device
 
@@ -114,17 +114,7 @@ def test_targets_that_do_not_fit_together_are_config_errors(sets, message):
 
 
 def test_the_quantization_search_measures_on_the_device(tmp_path, device, monkeypatch):
-    fast = dict(warmup_runs=2, warmup_seconds=0, min_runs=20, min_seconds=0)
-    monkeypatch.setattr(quantize_variants, "SEARCH_TIMING", (fast, fast))
-    spec = ModelSpec("cnn", 4, 1, 10, (8, 8))
-    torch.manual_seed(0)
-    model = build_model(spec).eval()
-    export_onnx(model, spec, tmp_path / "model.onnx", 18)
-    rng = np.random.default_rng(0)
-    calibration = rng.standard_normal((32, 1, 8, 8)).astype(np.float32)
-    inputs = rng.standard_normal((40, 1, 8, 8)).astype(np.float32)
-    with torch.no_grad():
-        labels = model(torch.from_numpy(inputs)).argmax(1).numpy()
+    calibration, inputs, labels = exported_model_and_data(tmp_path, monkeypatch)
     params = quantize.Params(
         search=True,
         search_methods=("minmax",),

@@ -48,18 +48,25 @@ def test_near_tied_latencies_go_to_the_more_accurate_variant():
     assert choose(results, tolerance=0.005) == 1  # within 5% of the fastest, more accurate; the earlier of equals
 
 
-def test_search_writes_the_chosen_variant_and_records_every_one(tmp_path, monkeypatch):
+def exported_model_and_data(folder, monkeypatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A tiny cnn exported to folder/model.onnx with brief variant timing: (calibration, inputs, labels), the labels
+    the fp32 model's own predictions, so it is right on all of them."""
     fast = dict(warmup_runs=2, warmup_seconds=0, min_runs=20, min_seconds=0)
     monkeypatch.setattr(quantize_variants, "SEARCH_TIMING", (fast, fast))
     spec = ModelSpec("cnn", 4, 1, 10, (8, 8))
     torch.manual_seed(0)
     model = build_model(spec).eval()
-    export_onnx(model, spec, tmp_path / "model.onnx", 18)
+    export_onnx(model, spec, folder / "model.onnx", 18)
     rng = np.random.default_rng(0)
     calibration = rng.standard_normal((32, 1, 8, 8)).astype(np.float32)
     inputs = rng.standard_normal((40, 1, 8, 8)).astype(np.float32)
     with torch.no_grad():
-        labels = model(torch.from_numpy(inputs)).argmax(1).numpy()  # the fp32 model is right on all of them
+        labels = model(torch.from_numpy(inputs)).argmax(1).numpy()
+    return calibration, inputs, labels
+
+
+def test_search_writes_the_chosen_variant_and_records_every_one(tmp_path, monkeypatch):
+    calibration, inputs, labels = exported_model_and_data(tmp_path, monkeypatch)
     params = quantize.Params(search=True, search_methods=("minmax",), calibration_samples=32, calibration_batch=16)
     searched = quantize_variants.search(
         tmp_path / "model.onnx", tmp_path / "int8.onnx", calibration, (inputs, labels), params

@@ -285,9 +285,8 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
             },
         },
         "quantization": quantize_metrics["arguments"],
-        "quantization_search": {
-            name: model["search"] for name, model in quantize_metrics["models"].items() if model["search"]
-        },
+        "quantization_search": {name: m["search"] for name, m in quantize_metrics["models"].items() if m["search"]},
+        "quantization_aware": {name: m["qat"] for name, m in quantize_metrics["models"].items() if m.get("qat")},
         "latency_search": prune_metrics["latency_search"],
         "training": {
             "teacher": inputs["teacher"].metrics["history"],

@@ -11,10 +11,12 @@ dies closes its connections, which makes the others' next collective fail, so no
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -47,9 +49,24 @@ def is_leader() -> bool:
     return rank() == 0
 
 
+_ALONE = False  # set by `alone()`: training in this process only, even inside a process group
+
+
 def active() -> bool:
-    """True in a process group of more than one rank."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True in a process group of more than one rank (and not inside `alone()`)."""
+    return not _ALONE and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Train in this process alone, on all the data, even under torchrun: for a stage only the leader runs (the
+    quantize stage's quantization-aware fine-tune), which the other ranks do not join."""
+    global _ALONE
+    before, _ALONE = _ALONE, True
+    try:
+        yield
+    finally:
+        _ALONE = before
 
 
 def share() -> tuple[int, int]:

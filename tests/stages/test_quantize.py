@@ -53,3 +53,46 @@ def test_every_quantization_argument_is_recorded_and_reproduces_the_file_byte_fo
     quantize(results["export"].artifact.file("pruned.onnx"), tmp_path / "again.onnx", calibration, settings)
     again = hashlib.sha256((tmp_path / "again.onnx").read_bytes()).hexdigest()
     assert again == artifact.manifest["files"]["int8.onnx"]
+
+
+def quantize_again(tiny_run, *sets):
+    """The tiny run's quantize stage again with `sets` (everything before it cached)."""
+    from pipeline.runner import load_config, run_pipeline
+    from tests.conftest import TINY
+
+    store, _ = tiny_run
+    return run_pipeline(load_config(overrides=(*TINY, *sets)), store, target="quantize")[-1].artifact
+
+
+def test_quantization_aware_fine_tune_keeps_the_int8_file_more_accurate_on_validation(tiny_run):
+    from pipeline.datasets.artifact import load_dataset
+    from pipeline.runtime.predict import Normalized
+    from pipeline.search.quantize_variants import validation_accuracy
+
+    _, results = tiny_run
+    artifact = quantize_again(tiny_run, "quantize.qat=always", "quantize.qat_epochs=1")
+    dataset = load_dataset(results["data"].artifact)
+    validation = Normalized(dataset.val_images, *dataset.norm), dataset.val_labels
+    for name in ("int8", "student_int8"):
+        model = artifact.metrics["models"][name]
+        qat = model["qat"]
+        assert qat["ran"] and len(qat["history"]) == 1
+        assert qat["agreement"]["max_logit_difference"] <= 0.02 and qat["agreement"]["top1_disagreement"] <= 0.01
+        aware = qat["qat_validation_accuracy"] > qat["ptq_validation_accuracy"]
+        assert qat["kept"] == ("quantization-aware" if aware else "post-training")
+        published = validation_accuracy(artifact.file(f"{name}.onnx"), *validation)
+        assert published == (qat["qat_validation_accuracy"] if aware else qat["ptq_validation_accuracy"])
+        assert ("quantization-aware" in model["arguments"].get("method", "")) == aware
+        assert qat["fp32_validation_accuracy"] - qat["ptq_validation_accuracy"] == pytest.approx(qat["ptq_drop"])
+    assert "quantization-aware" in artifact.metrics["summary"]
+
+
+def test_qat_auto_leaves_post_training_int8_alone_within_max_drop(tiny_run):
+    _, results = tiny_run
+    artifact = quantize_again(tiny_run, "quantize.qat=auto", "quantize.max_drop=1")
+    for name in ("int8", "student_int8"):
+        assert artifact.metrics["models"][name]["qat"]["ran"] is False
+        # the same bytes as post-training int8 with QAT off
+        assert (
+            artifact.manifest["files"][f"{name}.onnx"] == results["quantize"].artifact.manifest["files"][f"{name}.onnx"]
+        )

@@ -65,6 +65,7 @@ def render_html(report: dict[str, Any]) -> str:
         figure(plots.latency_distributions(report, batch, colors), caption_distributions(report, batch)),
         figure(plots.size_and_macs(report, colors), "File size (bytes) and MACs per image of every model."),
         search_trace_section(report),
+        _quantization_aware(report),
         training_section(report),
         per_class_section(report),
         _gates_table(report),
@@ -101,6 +102,27 @@ def _table(header: Iterable[str], rows: Iterable[str], cls: str = "") -> str:
     head = "".join(f'<th class="{"name" if i == 0 else ""}">{_e(h)}</th>' for i, h in enumerate(header))
     table = f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
     return f'<div class="scroll">{table}</div>'
+
+
+def _quantization_aware(report: dict) -> str:
+    """Post-training int8 against its fp32 source, and the quantization-aware fine-tune where it ran."""
+    records = report.get("quantization_aware") or {}
+    if not records:
+        return ""
+    rows = []
+    for name, qat in records.items():
+        aware = f"{qat['qat_validation_accuracy']:.4f}" if qat["ran"] else "not run"
+        cells = [name, f"{qat['fp32_validation_accuracy']:.4f}", f"{qat['ptq_validation_accuracy']:.4f}",
+                 f"{qat['ptq_drop']:+.4f}", aware, qat["kept"]]  # fmt: skip
+        rows.append("<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in cells) + "</tr>")
+    first = next(iter(records.values()))
+    header = ["int8 model", "fp32", "post-training", "its drop", "quantization-aware", "kept"]
+    return (
+        "<h2>Quantization-aware fine-tune</h2>"
+        f"<p>Validation accuracies in onnxruntime. quantize.qat: {_e(first['mode'])}; with auto it runs where "
+        f"post-training int8 loses more than {first['max_drop']:g}; the more accurate int8 file is kept.</p>"
+        + _table(header, rows)
+    )
 
 
 def _batches(report: dict) -> list[str]:

@@ -63,7 +63,7 @@ def activation_scale(low: torch.Tensor, high: torch.Tensor, kind: str) -> tuple[
     low, high = torch.clamp(low.double(), max=0.0), torch.clamp(high.double(), min=0.0)
     scale = (high - low) / (qmax - qmin)
     if float(scale) < torch.finfo(torch.float32).tiny:
-        return torch.tensor(1.0), torch.tensor(0, dtype=torch.int32)
+        return torch.ones((), device=low.device), torch.zeros((), dtype=torch.int32, device=low.device)
     zero_point = torch.round(qmin - low / scale).to(torch.int32)
     return scale.float(), zero_point
 
@@ -125,7 +125,7 @@ class QuantWeights(nn.Module):
             return weight, self.layer.bias
         scales = weight_scales(weight, self.reduce_range)
         qmin, qmax = weight_range(self.reduce_range)
-        zeros = torch.zeros(len(scales), dtype=torch.int32)
+        zeros = torch.zeros(len(scales), dtype=torch.int32, device=scales.device)
         weight = torch.fake_quantize_per_channel_affine(weight, scales, zeros, 0, qmin, qmax)
         bias = self.layer.bias
         if bias is not None:

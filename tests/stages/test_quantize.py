@@ -1,3 +1,5 @@
+import re
+
 import onnx
 import pytest
 
@@ -96,3 +98,15 @@ def test_qat_auto_leaves_post_training_int8_alone_within_max_drop(tiny_run):
         assert (
             artifact.manifest["files"][f"{name}.onnx"] == results["quantize"].artifact.manifest["files"][f"{name}.onnx"]
         )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [("qat", "off", "auto or always or never"), ("qat_epochs", 0, ">= 1"), ("max_drop", 2, "[0, 1]")],
+)
+def test_bad_qat_settings_get_one_line(key, value, named):
+    from pipeline.errors import ConfigError
+    from stages.quantize import Params
+
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        Params(**{key: value})

@@ -19,3 +19,24 @@ def test_the_per_layer_section_shows_each_groups_count_and_predicted_against_ach
     assert "additive prediction 0.6000 ms, measured before the fine-tune 0.6100 ms" in text
     assert "achieved after the fine-tune 0.6500 ms (fp32)" in text
     assert "| 1 | conv1:8 conv2:32 | 0.6000 | 0.6100 (fp32) | 1,000 | yes |" in lines
+
+
+def test_the_quantization_aware_section_shows_the_drop_that_triggered_it_and_what_was_kept():
+    from pipeline.reporting.html import _quantization_aware
+    from pipeline.reporting.search_sections import quantization_aware_section
+
+    common = {"mode": "auto", "max_drop": 0.005, "fp32_validation_accuracy": 0.8123}
+    records = {
+        "int8": {**common, "ptq_validation_accuracy": 0.7901, "ptq_drop": 0.0222, "ran": True,
+                 "qat_validation_accuracy": 0.8088, "kept": "quantization-aware",
+                 "agreement": {"images": 256, "max_logit_difference": 1e-7, "top1_disagreement": 0.0}},
+        "student_int8": {**common, "ptq_validation_accuracy": 0.8101, "ptq_drop": 0.0022, "ran": False,
+                         "kept": "post-training"},
+    }  # fmt: skip
+    markdown = "\n".join(quantization_aware_section(records))
+    assert "| int8 | 0.8123 | 0.7901 | +0.0222 | 0.8088 | quantization-aware |" in markdown
+    assert "| student_int8 | 0.8123 | 0.8101 | +0.0022 | not run | post-training |" in markdown
+    assert "top-1 differs on 0.0% of 256" in markdown
+    html = _quantization_aware({"quantization_aware": records})
+    assert "<td>0.8088</td><td>quantization-aware</td>" in html and "<td>not run</td>" in html
+    assert quantization_aware_section({}) == [] and _quantization_aware({}) == ""

@@ -97,12 +97,22 @@ def test_latency_batch_must_be_benchmarked():
         load_config(overrides=["bench.batch_sizes=[8]"])
 
 
-@pytest.mark.parametrize("name", ["default", "cifar10-cpu", "cifar10-gpu", "mnist"])
+@pytest.mark.parametrize("name", ["default", "cifar10-cpu", "cifar10-gpu", "mnist", "finetune-pretrained"])
 def test_every_shipped_profile_is_a_valid_config(name):
-    config = load_config(ROOT / "configs" / f"{name}.yaml")
+    import importlib.util
+
+    # finetune-pretrained names torchvision models; where torchvision is not installed, everything else is checked.
+    overrides = ["teacher.model=resnet20", "distill.model=mobilenetv2"]
+    if name != "finetune-pretrained" or importlib.util.find_spec("torchvision") is not None:
+        overrides = []
+    config = load_config(ROOT / "configs" / f"{name}.yaml", overrides)
     if name.startswith("cifar10"):
         assert config.section("data").root == str((ROOT.parent / "shared" / "datasets" / "cifar10").resolve())
         assert config.section("teacher").model in ("resnet20", "resnet56")
+    if name == "finetune-pretrained":
+        teacher, data = config.section("teacher"), config.section("data")
+        assert teacher.epochs == 0 and teacher.weights == str(ROOT / "my-teacher.safetensors")
+        assert data.image_size == 224 and config.section("distill").augment == "resized_crop"
 
 
 def test_numbers_in_exponent_form_and_non_finite_numbers():

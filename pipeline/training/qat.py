@@ -30,6 +30,7 @@ import torch
 import torch.fx
 from torch import nn
 from torch.fx.experimental.optimization import fuse
+from torch.fx.passes.shape_prop import ShapeProp
 
 from pipeline.errors import StageError
 from pipeline.runtime import qdq_ops
@@ -146,10 +147,14 @@ class QuantWeights(nn.Module):
         return self.layer._conv_forward(x, weight, bias)
 
 
-def fake_quantized(model: nn.Module, activation_type: str, reduce_range: bool) -> torch.fx.GraphModule:
-    """A copy of `model` with BatchNorm folded and fake quantization where onnxruntime's QDQ graph quantizes."""
+def fake_quantized(
+    model: nn.Module, example: torch.Tensor, activation_type: str, reduce_range: bool
+) -> torch.fx.GraphModule:
+    """A copy of `model` with BatchNorm folded and fake quantization where onnxruntime's QDQ graph quantizes.
+    `example` (an input batch) tells which operations produce float tensors (not flags or shapes)."""
     try:
         graph_module = fuse(copy.deepcopy(model).eval())  # symbolic trace, then Conv+BatchNorm folding
+        ShapeProp(graph_module).propagate(example)  # each tensor-valued node's meta["tensor_meta"]
     except Exception as error:  # torch.fx raises many kinds for code it cannot trace
         raise StageError(
             f"quantize: quantization-aware training needs a model torch.fx can trace ({type(error).__name__}: "
@@ -187,8 +192,9 @@ def fake_quantized(model: nn.Module, activation_type: str, reduce_range: bool) -
 
 def _quantized_output(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     """Whether the QDQ graph quantizes this operation's output where it is produced."""
-    if _shape_only(node, modules):
-        return False
+    meta = node.meta.get("tensor_meta")
+    if _shape_only(node, modules) or not hasattr(meta, "dtype") or not meta.dtype.is_floating_point:
+        return False  # shapes, flags, tuples and integer tensors are not activations
     users = list(node.users)
     if not users or all(user.op == "output" for user in users):
         return False  # the logits stay float

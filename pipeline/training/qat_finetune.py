@@ -39,7 +39,7 @@ def quantization_aware(
     target: Path,
 ) -> dict[str, Any]:
     """Fine-tune a fake-quantized copy of `model` and write its QDQ ONNX to `target`; what happened, as recorded."""
-    fake = qat.fake_quantized(model, settings["activation_type"], settings["reduce_range"])
+    fake = qat.fake_quantized(model, spec.example_input(2), settings["activation_type"], settings["reduce_range"])
     batch = settings["calibration_batch"]
     qat.calibrate(fake, (torch.from_numpy(calibration[i : i + batch]) for i in range(0, len(calibration), batch)))
     validation = dataset.val_images, dataset.val_labels

@@ -54,7 +54,7 @@ def test_activation_scale_and_zero_point_are_onnxruntimes(kind, low, high):
 
 def test_batchnorm_is_folded_and_calibration_sees_the_float_model():
     model, _ = trained_bn_model("resnet8")
-    fake = qat.fake_quantized(model, "uint8", True)
+    fake = qat.fake_quantized(model, torch.zeros(2, 3, 8, 8), "uint8", True)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fake.modules())
     x = torch.randn(32, 3, 8, 8)
     fake.eval()
@@ -67,7 +67,7 @@ def test_batchnorm_is_folded_and_calibration_sees_the_float_model():
 
 def test_quantizers_sit_where_onnxruntime_quantizes():
     model, _ = trained_bn_model("resnet8")
-    fake = qat.fake_quantized(model, "uint8", True)
+    fake = qat.fake_quantized(model, torch.zeros(2, 3, 8, 8), "uint8", True)
     modules = dict(fake.named_modules())
     nodes = list(fake.graph.nodes)
     kinds = {node.name: type(modules.get(node.target)) if node.op == "call_module" else None for node in nodes}
@@ -88,7 +88,7 @@ def test_quantizers_sit_where_onnxruntime_quantizes():
 
 def test_gradients_pass_the_fake_quantization():
     model, _ = trained_bn_model("cnn")
-    fake = qat.fake_quantized(model, "uint8", True)
+    fake = qat.fake_quantized(model, torch.zeros(2, 3, 8, 8), "uint8", True)
     qat.calibrate(fake, [torch.randn(16, 3, 8, 8)])
     fake.train()
     fake(torch.randn(16, 3, 8, 8)).logsumexp(1).sum().backward()
@@ -101,7 +101,7 @@ def test_qdq_export_runs_in_int8_and_matches_the_pytorch_fake_quant_model(tmp_pa
     """The stated tolerance (pipeline/training/qat_finetune.py): logits within 2% of their spread, the same top-1
     class on all but 1% of images; measured here far inside it."""
     model, spec = trained_bn_model(name, width=8)
-    fake = qat.fake_quantized(model, kind, reduce_range=True)
+    fake = qat.fake_quantized(model, torch.zeros(2, 3, 8, 8), kind, reduce_range=True)
     x = torch.randn(64, 3, 8, 8)
     qat.calibrate(fake, [x[:32], x[32:]])
     fake.train()
@@ -134,7 +134,7 @@ def test_a_model_torch_fx_cannot_trace_gets_one_line():
             return x if x.sum() > 0 else -x  # data-dependent control flow
 
     with pytest.raises(Exception, match=r"quantize.qat: never"):
-        qat.fake_quantized(Branchy(), "uint8", True)
+        qat.fake_quantized(Branchy(), torch.zeros(2, 3, 8, 8), "uint8", True)
 
 
 def test_alone_switches_data_parallel_training_off_inside_it_only(monkeypatch):
@@ -145,3 +145,27 @@ def test_alone_switches_data_parallel_training_off_inside_it_only(monkeypatch):
     with distributed.alone():
         assert not distributed.active() and distributed.share() == (0, 1)
     assert distributed.active()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["torchvision:resnet18", "torchvision:mobilenet_v3_small"])
+def test_library_families_export_int8_that_matches(tmp_path, name):
+    """Residual and squeeze-excite blocks (Hardswish, Hardsigmoid, Mul) of torchvision's models, at 32 px."""
+    from tests.pipeline.models.test_libraries import importable
+
+    importable(name)
+    torch.manual_seed(0)
+    spec = ModelSpec(name, None, 3, 10, (32, 32))
+    model = build_model(spec).eval()
+    x = torch.randn(16, 3, 32, 32)
+    fake = qat.fake_quantized(model, x[:2], "uint8", reduce_range=True)
+    qat.calibrate(fake, [x])
+    qat.freeze(fake)
+    with torch.no_grad():
+        frozen = fake(x).numpy()
+    export_qdq(fake, spec, tmp_path / "model.onnx", 18)
+    logits = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()}
+    )[0]
+    assert np.abs(logits - frozen).max() <= 0.02 * (frozen.max() - frozen.min())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fake.modules())  # folded, as the exported graph has it

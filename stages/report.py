@@ -26,7 +26,7 @@ from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, provider_name
 
 NAME = "report"
 SECTION = "signoff"
-VERSION = 13
+VERSION = 14
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")
@@ -287,6 +287,7 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
         "quantization": quantize_metrics["arguments"],
         "quantization_search": {name: m["search"] for name, m in quantize_metrics["models"].items() if m["search"]},
         "quantization_aware": {name: m["qat"] for name, m in quantize_metrics["models"].items() if m.get("qat")},
+        "int8_sources": {name: m["source"].removesuffix(".onnx") for name, m in quantize_metrics["models"].items()},
         "latency_search": prune_metrics["latency_search"],
         "training": {
             "teacher": inputs["teacher"].metrics["history"],

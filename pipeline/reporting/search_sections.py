@@ -169,6 +169,26 @@ def quantization_search_section(searches: dict[str, dict[str, Any]]) -> list[str
     return lines
 
 
+def int8_speed_section(report: dict[str, Any]) -> list[str]:
+    """Each int8 model against its fp32 source at the edge choice's batch and provider: int8 is not always faster."""
+    sources = report.get("int8_sources") or {}
+    batch, provider = str(report["edge_choice"]["batch"]), report["edge_choice"]["provider"]
+    models = {m["name"]: m for m in report["models"]}
+    lines = []
+    for int8, source in sources.items():
+        p50 = [(models.get(name, {}).get("latency") or {}).get(provider, {}).get(batch, {}).get("p50_ms")
+               for name in (int8, source)]  # fmt: skip
+        if None in p50:
+            continue
+        verdict = "faster" if p50[0] < p50[1] else "slower"
+        lines.append(
+            f"- {int8}: p50 {p50[0]:.4f} ms against {p50[1]:.4f} ms for {source}, its fp32 source, at batch {batch} "
+            f"on {provider}: int8 is {verdict} on this machine"
+            + ("." if verdict == "faster" else "; the edge choice keeps the faster form where both pass the gates.")
+        )
+    return ["", "## int8 against its fp32 source", "", *lines] if lines else []
+
+
 def quantization_aware_section(records: dict[str, dict[str, Any]]) -> list[str]:
     """What post-training int8 lost against its fp32 source, and whether the quantization-aware fine-tune ran."""
     if not records:
@@ -205,4 +225,5 @@ def search_sections(report: dict[str, Any]) -> list[str]:
         + latency_search_section(report.get("latency_search"))
         + quantization_search_section(report.get("quantization_search") or {})
         + quantization_aware_section(report.get("quantization_aware") or {})
+        + int8_speed_section(report)
     )

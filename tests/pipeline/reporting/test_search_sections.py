@@ -40,3 +40,24 @@ def test_the_quantization_aware_section_shows_the_drop_that_triggered_it_and_wha
     html = _quantization_aware({"quantization_aware": records})
     assert "<td>0.8088</td><td>quantization-aware</td>" in html and "<td>not run</td>" in html
     assert quantization_aware_section({}) == [] and _quantization_aware({}) == ""
+
+
+def test_int8_is_said_to_be_slower_than_its_fp32_source_where_it_is():
+    from pipeline.reporting.search_sections import int8_speed_section
+
+    def model(name, p50):
+        return {"name": name, "latency": {"CPUExecutionProvider": {"1": {"p50_ms": p50}}}}
+
+    report = {
+        "edge_choice": {"batch": 1, "provider": "CPUExecutionProvider"},
+        "int8_sources": {"int8": "pruned", "student_int8": "student"},
+        "models": [model("pruned", 0.02), model("int8", 0.03), model("student", 0.05), model("student_int8", 0.04)],
+    }
+    text = "\n".join(int8_speed_section(report))
+    assert "- int8: p50 0.0300 ms against 0.0200 ms for pruned, its fp32 source, at batch 1" in text
+    assert "int8 is slower on this machine; the edge choice keeps the faster form" in text
+    assert (
+        "student_int8: p50 0.0400 ms against 0.0500 ms for student" in text
+        and "int8 is faster on this machine." in text
+    )
+    assert int8_speed_section({**report, "int8_sources": {}}) == []

@@ -5,10 +5,10 @@ models of the logit arm: one Markdown table for BENCHMARKS.md.
         --set data.root=../shared/datasets/cifar10 --set distill.epochs=6 --jobs 2
 
 Every arm shares the cached data and teacher and differs from the others only in `distill.feature_loss` and
-`distill.seed`. The logit arm (feature_loss none, with its no-teacher baseline) runs the whole pipeline; the feature
-arms stop after distill (their baseline would be the logit arm's, so it is not trained again). Training runs `--jobs`
-arms at a time, one thread each; export, quantize, bench and report then run one arm at a time, so no training
-disturbs a latency measurement. A rerun re-uses every cached stage and only prints the table.
+`distill.seed`. The logit arm (feature_loss none, with its no-teacher baseline) of the `--full-seeds` (default: the
+first seed) runs the whole pipeline; every other arm stops after distill, without the no-teacher baseline. Training
+runs `--jobs` arms at a time, one thread each; export, quantize, bench and report then run one arm at a time, so no
+training disturbs a latency measurement. A rerun re-uses every cached stage and only prints the table.
 """
 
 from __future__ import annotations
@@ -28,11 +28,16 @@ LOGIT = "none"
 EDGEFORGE = str(Path(sys.executable).with_name("edgeforge"))
 
 
+def full(args, seed: int, loss: str) -> bool:
+    """Whether this arm runs the whole pipeline (pruned, from-scratch and int8 models) rather than stop at distill."""
+    return loss == LOGIT and seed in args.full_seeds
+
+
 def arm_command(args, seed: int, loss: str, until: str) -> list[str]:
     command = [EDGEFORGE, "--artifacts", args.artifacts, "run", "--config", args.config, "--until", until, "--json"]
     for override in [*args.set, f"distill.seed={seed}", f"distill.feature_loss={loss}"]:
         command += ["--set", override]
-    if loss != LOGIT:
+    if not full(args, seed, loss):
         command += ["--set", "distill.baseline=false"]
     return command
 
@@ -77,7 +82,7 @@ def table(args, keys: dict[tuple[int, str], dict[str, str]]) -> list[str]:
         label = "logits only" if loss == LOGIT else "logits + " + loss
         test_accuracy.setdefault(label, []).append(distill["test_accuracy"])
         add(f"student, KD {label} (PyTorch)", seed, record, "")
-        if loss != LOGIT:
+        if not full(args, seed, loss):
             continue
         baseline = accuracies_with_intervals(
             distill["baseline_validation_accuracy"], distill["baseline_test_accuracy"], sizes
@@ -116,14 +121,16 @@ def main() -> None:
     parser.add_argument("--feature-losses", nargs="+", default=["attention", "hint"])
     parser.add_argument("--set", action="append", default=[], help="SECTION.KEY=VALUE for every arm")
     parser.add_argument("--jobs", type=int, default=2, help="arms trained at once (one thread each)")
+    parser.add_argument("--full-seeds", type=int, nargs="*", help="seeds whose logit arm runs the whole pipeline")
     args = parser.parse_args()
+    args.full_seeds = args.seeds[:1] if args.full_seeds is None else args.full_seeds
     arms = [(seed, loss) for seed in args.seeds for loss in [LOGIT, *args.feature_losses]]
     # The teacher once, before the arms share it (with every core).
     run_arm(args, args.seeds[0], LOGIT, "teacher", str(os.cpu_count()))
     with ThreadPoolExecutor(args.jobs) as pool:
-        trained = pool.map(lambda arm: run_arm(args, *arm, "prune" if arm[1] == LOGIT else "distill", "1"), arms)
+        trained = pool.map(lambda arm: run_arm(args, *arm, "prune" if full(args, *arm) else "distill", "1"), arms)
         keys = dict(zip(arms, trained, strict=True))
-    for seed in args.seeds:  # one at a time: the bench measures latency
+    for seed in args.full_seeds:  # one at a time: the bench measures latency
         keys[(seed, LOGIT)] = run_arm(args, seed, LOGIT, "report", str(os.cpu_count()))
     print("\n".join(table(args, keys)))
 

@@ -17,8 +17,9 @@ from pipeline.runtime.sessions import INPUT_NAME, OUTPUT_NAME
 DEFAULT_OPSET = 18  # the export stage's default; the searches export their candidates the same way
 
 
-def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, opset: int) -> None:
-    """Export with torch.export (the supported exporter) and a dynamic batch axis."""
+def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, opset: int, translations: dict | None = None) -> None:
+    """Export with torch.export (the supported exporter) and a dynamic batch axis; `translations`: onnxscript
+    functions for custom operators (pipeline/runtime/qdq_export.py)."""
     model.eval()
     # The exporter logs optional torchvision ops it skips and prints progress; neither concerns us.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -34,6 +35,7 @@ def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, opset: int) -> No
             dynamo=True,
             optimize=True,
             verbose=False,
+            custom_translation_table=translations,
         )
         program.save(str(path))
     import onnx  # here: half a second to import, and only exporting needs it

@@ -6,10 +6,6 @@ weights and int32 biases become initializers behind DequantizeLinear, as onnxrun
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from pathlib import Path
 
 import torch
@@ -17,7 +13,7 @@ from torch import nn
 
 from pipeline.models.spec import ModelSpec
 from pipeline.runtime import qdq_ops  # noqa: F401  (registers the two operators the model calls)
-from pipeline.runtime.sessions import INPUT_NAME, OUTPUT_NAME
+from pipeline.runtime.onnx_export import export_onnx
 
 
 def translations() -> dict:
@@ -37,24 +33,5 @@ def translations() -> dict:
 
 
 def export_qdq(model: nn.Module, spec: ModelSpec, path: Path, opset: int) -> None:
-    """Export with torch.export and a dynamic batch axis, then check the file (onnx.checker, full)."""
-    model.eval()
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            model,
-            (spec.example_input(2),),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            opset_version=opset,
-            dynamo=True,
-            optimize=True,
-            verbose=False,
-            custom_translation_table=translations(),
-        )
-        program.save(str(path))
-    import onnx  # here: half a second to import, and only exporting needs it
-
-    onnx.checker.check_model(str(path), full_check=True)
+    """Export as the model's own export is made (torch.export, a dynamic batch axis, a full onnx.checker check)."""
+    export_onnx(model, spec, path, opset, translations())

@@ -22,6 +22,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from pipeline.cache import Artifact, ArtifactStore
 from pipeline.reporting.intervals import accuracies_with_intervals
 
 LOGIT = "none"
@@ -51,8 +52,16 @@ def run_arm(args, seed: int, loss: str, until: str, threads: str) -> dict[str, s
     return {stage["name"]: stage["key"] for stage in json.loads(done.stdout)["stages"]}
 
 
+def entry(args, stage: str, key: str) -> Artifact:
+    """The store's entry, verified through its hashes like any the pipeline reads."""
+    artifact = ArtifactStore(Path(args.artifacts)).lookup(stage, key)
+    if artifact is None:
+        sys.exit(f"{stage} entry {key[:12]} is missing or corrupt in {args.artifacts}: run the arms again")
+    return artifact
+
+
 def metrics(args, stage: str, key: str) -> dict:
-    return json.loads((Path(args.artifacts) / "cache" / stage / key / "manifest.json").read_text())["metrics"]
+    return entry(args, stage, key).metrics
 
 
 def interval(value: float, bounds: list[float]) -> str:
@@ -91,9 +100,7 @@ def table(args, keys: dict[tuple[int, str], dict[str, str]]) -> list[str]:
         scratch = metrics(args, "prune", stage_keys["prune"])["scratch"]
         record = accuracies_with_intervals(scratch["validation_accuracy"], scratch["test_accuracy"], sizes)
         add(f"pruned architecture from scratch with KD, {scratch['epochs']} epochs (PyTorch)", seed, record, "")
-        report = json.loads(
-            (Path(args.artifacts) / "cache" / "report" / stage_keys["report"] / "report.json").read_text()
-        )
+        report = json.loads(entry(args, "report", stage_keys["report"]).file("report.json").read_text())
         for model in report["models"]:
             record = {**model, "test_accuracy": model["accuracy"], "test_interval": model["accuracy_interval"]}
             latency = f"{model['latency']['CPUExecutionProvider']['1']['p50_ms']:.3f}"

@@ -156,7 +156,10 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
         converted = _convert(value, option)
         if converted is not _NO:
             return converted
-    raise ConfigError(f"{key}={value!r} has the wrong type; expected {_describe(annotation)}")
+    hint = ""
+    if isinstance(value, bool) and str in options:  # YAML 1.1 reads on/off/yes/no as booleans
+        hint = " (YAML reads on, off, yes and no as true or false: quote the word)"
+    raise ConfigError(f"{key}={value!r} has the wrong type; expected {_describe(annotation)}{hint}")
 
 
 _NO = object()

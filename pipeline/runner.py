@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -197,7 +198,10 @@ def run_stage(
     temp_dir = store.temp_dir(stage.NAME, key)
     try:
         started = time.perf_counter()
-        metrics = stage.run(params, inputs, temp_dir)
+        # A stage that does not train runs on the leader alone: whatever it trains (the quantize stage's QAT) must
+        # not wait for ranks that never join it.
+        with contextlib.nullcontext() if stage.TRAINS else distributed.alone():
+            metrics = stage.run(params, inputs, temp_dir)
         seconds = time.perf_counter() - started
         if stage.TRAINS:
             distributed.barrier()  # every rank finished training: a rank that failed fails this, publishing nothing

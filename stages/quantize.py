@@ -150,10 +150,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
             chosen = dataclasses.replace(settings(params), **variant_settings(searched["variants"][searched["chosen"]]))
         record = {"arguments": arguments(chosen), "search": searched, "qat": None}
         if params.qat != "never":
-            fp32 = quantize_variants.validation_accuracy(inputs["export"].file(source), *validation)
-            record = aware_or_not(
-                target, fp32, chosen, record, inputs, dataset, calibration, validation, params, out_dir
-            )
+            record = aware_or_not(target, chosen, record, inputs, dataset, calibration, validation, params, out_dir)
         check_dynamic_batch(out_dir / target, calibration, len(dataset.class_names))
         models[target.removesuffix(".onnx")] = {"source": source, "size_bytes": (out_dir / target).stat().st_size,
                                                 **record}  # fmt: skip
@@ -169,7 +166,6 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
 
 def aware_or_not(
     target: str,
-    fp32: float,
     chosen: QuantSettings,
     record: dict[str, Any],
     inputs: dict[str, Artifact],
@@ -180,8 +176,15 @@ def aware_or_not(
     out_dir: Path,
 ) -> dict[str, Any]:
     """Run the quantization-aware fine-tune when post-training int8 lost too much (or always); keep the int8 file
-    more accurate on validation. The model's record, with what QAT did and why."""
-    post_training = quantize_variants.validation_accuracy(out_dir / target, *validation)
+    more accurate on validation. The model's record, with what QAT did and why. Both accuracies come from the
+    variant search where it ran (it scored the fp32 source and the file it chose), else are computed here."""
+    searched = record["search"]
+    if searched is None:
+        fp32 = quantize_variants.validation_accuracy(inputs["export"].file(SOURCES[target]), *validation)
+        post_training = quantize_variants.validation_accuracy(out_dir / target, *validation)
+    else:
+        fp32 = searched["fp32_validation_accuracy"]
+        post_training = searched["variants"][searched["chosen"]]["validation_accuracy"]
     drop = fp32 - post_training
     qat = {"mode": params.qat, "max_drop": params.max_drop, "fp32_validation_accuracy": fp32,
            "ptq_validation_accuracy": post_training, "ptq_drop": drop}  # fmt: skip

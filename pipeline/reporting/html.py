@@ -23,6 +23,7 @@ from pipeline.reporting.html_figures import (
 )
 from pipeline.reporting.markdown import onnx_teacher_sentence
 from pipeline.reporting.plots import PROVIDER, STATS, latency_at
+from pipeline.reporting.search_sections import QUANTIZATION_AWARE_HEADER, quantization_aware_rows
 from pipeline.reporting.targets_section import target_descriptions, target_rows
 
 CSS = """
@@ -109,19 +110,16 @@ def _quantization_aware(report: dict) -> str:
     records = report.get("quantization_aware") or {}
     if not records:
         return ""
-    rows = []
-    for name, qat in records.items():
-        aware = f"{qat['qat_validation_accuracy']:.4f}" if qat["ran"] else "not run"
-        cells = [name, f"{qat['fp32_validation_accuracy']:.4f}", f"{qat['ptq_validation_accuracy']:.4f}",
-                 f"{qat['ptq_drop']:+.4f}", aware, qat["kept"]]  # fmt: skip
-        rows.append("<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in cells) + "</tr>")
+    rows = [
+        "<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in cells) + "</tr>"
+        for cells in quantization_aware_rows(records)
+    ]
     first = next(iter(records.values()))
-    header = ["int8 model", "fp32", "post-training", "its drop", "quantization-aware", "kept"]
     return (
         "<h2>Quantization-aware fine-tune</h2>"
         f"<p>Validation accuracies in onnxruntime. quantize.qat: {_e(first['mode'])}; with auto it runs where "
         f"post-training int8 loses more than {first['max_drop']:g}; the more accurate int8 file is kept.</p>"
-        + _table(header, rows)
+        + _table(QUANTIZATION_AWARE_HEADER, rows)
     )
 
 

@@ -204,8 +204,7 @@ def quantization_aware_section(records: dict[str, dict[str, Any]]) -> list[str]:
         "",
     ]
     rows = []
-    for name, qat in records.items():
-        aware = f"{qat['qat_validation_accuracy']:.4f}" if qat["ran"] else "not run"
+    for cells, qat in zip(quantization_aware_rows(records), records.values(), strict=True):
         agreement = qat.get("agreement") or {}
         check = (
             f"logits within {agreement['max_logit_difference']:.2g} of their spread, top-1 differs on "
@@ -213,10 +212,20 @@ def quantization_aware_section(records: dict[str, dict[str, Any]]) -> list[str]:
             if agreement
             else ""
         )
-        rows.append([name, f"{qat['fp32_validation_accuracy']:.4f}", f"{qat['ptq_validation_accuracy']:.4f}",
-                     f"{qat['ptq_drop']:+.4f}", aware, qat["kept"], check])  # fmt: skip
-    header = ["int8 model", "fp32", "post-training", "its drop", "quantization-aware", "kept", "onnxruntime vs PyTorch"]
-    return lines + _table(header, rows)
+        rows.append([*cells, check])
+    return lines + _table([*QUANTIZATION_AWARE_HEADER, "onnxruntime vs PyTorch"], rows)
+
+
+QUANTIZATION_AWARE_HEADER = ["int8 model", "fp32", "post-training", "its drop", "quantization-aware", "kept"]
+
+
+def quantization_aware_rows(records: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """One row of cells per int8 model, for report.md and report.html alike."""
+    return [
+        [name, f"{qat['fp32_validation_accuracy']:.4f}", f"{qat['ptq_validation_accuracy']:.4f}",
+         f"{qat['ptq_drop']:+.4f}", f"{qat['qat_validation_accuracy']:.4f}" if qat["ran"] else "not run", qat["kept"]]
+        for name, qat in records.items()
+    ]  # fmt: skip
 
 
 def search_sections(report: dict[str, Any]) -> list[str]:

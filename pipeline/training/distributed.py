@@ -59,8 +59,8 @@ def active() -> bool:
 
 @contextlib.contextmanager
 def alone() -> Iterator[None]:
-    """Train in this process alone, on all the data, even under torchrun: for a stage only the leader runs (the
-    quantize stage's quantization-aware fine-tune), which the other ranks do not join."""
+    """Train in this process alone, on all the data, even under torchrun: the runner runs every stage that does
+    not train data-parallel (TRAINS = False) this way, on the leader, which the other ranks do not join."""
     global _ALONE
     before, _ALONE = _ALONE, True
     try:

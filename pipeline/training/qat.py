@@ -180,7 +180,7 @@ def fake_quantized(
     for node in list(graph.nodes):
         layer = modules.get(node.target) if node.op == "call_module" else None
         if isinstance(layer, nn.Conv2d | nn.Linear):
-            source = _input_quant(node.args[0], graph_module)
+            source = _input_quant(node.args[0], dict(graph_module.named_modules()))
             if source is None:  # e.g. a layer after a concatenation of shape-only paths: quantize its input here
                 source = quantize_after(node.args[0])
             input_quant = graph_module.get_submodule(source.target)
@@ -217,9 +217,8 @@ def _folded_activation(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bo
     return node.op == "call_module" and isinstance(modules[node.target], FOLDED_ACTIVATION_MODULES)
 
 
-def _input_quant(node: torch.fx.Node, graph_module: torch.fx.GraphModule) -> torch.fx.Node | None:
+def _input_quant(node: torch.fx.Node, modules: dict[str, nn.Module]) -> torch.fx.Node | None:
     """The activation quantizer a layer's input comes from, through shape-only operations."""
-    modules = dict(graph_module.named_modules())
     while True:
         if node.op == "call_module" and isinstance(modules[node.target], ActivationQuant):
             return node

@@ -16,7 +16,7 @@ from pipeline.errors import StageError
 from pipeline.models.spec import ModelSpec
 from pipeline.runtime.qdq_export import export_qdq
 from pipeline.runtime.sessions import run_batches, session
-from pipeline.training import distributed, qat
+from pipeline.training import qat
 from pipeline.training.augment import normalize
 from pipeline.training.loop import Recipe, fit
 
@@ -43,9 +43,8 @@ def quantization_aware(
     batch = settings["calibration_batch"]
     qat.calibrate(fake, (torch.from_numpy(calibration[i : i + batch]) for i in range(0, len(calibration), batch)))
     validation = dataset.val_images, dataset.val_labels
-    with distributed.alone():  # only the leader runs the quantize stage; the other ranks do not train along
-        history = fit(fake, dataset.train_images, dataset.train_labels, dataset.norm, recipe, teacher, "quantize qat",
-                      None, None, validation)  # fmt: skip
+    history = fit(fake, dataset.train_images, dataset.train_labels, dataset.norm, recipe, teacher, "quantize qat",
+                  None, None, validation)  # fmt: skip
     qat.freeze(fake)
     export_qdq(fake, spec, target, settings["opset"])
     return {"history": history, "agreement": check_against_torch(fake, target, dataset)}

@@ -153,3 +153,8 @@ def test_a_width_set_in_the_config_file_survives_a_model_set_on_the_command_line
     config = load_config(path, ["teacher.model=resnet20"])
     assert config.section("teacher").width == 8  # set by the file: kept
     assert config.section("distill").width == 16  # the file chose resnet14 without a width: the published 16
+
+
+def test_a_yaml_boolean_word_for_a_text_key_says_to_quote_it():
+    with pytest.raises(ConfigError, match=r"^quantize.qat=False has the wrong type; expected a string \(YAML reads on"):
+        load_config(overrides=["quantize.qat=off"])

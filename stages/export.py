@@ -29,7 +29,7 @@ from pipeline.training.augment import normalize
 
 NAME = "export"
 SECTION = "export"
-VERSION = 1
+VERSION = 2  # 2: in-place activations exported out of place (same operators, other node names)
 INPUTS = ("data", "teacher", "distill", "prune")
 TRAINS = False
 OUTPUTS = ("teacher.onnx", "student.onnx", "pruned.onnx")

@@ -60,6 +60,7 @@ FAST = (
     "distill.epochs=2",
     "distill.baseline=false",
     "prune.finetune_epochs=1",
+    "prune.scratch_baseline=false",
     "quantize.calibration_samples=64",
     "quantize.qat=never",
     "bench.batch_sizes=[1]",

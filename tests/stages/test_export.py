@@ -26,6 +26,53 @@ def test_export_has_a_dynamic_batch_and_matches_pytorch(tmp_path):
     assert np.allclose(run_batches(session(path), x.numpy(), batch=5), model(x).detach().numpy(), atol=1e-4)
 
 
+def test_exports_share_one_torchlib_list_and_write_the_same_bytes_as_a_fresh_one(tmp_path):
+    from torch.onnx._internal.exporter import _registration
+
+    spec = ModelSpec("cnn", 4, 1, 10, (8, 8))
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    export_onnx(model, spec, tmp_path / "first.onnx", opset=18)
+    built = _registration.onnxscript_apis.get_torchlib_ops
+    built.cache_clear()  # whatever exported before in this process: count from here
+    export_onnx(model, spec, tmp_path / "second.onnx", opset=18)
+    export_onnx(model, spec, tmp_path / "third.onnx", opset=18)
+    assert built.cache_info().misses == 1 and built.cache_info().hits == 1
+    first, second, third = ((tmp_path / f"{n}.onnx").read_bytes() for n in ("first", "second", "third"))
+    assert first == second == third
+
+
+class Residual(torch.nn.Module):
+    """x + relu(conv(x)) with an in-place ReLU: the pattern of residual and inverted-residual blocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+        self.relu = torch.nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return x + self.relu(self.conv(x))
+
+
+def test_in_place_activations_export_as_out_of_place_ones_and_stay_in_place(tmp_path):
+    import copy
+
+    spec = ModelSpec("cnn", 4, 1, 10, (8, 8))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Residual(), Residual(), torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    out_of_place = copy.deepcopy(model)
+    for module in out_of_place.modules():
+        if isinstance(module, torch.nn.ReLU):
+            module.inplace = False
+    export_onnx(model, spec, tmp_path / "model.onnx", opset=18)
+    export_onnx(out_of_place, spec, tmp_path / "out_of_place.onnx", opset=18)
+    # The same file, byte for byte. Exported in place, torch.export decomposes each ReLU into a functional one
+    # (slowly) and numbers the nodes after it differently.
+    assert (tmp_path / "model.onnx").read_bytes() == (tmp_path / "out_of_place.onnx").read_bytes()
+    relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    assert len(relus) == 2 and all(relu.inplace for relu in relus)  # the model is handed back as it came
+
+
 def test_a_mismatch_beyond_tolerance_fails_the_stage(tmp_path):
     spec = ModelSpec("cnn", 4, 1, 10, (8, 8))
     model = build_model(spec).eval()

@@ -57,6 +57,7 @@ def run(tmp_path, name, test_label_of, monkeypatch):
         "prune.target_latency_ms=1000",
         "prune.max_ratio=0.5",
         "prune.search_step=0.25",
+        "prune.scratch_baseline=true",
     ]
     results = run_pipeline(load_config(overrides=sets), ArtifactStore(tmp_path / f"{name}-artifacts"))
     return {r.name: r.artifact for r in results}

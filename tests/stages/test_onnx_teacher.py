@@ -229,7 +229,7 @@ def test_a_mean_for_other_channels_is_one_line(foreign):
 @pytest.mark.slow
 def test_an_onnx_teacher_drives_the_run_to_the_report(foreign):
     store, path, _ = foreign
-    overrides = (*FAST, *KERAS, f"teacher.onnx={path}")
+    overrides = (*FAST, *KERAS, f"teacher.onnx={path}", "prune.scratch_baseline=true")
     results = {r.name: r for r in run_pipeline(load_config(overrides=overrides), store)}
     dataset = load_dataset(results["data"].artifact)
     assert results["distill"].artifact.metrics["history"][0]["kd"] > 0  # it learned from the teacher's logits

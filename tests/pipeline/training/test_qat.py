@@ -96,7 +96,11 @@ def test_gradients_pass_the_fake_quantization():
     assert layers and all(m.layer.weight.grad is not None and m.layer.weight.grad.abs().sum() > 0 for m in layers)
 
 
-@pytest.mark.parametrize(("name", "kind"), [("resnet8", "uint8"), ("mobilenetv2", "uint8"), ("cnn", "int8")])
+# MobileNetV2's export takes seconds (its 17 blocks): slow, as the deep models' plain exports are (test_models.py).
+DEEP = pytest.param("mobilenetv2", "uint8", marks=pytest.mark.slow)
+
+
+@pytest.mark.parametrize(("name", "kind"), [("resnet8", "uint8"), DEEP, ("cnn", "int8")])
 def test_qdq_export_runs_in_int8_and_matches_the_pytorch_fake_quant_model(tmp_path, name, kind):
     """The stated tolerance (pipeline/training/qat_finetune.py): logits within 2% of their spread, the same top-1
     class on all but 1% of images; measured here far inside it."""

@@ -78,27 +78,36 @@ FAST = (
 )
 
 
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory) -> Path:
-    """The cache of the tiny pipeline run, built once per test session: under pytest-xdist in a folder all workers
-    share, by whichever gets there first (the others wait on the store's per-stage locks and reuse its entries)."""
+def session_folder(tmp_path_factory) -> Path:
+    """This test session's folder: under pytest-xdist the one above every worker's own, which all workers share."""
     root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # this session's folder, above every worker's own
-    store = ArtifactStore(root / "tiny-artifacts")
-    run_pipeline(load_config(overrides=TINY), store)
-    return store.cache
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, tiny_cache):
-    """(store, {stage name: StageResult}) of a complete tiny pipeline run, in a store of this worker's own (tests
+def shared_run(tmp_path_factory, name: str, overrides) -> tuple[ArtifactStore, list]:
+    """A pipeline run whose cache is built once per test session, by whichever worker gets there first (the others
+    wait on the store's per-stage locks and reuse its entries), handed to this worker in a store of its own (tests
     add to it and replace its release): a copy of the shared cache, whose entries are verified as any are."""
-    store = ArtifactStore(tmp_path_factory.mktemp("artifacts"))
-    for entry in tiny_cache.glob("*/*"):  # published entries only: another worker may be writing beside them
+    shared = ArtifactStore(session_folder(tmp_path_factory) / f"{name}-artifacts")
+    config = load_config(overrides=overrides)
+    run_pipeline(config, shared)
+    store = copy_of(shared.cache, tmp_path_factory.mktemp(name))
+    return store, run_pipeline(config, store)
+
+
+def copy_of(cache: Path, root: Path) -> ArtifactStore:
+    """A store at `root` holding the published entries of `cache` (another worker may be writing beside them)."""
+    store = ArtifactStore(root)
+    for entry in cache.glob("*/*"):
         if entry.is_dir() and not entry.name.startswith("."):
             shutil.copytree(entry, store.cache / entry.parent.name / entry.name)
-    results = run_pipeline(load_config(overrides=TINY), store)
+    return store
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """(store, {stage name: StageResult}) of a complete tiny pipeline run (shared_run)."""
+    store, results = shared_run(tmp_path_factory, "tiny", TINY)
     return store, {result.name: result for result in results}
 
 

@@ -1,6 +1,7 @@
 """release/ runs by itself: predict.py, with only onnxruntime, numpy and Pillow, reproduces the report's accuracy;
 deploy.json ships the settings the edge model was measured with."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -8,10 +9,9 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cache import ArtifactStore
 from pipeline.cli import cli
-from pipeline.runner import load_config, publish_release, run_pipeline
-from tests.conftest import FAST
+from pipeline.runner import publish_release
+from tests.conftest import FAST, session_folder, shared_run
 from tests.stages.test_held_out import CLASSES, write_folder
 
 pytestmark = pytest.mark.slow  # a pipeline on an image folder
@@ -25,14 +25,18 @@ WITHOUT_TORCH = (
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def release(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    write_folder(root, lambda c, i: c)
+    """The image folder and its pipeline run, made once per session (shared_run); the release is this worker's."""
+    root = session_folder(tmp_path_factory) / "shapes"
+    if not root.exists():  # written aside and renamed: a worker sees the whole folder or none
+        aside = tmp_path_factory.mktemp("shapes")
+        write_folder(aside, lambda c, i: c)
+        with contextlib.suppress(OSError):  # another worker renamed its identical folder first
+            aside.rename(root)
     learn = [f"{s}.batch_size=16" for s in ("teacher", "distill", "prune")] + ["teacher.epochs=6", "distill.epochs=6"]
-    config = load_config(overrides=[*FAST, *learn, "data.name=imagefolder", f"data.root={root}", "bench.tune=true"])
-    store = ArtifactStore(tmp_path_factory.mktemp("artifacts"))
-    results = run_pipeline(config, store)
+    sets = [*FAST, *learn, "data.name=imagefolder", f"data.root={root}", "bench.tune=true"]
+    store, results = shared_run(tmp_path_factory, "release", sets)
     return root, publish_release(store, results[-1].artifact), store
 
 

@@ -3,7 +3,6 @@ the report comparing and gating on signoff.latency_target, deploy.json carrying 
 searches measuring there."""
 
 import json
-import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,29 +19,21 @@ from pipeline.runtime import targets
 from pipeline.runtime.onnx_export import export_onnx
 from pipeline.search import prune_candidates, quantize_variants
 from stages import quantize
-from tests.conftest import FAST
+from tests.conftest import FAST, copy_of, session_folder
 from tests.pipeline.search.test_quantize_variants import exported_model_and_data
 
 pytestmark = pytest.mark.slow  # pipeline runs with a device
 
 
-def store_with(tmp_path, tiny_cache) -> ArtifactStore:
-    store = ArtifactStore(tmp_path / "artifacts")
-    for entry in tiny_cache.glob("*/*"):
-        if entry.is_dir() and not entry.name.startswith("."):
-            shutil.copytree(entry, store.cache / entry.parent.name / entry.name)
-    return store
-
-
 @pytest.fixture
-def fast_store(tmp_path, tiny_cache_fast):
-    return store_with(tmp_path, tiny_cache_fast)
+def fast_store(tmp_path, fast_cache):
+    return copy_of(fast_cache, tmp_path / "artifacts")
 
 
 @pytest.fixture(scope="session")
-def tiny_cache_fast(tmp_path_factory):
-    """The FAST pipeline's cache up to the bench, built once per test process."""
-    store = ArtifactStore(tmp_path_factory.mktemp("fast-artifacts"))
+def fast_cache(tmp_path_factory):
+    """The FAST pipeline's cache, built once per test session by whichever worker gets there first."""
+    store = ArtifactStore(session_folder(tmp_path_factory) / "fast-artifacts")
     run_pipeline(load_config(overrides=FAST), store)
     return store.cache
 

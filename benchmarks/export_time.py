@@ -59,6 +59,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--exports", type=int, default=3)
     args = parser.parse_args()
+    if args.exports < 2 or args.repeats < 1:
+        parser.error(
+            f"--exports {args.exports} --repeats {args.repeats}: need --exports 2 or more (the first export "
+            "of a process is imports; the later ones are measured) and --repeats 1 or more"
+        )
     print("| model | first export before / after (s) | each later export before / after (s, median [range]) | ratio |")
     print("|---|---|---|---|")
     for label, model in MODELS.items():

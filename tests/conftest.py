@@ -84,15 +84,19 @@ def session_folder(tmp_path_factory) -> Path:
     return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
 
 
-def shared_run(tmp_path_factory, name: str, overrides) -> tuple[ArtifactStore, list]:
-    """A pipeline run whose cache is built once per test session, by whichever worker gets there first (the others
-    wait on the store's per-stage locks and reuse its entries), handed to this worker in a store of its own (tests
-    add to it and replace its release): a copy of the shared cache, whose entries are verified as any are."""
+def shared_cache(tmp_path_factory, name: str, overrides) -> Path:
+    """The cache of a pipeline run built once per test session, by whichever worker gets there first (the others
+    wait on the store's per-stage locks and reuse its entries)."""
     shared = ArtifactStore(session_folder(tmp_path_factory) / f"{name}-artifacts")
-    config = load_config(overrides=overrides)
-    run_pipeline(config, shared)
-    store = copy_of(shared.cache, tmp_path_factory.mktemp(name))
-    return store, run_pipeline(config, store)
+    run_pipeline(load_config(overrides=overrides), shared)
+    return shared.cache
+
+
+def shared_run(tmp_path_factory, name: str, overrides) -> tuple[ArtifactStore, list]:
+    """That run (shared_cache) handed to this worker in a store of its own (tests add to it and replace its
+    release): a copy of the shared cache, whose entries are verified as any are."""
+    store = copy_of(shared_cache(tmp_path_factory, name, overrides), tmp_path_factory.mktemp(name))
+    return store, run_pipeline(load_config(overrides=overrides), store)
 
 
 def copy_of(cache: Path, root: Path) -> ArtifactStore:

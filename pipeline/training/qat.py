@@ -168,7 +168,8 @@ def fake_quantized(
         nonlocal count
         name = f"activation_quant_{count}"
         count += 1
-        graph_module.add_submodule(name, ActivationQuant(activation_type))
+        modules[name] = ActivationQuant(activation_type)
+        graph_module.add_submodule(name, modules[name])
         with graph.inserting_after(node):
             quant = graph.call_module(name, (node,))
         node.replace_all_uses_with(quant, delete_user_cb=lambda user: user is not quant)
@@ -180,7 +181,7 @@ def fake_quantized(
     for node in list(graph.nodes):
         layer = modules.get(node.target) if node.op == "call_module" else None
         if isinstance(layer, nn.Conv2d | nn.Linear):
-            source = _input_quant(node.args[0], dict(graph_module.named_modules()))
+            source = _input_quant(node.args[0], modules)  # which holds the quantizers added so far
             if source is None:  # e.g. a layer after a concatenation of shape-only paths: quantize its input here
                 source = quantize_after(node.args[0])
             input_quant = graph_module.get_submodule(source.target)

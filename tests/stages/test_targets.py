@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cache import ArtifactStore
 from pipeline.cli import cli
 from pipeline.errors import ConfigError
 from pipeline.models.factory import build_model
@@ -19,7 +18,7 @@ from pipeline.runtime import targets
 from pipeline.runtime.onnx_export import export_onnx
 from pipeline.search import prune_candidates, quantize_variants
 from stages import quantize
-from tests.conftest import FAST, copy_of, session_folder
+from tests.conftest import FAST, copy_of, shared_cache
 from tests.pipeline.search.test_quantize_variants import exported_model_and_data
 
 pytestmark = pytest.mark.slow  # pipeline runs with a device
@@ -32,10 +31,8 @@ def fast_store(tmp_path, fast_cache):
 
 @pytest.fixture(scope="session")
 def fast_cache(tmp_path_factory):
-    """The FAST pipeline's cache, built once per test session by whichever worker gets there first."""
-    store = ArtifactStore(session_folder(tmp_path_factory) / "fast-artifacts")
-    run_pipeline(load_config(overrides=FAST), store)
-    return store.cache
+    """The FAST pipeline's cache, built once per test session (conftest.shared_cache)."""
+    return shared_cache(tmp_path_factory, "fast", FAST)
 
 
 def test_models_are_compared_gated_and_shipped_on_the_latency_target(fast_store, device):

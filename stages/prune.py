@@ -142,8 +142,8 @@ class Params:
         require(self.target_format in prune_candidates.FORMATS, "prune.target_format", self.target_format, formats)
         require(self.search in SEARCHES, "prune.search", self.search, " or ".join(SEARCHES))
         per_layer = self.search == "per_layer"
-        need = "prune.target_latency_ms set and prune.steps=1 (per-layer pruning is one shot)"
-        require(not per_layer or (self.target_latency_ms and self.steps == 1), "prune.search", self.search, need)
+        need = "prune.target_latency_ms set (the per-layer search sets each group's count against a latency budget)"
+        require(not per_layer or self.target_latency_ms, "prune.search", self.search, need)
         require(0 < self.max_ratio < 1, "prune.max_ratio", self.max_ratio, "a fraction of channels in (0, 1)")
         require(0 < self.search_step <= self.max_ratio, "prune.search_step", self.search_step, "in (0, max_ratio]")
         require(self.search_refine >= 0, "prune.search_refine", self.search_refine, "an integer >= 0")
@@ -243,13 +243,13 @@ def prune_and_finetune(
     out_dir,
     channels: dict[str, int] | None = None,
 ) -> tuple[list, list[dict[str, Any]], list]:
-    """Prune `student` in place to `ratio` in `params.steps` steps (or, one shot, to `channels` per group), each
-    followed by its share of the distillation fine-tune. Returns torch-pruning's history, the schedule with each
-    step's size and accuracies (before and after its fine-tune), and the fine-tune's per-epoch history."""
+    """Prune `student` in place to `ratio` (or to `channels` per group, the per-layer search's) in `params.steps`
+    steps, each followed by its share of the distillation fine-tune. Returns torch-pruning's history, the schedule
+    with each step's size and accuracies (before and after its fine-tune), and the fine-tune's per-epoch history."""
     plan = schedule(ratio, params.steps if ratio > 0 else 1, params.finetune_epochs, params.step_epochs)
     example, classes = spec.example_input(), spec.num_classes
     if channels is not None:
-        pruner = GroupPruner(student, example, classes, params, channels)
+        pruner = GroupPruner(student, example, classes, params, channels, len(plan))
     else:
         pruner = make_pruner(student, example, classes, params, ratio, len(plan)) if ratio else None
     training: list = []

@@ -11,6 +11,7 @@ counts must stay a multiple of the grouping, which this search does not model.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -20,19 +21,28 @@ from pipeline.models.pruning import make_pruner
 
 
 class GroupPruner:
-    """Prunes `model` in place to `channels` (group name -> count kept) on `step()`; `pruning_history()` is what
-    pipeline/models/storage.py replays. The same two calls as torch-pruning's MetaPruner, so the stage uses either."""
+    """Prunes `model` in place to `channels` (group name -> count kept) over `steps` calls of `step()`;
+    `pruning_history()` is what pipeline/models/storage.py replays. The same two calls as torch-pruning's MetaPruner,
+    so the stage uses either. In several steps each group loses an equal share of the channels it gives up at each
+    step (step_counts), and the channels are ranked again at every step: on the weights the fine-tune moved."""
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, num_classes: int, params: Any, channels: dict):
-        self.model, self.channels = model, dict(channels)
+    def __init__(
+        self, model: nn.Module, example: torch.Tensor, num_classes: int, params: Any, channels: dict, steps: int = 1
+    ):
+        self.model, self.channels, self.steps, self.done = model, dict(channels), steps, 0
+        self.round_to = getattr(params, "round_to", 0)
         self.pruner = make_pruner(model, example, num_classes, params, 0.0)
         self.graph = self.pruner.DG
+        modules = dict(model.named_modules())
+        unknown = sorted(set(self.channels) - set(modules))
+        if unknown:
+            raise ValueError(f"no prunable group {unknown[0]!r} in this model: known {', '.join(self.group_names())}")
+        self.full = {name: self.graph.get_out_channels(modules[name]) for name in self.channels}
 
     def step(self) -> None:
+        self.done += 1
         modules = dict(self.model.named_modules())
-        for name, keep in sorted(self.channels.items()):
-            if name not in modules:
-                raise ValueError(f"no prunable group {name!r} in this model: known {', '.join(self.group_names())}")
+        for name, keep in sorted(step_counts(self.full, self.channels, self.done, self.steps, self.round_to).items()):
             root = modules[name]
             current = self.graph.get_out_channels(root)
             if keep >= current:
@@ -67,6 +77,21 @@ class GroupPruner:
 
     def group_names(self) -> list[str]:
         return [name for name, _ in self.groups()]
+
+
+def step_counts(full: dict, final: dict, step: int, steps: int, round_to: int = 0) -> dict[str, int]:
+    """Each group's channel count after `step` of `steps`: `step / steps` of the way from `full` to `final`, rounded
+    up to a multiple of `round_to` (CPU kernels like them; never below `final`, never above `full`). The last step
+    is `final` exactly."""
+    if step >= steps:
+        return dict(final)
+    counts = {}
+    for name, keep in final.items():
+        count = math.ceil(full[name] - (full[name] - keep) * step / steps)
+        if round_to:
+            count = math.ceil(count / round_to) * round_to
+        counts[name] = max(keep, min(full[name], count))
+    return counts
 
 
 def group_importance(model: nn.Module, example: torch.Tensor, num_classes: int, params: Any) -> dict[str, list]:

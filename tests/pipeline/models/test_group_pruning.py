@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from pipeline.models.factory import build_model
-from pipeline.models.group_pruning import GroupPruner, channel_counts, group_importance, prune_groups
+from pipeline.models.group_pruning import GroupPruner, channel_counts, group_importance, prune_groups, step_counts
 from pipeline.models.spec import ModelSpec
-from pipeline.models.storage import load_model, save_model
+from pipeline.models.storage import architecture, load_model, save_model
 from stages.prune import Params
 
 
@@ -43,3 +43,37 @@ def test_an_unknown_group_is_one_line():
     spec = ModelSpec("cnn", 8, 1, 10, (8, 8))
     with pytest.raises(ValueError, match=r"no prunable group 'nope' in this model: known 3.0, 1.0, 0.0"):
         prune_groups(build_model(spec), spec.example_input(), spec.num_classes, Params(), {"nope": 8})
+
+
+@pytest.mark.parametrize(
+    ("round_to", "expected"),
+    [
+        (0, [{"a": 48, "b": 32, "c": 50}, {"a": 32, "b": 32, "c": 35}, {"a": 16, "b": 32, "c": 20}]),
+        (8, [{"a": 48, "b": 32, "c": 56}, {"a": 32, "b": 32, "c": 40}, {"a": 16, "b": 32, "c": 20}]),
+    ],
+)
+def test_gradual_counts_go_an_equal_share_a_step_rounded_up_and_end_on_the_chosen_counts(round_to, expected):
+    full, final = {"a": 64, "b": 32, "c": 64}, {"a": 16, "b": 32, "c": 20}
+    assert [step_counts(full, final, k, 3, round_to) for k in (1, 2, 3)] == expected
+
+
+def test_per_group_counts_reached_in_steps_match_one_shot_and_replay(tmp_path):
+    spec = ModelSpec("resnet8", 16, 3, 10, (8, 8))
+    torch.manual_seed(0)
+    one_shot, gradual = build_model(spec).eval(), build_model(spec).eval()
+    gradual.load_state_dict(one_shot.state_dict())
+    chosen = {"0.0": 8, "2.conv1": 8, "3.conv1": 40, "3.shortcut.0": 16}
+    prune_groups(one_shot, spec.example_input(), spec.num_classes, Params(), chosen)
+    pruner = GroupPruner(gradual, spec.example_input(), spec.num_classes, Params(), chosen, steps=3)
+    counts = []
+    for _ in range(3):
+        pruner.step()
+        counts.append(channel_counts(gradual, spec.example_input(), spec.num_classes, Params()))
+        with torch.no_grad():  # as a fine-tune would: the next step ranks the channels on the moved weights
+            gradual[3].conv1.weight.mul_(torch.linspace(2, 0.5, gradual[3].conv1.out_channels).view(-1, 1, 1, 1))
+    assert [c["3.shortcut.0"] for c in counts] == [48, 32, 16] and [c["0.0"] for c in counts] == [14, 11, 8]
+    assert architecture(gradual) == architecture(one_shot)  # the same counts (and latency) as one shot
+    save_model(gradual, spec, tmp_path, pruning_history=pruner.pruning_history())
+    loaded, _ = load_model(tmp_path)  # every step's removals replayed on a fresh model
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(loaded(x), gradual(x))

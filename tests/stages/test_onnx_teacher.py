@@ -3,11 +3,13 @@ its own preprocessing, to the image), the file and its external data are in the 
 setting is one line, and a run with it reaches the report."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from click.testing import CliRunner
 
 from pipeline.cache import ArtifactStore
@@ -18,6 +20,8 @@ from pipeline.models.factory import build_model
 from pipeline.models.spec import ModelSpec
 from pipeline.models.storage import load_model
 from pipeline.runner import load_config, needed_stages, plan_keys, run_pipeline
+from pipeline.runtime.predict import normalize
+from pipeline.training.onnx_teacher import load_teacher
 from tests.conftest import FAST
 from tests.onnx_teachers import export_foreign
 
@@ -257,3 +261,42 @@ def test_the_cli_says_a_bad_onnx_teacher_in_one_line(foreign, tmp_path):
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
     assert result.stderr.startswith(f"error: {path}: input 'images' has shape ['n', 8, 8, 1], but teacher.onnx_layout")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+FOREIGN = Path(__file__).parents[1] / "fixtures" / "foreign_teachers"  # real exports: README.md there says how
+# Each file's own convention as its README states it: both take NHWC pixels 0..255 with normalization inside.
+REAL_EXPORTS = {
+    # Keras 3 / tf2onnx: input `keras_tensor`, output `Identity:0`, different symbolic batch names in and out,
+    # a softmax at the end, an unused ai.onnx.ml opset import.
+    "keras_digits.onnx": "probabilities",
+    # Flax / jax2onnx: IR 10, an input Transpose, SAME_UPPER convolutions, raw logits.
+    "jax_digits.onnx": "logits",
+}
+
+
+@pytest.mark.parametrize(("name", "output"), REAL_EXPORTS.items())
+def test_real_keras_and_jax_exports_teach_with_the_files_own_accuracy_and_outputs(tmp_path, name, output):
+    path = FOREIGN / name
+    sets = (*with_onnx(path, f"teacher.onnx_output={output}"), "distill.width=8", "distill.epochs=1")
+    sets += ("distill.device=cpu", "distill.baseline=false")
+    results = {r.name: r for r in run_pipeline(load_config(overrides=sets), ArtifactStore(tmp_path), target="distill")}
+    teacher, dataset = results["teacher"].artifact, load_dataset(results["data"].artifact)
+    for split, images, labels in (
+        ("test", dataset.test_images, dataset.test_labels),
+        ("validation", dataset.val_images, dataset.val_labels),
+    ):
+        reported = teacher.metrics[f"{split}_accuracy"]
+        assert round(reported * len(labels)) == round(own_accuracy(path, images, labels) * len(labels)), split
+        assert reported > 0.95, split  # the file was trained on digits (in its own split, which overlaps ours)
+    # The soft targets distillation sees: the teacher the stage stored takes the students' normalized input and
+    # gives logits whose softmax is the file's own probabilities on its own input (the log of them for Keras).
+    images = dataset.test_images[:100]
+    logits = load_teacher(teacher.path)(torch.from_numpy(normalize(images, *dataset.norm))).detach()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    own = torch.from_numpy(
+        sess.run(None, {sess.get_inputs()[0].name: images.transpose(0, 2, 3, 1).astype(np.float32)})[0]
+    )
+    assert torch.allclose(own.sum(1), torch.ones(len(own))) == (output == "probabilities")  # as the README says
+    expected = own if output == "probabilities" else torch.softmax(own, dim=1)
+    torch.testing.assert_close(torch.softmax(logits, dim=1), expected, atol=1e-5, rtol=1e-4)
+    assert len(results["distill"].artifact.metrics["history"]) == 1  # and a student trained on them

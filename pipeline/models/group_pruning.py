@@ -30,7 +30,7 @@ class GroupPruner:
         self, model: nn.Module, example: torch.Tensor, num_classes: int, params: Any, channels: dict, steps: int = 1
     ):
         self.model, self.channels, self.steps, self.done = model, dict(channels), steps, 0
-        self.round_to = getattr(params, "round_to", 0)
+        self.round_to = params.round_to
         self.pruner = make_pruner(model, example, num_classes, params, 0.0)
         self.graph = self.pruner.DG
         modules = dict(model.named_modules())

@@ -256,6 +256,8 @@ def prune_and_finetune(
     for step in plan:
         if pruner is not None:
             pruner.step()
+        if channels is not None:  # per group: what rounding up to round_to left of the nominal share
+            step["ratio"] = round(pruner.removed_share(), 6)
         macs, n_params = count_macs_and_params(student, spec)
         before = scored(student, dataset)
         name = "finetune.pt" if len(plan) == 1 else f"finetune-{step['step']}.pt"  # a resumed run finds its step's

@@ -226,6 +226,7 @@ def test_per_layer_search_prunes_each_group_to_its_count_and_reuses_the_table_fo
     steps = unreachable.artifact.metrics["steps"]
     assert len(steps) == (2 if search["ratio"] > 0 else 1)  # nothing to remove gradually when the full model won
     assert steps[0]["params"] >= steps[-1]["params"] == unreachable.artifact.metrics["params"]
+    assert steps[-1]["ratio"] == pytest.approx(search["ratio"], abs=1e-6)  # the share the search removed
     # Another budget: the table is this machine's and this architecture's, so it is reused, not measured again.
     results = run_prune(store, *per_layer, "prune.target_latency_ms=1000", target="report")
     met = results["prune"].artifact.metrics["latency_search"]

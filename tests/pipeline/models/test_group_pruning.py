@@ -65,13 +65,16 @@ def test_per_group_counts_reached_in_steps_match_one_shot_and_replay(tmp_path):
     chosen = {"0.0": 8, "2.conv1": 8, "3.conv1": 40, "3.shortcut.0": 16}
     prune_groups(one_shot, spec.example_input(), spec.num_classes, Params(), chosen)
     pruner = GroupPruner(gradual, spec.example_input(), spec.num_classes, Params(), chosen, steps=3)
-    counts = []
+    counts, shares = [], []
     for _ in range(3):
         pruner.step()
         counts.append(channel_counts(gradual, spec.example_input(), spec.num_classes, Params()))
         with torch.no_grad():  # as a fine-tune would: the next step ranks the channels on the moved weights
             gradual[3].conv1.weight.mul_(torch.linspace(2, 0.5, gradual[3].conv1.out_channels).view(-1, 1, 1, 1))
+        shares.append(pruner.removed_share())
     assert [c["3.shortcut.0"] for c in counts] == [48, 32, 16] and [c["0.0"] for c in counts] == [14, 11, 8]
+    full, kept = 16 + 32 + 64 + 64, 8 + 8 + 40 + 16
+    assert shares[0] < shares[1] < shares[2] == pytest.approx(1 - kept / full)
     assert architecture(gradual) == architecture(one_shot)  # the same counts (and latency) as one shot
     save_model(gradual, spec, tmp_path, pruning_history=pruner.pruning_history())
     loaded, _ = load_model(tmp_path)  # every step's removals replayed on a fresh model

@@ -33,7 +33,7 @@ from pipeline.models.pruning import make_pruner, schedule
 from pipeline.models.storage import architecture, load_model, replay_pruning, save_model
 from pipeline.runtime import targets
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider
-from pipeline.search import prune_budget, prune_candidates
+from pipeline.search import prune_budget, prune_candidates, prune_layers
 from pipeline.training import distributed
 from pipeline.training.loop import fit
 from pipeline.training.onnx_teacher import load_teacher
@@ -257,7 +257,7 @@ def prune_and_finetune(
         if pruner is not None:
             pruner.step()
         if channels is not None:  # per group: what rounding up to round_to left of the nominal share
-            step["ratio"] = round(pruner.removed_share(), 6)
+            step["ratio"] = prune_layers.share_removed(pruner.full, pruner.counts())
         macs, n_params = count_macs_and_params(student, spec)
         before = scored(student, dataset)
         name = "finetune.pt" if len(plan) == 1 else f"finetune-{step['step']}.pt"  # a resumed run finds its step's

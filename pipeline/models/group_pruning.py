@@ -52,11 +52,10 @@ class GroupPruner:
             # A group built for these indices: group.prune(idxs) would also record the full group in the history.
             self.graph.get_pruning_group(root, self.out_channels_fn(root), sorted(least)).prune()
 
-    def removed_share(self) -> float:
-        """The share of the searched groups' channels removed so far (the per-layer search's `ratio` at the end)."""
+    def counts(self) -> dict[str, int]:
+        """The channel count each of `channels`' groups has now (`full` before the first step)."""
         modules = dict(self.model.named_modules())
-        kept = sum(self.graph.get_out_channels(modules[name]) for name in self.full)
-        return 1 - kept / sum(self.full.values()) if self.full else 0.0
+        return {name: self.graph.get_out_channels(modules[name]) for name in self.full}
 
     def pruning_history(self) -> list:
         return self.graph.pruning_history()

@@ -64,10 +64,10 @@ def full_channels(groups: list[Group]) -> Channels:
     return {g.name: g.channels for g in groups}
 
 
-def share_removed(groups: list[Group], channels: Channels) -> float:
+def share_removed(full: Channels, channels: Channels) -> float:
     """The overall share of the groups' channels removed: what `ratio` means for a per-layer configuration."""
-    total = sum(g.channels for g in groups)
-    return round(1 - sum(channels[g.name] for g in groups) / total, 6) if total else 0.0
+    total = sum(full.values())
+    return round(1 - sum(channels[name] for name in full) / total, 6) if total else 0.0
 
 
 def predict(groups: list[Group], table: Table, channels: Channels) -> float:
@@ -112,7 +112,8 @@ def search_layers(
     docstring."""
     limit = budget_ms * (1 - margin)
     started = clock()
-    channels, error, trace, out_of_time = full_channels(groups), 0.0, [], False
+    full = full_channels(groups)
+    channels, error, trace, out_of_time = full, 0.0, [], False
     while True:
         channels = greedy(groups, table, channels, limit - error)
         if trace and channels == trace[-1]["channels"]:
@@ -122,7 +123,7 @@ def search_layers(
             break
         predicted = predict(groups, table, channels)
         result = measure(channels)
-        entry = {"channels": dict(channels), "ratio": share_removed(groups, channels), "additive_ms": predicted}
+        entry = {"channels": dict(channels), "ratio": share_removed(full, channels), "additive_ms": predicted}
         trace.append({**entry, **result, "meets_limit": result["latency_ms"] <= limit})
         if trace[-1]["meets_limit"]:
             break

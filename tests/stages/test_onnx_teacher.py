@@ -53,12 +53,14 @@ def with_onnx(path, *more):
     return (*CHEAP, *KERAS, f"teacher.onnx={path}", *more)
 
 
-def own_accuracy(path, images: np.ndarray, labels: np.ndarray) -> float:
-    """The file's accuracy with its own preprocessing written out here: NHWC, pixels as they are, float32."""
+def own_outputs(path, images: np.ndarray) -> np.ndarray:
+    """The file's outputs with its own preprocessing written out here: NHWC, pixels as they are, float32."""
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    logits = sess.run(None, {name: images.transpose(0, 2, 3, 1).astype(np.float32)})[0]
-    return float((logits.argmax(1) == labels).mean())
+    return sess.run(None, {sess.get_inputs()[0].name: images.transpose(0, 2, 3, 1).astype(np.float32)})[0]
+
+
+def own_accuracy(path, images: np.ndarray, labels: np.ndarray) -> float:
+    return float((own_outputs(path, images).argmax(1) == labels).mean())
 
 
 def test_the_onnx_teachers_accuracy_is_the_files_own(foreign):
@@ -292,10 +294,7 @@ def test_real_keras_and_jax_exports_teach_with_the_files_own_accuracy_and_output
     # gives logits whose softmax is the file's own probabilities on its own input (the log of them for Keras).
     images = dataset.test_images[:100]
     logits = load_teacher(teacher.path)(torch.from_numpy(normalize(images, *dataset.norm))).detach()
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    own = torch.from_numpy(
-        sess.run(None, {sess.get_inputs()[0].name: images.transpose(0, 2, 3, 1).astype(np.float32)})[0]
-    )
+    own = torch.from_numpy(own_outputs(path, images))
     assert torch.allclose(own.sum(1), torch.ones(len(own))) == (output == "probabilities")  # as the README says
     expected = own if output == "probabilities" else torch.softmax(own, dim=1)
     torch.testing.assert_close(torch.softmax(logits, dim=1), expected, atol=1e-5, rtol=1e-4)

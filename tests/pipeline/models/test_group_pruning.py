@@ -5,6 +5,7 @@ from pipeline.models.factory import build_model
 from pipeline.models.group_pruning import GroupPruner, channel_counts, group_importance, prune_groups, step_counts
 from pipeline.models.spec import ModelSpec
 from pipeline.models.storage import architecture, load_model, save_model
+from pipeline.search.prune_layers import share_removed
 from stages.prune import Params
 
 
@@ -71,7 +72,7 @@ def test_per_group_counts_reached_in_steps_match_one_shot_and_replay(tmp_path):
         counts.append(channel_counts(gradual, spec.example_input(), spec.num_classes, Params()))
         with torch.no_grad():  # as a fine-tune would: the next step ranks the channels on the moved weights
             gradual[3].conv1.weight.mul_(torch.linspace(2, 0.5, gradual[3].conv1.out_channels).view(-1, 1, 1, 1))
-        shares.append(pruner.removed_share())
+        shares.append(share_removed(pruner.full, pruner.counts()))
     assert [c["3.shortcut.0"] for c in counts] == [48, 32, 16] and [c["0.0"] for c in counts] == [14, 11, 8]
     full, kept = 16 + 32 + 64 + 64, 8 + 8 + 40 + 16
     assert shares[0] < shares[1] < shares[2] == pytest.approx(1 - kept / full)

@@ -192,7 +192,11 @@ class ArtifactStore:
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         manifest_path = temp_dir / MANIFEST
-        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+        manifest_path.write_text(text)
+        # The manifest as a later run reads it back (sorted keys, lists for tuples): what a stage computes from its
+        # inputs' manifests (the report's reproduce command) must not depend on whether they were fresh or cached.
+        manifest = json.loads(text)
         _fsync(manifest_path)
         final = self.entry_dir(stage, key)
         if final.exists():  # a forced re-run replaces the old entry

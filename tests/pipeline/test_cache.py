@@ -53,6 +53,18 @@ def test_publish_then_lookup(tmp_path):
     assert sorted(p.name for p in (tmp_path / "cache" / "teacher").iterdir()) == ["k" * 64]  # no temp dir left
 
 
+def test_a_fresh_artifact_and_its_cached_copy_have_the_same_manifest(tmp_path):
+    # CI caught the report's reproduce command ordering its --set flags one way when its inputs were fresh and
+    # another when they were cached: what publish hands back must be what lookup reads, key order included.
+    store = ArtifactStore(tmp_path)
+    temp = store.temp_dir("teacher", "k" * 64)
+    (temp / "model.pt").write_bytes(b"weights")
+    fresh = store.publish("teacher", "k" * 64, temp, {"params": {"width": 16, "epochs": (8, 2), "device": "cpu"}})
+    cached = store.lookup("teacher", "k" * 64)
+    assert list(fresh.manifest["params"].items()) == list(cached.manifest["params"].items())
+    assert fresh.manifest["params"] == {"device": "cpu", "epochs": [8, 2], "width": 16}
+
+
 def test_edited_file_is_a_miss_and_is_removed(tmp_path, caplog):
     store = ArtifactStore(tmp_path)
     artifact = publish(store)

@@ -133,7 +133,8 @@ def test_reproduce_command_lists_every_non_default_value(tiny_run):
     _, results = tiny_run
     report = json.loads(results["report"].artifact.file("report.json").read_text())
     command = report["reproduce"]
-    assert command.startswith("edgeforge run --set teacher.width=16 --set teacher.epochs=8")
+    # sections in stage order, each one's keys sorted (as manifests store them, fresh or cached)
+    assert command.startswith("edgeforge run --set teacher.device=cpu --set teacher.epochs=8 --set teacher.width=16")
     assert "--set 'bench.batch_sizes=[1,8]'" in command
     assert "--set prune.ratio=0.5" in command  # not the default 0.25
     assert "prune.importance" not in command and "export.opset" not in command  # defaults

@@ -41,12 +41,13 @@ from pipeline.training.recipes import check_recipe_params, recipe_for, scored
 
 NAME = "prune"
 SECTION = "prune"
-VERSION = 5
+VERSION = 6
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
 IMPORTANCES = ("l1", "l2")
 SEARCHES = ("uniform", "per_layer")
+SEARCH_SCORES = ("magnitude", "validation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,11 +92,20 @@ class Params:
     # uniform: one ratio for every layer. per_layer: each group's channel count from a latency table measured once
     # per machine, greedy on importance lost per ms saved (pipeline/search/prune_layers.py)
     search: str = "uniform"
+    # per_layer's step cost: magnitude (its channels' weight norm per ms saved) or validation (the validation accuracy
+    # a step loses per ms saved, BatchNorm re-estimated, no fine-tune: pipeline/search/prune_scores.py). magnitude by
+    # default: on CIFAR-10 it ended 2.4 test points above validation after the fine-tune, and it is free (BENCHMARKS.md)
+    search_score: str = "magnitude"
     max_ratio: float = 0.9  # the most pruning the search tries
     search_step: float = 0.1  # grid of ratios scanned from 0 upwards...
-    search_refine: int = 3  # ...then this many bisections below the first ratio that meets the budget
+    # ...then this many bisections below the first ratio that meets the budget (per_layer: along its greedy path,
+    # between the last configuration that missed and the first that met)
+    search_refine: int = 3
     search_margin: float = 0.1  # a candidate must measure <= budget * (1 - margin): headroom for noise
     search_budget_s: float = 300.0  # wall-time bound of the search; it then decides on what it measured
+    # Each configuration a search decides on is measured this many times and the median counts (the per-layer
+    # table's entries once): one measurement on a shared 2-core VM was 50% off and sent the search astray.
+    search_repeats: int = 3
 
     def __post_init__(self):
         require(0 <= self.ratio < 1, "prune.ratio", self.ratio, "a fraction of channels in [0, 1)")
@@ -141,6 +151,8 @@ class Params:
         formats = " or ".join(prune_candidates.FORMATS)
         require(self.target_format in prune_candidates.FORMATS, "prune.target_format", self.target_format, formats)
         require(self.search in SEARCHES, "prune.search", self.search, " or ".join(SEARCHES))
+        scores = " or ".join(SEARCH_SCORES)
+        require(self.search_score in SEARCH_SCORES, "prune.search_score", self.search_score, scores)
         per_layer = self.search == "per_layer"
         need = "prune.target_latency_ms set (the per-layer search sets each group's count against a latency budget)"
         require(not per_layer or self.target_latency_ms, "prune.search", self.search, need)
@@ -148,6 +160,7 @@ class Params:
         require(0 < self.search_step <= self.max_ratio, "prune.search_step", self.search_step, "in (0, max_ratio]")
         require(self.search_refine >= 0, "prune.search_refine", self.search_refine, "an integer >= 0")
         require(0 <= self.search_margin < 1, "prune.search_margin", self.search_margin, "a fraction in [0, 1)")
+        require(self.search_repeats >= 1, "prune.search_repeats", self.search_repeats, "an integer >= 1")
         require(self.search_budget_s > 0, "prune.search_budget_s", self.search_budget_s, "a number of seconds > 0")
 
 

@@ -15,6 +15,13 @@ def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
+def _measured(entry: dict[str, Any]) -> str:
+    """A search's measurement: the median of its repeats (prune.search_repeats) with their range, and its form."""
+    runs = entry.get("latency_runs_ms", [])
+    spread = f"; {len(runs)} runs {min(runs):.4f}–{max(runs):.4f}" if len(runs) > 1 else ""
+    return f"{entry['latency_ms']:.4f} ({entry['format']}{spread})"
+
+
 def edge_choice_section(report: dict[str, Any]) -> list[str]:
     choice = report["edge_choice"]
     batch, provider = choice["batch"], choice["provider"]
@@ -70,7 +77,8 @@ def latency_search_section(search: dict[str, Any] | None) -> list[str]:
         f"({method.get('settings', method.get('threads'))}), deployed form measured: "
         f"{' or '.join(method['formats'])}; a candidate must "
         f"measure ≤ {search['limit_ms']:.4g} ms (margin {search['margin']:g}). Candidates were pruned copies of the "
-        f"student, exported and timed before any fine-tuning ({len(search['trace'])} in {search['seconds']:.1f} s).",
+        f"student, exported and timed before any fine-tuning, each {method.get('repeats', 1)} time(s), the median "
+        f"counting ({len(search['trace'])} in {search['seconds']:.1f} s).",
         "",
         f"Chosen ratio **{search['ratio']:g}**: predicted {search['predicted_ms']:.4f} ms, achieved after the "
         f"fine-tune {achieved['latency_ms']:.4f} ms ({achieved['format']}).",
@@ -82,7 +90,7 @@ def latency_search_section(search: dict[str, Any] | None) -> list[str]:
             f"{e['ratio']:g}",
             _ms(e.get("fp32_ms")),
             _ms(e.get("int8_ms")),
-            f"{e['latency_ms']:.4f} ({e['format']})",
+            _measured(e),
             f"{e['macs']:,}",
             "yes" if e["meets_limit"] else "no",
         ]
@@ -105,7 +113,7 @@ def per_layer_search_section(search: dict[str, Any]) -> list[str]:
         f"measure ≤ {search['limit_ms']:.4g} ms (margin {search['margin']:g}). Latency table: {entries} pruned copies "
         f"of the student, each with one group reduced ({method['table']} for this machine and architecture in "
         f"{method.get('table_seconds', 0):.1f} s); "
-        f"configurations chosen greedily on importance lost per ms the table saves, then measured "
+        f"configurations chosen greedily on {step_cost(method)}, then measured "
         f"({len(search['trace'])} in {search['seconds']:.1f} s).",
         "",
         f"Chosen: **{search['ratio']:.1%}** of the groups' channels removed; additive prediction "
@@ -128,16 +136,32 @@ def per_layer_search_section(search: dict[str, Any]) -> list[str]:
     trace = [
         [
             str(i),
+            str(e.get("step", "–")),  # how many greedy steps from the full model (older decisions: not recorded)
             " ".join(f"{name}:{count}" for name, count in e["channels"].items()),
             f"{e['additive_ms']:.4f}",
-            f"{e['latency_ms']:.4f} ({e['format']})",
+            _measured(e),
             f"{e['macs']:,}",
             "yes" if e["meets_limit"] else "no",
+            *([f"{e['validation']['accuracy']:.4f}"] if "validation" in e else []),
         ]
         for i, e in enumerate(search["trace"], 1)
     ]
-    lines += ["", "Configurations measured, in order:", ""]
-    return lines + _table(["#", "channels", "additive ms", "measured ms", "MACs", "meets limit"], trace)
+    header = ["#", "greedy step", "channels", "additive ms", "measured ms", "MACs", "meets limit"]
+    scored = any("validation" in e for e in search["trace"])
+    lines += ["", "Configurations measured, in order (a miss before a meet is refined by bisecting the steps):", ""]
+    return lines + _table(header + (["validation accuracy before fine-tune"] if scored else []), trace)
+
+
+def step_cost(method: dict[str, Any]) -> str:
+    """How the per-layer search costed its steps (a decision without `scoring` predates the validation score)."""
+    scoring = method.get("scoring", {"score": "magnitude"})
+    if scoring["score"] == "magnitude":
+        return "the weight magnitude of the channels removed per ms the table saves (prune.search_score: magnitude)"
+    return (
+        f"the validation accuracy lost per ms the table saves, each configuration's BatchNorm statistics re-estimated "
+        f"on {scoring['bn_images']} training images and no fine-tune (prune.search_score: validation; "
+        f"{scoring['scored']} configurations scored in {scoring['seconds']:.1f} s)"
+    )
 
 
 def quantization_search_section(searches: dict[str, dict[str, Any]]) -> list[str]:

@@ -20,6 +20,7 @@ from pipeline.datasets.artifact import Dataset
 from pipeline.models.group_pruning import prune_groups
 from pipeline.models.pruning import prune_channels
 from pipeline.search import prune_candidates, prune_layer_table
+from pipeline.search.prune_scores import ValidationScores
 from pipeline.training import distributed
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,13 @@ def candidates(student: torch.nn.Module, spec, dataset: Dataset, params: Any) ->
     return prune_candidates.Candidates(student, spec, dataset.train_images, dataset.norm, params, prune)
 
 
+def validation_scores(student: torch.nn.Module, spec, dataset: Dataset, params: Any) -> ValidationScores:
+    def prune(model: torch.nn.Module, channels: dict[str, int]) -> None:
+        prune_groups(model, spec.example_input(), spec.num_classes, params, channels)
+
+    return ValidationScores(student, dataset, params.seed, prune)
+
+
 def latency_decision(student: torch.nn.Module, spec, dataset: Dataset, params: Any, out_dir: Path) -> dict:
     """The search's JSON decision, measured once: kept in the work directory so a resumed run re-uses it (the
     fine-tune checkpoint belongs to that architecture). Pure in its inputs, so one rank can decide for all."""
@@ -45,7 +53,8 @@ def latency_decision(student: torch.nn.Module, spec, dataset: Dataset, params: A
     try:
         if params.search == "per_layer":  # its latency table is kept beside the stage's entries, across budgets
             tables = out_dir.parent / prune_layer_table.TABLES
-            decision = prune_layer_table.search(measure, student, spec, params, tables)
+            scores = validation_scores(student, spec, dataset, params) if params.search_score == "validation" else None
+            decision = prune_layer_table.search(measure, student, spec, params, tables, scores)
         else:
             decision = prune_candidates.search(measure, params)
     finally:

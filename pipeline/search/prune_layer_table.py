@@ -27,8 +27,9 @@ from pipeline.models.group_pruning import group_importance
 from pipeline.models.spec import ModelSpec
 from pipeline.models.storage import architecture
 from pipeline.runtime import targets
-from pipeline.search.prune_candidates import Candidates, method
-from pipeline.search.prune_layers import Group, Table, candidate_counts, search_layers
+from pipeline.search.prune_candidates import Candidates, method, repeated
+from pipeline.search.prune_layers import Group, Table, candidate_counts, magnitude_cost, search_layers
+from pipeline.search.prune_scores import ValidationScores
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ def table_key(student: nn.Module, spec: ModelSpec, groups: list[Group], params: 
         "spec": dataclasses.asdict(spec),
         "architecture": architecture(student),
         "counts": {g.name: list(g.counts) for g in groups},
-        "method": method(params),
+        # the entries are measured once each: how often the search repeats its own measurements is not their key
+        "method": {name: value for name, value in method(params).items() if name != "repeats"},
         "libraries": library_versions(),
     }
 
@@ -86,8 +88,16 @@ def cached_table(candidates: Candidates, groups: list[Group], key: dict[str, Any
     return table, False
 
 
-def search(candidates: Candidates, student: nn.Module, spec: ModelSpec, params: Any, folder: Path) -> dict[str, Any]:
-    """The per-layer decision for `params.target_latency_ms`, with the method and the table's provenance."""
+def search(
+    candidates: Candidates,
+    student: nn.Module,
+    spec: ModelSpec,
+    params: Any,
+    folder: Path,
+    scores: ValidationScores | None = None,
+) -> dict[str, Any]:
+    """The per-layer decision for `params.target_latency_ms`, with the method and the table's provenance; its steps
+    cost what `scores` says they lose on validation, or (None) the importance of the channels they remove."""
     groups = prunable_groups(student, spec, params)
     started = time.monotonic()
     table, cached = cached_table(candidates, groups, table_key(student, spec, groups, params), folder)
@@ -95,10 +105,17 @@ def search(candidates: Candidates, student: nn.Module, spec: ModelSpec, params: 
     decision = search_layers(
         groups,
         table,
-        candidates,
+        repeated(candidates, params.search_repeats),  # the table's entries are measured once each
         budget_ms=params.target_latency_ms,
         margin=params.search_margin,
         time_budget_s=params.search_budget_s,
+        cost=magnitude_cost if scores is None else scores.cost,
+        refine=params.search_refine,
     )
+    if scores is not None:  # what each measured configuration scored, the chosen one's first
+        decision["validation"] = scores(decision["channels"])
+        for entry in decision["trace"]:
+            entry["validation"] = scores(entry["channels"])
     provenance = {"table": "cached" if cached else "measured", "table_seconds": table_seconds}
-    return {**decision, "method": {**method(params), **provenance}}
+    scoring = {"score": "magnitude"} if scores is None else scores.summary()
+    return {**decision, "method": {**method(params), **provenance, "scoring": scoring}}

@@ -8,15 +8,20 @@ Method (HALP's additive latency model, NetAdapt's greedy steps against measured 
 
 1. Predict a configuration's latency as the full model's plus, for each group, its table latency at its count
    minus its latency at full width.
-2. From the full model, repeatedly take the step with the least importance lost per millisecond the table says it
-   saves: a step moves one group to its next candidate count that is faster in the table than its current one (a
-   count that is not faster, where the table is not monotone, is stepped over, so it never looks free), losing the
-   importance of the channels it removes. Stop when the prediction is <= budget * (1 - margin).
+2. From the full model, repeatedly take the cheapest step: a step moves one group to its next candidate count that
+   is faster in the table than its current one (a count that is not faster, where the table is not monotone, is
+   stepped over, so it never looks free). Its cost is what it loses per millisecond the table says it saves: the
+   importance of the channels it removes (magnitude_cost), or the validation accuracy the pruned configuration
+   loses before any fine-tune (pipeline/search/prune_scores.py). Stop when the prediction is <= budget * (1 -
+   margin).
 3. Measure that configuration. The additive model is only a model: if the measurement misses the limit, carry its
    error (measured - predicted) forward, continue the greedy steps from there to a prediction that much lower, and
    measure again, until one meets the limit, no step is left, or `time_budget_s` is spent.
-4. The decision is the configuration that met the limit; if none did, the fastest measured one, marked not met
-   with a one-line message naming the closest latency.
+4. The steps taken form a path from the full model. If a configuration missed before one met, bisect the path
+   between them `refine` times: a large error (one slow measurement, or groups whose latencies do not add up) can
+   carry the steps far past what the budget needs.
+5. The decision is the least pruned configuration that met the limit; if none did, the fastest measured one,
+   marked not met with a one-line message naming the closest latency.
 
 Channel counts are candidate counts only (multiples of the step that prune.round_to sets), so the kernels' widths
 are respected by construction.
@@ -36,6 +41,8 @@ FLOOR_FRACTION = 8  # no group is pruned below 1/8 of its channels (nor below on
 Table = dict[str, dict[int, float]]  # group -> channel count -> p50 ms with only that group at that count
 Channels = dict[str, int]  # group -> channel count kept
 Measure = Callable[[Channels], dict[str, Any]]
+# (group, channels now, the group's next count, ms that step saves) -> what the step costs; the cheapest is taken
+StepCost = Callable[["Group", Channels, int, float], Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,27 +83,74 @@ def predict(groups: list[Group], table: Table, channels: Channels) -> float:
     return full + sum(table[g.name][channels[g.name]] - table[g.name][g.channels] for g in groups)
 
 
-def next_step(group: Group, table: Table, kept: int) -> tuple[float, int] | None:
-    """(importance lost per ms saved, the count) of the group's next candidate count faster than `kept` in the
-    table; None when no count below is faster."""
+def next_step(group: Group, table: Table, kept: int) -> tuple[int, float] | None:
+    """(count, ms saved) of the group's next candidate count faster than `kept` in the table; None when no count
+    below is faster."""
     latency = table[group.name]
     for count in group.counts[group.counts.index(kept) + 1 :]:
         saved = latency[kept] - latency[count]
         if saved > 0:
-            return group.lost(kept, count) / saved, count
+            return count, saved
     return None
 
 
-def greedy(groups: list[Group], table: Table, channels: Channels, target_ms: float) -> Channels:
-    """Take the cheapest steps from `channels` until the prediction is <= target_ms or no step is left."""
+def magnitude_cost(group: Group, channels: Channels, count: int, saved: float) -> float:
+    """The importance of the channels a step removes, per ms it saves (`prune.search_score: magnitude`)."""
+    return group.lost(channels[group.name], count) / saved
+
+
+def greedy_step(groups: list[Group], table: Table, channels: Channels, cost: StepCost) -> Channels | None:
+    """`channels` after the cheapest step by `cost`; None when no group has a faster count left."""
+    steps = []
+    for group in groups:
+        found = next_step(group, table, channels[group.name])
+        if found is not None:
+            count, saved = found
+            steps.append((cost(group, channels, count, saved), group.name, count))
+    if not steps:
+        return None
+    _, name, count = min(steps)
+    return {**channels, name: count}
+
+
+def greedy(
+    groups: list[Group], table: Table, channels: Channels, target_ms: float, cost: StepCost = magnitude_cost
+) -> Channels:
+    """Take the cheapest steps by `cost` from `channels` until the prediction is <= target_ms or no step is left."""
     channels = dict(channels)
     while predict(groups, table, channels) > target_ms:
-        steps = [(step, g.name) for g in groups if (step := next_step(g, table, channels[g.name])) is not None]
-        if not steps:
+        stepped = greedy_step(groups, table, channels, cost)
+        if stepped is None:
             break
-        (_, count), name = min(steps)
-        channels[name] = count
+        channels = stepped
     return channels
+
+
+class GreedyPath:
+    """The configurations the greedy steps pass through from the full model, each one step further, extended only
+    as far as asked (with the validation cost every step is scored)."""
+
+    def __init__(self, groups: list[Group], table: Table, cost: StepCost):
+        self.groups, self.table, self.cost = groups, table, cost
+        self.steps: list[Channels] = [full_channels(groups)]
+        self.ended = False
+
+    def reach(self, target_ms: float) -> int:
+        """The index of the first configuration predicted <= target_ms (or the last one, when the steps end)."""
+        index = 0
+        while predict(self.groups, self.table, self.steps[index]) > target_ms and self.extend(index + 1):
+            index += 1
+        return index
+
+    def extend(self, index: int) -> bool:
+        """Whether configuration `index` exists, taking the steps up to it."""
+        while len(self.steps) <= index and not self.ended:
+            stepped = greedy_step(self.groups, self.table, self.steps[-1], self.cost)
+            if stepped is None:
+                self.ended = True
+            else:
+                self.steps.append(stepped)
+        return index < len(self.steps)
 
 
 def search_layers(
@@ -107,27 +161,48 @@ def search_layers(
     margin: float,
     time_budget_s: float,
     clock: Callable[[], float] = time.monotonic,
+    cost: StepCost = magnitude_cost,
+    refine: int = 0,
 ) -> dict[str, Any]:
-    """The least pruned configuration found whose measured latency is <= budget_ms * (1 - margin); see the module
-    docstring."""
+    """The least pruned configuration found whose measured latency is <= budget_ms * (1 - margin), taking the
+    cheapest steps by `cost`; see the module docstring."""
     limit = budget_ms * (1 - margin)
     started = clock()
     full = full_channels(groups)
-    channels, error, trace, out_of_time = full, 0.0, [], False
-    while True:
-        channels = greedy(groups, table, channels, limit - error)
-        if trace and channels == trace[-1]["channels"]:
-            break  # no step left: nothing new to measure
-        if trace and clock() - started >= time_budget_s:  # the first configuration always runs
+    path = GreedyPath(groups, table, cost)
+    trace: list[dict[str, Any]] = []
+    out_of_time = False
+
+    def run(index: int) -> bool:
+        """Measure the path's configuration `index`; False when the time budget is spent (the first always runs)."""
+        nonlocal out_of_time
+        if trace and clock() - started >= time_budget_s:
             out_of_time = True
-            break
-        predicted = predict(groups, table, channels)
+            return False
+        channels = path.steps[index]
+        entry = {"channels": dict(channels), "step": index, "ratio": share_removed(full, channels)}
         result = measure(channels)
-        entry = {"channels": dict(channels), "ratio": share_removed(full, channels), "additive_ms": predicted}
-        trace.append({**entry, **result, "meets_limit": result["latency_ms"] <= limit})
-        if trace[-1]["meets_limit"]:
+        trace.append({**entry, "additive_ms": predict(groups, table, channels), **result})
+        trace[-1]["meets_limit"] = result["latency_ms"] <= limit
+        return True
+
+    index = path.reach(limit)
+    while run(index) and not trace[-1]["meets_limit"]:
+        error = trace[-1]["latency_ms"] - trace[-1]["additive_ms"]
+        further = max(path.reach(limit - error), index + 1)  # the model's error carried: at least one step on
+        if not path.extend(further):
+            break  # no step left: nothing new to measure
+        index = further
+    # A big miss carries a big error, and one slow measurement can send the steps far past the budget: bisect the
+    # path between the last configuration that missed and the first that met, as the uniform search does.
+    missed = [e["step"] for e in trace if not e["meets_limit"]]
+    met = [e["step"] for e in trace if e["meets_limit"]]
+    low, high = (max(missed), min(met)) if missed and met else (0, 0)
+    for _ in range(refine):
+        middle = (low + high) // 2
+        if middle == low or not run(middle):
             break
-        error = result["latency_ms"] - predicted
+        low, high = (low, middle) if trace[-1]["meets_limit"] else (middle, high)
     return decide(groups, table, trace, budget_ms, margin, out_of_time, clock() - started)
 
 
@@ -142,7 +217,7 @@ def decide(
 ) -> dict[str, Any]:
     limit = budget_ms * (1 - margin)
     met = [e for e in trace if e["meets_limit"]]
-    chosen = met[0] if met else min(trace, key=lambda e: (e["latency_ms"], e["ratio"]))
+    chosen = min(met, key=lambda e: e["step"]) if met else min(trace, key=lambda e: (e["latency_ms"], e["ratio"]))
     decision = {
         "search": "per_layer",
         "ratio": chosen["ratio"],

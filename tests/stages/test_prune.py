@@ -117,6 +117,9 @@ def test_latency_budget_unreachable_says_so_and_uses_the_fastest_candidate(store
     metrics = result.artifact.metrics
     search = metrics["latency_search"]
     assert [e["ratio"] for e in search["trace"]] == [0.0, 0.25, 0.5]
+    # Each candidate measured three times (prune.search_repeats' default); the median counts.
+    assert all(len(e["latency_runs_ms"]) == 3 for e in search["trace"]) and search["method"]["repeats"] == 3
+    assert all(e["latency_ms"] == sorted(e["latency_runs_ms"])[1] for e in search["trace"])
     assert search["met"] is False and "not reached" in search["message"] and "not reached" in caplog.text
     fastest = min(search["trace"], key=lambda e: e["latency_ms"])
     assert metrics["ratio"] == search["ratio"] == fastest["ratio"]
@@ -133,7 +136,7 @@ def test_latency_budget_met_unpruned_keeps_every_channel_and_is_gated_in_the_rep
     from pipeline.reporting.recheck import recheck_signoff
     from stages.report import Params as SignoffParams
 
-    results = run_prune(store, "prune.target_latency_ms=1000", target="report")
+    results = run_prune(store, "prune.target_latency_ms=1000", "prune.search_repeats=1", target="report")
     metrics = results["prune"].artifact.metrics
     search = metrics["latency_search"]
     assert search["met"] and metrics["ratio"] == 0.0 and len(search["trace"]) == 1
@@ -163,6 +166,8 @@ def test_latency_budget_met_unpruned_keeps_every_channel_and_is_gated_in_the_rep
         ("target_format", "fp16", r"prune.target_format='fp16' is not allowed: expected fp32 or int8 or fastest"),
         ("search_step", 0.95, r"prune.search_step=0.95 is not allowed: expected in \(0, max_ratio\]"),
         ("search", "greedy", r"prune.search='greedy' is not allowed: expected uniform or per_layer$"),
+        ("search_repeats", 0, r"prune.search_repeats=0 is not allowed: expected an integer >= 1"),
+        ("search_score", "l1", r"prune.search_score='l1' is not allowed: expected magnitude or validation$"),
         (
             "search",
             "per_layer",
@@ -207,7 +212,8 @@ def test_per_layer_search_prunes_each_group_to_its_count_and_reuses_the_table_fo
     # The digits student (cnn, width 8): groups of 16 and 32 channels (8 is already at the floor), 5 table entries.
     per_layer = ["prune.search=per_layer", "prune.target_format=fp32", "prune.scratch_baseline=false"]
     gradual = ["prune.steps=2", "prune.finetune_epochs=2"]  # the chosen counts reached in two steps
-    unreachable = run_prune(store, *per_layer, *gradual, "prune.target_latency_ms=0.000001")
+    scored = "prune.search_score=validation"
+    unreachable = run_prune(store, *per_layer, *gradual, scored, "prune.target_latency_ms=0.000001")
     search = unreachable.artifact.metrics["latency_search"]
     assert search["search"] == "per_layer" and search["method"]["table"] == "measured"
     assert {name: sorted(map(int, row)) for name, row in search["table"].items()} == {
@@ -215,6 +221,10 @@ def test_per_layer_search_prunes_each_group_to_its_count_and_reuses_the_table_fo
         "3.0": [8, 16, 24, 32],
     }
     assert search["met"] is False and "not reached by the per-layer search" in caplog.text
+    # Steps were costed on validation: every measured configuration carries its score.
+    scoring = search["method"]["scoring"]
+    assert scoring["score"] == "validation" and scoring["scored"] >= len(search["trace"]) and scoring["bn_images"] > 0
+    assert all(0 <= entry["validation"]["accuracy"] <= 1 for entry in search["trace"])
     pruned, spec = load_model(unreachable.artifact.path)  # replays the saved history
     counts = channel_counts(pruned, spec.example_input(), spec.num_classes, Params())
     assert {name: counts[name] for name in search["channels"]} == search["channels"]
@@ -228,9 +238,13 @@ def test_per_layer_search_prunes_each_group_to_its_count_and_reuses_the_table_fo
     assert steps[0]["params"] >= steps[-1]["params"] == unreachable.artifact.metrics["params"]
     assert steps[-1]["ratio"] == pytest.approx(search["ratio"], abs=1e-6)  # the share the search removed
     # Another budget: the table is this machine's and this architecture's, so it is reused, not measured again.
-    results = run_prune(store, *per_layer, "prune.target_latency_ms=1000", target="report")
+    # (The magnitude cost, which needs no scoring, shares the table: it depends neither on how steps are costed nor
+    # on how often the search repeats its own measurements.)
+    magnitude = ["prune.search_repeats=1"]  # search_score: magnitude, the default
+    results = run_prune(store, *per_layer, *magnitude, "prune.target_latency_ms=1000", target="report")
     met = results["prune"].artifact.metrics["latency_search"]
     assert met["method"]["table"] == "cached" and met["table"] == search["table"]
+    assert met["method"]["scoring"] == {"score": "magnitude"} and "validation" not in met
     assert met["met"] and met["channels"] == met["full_channels"] and len(met["trace"]) == 1
     markdown = results["report"].artifact.file("report.md").read_text()
     assert "## Latency-budget search (prune.target_latency_ms, per layer)" in markdown

@@ -18,7 +18,16 @@ def test_the_per_layer_section_shows_each_groups_count_and_predicted_against_ach
     assert "| conv1 | 16 | **8** | 16: 1.0000, 8: 0.6000 |" in lines
     assert "additive prediction 0.6000 ms, measured before the fine-tune 0.6100 ms" in text
     assert "achieved after the fine-tune 0.6500 ms (fp32)" in text
-    assert "| 1 | conv1:8 conv2:32 | 0.6000 | 0.6100 (fp32) | 1,000 | yes |" in lines
+    assert "| 1 | 1 | conv1:8 conv2:32 | 0.6000 | 0.6100 (fp32) | 1,000 | yes |" in lines
+    assert "greedily on the weight magnitude of the channels removed per ms" in text  # no scoring recorded
+    # Scored on validation: the text says how, and every measured configuration shows its score.
+    scoring = {"score": "validation", "bn_images": 1024, "scored": 9, "seconds": 2.5}
+    runs = {"latency_runs_ms": [0.62, 0.61, 0.7]}  # prune.search_repeats 3, the median kept
+    trace = [{**e, "validation": {"accuracy": 0.75, "loss": 0.8}, **runs} for e in decision["trace"]]
+    scored = latency_search_section({**search, "trace": trace, "method": {**method, "scoring": scoring}})
+    row = "| 1 | 1 | conv1:8 conv2:32 | 0.6000 | 0.6100 (fp32; 3 runs 0.6100–0.7000) | 1,000 | yes | 0.7500 |"
+    assert row in scored
+    assert "on 1024 training images and no fine-tune (prune.search_score: validation; 9" in "\n".join(scored)
 
 
 def test_the_quantization_aware_section_shows_the_drop_that_triggered_it_and_what_was_kept():

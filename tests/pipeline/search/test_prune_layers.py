@@ -83,6 +83,28 @@ def test_a_measurement_that_misses_continues_the_greedy_steps_and_measures_again
     assert decision["additive_ms"] == pytest.approx(0.64) and decision["predicted_ms"] == pytest.approx(0.69)
 
 
+def test_one_slow_measurement_does_not_leave_the_search_far_past_the_budget():
+    groups = [group("a", 32), group("b", 64)]
+    table = linear_table(groups, {"a": 0.01, "b": 0.005})
+    # The path: a 32 -> 24 -> 16 -> 8, then b 64 -> 56 -> ... -> 8 (steps 0..10), predicted 1.0 - 0.08 k (k <= 3),
+    # then 0.76 - 0.04 (k - 3). The first configuration the model picks (step 4, a 8 b 56, 0.72 ms) is measured 0.3
+    # ms slow once: the error carried sends the steps to the floor (step 10, 0.48 ms).
+    asked = []
+
+    def measure(channels):
+        asked.append(dict(channels))
+        slow = 0.3 if len(asked) == 1 else 0.0
+        return {"latency_ms": predict(groups, table, channels) + slow, "format": "fp32"}
+
+    jumped = search(groups, table, measure, budget=0.75)
+    assert [e["step"] for e in jumped["trace"]] == [4, 10] and jumped["channels"] == {"a": 8, "b": 8}
+    asked.clear()
+    refined = search(groups, table, measure, budget=0.75, refine=3)  # bisect steps 4..10: 7, 5, then 4 is known
+    assert [e["step"] for e in refined["trace"]] == [4, 10, 7, 5]
+    assert all(e["meets_limit"] for e in refined["trace"][1:]) and refined["channels"] == {"a": 8, "b": 48}
+    assert refined["ratio"] == pytest.approx(1 - 56 / 96) and refined["predicted_ms"] == pytest.approx(0.68)
+
+
 def test_non_monotone_table_steps_over_a_count_that_is_slower():
     a, b = group("a", 32), group("b", 32)
     # a at 24 channels is slower than unpruned (a width the kernels dislike); 16 is much faster.

@@ -90,7 +90,7 @@ class Params:
     target_device: str = "local"  # where candidates are timed: local or a device, ssh://... (one of bench.targets)
     target_format: str = "fastest"  # deployed form measured: fp32, int8, or fastest (the faster of the two)
     # uniform: one ratio for every layer. per_layer: each group's channel count from a latency table measured once
-    # per machine, greedy on importance lost per ms saved (pipeline/search/prune_layers.py)
+    # per machine, greedy on what a step costs (search_score) per ms saved (pipeline/search/prune_layers.py)
     search: str = "uniform"
     # per_layer's step cost: magnitude (its channels' weight norm per ms saved) or validation (the validation accuracy
     # a step loses per ms saved, BatchNorm re-estimated, no fine-tune: pipeline/search/prune_scores.py). magnitude by

@@ -26,21 +26,24 @@ from pipeline.training import distributed
 log = logging.getLogger(__name__)
 
 
-def candidates(student: torch.nn.Module, spec, dataset: Dataset, params: Any) -> prune_candidates.Candidates:
-    def prune(model: torch.nn.Module, setting: float | dict[str, int]) -> None:  # a ratio, or counts per group
+def pruning(spec, params: Any):
+    """`prune(model, setting)`: a copy pruned in place to a ratio (the uniform search) or to counts per group."""
+
+    def prune(model: torch.nn.Module, setting: float | dict[str, int]) -> None:
         if isinstance(setting, dict):
             prune_groups(model, spec.example_input(), spec.num_classes, params, setting)
         else:
             prune_channels(model, spec.example_input(), spec.num_classes, params, setting)
 
-    return prune_candidates.Candidates(student, spec, dataset.train_images, dataset.norm, params, prune)
+    return prune
+
+
+def candidates(student: torch.nn.Module, spec, dataset: Dataset, params: Any) -> prune_candidates.Candidates:
+    return prune_candidates.Candidates(student, spec, dataset.train_images, dataset.norm, params, pruning(spec, params))
 
 
 def validation_scores(student: torch.nn.Module, spec, dataset: Dataset, params: Any) -> ValidationScores:
-    def prune(model: torch.nn.Module, channels: dict[str, int]) -> None:
-        prune_groups(model, spec.example_input(), spec.num_classes, params, channels)
-
-    return ValidationScores(student, dataset, params.seed, prune)
+    return ValidationScores(student, dataset, params.seed, pruning(spec, params))
 
 
 def latency_decision(student: torch.nn.Module, spec, dataset: Dataset, params: Any, out_dir: Path) -> dict:

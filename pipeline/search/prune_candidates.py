@@ -153,7 +153,6 @@ def method(params: Any) -> dict[str, Any]:
         "settings": "tuned per candidate" if params.target_threads is None else f"{params.target_threads} threads",
         "formats": list(FORMATS[params.target_format]),
         "statistic": "p50",
-        "repeats": params.search_repeats,  # each configuration a search decides on: the median of this many p50s
         "timing": SEARCH_TIMING,
         "int8": {**arguments(QuantSettings()), "calibration_images": CALIBRATION_IMAGES},
         "opset": EXPORT_OPSET,
@@ -171,4 +170,4 @@ def search(candidates: Candidates, params: Any) -> dict[str, Any]:
         refine=params.search_refine,
         time_budget_s=params.search_budget_s,
     )
-    return {**decision, "method": method(params)}
+    return {**decision, "method": {**method(params), "repeats": params.search_repeats}}

@@ -50,8 +50,7 @@ def table_key(student: nn.Module, spec: ModelSpec, groups: list[Group], params: 
         "spec": dataclasses.asdict(spec),
         "architecture": architecture(student),
         "counts": {g.name: list(g.counts) for g in groups},
-        # the entries are measured once each: how often the search repeats its own measurements is not their key
-        "method": {name: value for name, value in method(params).items() if name != "repeats"},
+        "method": method(params),  # the entries are measured once each, whatever prune.search_repeats says
         "libraries": library_versions(),
     }
 
@@ -118,4 +117,5 @@ def search(
             entry["validation"] = scores(entry["channels"])
     provenance = {"table": "cached" if cached else "measured", "table_seconds": table_seconds}
     scoring = {"score": "magnitude"} if scores is None else scores.summary()
-    return {**decision, "method": {**method(params), **provenance, "scoring": scoring}}
+    repeats = {"repeats": params.search_repeats}
+    return {**decision, "method": {**method(params), **repeats, **provenance, "scoring": scoring}}

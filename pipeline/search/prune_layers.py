@@ -117,22 +117,17 @@ def greedy(
     groups: list[Group], table: Table, channels: Channels, target_ms: float, cost: StepCost = magnitude_cost
 ) -> Channels:
     """Take the cheapest steps by `cost` from `channels` until the prediction is <= target_ms or no step is left."""
-    channels = dict(channels)
-    while predict(groups, table, channels) > target_ms:
-        stepped = greedy_step(groups, table, channels, cost)
-        if stepped is None:
-            break
-        channels = stepped
-    return channels
+    path = GreedyPath(groups, table, cost, channels)
+    return path.steps[path.reach(target_ms)]
 
 
 class GreedyPath:
-    """The configurations the greedy steps pass through from the full model, each one step further, extended only
-    as far as asked (with the validation cost every step is scored)."""
+    """The configurations the greedy steps pass through from `start` (the full model), each one step further,
+    extended only as far as asked (with the validation cost every step is scored)."""
 
-    def __init__(self, groups: list[Group], table: Table, cost: StepCost):
+    def __init__(self, groups: list[Group], table: Table, cost: StepCost, start: Channels | None = None):
         self.groups, self.table, self.cost = groups, table, cost
-        self.steps: list[Channels] = [full_channels(groups)]
+        self.steps: list[Channels] = [dict(start or full_channels(groups))]
         self.ended = False
 
     def reach(self, target_ms: float) -> int:

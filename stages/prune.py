@@ -10,9 +10,10 @@ The ratio is either `prune.ratio`, or, with `prune.target_latency_ms`, the least
 onnxruntime latency meets that budget (pipeline/search/prune_budget.py, prune_ratio.py, prune_candidates.py):
 candidates are measured before fine-tuning, the chosen one is fine-tuned, then measured again (predicted vs
 achieved).
-With `prune.search: per_layer` each dependency group gets its own channel count instead, from a latency table
-measured once per machine (pipeline/search/prune_layers.py, prune_layer_table.py); `ratio` is then the overall
-share of channels removed.
+With `prune.search: per_layer` (greedy) or `sampled` (whole configurations ranked on validation) each dependency
+group gets its own channel count instead, from a latency table measured once per machine
+(pipeline/search/prune_layers.py, prune_sampled.py, prune_layer_table.py); `ratio` is then the overall share of
+channels removed.
 """
 
 from __future__ import annotations
@@ -41,13 +42,14 @@ from pipeline.training.recipes import check_recipe_params, recipe_for, scored
 
 NAME = "prune"
 SECTION = "prune"
-VERSION = 6
+VERSION = 7  # 7: per-layer searches predict latency multiplicatively by default and carry an error up as well as down
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
 IMPORTANCES = ("l1", "l2")
-SEARCHES = ("uniform", "per_layer")
+SEARCHES = ("uniform", "per_layer", "sampled")
 SEARCH_SCORES = ("magnitude", "validation")
+LATENCY_MODEL_NAMES = tuple(prune_layers.LATENCY_MODELS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,12 +92,19 @@ class Params:
     target_device: str = "local"  # where candidates are timed: local or a device, ssh://... (one of bench.targets)
     target_format: str = "fastest"  # deployed form measured: fp32, int8, or fastest (the faster of the two)
     # uniform: one ratio for every layer. per_layer: each group's channel count from a latency table measured once
-    # per machine, greedy on what a step costs (search_score) per ms saved (pipeline/search/prune_layers.py)
+    # per machine, greedy on what a step costs (search_score) per ms saved (pipeline/search/prune_layers.py).
+    # sampled: configurations along even, magnitude and random paths through that table, ranked on validation
+    # (BatchNorm re-estimated), the best-scoring measured first (pipeline/search/prune_sampled.py)
     search: str = "uniform"
     # per_layer's step cost: magnitude (its channels' weight norm per ms saved) or validation (the validation accuracy
     # a step loses per ms saved, BatchNorm re-estimated, no fine-tune: pipeline/search/prune_scores.py). magnitude by
     # default: on CIFAR-10 it ended 2.4 test points above validation after the fine-tune, and it is free (BENCHMARKS.md)
     search_score: str = "magnitude"
+    # per_layer and sampled: how the table predicts a configuration's latency. multiplicative (the full model's p50
+    # times each group's share of it left) was 0.005 ms under to 0.04 ms over the measured p50 on CIFAR-10 (AVX2), the
+    # additive model (HALP's) 0.02-0.11 ms under: it counts a conv between two thinned groups twice (BENCHMARKS.md)
+    search_latency_model: str = "multiplicative"
+    search_samples: int = 16  # sampled: random paths beside the even and magnitude ones (each scored once per target)
     max_ratio: float = 0.9  # the most pruning the search tries
     search_step: float = 0.1  # grid of ratios scanned from 0 upwards...
     # ...then this many bisections below the first ratio that meets the budget (per_layer: along its greedy path,
@@ -153,9 +162,17 @@ class Params:
         require(self.search in SEARCHES, "prune.search", self.search, " or ".join(SEARCHES))
         scores = " or ".join(SEARCH_SCORES)
         require(self.search_score in SEARCH_SCORES, "prune.search_score", self.search_score, scores)
-        per_layer = self.search == "per_layer"
-        need = "prune.target_latency_ms set (the per-layer search sets each group's count against a latency budget)"
+        per_layer = self.search != "uniform"
+        need = "prune.target_latency_ms set (the per-layer searches set each group's count against a latency budget)"
         require(not per_layer or self.target_latency_ms, "prune.search", self.search, need)
+        models = " or ".join(LATENCY_MODEL_NAMES)
+        require(
+            self.search_latency_model in LATENCY_MODEL_NAMES,
+            "prune.search_latency_model",
+            self.search_latency_model,
+            models,
+        )
+        require(self.search_samples >= 0, "prune.search_samples", self.search_samples, "an integer >= 0")
         require(0 < self.max_ratio < 1, "prune.max_ratio", self.max_ratio, "a fraction of channels in (0, 1)")
         require(0 < self.search_step <= self.max_ratio, "prune.search_step", self.search_step, "in (0, max_ratio]")
         require(self.search_refine >= 0, "prune.search_refine", self.search_refine, "an integer >= 0")

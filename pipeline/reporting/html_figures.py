@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from pipeline.reporting import plots
 from pipeline.reporting.gates import pareto_front
 from pipeline.reporting.plots import latency_at
+from pipeline.search.prune_sampled import configuration
 
 
 def escape(value: Any) -> str:
@@ -37,7 +38,16 @@ def search_trace_section(report: dict) -> str:
         f"{search['seconds']:.1f} s). Budget {search['budget_ms']:g} ms {verdict}; predicted "
         f"{search['predicted_ms']:.4f} ms, achieved after the fine-tune {search['achieved']['latency_ms']:.4f} ms."
     )
-    return figure(plots.search_trace(search), _e(caption))
+    trace = figure(plots.search_trace(search), _e(caption))
+    if search.get("search") != "sampled":
+        return trace
+    scored = len({configuration(c["channels"]) for r in search["rounds"] for c in r["configurations"]})
+    caption = (
+        f"Sampled search: the {scored} configurations scored on validation (pruned from the student, BatchNorm "
+        f"re-estimated, no fine-tune) at the latency the table predicts, the {len(search['trace'])} measured at "
+        "their measured p50, best-scoring first at each target; the star is the one chosen."
+    )
+    return trace + figure(plots.sampled_candidates(search), _e(caption))
 
 
 def caption_pareto(report: dict, batch: str) -> str:

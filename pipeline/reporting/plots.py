@@ -15,6 +15,7 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from pipeline.reporting.gates import pareto_front
+from pipeline.search.prune_sampled import configuration
 
 PROVIDER = "CPUExecutionProvider"  # where the plots' latencies are read
 COLORS = {"teacher": "#4c72b0", "student": "#dd8452", "pruned": "#55a868", "int8": "#c44e52", "student_int8": "#8172b3"}
@@ -134,6 +135,28 @@ def search_trace(search: dict) -> Figure:
     ax.axvline(search["ratio"], color="#b8860b", label=f"chosen ratio {search['ratio']:g}")
     ax.set_xlabel("share of channels pruned")
     ax.set_ylabel(f"p50 ms, batch {search['method']['batch']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def sampled_candidates(search: dict) -> Figure:
+    """The sampled search's configurations: validation accuracy before fine-tune against the latency model's prediction
+    (every configuration scored) and the measured p50 (those measured), with the budget and the chosen one."""
+    fig, axes = new_figure(7.5, 3.8)
+    ax = axes[0][0]
+    scored = {configuration(c["channels"]): c for r in search["rounds"] for c in r["configurations"]}
+    points = [(c["model_ms"], c["validation"]["accuracy"]) for c in scored.values()]
+    ax.scatter(*zip(*points, strict=True), s=14, color="#9aa5b1", label="scored (predicted from the table)")
+    measured = [(e["latency_ms"], e["validation"]["accuracy"]) for e in search["trace"]]
+    ax.scatter(*zip(*measured, strict=True), s=30, color="#1f77b4", marker="s", label="measured (median p50)")
+    chosen = next(e for e in search["trace"] if e["channels"] == search["channels"])
+    star = dict(marker="*", s=220, color="#b8860b", edgecolor="#333", zorder=3)
+    ax.scatter([chosen["latency_ms"]], [chosen["validation"]["accuracy"]], label="chosen", **star)
+    ax.axvline(search["budget_ms"], color="#333", linestyle="--", label="budget")
+    ax.axvline(search["limit_ms"], color="#888", linestyle=":", label="limit (budget − margin)")
+    ax.set_xlabel(f"p50 ms, batch {search['method']['batch']}")
+    ax.set_ylabel("validation accuracy, no fine-tune")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return fig

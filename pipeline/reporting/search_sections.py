@@ -1,25 +1,11 @@
 """report.md sections for the choices edgeforge made: the edge model on the Pareto front, the latency-budget
-search (ratio -> latency trace, or the per-layer search's channel counts) and the quantization variants tried."""
+search (latency_search_sections.py) and the quantization variants tried."""
 
 from __future__ import annotations
 
 from typing import Any
 
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
-def _ms(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4f}"
-
-
-def _measured(entry: dict[str, Any]) -> str:
-    """A search's measurement: the median of its repeats (prune.search_repeats) with their range, and its form."""
-    runs = entry.get("latency_runs_ms", [])
-    spread = f"; {len(runs)} runs {min(runs):.4f}–{max(runs):.4f}" if len(runs) > 1 else ""
-    return f"{entry['latency_ms']:.4f} ({entry['format']}{spread})"
+from pipeline.reporting.latency_search_sections import latency_search_section, ms, table
 
 
 def edge_choice_section(report: dict[str, Any]) -> list[str]:
@@ -33,7 +19,7 @@ def edge_choice_section(report: dict[str, Any]) -> list[str]:
             [
                 f"**{m['name']}**" if m["name"] == report["edge_model"] else m["name"],
                 f"{m['validation_accuracy']:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""),
-                _ms(stats and stats["p50_ms"]),
+                ms(stats and stats["p50_ms"]),
                 "yes" if m["name"] in choice["passing"] else "no",
                 "yes" if m["name"] in choice.get("tied", []) else "no",
                 "yes" if m["name"] in report["pareto_front"] else "no",
@@ -48,7 +34,7 @@ def edge_choice_section(report: dict[str, Any]) -> list[str]:
         "as fast as the fastest",
         "Pareto",
     ]
-    lines += _table(header, rows)
+    lines += table(header, rows)
     lines += [
         "",
         "As fast as the fastest: within signoff.latency_tie of the fastest p50 (only the fastest itself when it is 0); "
@@ -60,108 +46,7 @@ def edge_choice_section(report: dict[str, Any]) -> list[str]:
         "",
     ]
     choices = [[c["choice"], c["split"], c["by"]] for c in report.get("choices", [])]
-    return lines + _table(["choice", "split", "by"], choices)
-
-
-def latency_search_section(search: dict[str, Any] | None) -> list[str]:
-    if search is None:
-        return []
-    if search.get("search") == "per_layer":
-        return per_layer_search_section(search)
-    method, achieved = search["method"], search["achieved"]
-    lines = [
-        "",
-        "## Latency-budget search (prune.target_latency_ms)",
-        "",
-        f"Budget {search['budget_ms']:g} ms p50 at batch {method['batch']} on {method['provider']} "
-        f"({method.get('settings', method.get('threads'))}), deployed form measured: "
-        f"{' or '.join(method['formats'])}; a candidate must "
-        f"measure ≤ {search['limit_ms']:.4g} ms (margin {search['margin']:g}). Candidates were pruned copies of the "
-        f"student, exported and timed before any fine-tuning, each {method.get('repeats', 1)} time(s), the median "
-        f"counting ({len(search['trace'])} in {search['seconds']:.1f} s).",
-        "",
-        f"Chosen ratio **{search['ratio']:g}**: predicted {search['predicted_ms']:.4f} ms, achieved after the "
-        f"fine-tune {achieved['latency_ms']:.4f} ms ({achieved['format']}).",
-    ]
-    if not search["met"]:
-        lines += ["", f"**Budget not reached**: {search['message']}."]
-    rows = [
-        [
-            f"{e['ratio']:g}",
-            _ms(e.get("fp32_ms")),
-            _ms(e.get("int8_ms")),
-            _measured(e),
-            f"{e['macs']:,}",
-            "yes" if e["meets_limit"] else "no",
-        ]
-        for e in search["trace"]
-    ]
-    lines += ["", "Search trace, in the order measured:", ""]
-    return lines + _table(["ratio", "fp32 p50 ms", "int8 p50 ms", "deployed ms", "MACs", "meets limit"], rows)
-
-
-def per_layer_search_section(search: dict[str, Any]) -> list[str]:
-    """The per-layer search (pipeline/search/prune_layers.py): each group's chosen count, predicted vs achieved."""
-    method, achieved, table = search["method"], search["achieved"], search["table"]
-    entries = sum(len(row) - 1 for row in table.values()) + 1
-    lines = [
-        "",
-        "## Latency-budget search (prune.target_latency_ms, per layer)",
-        "",
-        f"Budget {search['budget_ms']:g} ms p50 at batch {method['batch']} on {method['provider']} "
-        f"({method['settings']}), deployed form measured: {' or '.join(method['formats'])}; a configuration must "
-        f"measure ≤ {search['limit_ms']:.4g} ms (margin {search['margin']:g}). Latency table: {entries} pruned copies "
-        f"of the student, each with one group reduced ({method['table']} for this machine and architecture in "
-        f"{method.get('table_seconds', 0):.1f} s); "
-        f"configurations chosen greedily on {step_cost(method)}, then measured "
-        f"({len(search['trace'])} in {search['seconds']:.1f} s).",
-        "",
-        f"Chosen: **{search['ratio']:.1%}** of the groups' channels removed; additive prediction "
-        f"{search['additive_ms']:.4f} ms, measured before the fine-tune {search['predicted_ms']:.4f} ms, achieved "
-        f"after the fine-tune {achieved['latency_ms']:.4f} ms ({achieved['format']}).",
-    ]
-    if not search["met"]:
-        lines += ["", f"**Budget not reached**: {search['message']}."]
-    rows = [
-        [
-            name,
-            str(search["full_channels"][name]),
-            f"**{search['channels'][name]}**",
-            ", ".join(f"{count}: {ms:.4f}" for count, ms in row.items()),
-        ]
-        for name, row in table.items()
-    ]
-    lines += ["", "Channels per group, with the table (channel count: p50 ms with only that group reduced):", ""]
-    lines += _table(["group", "channels", "chosen", "table"], rows)
-    trace = [
-        [
-            str(i),
-            str(e.get("step", "–")),  # how many greedy steps from the full model (older decisions: not recorded)
-            " ".join(f"{name}:{count}" for name, count in e["channels"].items()),
-            f"{e['additive_ms']:.4f}",
-            _measured(e),
-            f"{e['macs']:,}",
-            "yes" if e["meets_limit"] else "no",
-            *([f"{e['validation']['accuracy']:.4f}"] if "validation" in e else []),
-        ]
-        for i, e in enumerate(search["trace"], 1)
-    ]
-    header = ["#", "greedy step", "channels", "additive ms", "measured ms", "MACs", "meets limit"]
-    scored = any("validation" in e for e in search["trace"])
-    lines += ["", "Configurations measured, in order (a miss before a meet is refined by bisecting the steps):", ""]
-    return lines + _table(header + (["validation accuracy before fine-tune"] if scored else []), trace)
-
-
-def step_cost(method: dict[str, Any]) -> str:
-    """How the per-layer search costed its steps (a decision without `scoring` predates the validation score)."""
-    scoring = method.get("scoring", {"score": "magnitude"})
-    if scoring["score"] == "magnitude":
-        return "the weight magnitude of the channels removed per ms the table saves (prune.search_score: magnitude)"
-    return (
-        f"the validation accuracy lost per ms the table saves, each configuration's BatchNorm statistics re-estimated "
-        f"on {scoring['bn_images']} training images and no fine-tune (prune.search_score: validation; "
-        f"{scoring['scored']} configurations scored in {scoring['seconds']:.1f} s)"
-    )
+    return lines + table(["choice", "split", "by"], choices)
 
 
 def quantization_search_section(searches: dict[str, dict[str, Any]]) -> list[str]:
@@ -189,7 +74,7 @@ def quantization_search_section(searches: dict[str, dict[str, Any]]) -> list[str
             ]
             for i, v in enumerate(search["variants"])
         ]
-        lines += _table(["calibration", "weights", "activations", "reduce_range", "validation acc", "p50 ms"], rows)
+        lines += table(["calibration", "weights", "activations", "reduce_range", "validation acc", "p50 ms"], rows)
     return lines
 
 
@@ -237,7 +122,7 @@ def quantization_aware_section(records: dict[str, dict[str, Any]]) -> list[str]:
             else ""
         )
         rows.append([*cells, check])
-    return lines + _table([*QUANTIZATION_AWARE_HEADER, "onnxruntime vs PyTorch"], rows)
+    return lines + table([*QUANTIZATION_AWARE_HEADER, "onnxruntime vs PyTorch"], rows)
 
 
 QUANTIZATION_AWARE_HEADER = ["int8 model", "fp32", "post-training", "its drop", "quantization-aware", "kept"]

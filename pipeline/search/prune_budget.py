@@ -54,9 +54,10 @@ def latency_decision(student: torch.nn.Module, spec, dataset: Dataset, params: A
         return json.loads(saved.read_text())
     measure = candidates(student, spec, dataset, params)
     try:
-        if params.search == "per_layer":  # its latency table is kept beside the stage's entries, across budgets
+        if params.search != "uniform":  # per-layer tables are kept beside the stage's entries, across budgets
             tables = out_dir.parent / prune_layer_table.TABLES
-            scores = validation_scores(student, spec, dataset, params) if params.search_score == "validation" else None
+            on_validation = params.search == "sampled" or params.search_score == "validation"
+            scores = validation_scores(student, spec, dataset, params) if on_validation else None
             decision = prune_layer_table.search(measure, student, spec, params, tables, scores)
         else:
             decision = prune_candidates.search(measure, params)

@@ -28,7 +28,8 @@ from pipeline.models.spec import ModelSpec
 from pipeline.models.storage import architecture
 from pipeline.runtime import targets
 from pipeline.search.prune_candidates import Candidates, method, repeated
-from pipeline.search.prune_layers import Group, Table, candidate_counts, magnitude_cost, search_layers
+from pipeline.search.prune_layers import LATENCY_MODELS, Group, Table, candidate_counts, magnitude_cost, search_layers
+from pipeline.search.prune_sampled import search_sampled
 from pipeline.search.prune_scores import ValidationScores
 
 log = logging.getLogger(__name__)
@@ -95,27 +96,32 @@ def search(
     folder: Path,
     scores: ValidationScores | None = None,
 ) -> dict[str, Any]:
-    """The per-layer decision for `params.target_latency_ms`, with the method and the table's provenance; its steps
-    cost what `scores` says they lose on validation, or (None) the importance of the channels they remove."""
+    """The per-layer decision for `params.target_latency_ms`, with the method and the table's provenance.
+    `prune.search: per_layer` takes greedy steps costed by what `scores` says they lose on validation, or (None) by
+    the importance of the channels they remove; `sampled` (which needs `scores`) ranks whole configurations on
+    validation (prune_sampled.py)."""
     groups = prunable_groups(student, spec, params)
     started = time.monotonic()
     table, cached = cached_table(candidates, groups, table_key(student, spec, groups, params), folder)
     table_seconds = time.monotonic() - started
-    decision = search_layers(
-        groups,
-        table,
-        repeated(candidates, params.search_repeats),  # the table's entries are measured once each
-        budget_ms=params.target_latency_ms,
-        margin=params.search_margin,
-        time_budget_s=params.search_budget_s,
-        cost=magnitude_cost if scores is None else scores.cost,
-        refine=params.search_refine,
-    )
-    if scores is not None:  # what each measured configuration scored, the chosen one's first
-        decision["validation"] = scores(decision["channels"])
-        for entry in decision["trace"]:
-            entry["validation"] = scores(entry["channels"])
+    measure = repeated(candidates, params.search_repeats)  # the table's entries are measured once each
+    limits = dict(budget_ms=params.target_latency_ms, margin=params.search_margin, time_budget_s=params.search_budget_s)
+    model = LATENCY_MODELS[params.search_latency_model]
+    if params.search == "sampled":
+        if scores is None:
+            raise ValueError("prune.search=sampled ranks configurations on validation: it needs the scores")
+        samples = params.search_samples
+        decision = search_sampled(groups, table, measure, scores, **limits, samples=samples, seed=params.seed,
+                                  refine=params.search_refine, model=model)  # fmt: skip
+    else:
+        cost = magnitude_cost if scores is None else scores.cost
+        decision = search_layers(groups, table, measure, **limits, cost=cost, refine=params.search_refine, model=model)
+        if scores is not None:  # what each measured configuration scored, the chosen one's first
+            decision["validation"] = scores(decision["channels"])
+            for entry in decision["trace"]:
+                entry["validation"] = scores(entry["channels"])
     provenance = {"table": "cached" if cached else "measured", "table_seconds": table_seconds}
     scoring = {"score": "magnitude"} if scores is None else scores.summary()
-    repeats = {"repeats": params.search_repeats}
+    # Neither is in method(), which keys the table: the table does not depend on them.
+    repeats = {"repeats": params.search_repeats, "latency_model": params.search_latency_model}
     return {**decision, "method": {**method(params), **repeats, **provenance, "scoring": scoring}}

@@ -165,7 +165,9 @@ def test_latency_budget_met_unpruned_keeps_every_channel_and_is_gated_in_the_rep
         ("target_provider", "tpu", r"prune.target_provider='tpu' is not allowed: expected cpu, cuda, tensorrt"),
         ("target_format", "fp16", r"prune.target_format='fp16' is not allowed: expected fp32 or int8 or fastest"),
         ("search_step", 0.95, r"prune.search_step=0.95 is not allowed: expected in \(0, max_ratio\]"),
-        ("search", "greedy", r"prune.search='greedy' is not allowed: expected uniform or per_layer$"),
+        ("search", "greedy", r"prune.search='greedy' is not allowed: expected uniform or per_layer or sampled$"),
+        ("search_samples", -1, r"prune.search_samples=-1 is not allowed: expected an integer >= 0"),
+        ("search_latency_model", "mac", r"prune.search_latency_model='mac' is not allowed: expected additive or mult"),
         ("search_repeats", 0, r"prune.search_repeats=0 is not allowed: expected an integer >= 1"),
         ("search_score", "l1", r"prune.search_score='l1' is not allowed: expected magnitude or validation$"),
         (
@@ -173,6 +175,7 @@ def test_latency_budget_met_unpruned_keeps_every_channel_and_is_gated_in_the_rep
             "per_layer",
             r"prune.search='per_layer' is not allowed: expected prune.target_latency_ms set \(the per-layer",
         ),
+        ("search", "sampled", r"prune.search='sampled' is not allowed: expected prune.target_latency_ms set"),
     ],
 )
 def test_bad_budget_settings_are_one_line_errors(key, value, message):
@@ -248,4 +251,31 @@ def test_per_layer_search_prunes_each_group_to_its_count_and_reuses_the_table_fo
     assert met["met"] and met["channels"] == met["full_channels"] and len(met["trace"]) == 1
     markdown = results["report"].artifact.file("report.md").read_text()
     assert "## Latency-budget search (prune.target_latency_ms, per layer)" in markdown
-    assert "| 3.0 | 32 | **32** |" in markdown and "additive prediction" in markdown
+    assert "| 3.0 | 32 | **32** |" in markdown and "multiplicative prediction" in markdown
+    assert met["method"]["latency_model"] == "multiplicative"  # the default
+
+
+@pytest.mark.slow
+def test_sampled_search_scores_its_configurations_on_validation_and_reports_them(store, caplog):
+    sampled = ["prune.search=sampled", "prune.target_format=fp32", "prune.scratch_baseline=false"]
+    sampled += ["prune.search_samples=2", "prune.search_repeats=1", "prune.target_latency_ms=0.000001"]
+    results = run_prune(store, *sampled, target="report")
+    search = results["prune"].artifact.metrics["latency_search"]
+    assert search["search"] == "sampled" and search["samples"] == 2
+    assert search["met"] is False and "not reached by the sampled search" in caplog.text
+    scoring = search["method"]["scoring"]
+    assert scoring["score"] == "validation" and scoring["scored"] >= 1 and scoring["bn_images"] > 0
+    # Nothing meets a nanosecond: every path walks as far as the table goes, and each group's last faster count
+    # does not depend on the order the groups were thinned in, so the four paths end at one configuration.
+    first = search["rounds"][0]["configurations"]
+    assert len(first) == 1 and first[0]["paths"] == ["even", "magnitude", "random 1", "random 2"]
+    assert search["channels"] == first[0]["channels"] and len(search["trace"]) == 1
+    assert search["validation"] == first[0]["validation"] and 0 <= search["validation"]["accuracy"] <= 1
+    markdown = results["report"].artifact.file("report.md").read_text()
+    assert "## Latency-budget search (prune.target_latency_ms, per layer, sampled)" in markdown
+    assert "along 4 paths through the table (even, magnitude and 2 random), ranked on validation" in markdown
+    assert "Configurations scored at each target" in markdown
+    assert (
+        "Sampled search: the 1 configurations scored on validation"
+        in results["report"].artifact.file("report.html").read_text()
+    )

@@ -1,4 +1,4 @@
-from pipeline.reporting.search_sections import latency_search_section
+from pipeline.reporting.latency_search_sections import latency_search_section
 from pipeline.search.prune_layers import Group, candidate_counts, predict, search_layers
 
 
@@ -11,6 +11,7 @@ def test_the_per_layer_section_shows_each_groups_count_and_predicted_against_ach
 
     decision = search_layers(groups, table, measure, budget_ms=0.7, margin=0.0, time_budget_s=60)
     method = {"batch": 1, "provider": "cpu", "settings": "1 threads", "formats": ["fp32"], "table": "cached"}
+    method["latency_model"] = "additive"
     search = {**decision, "method": method, "achieved": {"latency_ms": 0.65, "format": "fp32"}}
     lines = latency_search_section(search)
     text = "\n".join(lines)
@@ -28,6 +29,38 @@ def test_the_per_layer_section_shows_each_groups_count_and_predicted_against_ach
     row = "| 1 | 1 | conv1:8 conv2:32 | 0.6000 | 0.6100 (fp32; 3 runs 0.6100–0.7000) | 1,000 | yes | 0.7500 |"
     assert row in scored
     assert "on 1024 training images and no fine-tune (prune.search_score: validation; 9" in "\n".join(scored)
+
+
+def test_the_sampled_section_shows_how_the_configurations_scored_at_each_target_compared():
+    from pipeline.reporting.plots import sampled_candidates
+    from pipeline.search.prune_sampled import search_sampled
+
+    groups = [Group(name, candidate_counts(n, 0), (1.0,) * n) for name, n in (("conv1", 16), ("conv2", 32))]
+    table = {"conv1": {16: 1.0, 8: 0.6}, "conv2": {32: 1.0, 24: 0.9, 16: 0.8, 8: 0.7}}
+
+    def measure(channels):
+        return {"latency_ms": predict(groups, table, channels) + 0.05, "format": "fp32", "macs": 1000}
+
+    def score(channels):  # conv2's channels are worth more than conv1's
+        accuracy = 0.5 + channels["conv1"] / 160 + channels["conv2"] / 80
+        return {"accuracy": accuracy, "loss": 1 - accuracy}
+
+    decision = search_sampled(groups, table, measure, score, 0.75, 0.0, 60, samples=2, seed=0)
+    method = {"batch": 1, "provider": "cpu", "settings": "1 threads", "formats": ["fp32"], "table": "measured"}
+    method["latency_model"] = "additive"
+    method["scoring"] = {"score": "validation", "bn_images": 1024, "scored": 4, "seconds": 1.0}
+    search = {**decision, "method": method, "achieved": {"latency_ms": 0.65, "format": "fp32"}}
+    lines = latency_search_section(search)
+    text = "\n".join(lines)
+    assert "## Latency-budget search (prune.target_latency_ms, per layer, sampled)" in text
+    assert "configurations along 4 paths through the table (even, magnitude and 2 random), ranked on validation" in text
+    # At 0.75 ms three paths stop at conv1 8 (0.6 ms, the best scored; it measures 0.65, met at the first target);
+    # random 1 thinned conv2 first and went on to conv1 8 conv2 24 (0.5 ms, 0.85).
+    assert decision["channels"] == {"conv1": 8, "conv2": 32}
+    assert "| 1 | 0.7500, even magnitude random 2 | conv1:8 conv2:32 | 0.6000 | 0.6500 (fp32) | 1,000 | yes |" in text
+    best = [line for line in lines if line.startswith("| 1 | 0.7500 | ")]
+    assert best == ["| 1 | 0.7500 | 2 | 0.9500 (even magnitude random 2) | 0.9000 | 0.8500 | 0.9500 |"]
+    assert sampled_candidates(search).axes  # the HTML report's plot of every configuration scored
 
 
 def test_the_quantization_aware_section_shows_the_drop_that_triggered_it_and_what_was_kept():

@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from pipeline.search.prune_layers import Group, candidate_counts, greedy, predict, search_layers
+from pipeline.search.prune_layers import (
+    Group,
+    candidate_counts,
+    greedy,
+    predict,
+    predict_multiplicative,
+    search_layers,
+)
 
 FULL_MS = 1.0
 
@@ -58,7 +65,7 @@ def test_monotone_table_prunes_the_cheapest_milliseconds_first_and_measures_once
     # a to its floor (8: -0.24 ms), then b until the prediction is <= 0.7: 0.76 - 0.04k -> k = 2 (0.68 ms).
     assert decision["channels"] == {"a": 8, "b": 48}
     assert measure.asked == [{"a": 8, "b": 48}] and decision["met"] is True
-    assert decision["additive_ms"] == pytest.approx(0.68) and decision["predicted_ms"] == pytest.approx(0.68)
+    assert decision["model_ms"] == pytest.approx(0.68) and decision["predicted_ms"] == pytest.approx(0.68)
     assert decision["ratio"] == pytest.approx(1 - 56 / 96) and "message" not in decision
     assert decision["table"]["a"] == {"32": 1.0, "24": 0.92, "16": pytest.approx(0.84), "8": pytest.approx(0.76)}
     json.dumps(decision)  # the decision travels between processes and into the cache as JSON
@@ -80,7 +87,7 @@ def test_a_measurement_that_misses_continues_the_greedy_steps_and_measures_again
     assert measure.asked == [{"a": 8, "b": 48}, {"a": 8, "b": 40}]  # 0.73 missed; the error carried: 0.64 + 0.05
     assert [e["meets_limit"] for e in decision["trace"]] == [False, True]
     assert decision["channels"] == {"a": 8, "b": 40} and decision["met"] is True
-    assert decision["additive_ms"] == pytest.approx(0.64) and decision["predicted_ms"] == pytest.approx(0.69)
+    assert decision["model_ms"] == pytest.approx(0.64) and decision["predicted_ms"] == pytest.approx(0.69)
 
 
 def test_one_slow_measurement_does_not_leave_the_search_far_past_the_budget():
@@ -147,3 +154,35 @@ def test_counts_respect_round_to():
     decision = search(groups, table, fake(groups, table), budget=0.6)
     assert decision["met"] and all(count % 16 == 0 for count in decision["channels"].values())
     assert all(int(count) % 16 == 0 for row in decision["table"].values() for count in row)
+
+
+def test_the_multiplicative_model_compounds_each_groups_share_and_is_met_where_additive_misses():
+    groups = [group("a", 32), group("b", 64)]
+    table = linear_table(groups, {"a": 0.01, "b": 0.005})
+    # a at 16 leaves 0.84 of the full model, b at 32 leaves 0.84 too: together 0.7056, not the additive 0.68.
+    channels = {"a": 16, "b": 32}
+    assert predict(groups, table, channels) == pytest.approx(0.68)
+    assert predict_multiplicative(groups, table, channels) == pytest.approx(0.84 * 0.84)
+    assert predict_multiplicative(groups, table, {"a": 32, "b": 64}) == FULL_MS
+
+    def measure(channels):  # a machine whose latencies compound
+        return {"latency_ms": predict_multiplicative(groups, table, channels), "format": "fp32"}
+
+    # Both thin a to its floor (0.76) first; the additive model then stops at b 48 (0.68, measured 0.76 * 0.92).
+    additive = search(groups, table, measure, budget=0.69)
+    multiplicative = search(groups, table, measure, budget=0.69, model=predict_multiplicative)
+    assert [e["meets_limit"] for e in additive["trace"]] == [False, True]  # optimistic, so a second measurement
+    assert [e["meets_limit"] for e in multiplicative["trace"]] == [True]
+    assert multiplicative["channels"] == {"a": 8, "b": 40} and multiplicative["model_ms"] == pytest.approx(0.76 * 0.88)
+    assert multiplicative["model_ms"] == multiplicative["predicted_ms"]
+
+
+def test_a_first_meet_with_room_to_spare_carries_the_error_back_to_a_less_pruned_step():
+    groups = [group("a", 32), group("b", 64)]
+    table = linear_table(groups, {"a": 0.01, "b": 0.005})
+    measure = fake(groups, table, bias=-0.05)  # the model predicts 0.05 ms too much
+    decision = search(groups, table, measure, budget=0.7)
+    # Step 5 (a 8 b 48, predicted 0.68) measures 0.63; the error carried back: step 4 (a 8 b 56, 0.72) measures
+    # 0.67, also met, and the path has nothing less pruned predicted under 0.75.
+    assert [e["step"] for e in decision["trace"]] == [5, 4] and all(e["meets_limit"] for e in decision["trace"])
+    assert decision["channels"] == {"a": 8, "b": 56} and decision["model_ms"] == pytest.approx(0.72)

@@ -1,0 +1,165 @@
+"""report.md sections of the prune stage's latency-budget search: the uniform ratio's trace, or a per-layer
+search's channel counts per group, its latency table, the configurations it measured and (sampled) how the
+configurations it scored on validation compared."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def _measured(entry: dict[str, Any]) -> str:
+    """A search's measurement: the median of its repeats (prune.search_repeats) with their range, and its form."""
+    runs = entry.get("latency_runs_ms", [])
+    spread = f"; {len(runs)} runs {min(runs):.4f}–{max(runs):.4f}" if len(runs) > 1 else ""
+    return f"{entry['latency_ms']:.4f} ({entry['format']}{spread})"
+
+
+def latency_search_section(search: dict[str, Any] | None) -> list[str]:
+    if search is None:
+        return []
+    if search.get("search") in ("per_layer", "sampled"):
+        return per_layer_search_section(search)
+    method, achieved = search["method"], search["achieved"]
+    lines = [
+        "",
+        "## Latency-budget search (prune.target_latency_ms)",
+        "",
+        f"Budget {search['budget_ms']:g} ms p50 at batch {method['batch']} on {method['provider']} "
+        f"({method.get('settings', method.get('threads'))}), deployed form measured: "
+        f"{' or '.join(method['formats'])}; a candidate must "
+        f"measure ≤ {search['limit_ms']:.4g} ms (margin {search['margin']:g}). Candidates were pruned copies of the "
+        f"student, exported and timed before any fine-tuning, each {method.get('repeats', 1)} time(s), the median "
+        f"counting ({len(search['trace'])} in {search['seconds']:.1f} s).",
+        "",
+        f"Chosen ratio **{search['ratio']:g}**: predicted {search['predicted_ms']:.4f} ms, achieved after the "
+        f"fine-tune {achieved['latency_ms']:.4f} ms ({achieved['format']}).",
+    ]
+    if not search["met"]:
+        lines += ["", f"**Budget not reached**: {search['message']}."]
+    rows = [
+        [
+            f"{e['ratio']:g}",
+            ms(e.get("fp32_ms")),
+            ms(e.get("int8_ms")),
+            _measured(e),
+            f"{e['macs']:,}",
+            "yes" if e["meets_limit"] else "no",
+        ]
+        for e in search["trace"]
+    ]
+    lines += ["", "Search trace, in the order measured:", ""]
+    return lines + table(["ratio", "fp32 p50 ms", "int8 p50 ms", "deployed ms", "MACs", "meets limit"], rows)
+
+
+def per_layer_search_section(search: dict[str, Any]) -> list[str]:
+    """A per-layer search (pipeline/search/prune_layers.py, prune_sampled.py): each group's chosen count, predicted
+    vs achieved, the configurations measured and (sampled) those scored."""
+    method, achieved, latencies = search["method"], search["achieved"], search["table"]
+    entries = sum(len(row) - 1 for row in latencies.values()) + 1
+    sampled = search["search"] == "sampled"
+    lines = [
+        "",
+        f"## Latency-budget search (prune.target_latency_ms, per layer{', sampled' if sampled else ''})",
+        "",
+        f"Budget {search['budget_ms']:g} ms p50 at batch {method['batch']} on {method['provider']} "
+        f"({method['settings']}), deployed form measured: {' or '.join(method['formats'])}; a configuration must "
+        f"measure ≤ {search['limit_ms']:.4g} ms (margin {search['margin']:g}). Latency table: {entries} pruned copies "
+        f"of the student, each with one group reduced ({method['table']} for this machine and architecture in "
+        f"{method.get('table_seconds', 0):.1f} s); "
+        f"configurations {how_chosen(search)}, then measured "
+        f"({len(search['trace'])} in {search['seconds']:.1f} s).",
+        "",
+        f"Chosen: **{search['ratio']:.1%}** of the groups' channels removed; {method['latency_model']} prediction "
+        f"{search['model_ms']:.4f} ms, measured before the fine-tune {search['predicted_ms']:.4f} ms, achieved "
+        f"after the fine-tune {achieved['latency_ms']:.4f} ms ({achieved['format']}).",
+    ]
+    if not search["met"]:
+        lines += ["", f"**Budget not reached**: {search['message']}."]
+    rows = [
+        [
+            name,
+            str(search["full_channels"][name]),
+            f"**{search['channels'][name]}**",
+            ", ".join(f"{count}: {ms:.4f}" for count, ms in row.items()),
+        ]
+        for name, row in latencies.items()
+    ]
+    lines += ["", "Channels per group, with the table (channel count: p50 ms with only that group reduced):", ""]
+    lines += table(["group", "channels", "chosen", "table"], rows)
+    trace = [
+        [
+            str(i),
+            # sampled: the target and the paths; greedy: how many steps from the full model (older: not recorded)
+            f"{e['target_ms']:.4f}, {' '.join(e['paths'])}" if sampled else str(e.get("step", "–")),
+            " ".join(f"{name}:{count}" for name, count in e["channels"].items()),
+            f"{e['model_ms']:.4f}",
+            _measured(e),
+            f"{e['macs']:,}",
+            "yes" if e["meets_limit"] else "no",
+            *([f"{e['validation']['accuracy']:.4f}"] if "validation" in e else []),
+        ]
+        for i, e in enumerate(search["trace"], 1)
+    ]
+    header = ["#", "target ms, paths" if sampled else "greedy step", "channels", "model ms", "measured ms", "MACs"]
+    header += ["meets limit"]
+    scored = any("validation" in e for e in search["trace"])
+    lines += ["", "Configurations measured, in order (a miss before a meet is refined by bisection):", ""]
+    lines += table(header + (["validation accuracy before fine-tune"] if scored else []), trace)
+    return lines + (sampled_rounds(search) if sampled else [])
+
+
+def how_chosen(search: dict[str, Any]) -> str:
+    if search["search"] == "sampled":
+        return (
+            f"along {search['samples'] + 2} paths through the table (even, magnitude and {search['samples']} random), "
+            f"ranked on validation at each target ({step_cost(search['method'])}), the best-scoring"
+        )
+    return f"chosen greedily on {step_cost(search['method'])}"
+
+
+def sampled_rounds(search: dict[str, Any]) -> list[str]:
+    """How much the choice among the configurations scored at each target mattered, on validation."""
+    rows = []
+    for i, scored in enumerate(search["rounds"], 1):
+        accuracies = [c["validation"]["accuracy"] for c in scored["configurations"]]
+        best = scored["configurations"][0]
+        rows.append(
+            [
+                str(i),
+                f"{scored['target_ms']:.4f}",
+                str(len(accuracies)),
+                f"{max(accuracies):.4f} ({' '.join(best['paths'])})",
+                f"{statistics.median(accuracies):.4f}",
+                f"{min(accuracies):.4f}",
+                *[f"{accuracy:.4f}" for accuracy in scored_accuracy(scored, "even")],
+            ]
+        )
+    header = ["#", "target ms", "configurations", "best validation (paths)", "median", "worst", "even path"]
+    lines = ["", "Configurations scored at each target (validation accuracy before fine-tune, BatchNorm re-estimated):"]
+    return lines + [""] + table(header, rows)
+
+
+def scored_accuracy(scored: dict[str, Any], path: str) -> list[float]:
+    return [c["validation"]["accuracy"] for c in scored["configurations"] if path in c["paths"]]
+
+
+def step_cost(method: dict[str, Any]) -> str:
+    """How the per-layer search costed its steps (a decision without `scoring` predates the validation score)."""
+    scoring = method.get("scoring", {"score": "magnitude"})
+    if scoring["score"] == "magnitude":
+        return "the weight magnitude of the channels removed per ms the table saves (prune.search_score: magnitude)"
+    return (
+        f"the validation accuracy lost per ms the table saves, each configuration's BatchNorm statistics re-estimated "
+        f"on {scoring['bn_images']} training images and no fine-tune (prune.search_score: validation; "
+        f"{scoring['scored']} configurations scored in {scoring['seconds']:.1f} s)"
+    )

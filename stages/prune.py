@@ -102,9 +102,9 @@ class Params:
     search_score: str = "magnitude"
     # per_layer and sampled: how the table predicts a configuration's latency. multiplicative (the full model's p50
     # times each group's share of it left) was 0.005 ms under to 0.04 ms over the measured p50 on CIFAR-10 (AVX2), the
-    # additive model (HALP's) 0.02-0.11 ms under: it counts a conv between two thinned groups twice (BENCHMARKS.md)
+    # additive model (HALP's) 0.02-0.11 ms under: a sum overcounts what a conv between two thinned groups saves
     search_latency_model: str = "multiplicative"
-    search_samples: int = 16  # sampled: random paths beside the even and magnitude ones (each scored once per target)
+    search_samples: int = 16  # sampled: random paths beside the even and magnitude ones (3 s a configuration on CIFAR)
     max_ratio: float = 0.9  # the most pruning the search tries
     search_step: float = 0.1  # grid of ratios scanned from 0 upwards...
     # ...then this many bisections below the first ratio that meets the budget (per_layer: along its greedy path,

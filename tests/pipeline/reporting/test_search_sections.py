@@ -54,6 +54,8 @@ def test_the_sampled_section_shows_how_the_configurations_scored_at_each_target_
     text = "\n".join(lines)
     assert "## Latency-budget search (prune.target_latency_ms, per layer, sampled)" in text
     assert "configurations along 4 paths through the table (even, magnitude and 2 random), ranked on validation" in text
+    assert "re-estimated on 1024 training images, no fine-tune; 4 configurations scored in 1.0 s), the best" in text
+    assert "prune.search_score" not in text  # the greedy search's knob: the sampled search always scores on validation
     # At 0.75 ms three paths stop at conv1 8 (0.6 ms, the best scored; it measures 0.65, met at the first target);
     # random 1 thinned conv2 first and went on to conv1 8 conv2 24 (0.5 ms, 0.85).
     assert decision["channels"] == {"conv1": 8, "conv2": 32}

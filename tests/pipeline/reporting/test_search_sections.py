@@ -1,18 +1,29 @@
 from pipeline.reporting.latency_search_sections import latency_search_section
 from pipeline.search.prune_layers import Group, candidate_counts, predict, search_layers
 
+GROUPS = [Group(name, candidate_counts(n, 0), (1.0,) * n) for name, n in (("conv1", 16), ("conv2", 32))]
+TABLE = {"conv1": {16: 1.0, 8: 0.6}, "conv2": {32: 1.0, 24: 0.9, 16: 0.8, 8: 0.7}}
+
+
+def recorded(decision, table, **method):
+    """A decision as the prune stage records it: its method (additive model, one thread) and achieved latency."""
+    timing = {"batch": 1, "provider": "cpu", "settings": "1 threads", "formats": ["fp32"], "latency_model": "additive"}
+    return {
+        **decision,
+        "method": {**timing, "table": table, **method},
+        "achieved": {"latency_ms": 0.65, "format": "fp32"},
+    }
+
 
 def test_the_per_layer_section_shows_each_groups_count_and_predicted_against_achieved():
-    groups = [Group(name, candidate_counts(n, 0), (1.0,) * n) for name, n in (("conv1", 16), ("conv2", 32))]
-    table = {"conv1": {16: 1.0, 8: 0.6}, "conv2": {32: 1.0, 24: 0.9, 16: 0.8, 8: 0.7}}
+    groups, table = GROUPS, TABLE
 
     def measure(channels):
         return {"latency_ms": predict(groups, table, channels) + 0.01, "format": "fp32", "fp32_ms": 0.0, "macs": 1000}
 
     decision = search_layers(groups, table, measure, budget_ms=0.7, margin=0.0, time_budget_s=60)
-    method = {"batch": 1, "provider": "cpu", "settings": "1 threads", "formats": ["fp32"], "table": "cached"}
-    method["latency_model"] = "additive"
-    search = {**decision, "method": method, "achieved": {"latency_ms": 0.65, "format": "fp32"}}
+    search = recorded(decision, "cached")
+    method = search["method"]
     lines = latency_search_section(search)
     text = "\n".join(lines)
     assert "## Latency-budget search (prune.target_latency_ms, per layer)" in text
@@ -35,8 +46,7 @@ def test_the_sampled_section_shows_how_the_configurations_scored_at_each_target_
     from pipeline.reporting.plots import sampled_candidates
     from pipeline.search.prune_sampled import search_sampled
 
-    groups = [Group(name, candidate_counts(n, 0), (1.0,) * n) for name, n in (("conv1", 16), ("conv2", 32))]
-    table = {"conv1": {16: 1.0, 8: 0.6}, "conv2": {32: 1.0, 24: 0.9, 16: 0.8, 8: 0.7}}
+    groups, table = GROUPS, TABLE
 
     def measure(channels):
         return {"latency_ms": predict(groups, table, channels) + 0.05, "format": "fp32", "macs": 1000}
@@ -46,10 +56,8 @@ def test_the_sampled_section_shows_how_the_configurations_scored_at_each_target_
         return {"accuracy": accuracy, "loss": 1 - accuracy}
 
     decision = search_sampled(groups, table, measure, score, 0.75, 0.0, 60, samples=2, seed=0)
-    method = {"batch": 1, "provider": "cpu", "settings": "1 threads", "formats": ["fp32"], "table": "measured"}
-    method["latency_model"] = "additive"
-    method["scoring"] = {"score": "validation", "bn_images": 1024, "scored": 4, "seconds": 1.0}
-    search = {**decision, "method": method, "achieved": {"latency_ms": 0.65, "format": "fp32"}}
+    scoring = {"score": "validation", "bn_images": 1024, "scored": 4, "seconds": 1.0}
+    search = recorded(decision, "measured", scoring=scoring)
     lines = latency_search_section(search)
     text = "\n".join(lines)
     assert "## Latency-budget search (prune.target_latency_ms, per layer, sampled)" in text

@@ -11,7 +11,6 @@ from matplotlib.figure import Figure
 from pipeline.reporting import plots
 from pipeline.reporting.gates import pareto_front
 from pipeline.reporting.plots import latency_at
-from pipeline.search.prune_sampled import configuration
 
 
 def escape(value: Any) -> str:
@@ -41,7 +40,7 @@ def search_trace_section(report: dict) -> str:
     trace = figure(plots.search_trace(search), _e(caption))
     if search.get("search") != "sampled":
         return trace
-    scored = len({configuration(c["channels"]) for r in search["rounds"] for c in r["configurations"]})
+    scored = len(plots.scored_configurations(search))
     caption = (
         f"Sampled search: the {scored} configurations scored on validation (pruned from the student, BatchNorm "
         f"re-estimated, no fine-tune) at the latency the table predicts, the {len(search['trace'])} measured at "

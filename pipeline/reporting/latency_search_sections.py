@@ -99,8 +99,8 @@ def per_layer_search_section(search: dict[str, Any]) -> list[str]:
     trace = [
         [
             str(i),
-            # sampled: the target and the paths; greedy: how many steps from the full model (older: not recorded)
-            f"{e['target_ms']:.4f}, {' '.join(e['paths'])}" if sampled else str(e.get("step", "–")),
+            # sampled: the target and the paths; greedy: how many steps from the full model
+            f"{e['target_ms']:.4f}, {' '.join(e['paths'])}" if sampled else str(e["step"]),
             " ".join(f"{name}:{count}" for name, count in e["channels"].items()),
             f"{e['model_ms']:.4f}",
             _measured(e),
@@ -144,7 +144,7 @@ def sampled_rounds(search: dict[str, Any]) -> list[str]:
                 f"{max(accuracies):.4f} ({' '.join(best['paths'])})",
                 f"{statistics.median(accuracies):.4f}",
                 f"{min(accuracies):.4f}",
-                *[f"{accuracy:.4f}" for accuracy in scored_accuracy(scored, "even")],
+                f"{even_path(scored)['validation']['accuracy']:.4f}",
             ]
         )
     header = ["#", "target ms", "configurations", "best validation (paths)", "median", "worst", "even path"]
@@ -152,13 +152,14 @@ def sampled_rounds(search: dict[str, Any]) -> list[str]:
     return lines + [""] + table(header, rows)
 
 
-def scored_accuracy(scored: dict[str, Any], path: str) -> list[float]:
-    return [c["validation"]["accuracy"] for c in scored["configurations"] if path in c["paths"]]
+def even_path(scored: dict[str, Any]) -> dict[str, Any]:
+    """The configuration the `even` path (close to a uniform ratio) stopped at: every path stops at one."""
+    return next(c for c in scored["configurations"] if "even" in c["paths"])
 
 
 def step_cost(method: dict[str, Any]) -> str:
-    """How the per-layer search costed its steps (a decision without `scoring` predates the validation score)."""
-    scoring = method.get("scoring", {"score": "magnitude"})
+    """How the greedy per-layer search costed its steps."""
+    scoring = method["scoring"]
     if scoring["score"] == "magnitude":
         return "the weight magnitude of the channels removed per ms the table saves (prune.search_score: magnitude)"
     return (

@@ -145,8 +145,7 @@ def sampled_candidates(search: dict) -> Figure:
     (every configuration scored) and the measured p50 (those measured), with the budget and the chosen one."""
     fig, axes = new_figure(7.5, 3.8)
     ax = axes[0][0]
-    scored = {configuration(c["channels"]): c for r in search["rounds"] for c in r["configurations"]}
-    points = [(c["model_ms"], c["validation"]["accuracy"]) for c in scored.values()]
+    points = [(c["model_ms"], c["validation"]["accuracy"]) for c in scored_configurations(search)]
     ax.scatter(*zip(*points, strict=True), s=14, color="#9aa5b1", label="scored (predicted from the table)")
     measured = [(e["latency_ms"], e["validation"]["accuracy"]) for e in search["trace"]]
     ax.scatter(*zip(*measured, strict=True), s=30, color="#1f77b4", marker="s", label="measured (median p50)")
@@ -160,6 +159,11 @@ def sampled_candidates(search: dict) -> Figure:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def scored_configurations(search: dict) -> list[dict]:
+    """Each configuration the sampled search scored, once (one reached at several targets is listed at each)."""
+    return list({configuration(c["channels"]): c for r in search["rounds"] for c in r["configurations"]}.values())
 
 
 def has_histogram(lat: dict) -> bool:

@@ -83,7 +83,7 @@ def share_removed(full: Channels, channels: Channels) -> float:
     return round(1 - sum(channels[name] for name in full) / total, 6) if total else 0.0
 
 
-def predict(groups: list[Group], table: Table, channels: Channels) -> float:
+def predict_additive(groups: list[Group], table: Table, channels: Channels) -> float:
     """The additive model: the full model's latency plus each group's delta at its count."""
     full = table[groups[0].name][groups[0].channels] if groups else 0.0
     return full + sum(table[g.name][channels[g.name]] - table[g.name][g.channels] for g in groups)
@@ -96,7 +96,7 @@ def predict_multiplicative(groups: list[Group], table: Table, channels: Channels
 
 
 LatencyModel = Callable[[list["Group"], Table, Channels], float]
-LATENCY_MODELS: dict[str, LatencyModel] = {"additive": predict, "multiplicative": predict_multiplicative}
+LATENCY_MODELS: dict[str, LatencyModel] = {"additive": predict_additive, "multiplicative": predict_multiplicative}
 
 
 def next_step(group: Group, table: Table, kept: int) -> tuple[int, float] | None:
@@ -135,7 +135,7 @@ def greedy(
     channels: Channels,
     target_ms: float,
     cost: StepCost = magnitude_cost,
-    model: LatencyModel = predict,
+    model: LatencyModel = predict_additive,
 ) -> Channels:
     """Take the cheapest steps by `cost` from `channels` until the prediction is <= target_ms or no step is left."""
     path = GreedyPath(groups, table, cost, channels, model)
@@ -152,7 +152,7 @@ class GreedyPath:
         table: Table,
         cost: StepCost,
         start: Channels | None = None,
-        model: LatencyModel = predict,
+        model: LatencyModel = predict_additive,
     ):
         self.groups, self.table, self.cost, self.model = groups, table, cost, model
         self.steps: list[Channels] = [dict(start or full_channels(groups))]
@@ -186,7 +186,7 @@ def search_layers(
     clock: Callable[[], float] = time.monotonic,
     cost: StepCost = magnitude_cost,
     refine: int = 0,
-    model: LatencyModel = predict,
+    model: LatencyModel = predict_additive,
 ) -> dict[str, Any]:
     """The least pruned configuration found whose measured latency is <= budget_ms * (1 - margin), taking the
     cheapest steps by `cost`, predicting latency by `model`; see the module docstring."""

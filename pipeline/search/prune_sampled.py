@@ -43,7 +43,7 @@ from pipeline.search.prune_layers import (
     decide,
     full_channels,
     magnitude_cost,
-    predict,
+    predict_additive,
     share_removed,
 )
 
@@ -63,7 +63,7 @@ def random_cost(rng: np.random.Generator) -> Callable[[Group, Channels, int, flo
 
 
 def sample_paths(
-    groups: list[Group], table: Table, samples: int, seed: int, model: LatencyModel = predict
+    groups: list[Group], table: Table, samples: int, seed: int, model: LatencyModel = predict_additive
 ) -> dict[str, GreedyPath]:
     """The named paths: even, magnitude, then `samples` random ones, each with its own generator, so a path's steps
     do not depend on how far the others were extended."""
@@ -109,7 +109,7 @@ def search_sampled(
     seed: int,
     refine: int = 0,
     clock: Callable[[], float] = time.monotonic,
-    model: LatencyModel = predict,
+    model: LatencyModel = predict_additive,
 ) -> dict[str, Any]:
     """The best-scoring configuration found whose measured latency is <= budget_ms * (1 - margin); see the module
     docstring."""

@@ -1,5 +1,5 @@
 from pipeline.reporting.latency_search_sections import latency_search_section
-from pipeline.search.prune_layers import Group, candidate_counts, predict, search_layers
+from pipeline.search.prune_layers import Group, candidate_counts, predict_additive, search_layers
 
 GROUPS = [Group(name, candidate_counts(n, 0), (1.0,) * n) for name, n in (("conv1", 16), ("conv2", 32))]
 TABLE = {"conv1": {16: 1.0, 8: 0.6}, "conv2": {32: 1.0, 24: 0.9, 16: 0.8, 8: 0.7}}
@@ -19,10 +19,15 @@ def test_the_per_layer_section_shows_each_groups_count_and_predicted_against_ach
     groups, table = GROUPS, TABLE
 
     def measure(channels):
-        return {"latency_ms": predict(groups, table, channels) + 0.01, "format": "fp32", "fp32_ms": 0.0, "macs": 1000}
+        return {
+            "latency_ms": predict_additive(groups, table, channels) + 0.01,
+            "format": "fp32",
+            "fp32_ms": 0.0,
+            "macs": 1000,
+        }
 
     decision = search_layers(groups, table, measure, budget_ms=0.7, margin=0.0, time_budget_s=60)
-    search = recorded(decision, "cached")
+    search = recorded(decision, "cached", scoring={"score": "magnitude"})
     method = search["method"]
     lines = latency_search_section(search)
     text = "\n".join(lines)
@@ -49,7 +54,7 @@ def test_the_sampled_section_shows_how_the_configurations_scored_at_each_target_
     groups, table = GROUPS, TABLE
 
     def measure(channels):
-        return {"latency_ms": predict(groups, table, channels) + 0.05, "format": "fp32", "macs": 1000}
+        return {"latency_ms": predict_additive(groups, table, channels) + 0.05, "format": "fp32", "macs": 1000}
 
     def score(channels):  # conv2's channels are worth more than conv1's
         accuracy = 0.5 + channels["conv1"] / 160 + channels["conv2"] / 80

@@ -6,7 +6,7 @@ from pipeline.search.prune_layers import (
     Group,
     candidate_counts,
     greedy,
-    predict,
+    predict_additive,
     predict_multiplicative,
     search_layers,
 )
@@ -32,7 +32,7 @@ def fake(groups, table, bias=0.0):
 
     def measure(channels):
         asked.append(dict(channels))
-        return {"latency_ms": predict(groups, table, channels) + bias, "format": "fp32"}
+        return {"latency_ms": predict_additive(groups, table, channels) + bias, "format": "fp32"}
 
     measure.asked = asked
     return measure
@@ -101,7 +101,7 @@ def test_one_slow_measurement_does_not_leave_the_search_far_past_the_budget():
     def measure(channels):
         asked.append(dict(channels))
         slow = 0.3 if len(asked) == 1 else 0.0
-        return {"latency_ms": predict(groups, table, channels) + slow, "format": "fp32"}
+        return {"latency_ms": predict_additive(groups, table, channels) + slow, "format": "fp32"}
 
     jumped = search(groups, table, measure, budget=0.75)
     assert [e["step"] for e in jumped["trace"]] == [4, 10] and jumped["channels"] == {"a": 8, "b": 8}
@@ -161,7 +161,7 @@ def test_the_multiplicative_model_compounds_each_groups_share_and_is_met_where_a
     table = linear_table(groups, {"a": 0.01, "b": 0.005})
     # a at 16 leaves 0.84 of the full model, b at 32 leaves 0.84 too: together 0.7056, not the additive 0.68.
     channels = {"a": 16, "b": 32}
-    assert predict(groups, table, channels) == pytest.approx(0.68)
+    assert predict_additive(groups, table, channels) == pytest.approx(0.68)
     assert predict_multiplicative(groups, table, channels) == pytest.approx(0.84 * 0.84)
     assert predict_multiplicative(groups, table, {"a": 32, "b": 64}) == FULL_MS
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pipeline.search.prune_layers import Group, candidate_counts, predict, search_layers
+from pipeline.search.prune_layers import Group, candidate_counts, predict_additive, search_layers
 from pipeline.search.prune_sampled import sample_paths, search_sampled
 
 FULL_MS = 1.0
@@ -45,7 +45,7 @@ def fake_measure(bias=0.0, slow_first=0.0):
     def measure(channels):
         asked.append(dict(channels))
         slow = slow_first if len(asked) == 1 else 0.0
-        return {"latency_ms": predict(GROUPS, TABLE, channels) + bias + slow, "format": "fp32"}
+        return {"latency_ms": predict_additive(GROUPS, TABLE, channels) + bias + slow, "format": "fp32"}
 
     measure.asked = asked
     return measure
@@ -62,7 +62,7 @@ def test_the_best_scoring_configuration_under_the_budget_wins_over_the_magnitude
     greedy = search_layers(GROUPS, TABLE, fake_measure(), 0.6, margin=0.0, time_budget_s=1e9)
     assert greedy["channels"]["b"] < 64  # magnitude took b's cheap-looking channels
     assert decision["met"] and decision["search"] == "sampled" and "message" not in decision
-    assert predict(GROUPS, TABLE, decision["channels"]) <= 0.6
+    assert predict_additive(GROUPS, TABLE, decision["channels"]) <= 0.6
     assert accuracy(decision["channels"]) > accuracy(greedy["channels"])
     # The pool at the limit held the even and magnitude paths' configurations too; the chosen one was its best.
     pool = decision["rounds"][0]["configurations"]
@@ -114,7 +114,7 @@ def test_one_slow_measurement_is_refined_by_bisecting_the_target():
     targets = [r["target_ms"] for r in refined["rounds"]]
     assert len(targets) == 5 and targets[2] == pytest.approx((targets[0] + targets[1]) / 2)
     assert refined["met"] and accuracy(refined["channels"]) > accuracy(jumped["channels"])
-    assert predict(GROUPS, TABLE, refined["channels"]) <= 0.6
+    assert predict_additive(GROUPS, TABLE, refined["channels"]) <= 0.6
 
 
 def test_unreachable_budget_is_not_met_and_says_so_in_one_line():
@@ -139,7 +139,7 @@ def test_counts_respect_round_to():
     table = {g.name: {n: FULL_MS - 0.003 * (g.channels - n) for n in g.counts} for g in groups}
 
     def measure(channels):
-        return {"latency_ms": predict(groups, table, channels), "format": "fp32"}
+        return {"latency_ms": predict_additive(groups, table, channels), "format": "fp32"}
 
     def score(channels):
         return {"accuracy": sum(channels.values()) / 192, "loss": 0.0}

@@ -21,6 +21,7 @@ from pipeline.reporting.html_figures import (
     search_trace_section,
     training_section,
 )
+from pipeline.reporting.latency_search_sections import UNIFORM_HEADER, uniform_baseline_rows
 from pipeline.reporting.markdown import onnx_teacher_sentence
 from pipeline.reporting.plots import PROVIDER, STATS, latency_at
 from pipeline.reporting.search_sections import QUANTIZATION_AWARE_HEADER, quantization_aware_rows
@@ -66,6 +67,7 @@ def render_html(report: dict[str, Any]) -> str:
         figure(plots.latency_distributions(report, batch, colors), caption_distributions(report, batch)),
         figure(plots.size_and_macs(report, colors), "File size (bytes) and MACs per image of every model."),
         search_trace_section(report),
+        _uniform_baseline(report),
         _quantization_aware(report),
         training_section(report),
         per_class_section(report),
@@ -120,6 +122,21 @@ def _quantization_aware(report: dict) -> str:
         f"<p>Validation accuracies in onnxruntime. quantize.qat: {_e(first['mode'])}; with auto it runs where "
         f"post-training int8 loses more than {first['max_drop']:g}; the more accurate int8 file is kept.</p>"
         + _table(QUANTIZATION_AWARE_HEADER, rows)
+    )
+
+
+def _uniform_baseline(report: dict) -> str:
+    """A per-layer search's model against the uniform search's at the same budget (prune.uniform_baseline)."""
+    search = report.get("latency_search") or {}
+    if "uniform_baseline" not in search:
+        return ""
+    rows = [
+        "<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in cells) + "</tr>" for cells in uniform_baseline_rows(search)
+    ]
+    return (
+        "<h2>Per-layer against uniform pruning at the same budget</h2>"
+        "<p>Both pruned from the student and fine-tuned the same way; the more accurate on validation within the "
+        "budget ships (prune.uniform_baseline).</p>" + _table(UNIFORM_HEADER, rows)
     )
 
 

@@ -115,7 +115,57 @@ def per_layer_search_section(search: dict[str, Any]) -> list[str]:
     scored = any("validation" in e for e in search["trace"])
     lines += ["", "Configurations measured, in order (a miss before a meet is refined by bisection):", ""]
     lines += table(header + (["validation accuracy before fine-tune"] if scored else []), trace)
-    return lines + (sampled_rounds(search) if sampled else [])
+    return lines + (sampled_rounds(search) if sampled else []) + uniform_baseline_section(search)
+
+
+UNIFORM_HEADER = [
+    "search",
+    "channels removed",
+    "MACs",
+    "before fine-tune ms",
+    "after ms",
+    "validation",
+    "test",
+    "ships",
+]
+
+
+def uniform_baseline_rows(search: dict[str, Any]) -> list[list[str]]:
+    """The per-layer search's model and the uniform baseline's (prune.uniform_baseline), after the same fine-tune:
+    one row of cells each, for report.md and report.html alike."""
+    baseline = search["uniform_baseline"]
+    arms = [(search["search"], search, search["finetuned"]), ("uniform", baseline, baseline["finetuned"])]
+    return [
+        [
+            name,
+            f"{arm['ratio']:.1%}",
+            f"{finetuned['macs']:,}",
+            f"{arm['predicted_ms']:.4f}",
+            f"{arm['achieved']['latency_ms']:.4f} ({arm['achieved']['format']})",
+            f"{finetuned['validation_accuracy']:.4f}",
+            f"{finetuned['test_accuracy']:.4f}",
+            "yes" if search["shipped"] == name else "no",
+        ]
+        for name, arm, finetuned in arms
+    ]
+
+
+def uniform_baseline_section(search: dict[str, Any]) -> list[str]:
+    if "uniform_baseline" not in search:
+        return []
+    baseline = search["uniform_baseline"]
+    candidates = ", ".join(f"{e['ratio']:g}: {e['latency_ms']:.4f}" for e in baseline["trace"])
+    lines = [
+        "",
+        "### Against the uniform search at the same budget (prune.uniform_baseline)",
+        "",
+        f"The student was also pruned to one ratio in every layer, the least whose measured p50 met the same limit "
+        f"({len(baseline['trace'])} ratios measured in {baseline['seconds']:.1f} s, ratio: ms: {candidates}), "
+        "and fine-tuned the same way. The model that ships is the more accurate on validation of those that measured "
+        "within the budget after their fine-tune (else the faster); test accuracy is reported, never chosen on.",
+        "",
+    ]
+    return lines + table(UNIFORM_HEADER, uniform_baseline_rows(search))
 
 
 def how_chosen(search: dict[str, Any]) -> str:

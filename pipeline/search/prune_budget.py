@@ -7,6 +7,7 @@ Under torchrun only the leader measures (ranks timing at once would slow each ot
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -46,10 +47,12 @@ def validation_scores(student: torch.nn.Module, spec, dataset: Dataset, params: 
     return ValidationScores(student, dataset, params.seed, pruning(spec, params))
 
 
-def latency_decision(student: torch.nn.Module, spec, dataset: Dataset, params: Any, out_dir: Path) -> dict:
-    """The search's JSON decision, measured once: kept in the work directory so a resumed run re-uses it (the
-    fine-tune checkpoint belongs to that architecture). Pure in its inputs, so one rank can decide for all."""
-    saved = out_dir / CHECKPOINTS / "search.json"
+def latency_decision(
+    student: torch.nn.Module, spec, dataset: Dataset, params: Any, out_dir: Path, name: str = "search.json"
+) -> dict:
+    """The search's JSON decision, measured once: kept in the work directory (as `name`) so a resumed run re-uses
+    it (the fine-tune checkpoint belongs to that architecture). Pure in its inputs, so one rank can decide for all."""
+    saved = out_dir / CHECKPOINTS / name
     if saved.is_file():
         return json.loads(saved.read_text())
     measure = candidates(student, spec, dataset, params)
@@ -70,33 +73,86 @@ def latency_decision(student: torch.nn.Module, spec, dataset: Dataset, params: A
     return decision
 
 
-def budget_decision(student: torch.nn.Module, spec, dataset: Dataset, params: Any, out_dir: Path) -> dict | None:
+def budget_decision(
+    student: torch.nn.Module, spec, dataset: Dataset, params: Any, out_dir: Path, name: str = "search.json"
+) -> dict | None:
     """With a latency budget, the search's decision (None without one). Under torchrun only the leader measures
     (ranks timing at once would slow each other) and tells the rest."""
     if params.target_latency_ms is None:
         return None
     leader = distributed.is_leader()
-    search = distributed.broadcast_json(latency_decision(student, spec, dataset, params, out_dir) if leader else None)
+    decision = latency_decision(student, spec, dataset, params, out_dir, name) if leader else None
+    search = distributed.broadcast_json(decision)
     if not search["met"]:
-        log.warning("prune: %s", search["message"])
+        log.warning("prune%s: %s", "" if name == "search.json" else " (uniform baseline)", search["message"])
     return search
 
 
-def achieved_latency(model: torch.nn.Module, spec, dataset: Dataset, params: Any) -> dict[str, Any]:
-    """The fine-tuned model measured as its candidate was (weights do not change the graph; noise does)."""
+def uniform_baseline_decision(
+    student: torch.nn.Module, spec, dataset: Dataset, params: Any, out_dir: Path
+) -> dict | None:
+    """With a per-layer search and prune.uniform_baseline, the uniform search's decision at the same budget (None
+    otherwise): the simple path the per-layer search has to beat, measured the same way."""
+    if params.search == "uniform" or not params.uniform_baseline:
+        return None
+    uniform = dataclasses.replace(params, search="uniform")
+    return budget_decision(student, spec, dataset, uniform, out_dir, "uniform-search.json")
+
+
+def achieved(model: torch.nn.Module, spec, dataset: Dataset, params: Any) -> dict[str, Any]:
+    """The fine-tuned model measured as its candidate was (weights do not change the graph; noise does); under
+    torchrun by the leader, for every rank."""
+    if not distributed.is_leader():
+        return distributed.broadcast_json(None)
     measure = candidates(model, spec, dataset, params)
     try:
-        return measure.measure(model)
+        return distributed.broadcast_json(measure.measure(model))
     finally:
         measure.close()
+
+
+def versus_uniform(search: dict, steps: list[dict], uniform: dict, uniform_steps: list[dict]) -> dict:
+    """The per-layer `search` with the uniform baseline beside it (`uniform`: its decision and achieved latency;
+    `*steps`: each run's schedule with accuracies), what each model reached after its fine-tune, and which ships."""
+
+    def finetuned(schedule: list[dict]) -> dict:
+        return {**schedule[-1]["after_finetune"], "macs": schedule[-1]["macs"], "params": schedule[-1]["params"]}
+
+    mine, theirs = finetuned(steps), finetuned(uniform_steps)
+    arms = {
+        search["search"]: (search["achieved"]["latency_ms"], mine["validation_accuracy"]),
+        "uniform": (uniform["achieved"]["latency_ms"], theirs["validation_accuracy"]),
+    }
+    baseline = {
+        **{key: uniform[key] for key in ("ratio", "met", "predicted_ms", "achieved", "trace", "seconds", "method")},
+        "message": uniform.get("message", ""),
+        "before_finetune": uniform_steps[0]["before_finetune"],
+        "finetuned": theirs,
+    }
+    shipped = shipped_arm(arms, search["budget_ms"])
+    return {**search, "finetuned": mine, "uniform_baseline": baseline, "shipped": shipped}
+
+
+def shipped_arm(arms: dict[str, tuple[float, float]], budget_ms: float) -> str:
+    """Of {name: (achieved p50 ms, validation accuracy)}, the one that ships: the most accurate on validation among
+    those that measured within the budget after their fine-tune (a tie goes to the first named), else the fastest."""
+    within = [name for name, (latency_ms, _) in arms.items() if latency_ms <= budget_ms]
+    if not within:
+        return min(arms, key=lambda name: arms[name][0])
+    return max(within, key=lambda name: arms[name][1])
 
 
 def search_summary(search: dict | None) -> str:
     if search is None:
         return ""
-    achieved = search["achieved"]["latency_ms"]
-    verdict = "met" if search["met"] and achieved <= search["budget_ms"] else "NOT met"
+    shipped = search["uniform_baseline"] if search.get("shipped") == "uniform" else search
+    achieved_ms = shipped["achieved"]["latency_ms"]
+    verdict = "met" if shipped["met"] and achieved_ms <= search["budget_ms"] else "NOT met"
+    versus = ""
+    if "uniform_baseline" in search:
+        other = "uniform" if search["shipped"] != "uniform" else search["search"]
+        versus = f", the {search['shipped']} search's model shipped over the {other} one's"
     return (
-        f"budget {search['budget_ms']:g} ms {verdict} (predicted {search['predicted_ms']:.4g}, achieved "
-        f"{achieved:.4g} ms {search['achieved']['format']}, {len(search['trace'])} candidates); "
+        f"budget {search['budget_ms']:g} ms {verdict} (predicted {shipped['predicted_ms']:.4g}, achieved "
+        f"{achieved_ms:.4g} ms {shipped['achieved']['format']}, {len(shipped['trace'])} candidates{versus}); "
     )

@@ -214,6 +214,7 @@ def test_per_layer_search_prunes_each_group_to_its_count_and_reuses_the_table_fo
 
     # The digits student (cnn, width 8): groups of 16 and 32 channels (8 is already at the floor), 5 table entries.
     per_layer = ["prune.search=per_layer", "prune.target_format=fp32", "prune.scratch_baseline=false"]
+    per_layer += ["prune.uniform_baseline=false"]  # test_the_uniform_baseline_... covers it
     gradual = ["prune.steps=2", "prune.finetune_epochs=2"]  # the chosen counts reached in two steps
     scored = "prune.search_score=validation"
     unreachable = run_prune(store, *per_layer, *gradual, scored, "prune.target_latency_ms=0.000001")
@@ -256,9 +257,44 @@ def test_per_layer_search_prunes_each_group_to_its_count_and_reuses_the_table_fo
 
 
 @pytest.mark.slow
+def test_the_uniform_baseline_is_pruned_and_fine_tuned_beside_the_per_layer_search_and_the_better_ships(store):
+    from pipeline.models.group_pruning import channel_counts
+    from pipeline.models.storage import load_model
+
+    per_layer = ["prune.search=per_layer", "prune.target_format=fp32", "prune.scratch_baseline=false"]
+    uniform = ["prune.max_ratio=0.5", "prune.search_step=0.25", "prune.search_repeats=1"]  # 3 ratios measured
+    results = run_prune(store, *per_layer, *uniform, "prune.target_latency_ms=0.000001", target="report")
+    metrics = results["prune"].artifact.metrics
+    search = metrics["latency_search"]
+    baseline = search["uniform_baseline"]
+    assert [e["ratio"] for e in baseline["trace"]] == [0.0, 0.25, 0.5] and baseline["met"] is False
+    assert baseline["achieved"]["latency_ms"] > 0 and baseline["achieved"]["format"] == "fp32"
+    mine, theirs = search["finetuned"], baseline["finetuned"]
+    assert theirs["macs"] < metrics["macs_before"] and 0 <= theirs["validation_accuracy"] <= 1
+    # Nothing meets a nanosecond: the faster of the two fine-tuned models ships.
+    latencies = {"per_layer": search["achieved"]["latency_ms"], "uniform": baseline["achieved"]["latency_ms"]}
+    assert search["shipped"] == min(latencies, key=latencies.get)
+    shipped = theirs if search["shipped"] == "uniform" else mine
+    assert metrics["validation_accuracy"] == shipped["validation_accuracy"] and metrics["macs"] == shipped["macs"]
+    model, spec = load_model(results["prune"].artifact.path)  # the shipped architecture, replayed from its history
+    if search["shipped"] == "uniform":
+        assert metrics["ratio"] == baseline["ratio"] and metrics["steps"][-1]["macs"] == theirs["macs"]
+    else:
+        counts = channel_counts(model, spec.example_input(), spec.num_classes, Params())
+        assert {name: counts[name] for name in search["channels"]} == search["channels"]
+    assert f"the {search['shipped']} search's model shipped" in metrics["summary"]
+    markdown = results["report"].artifact.file("report.md").read_text()
+    assert "### Against the uniform search at the same budget (prune.uniform_baseline)" in markdown
+    assert f"| uniform | {baseline['ratio']:.1%} | {theirs['macs']:,} |" in markdown
+    html = results["report"].artifact.file("report.html").read_text()
+    assert "Per-layer against uniform pruning at the same budget" in html
+
+
+@pytest.mark.slow
 def test_sampled_search_scores_its_configurations_on_validation_and_reports_them(store, caplog):
     sampled = ["prune.search=sampled", "prune.target_format=fp32", "prune.scratch_baseline=false"]
     sampled += ["prune.search_samples=2", "prune.search_repeats=1", "prune.target_latency_ms=0.000001"]
+    sampled += ["prune.uniform_baseline=false"]
     results = run_prune(store, *sampled, target="report")
     search = results["prune"].artifact.metrics["latency_search"]
     assert search["search"] == "sampled" and search["samples"] == 2

@@ -1,0 +1,76 @@
+"""The prune stage's pruning and fine-tune: channels removed (to one ratio, or to a count per group) in
+`prune.steps` steps, each followed by its share of the distillation fine-tune. The stage runs it once for the model
+it ships and, with a per-layer search and `prune.uniform_baseline`, once more for the uniform search's ratio at the
+same budget (the same schedule, under other checkpoint names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.cache import CHECKPOINTS
+from pipeline.datasets.artifact import Dataset
+from pipeline.models.factory import count_macs_and_params
+from pipeline.models.group_pruning import GroupPruner
+from pipeline.models.pruning import make_pruner, schedule
+from pipeline.search import prune_layers
+from pipeline.training.loop import fit
+from pipeline.training.recipes import recipe_for, scored
+
+
+def prune_and_finetune(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    spec,
+    dataset: Dataset,
+    params: Any,
+    ratio: float,
+    out_dir: Path,
+    channels: dict[str, int] | None = None,
+    name: str = "prune",
+) -> tuple[list, list[dict[str, Any]], list]:
+    """Prune `student` in place to `ratio` (or to `channels` per group, the per-layer search's) in `params.steps`
+    steps, each followed by its share of the distillation fine-tune. Returns torch-pruning's history, the schedule
+    with each step's size and accuracies (before and after its fine-tune), and the fine-tune's per-epoch history.
+    `name` labels the log lines and, past "prune", prefixes the checkpoints (a resumed run finds each run's own)."""
+    plan = schedule(ratio, params.steps if ratio > 0 else 1, params.finetune_epochs, params.step_epochs)
+    example, classes = spec.example_input(), spec.num_classes
+    if channels is not None:
+        pruner = GroupPruner(student, example, classes, params, channels, len(plan))
+    else:
+        pruner = make_pruner(student, example, classes, params, ratio, len(plan)) if ratio else None
+    prefix = "" if name == "prune" else name.split()[-1] + "-"
+    training: list = []
+    for step in plan:
+        if pruner is not None:
+            pruner.step()
+        if channels is not None:  # per group: what rounding up to round_to left of the nominal share
+            step["ratio"] = prune_layers.share_removed(pruner.full, pruner.counts())
+        macs, n_params = count_macs_and_params(student, spec)
+        before = scored(student, dataset)
+        checkpoint = "finetune.pt" if len(plan) == 1 else f"finetune-{step['step']}.pt"
+        training += finetune(
+            student, teacher, dataset, params, step["epochs"], out_dir / CHECKPOINTS / (prefix + checkpoint), name
+        )
+        step.update(macs=macs, params=n_params, before_finetune=before, after_finetune=scored(student, dataset))
+    return (pruner.pruning_history() if pruner is not None else []), plan, training
+
+
+def finetune(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    dataset: Dataset,
+    params: Any,
+    epochs: int,
+    checkpoint: Path,
+    name: str = "prune",
+) -> list:
+    """`epochs` of distillation fine-tune of the pruned student (in place); its per-epoch history."""
+    if epochs == 0:
+        return []
+    recipe = recipe_for(params, epochs, params.temperature, params.alpha)
+    images, labels = dataset.train_images, dataset.train_labels
+    validation = dataset.val_images, dataset.val_labels
+    return fit(student, images, labels, dataset.norm, recipe, teacher, name, checkpoint, None, validation)

@@ -1,0 +1,43 @@
+import pytest
+
+from pipeline.search.prune_budget import search_summary, shipped_arm, versus_uniform
+
+
+@pytest.mark.parametrize(
+    ("arms", "budget", "ships"),
+    [
+        ({"sampled": (0.19, 0.75), "uniform": (0.20, 0.76)}, 0.2213, "uniform"),  # both within: more accurate
+        ({"sampled": (0.19, 0.76), "uniform": (0.20, 0.75)}, 0.2213, "sampled"),
+        ({"sampled": (0.19, 0.75), "uniform": (0.23, 0.78)}, 0.2213, "sampled"),  # uniform over: not eligible
+        ({"sampled": (0.25, 0.75), "uniform": (0.23, 0.70)}, 0.2213, "uniform"),  # neither within: the faster
+        ({"per_layer": (0.20, 0.75), "uniform": (0.21, 0.75)}, 0.2213, "per_layer"),  # a tie: the first named
+    ],
+)
+def test_the_more_accurate_on_validation_within_the_budget_ships(arms, budget, ships):
+    assert shipped_arm(arms, budget) == ships
+
+
+def schedule(validation: float, test: float, macs: int) -> list[dict]:
+    after = {"validation_accuracy": validation, "test_accuracy": test}
+    return [{"before_finetune": {"validation_accuracy": 0.1, "test_accuracy": 0.1}, "after_finetune": after,
+             "macs": macs, "params": macs // 10}]  # fmt: skip
+
+
+def decision(search: str, ratio: float, achieved_ms: float) -> dict:
+    return {"search": search, "ratio": ratio, "met": True, "predicted_ms": achieved_ms, "budget_ms": 0.2,
+            "achieved": {"latency_ms": achieved_ms, "format": "fp32"}, "trace": [{"ratio": ratio}], "seconds": 1.0,
+            "method": {"batch": 1}}  # fmt: skip
+
+
+def test_the_uniform_baseline_is_recorded_beside_the_search_and_the_summary_names_what_shipped():
+    search = decision("sampled", 0.357, 0.19)
+    uniform = decision("uniform", 0.3, 0.18)
+    both = versus_uniform(search, schedule(0.70, 0.69, 4000), uniform, schedule(0.72, 0.68, 5000))
+    assert both["shipped"] == "uniform"  # more accurate on validation, though less on test: test is never read
+    assert both["finetuned"] == {"validation_accuracy": 0.70, "test_accuracy": 0.69, "macs": 4000, "params": 400}
+    baseline = both["uniform_baseline"]
+    assert baseline["ratio"] == 0.3 and baseline["finetuned"]["macs"] == 5000 and baseline["trace"] == [{"ratio": 0.3}]
+    assert both["ratio"] == 0.357 and both["achieved"]["latency_ms"] == 0.19  # the search's own decision stays
+    summary = search_summary(both)
+    assert "achieved 0.18 ms fp32" in summary and "the uniform search's model shipped over the sampled one's" in summary
+    assert "shipped" not in search_summary(search)

@@ -26,7 +26,7 @@ from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, provider_name
 
 NAME = "report"
 SECTION = "signoff"
-VERSION = 14
+VERSION = 15  # 15: the choices name the per-layer searches and the uniform baseline
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")
@@ -232,7 +232,17 @@ def edge_decision(
 CHOICES = [
     {"choice": "edge model", "split": "validation", "by": "accuracy gates, then latency; accuracy only beyond noise"},
     {"choice": "quantization variant (quantize.search)", "split": "validation", "by": "accuracy, then latency"},
-    {"choice": "pruning ratio (prune.target_latency_ms)", "split": "none", "by": "measured latency only"},
+    {"choice": "pruning ratio (prune.target_latency_ms, uniform search)", "split": "none", "by": "measured latency"},
+    {
+        "choice": "channels per group (prune.search: per_layer, sampled)",
+        "split": "validation",
+        "by": "measured latency; sampled, or search_score validation: validation accuracy before fine-tune",
+    },
+    {
+        "choice": "per-layer or uniform pruning (prune.uniform_baseline)",
+        "split": "validation",
+        "by": "within the budget after the fine-tune, the more accurate",
+    },
     {"choice": "accuracy gates of the edge choice", "split": "validation", "by": "signoff.accuracy_basis"},
     {"choice": "sign-off gates", "split": "test", "by": "the report's verdict, after every choice was made"},
 ]

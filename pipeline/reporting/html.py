@@ -67,7 +67,7 @@ def render_html(report: dict[str, Any]) -> str:
         figure(plots.latency_distributions(report, batch, colors), caption_distributions(report, batch)),
         figure(plots.size_and_macs(report, colors), "File size (bytes) and MACs per image of every model."),
         search_trace_section(report),
-        _uniform_baseline(report),
+        render_uniform_baseline(report),
         _quantization_aware(report),
         training_section(report),
         per_class_section(report),
@@ -125,7 +125,7 @@ def _quantization_aware(report: dict) -> str:
     )
 
 
-def _uniform_baseline(report: dict) -> str:
+def render_uniform_baseline(report: dict) -> str:
     """A per-layer search's model against the uniform search's at the same budget (prune.uniform_baseline)."""
     search = report.get("latency_search") or {}
     if "uniform_baseline" not in search:

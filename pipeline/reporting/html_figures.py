@@ -37,6 +37,13 @@ def search_trace_section(report: dict) -> str:
         f"{search['seconds']:.1f} s). Budget {search['budget_ms']:g} ms {verdict}; predicted "
         f"{search['predicted_ms']:.4f} ms, achieved after the fine-tune {search['achieved']['latency_ms']:.4f} ms."
     )
+    if "uniform_baseline" in search:
+        baseline = search["uniform_baseline"]
+        caption += (
+            f" Beside it, the {len(baseline['trace'])} ratios the uniform search measured at the same budget "
+            f"(prune.uniform_baseline; ratio {baseline['ratio']:g} chosen; the {search['shipped']} search's model "
+            "ships)."
+        )
     trace = figure(plots.search_trace(search), _e(caption))
     if search.get("search") != "sampled":
         return trace

@@ -122,7 +122,8 @@ def baselines(report: dict) -> list[tuple[str, str, float | None]]:
 
 
 def search_trace(search: dict) -> Figure:
-    """Ratio -> measured latency of the prune stage's budget search, with the budget and the limit."""
+    """Ratio (share of channels removed) -> measured latency of the prune stage's budget search, with the budget and
+    the limit, and the uniform search's ratios beside a per-layer search's (prune.uniform_baseline)."""
     fig, axes = new_figure(7.5, 3.8)
     ax = axes[0][0]
     trace = sorted(search["trace"], key=lambda e: e["ratio"])
@@ -130,6 +131,11 @@ def search_trace(search: dict) -> Figure:
         points = [(e["ratio"], e[f"{form}_ms"]) for e in trace if f"{form}_ms" in e]
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", color=color, label=f"{form} p50")
+    baseline = search.get("uniform_baseline")
+    if baseline is not None:  # prune.uniform_baseline: the uniform search's ratios at the same budget
+        points = sorted((e["ratio"], e["latency_ms"]) for e in baseline["trace"])
+        ax.plot(*zip(*points, strict=True), marker="^", color="#2ca02c", linestyle="-.", label="uniform search p50")
+        ax.axvline(baseline["ratio"], color="#2ca02c", linestyle=":", label=f"uniform ratio {baseline['ratio']:g}")
     ax.axhline(search["budget_ms"], color="#333", linestyle="--", label="budget")
     ax.axhline(search["limit_ms"], color="#888", linestyle=":", label="limit (budget − margin)")
     ax.axvline(search["ratio"], color="#b8860b", label=f"chosen ratio {search['ratio']:g}")

@@ -260,11 +260,14 @@ def test_per_layer_search_prunes_each_group_to_its_count_and_reuses_the_table_fo
 def test_the_uniform_baseline_is_pruned_and_fine_tuned_beside_the_per_layer_search_and_the_better_ships(store):
     from pipeline.models.group_pruning import channel_counts
     from pipeline.models.storage import load_model
+    from pipeline.reporting.html import render_uniform_baseline
+    from pipeline.reporting.html_figures import search_trace_section
+    from pipeline.reporting.latency_search_sections import latency_search_section
 
     per_layer = ["prune.search=per_layer", "prune.target_format=fp32", "prune.scratch_baseline=false"]
     uniform = ["prune.max_ratio=0.5", "prune.search_step=0.25", "prune.search_repeats=1"]  # 3 ratios measured
-    results = run_prune(store, *per_layer, *uniform, "prune.target_latency_ms=0.000001", target="report")
-    metrics = results["prune"].artifact.metrics
+    result = run_prune(store, *per_layer, *uniform, "prune.target_latency_ms=0.000001")
+    metrics = result.artifact.metrics
     search = metrics["latency_search"]
     baseline = search["uniform_baseline"]
     assert [e["ratio"] for e in baseline["trace"]] == [0.0, 0.25, 0.5] and baseline["met"] is False
@@ -276,18 +279,20 @@ def test_the_uniform_baseline_is_pruned_and_fine_tuned_beside_the_per_layer_sear
     assert search["shipped"] == min(latencies, key=latencies.get)
     shipped = theirs if search["shipped"] == "uniform" else mine
     assert metrics["validation_accuracy"] == shipped["validation_accuracy"] and metrics["macs"] == shipped["macs"]
-    model, spec = load_model(results["prune"].artifact.path)  # the shipped architecture, replayed from its history
+    model, spec = load_model(result.artifact.path)  # the shipped architecture, replayed from its history
     if search["shipped"] == "uniform":
         assert metrics["ratio"] == baseline["ratio"] and metrics["steps"][-1]["macs"] == theirs["macs"]
     else:
         counts = channel_counts(model, spec.example_input(), spec.num_classes, Params())
         assert {name: counts[name] for name in search["channels"]} == search["channels"]
     assert f"the {search['shipped']} search's model shipped" in metrics["summary"]
-    markdown = results["report"].artifact.file("report.md").read_text()
+    # The report's sections (report.json carries the prune stage's latency_search as it is).
+    markdown = "\n".join(latency_search_section(search))
     assert "### Against the uniform search at the same budget (prune.uniform_baseline)" in markdown
     assert f"| uniform | {baseline['ratio']:.1%} | {theirs['macs']:,} |" in markdown
-    html = results["report"].artifact.file("report.html").read_text()
+    html = render_uniform_baseline({"latency_search": search}) + search_trace_section({"latency_search": search})
     assert "Per-layer against uniform pruning at the same budget" in html
+    assert "Beside it, the 3 ratios the uniform search measured at the same budget" in html  # in the trace plot
 
 
 @pytest.mark.slow

@@ -290,6 +290,7 @@ def test_the_uniform_baseline_is_pruned_and_fine_tuned_beside_the_per_layer_sear
     markdown = "\n".join(latency_search_section(search))
     assert "### Against the uniform search at the same budget (prune.uniform_baseline)" in markdown
     assert f"| uniform | {baseline['ratio']:.1%} | {theirs['macs']:,} |" in markdown
+    assert "pruned to one ratio in every layer, the fastest measured (none met) (3 ratios measured" in markdown
     html = render_uniform_baseline({"latency_search": search}) + search_trace_section({"latency_search": search})
     assert "Per-layer against uniform pruning at the same budget" in html
     assert "Beside it, the 3 ratios the uniform search measured at the same budget" in html  # in the trace plot

@@ -1,5 +1,6 @@
 import pytest
 
+from pipeline.reporting.latency_search_sections import uniform_baseline_section
 from pipeline.search.prune_budget import search_summary, shipped_arm, versus_uniform
 
 
@@ -25,7 +26,7 @@ def schedule(validation: float, test: float, macs: int) -> list[dict]:
 
 def decision(search: str, ratio: float, achieved_ms: float) -> dict:
     return {"search": search, "ratio": ratio, "met": True, "predicted_ms": achieved_ms, "budget_ms": 0.2,
-            "achieved": {"latency_ms": achieved_ms, "format": "fp32"}, "trace": [{"ratio": ratio}], "seconds": 1.0,
+            "achieved": {"latency_ms": achieved_ms, "format": "fp32"}, "trace": [{"ratio": ratio, "latency_ms": achieved_ms}], "seconds": 1.0,
             "method": {"batch": 1}}  # fmt: skip
 
 
@@ -36,8 +37,26 @@ def test_the_uniform_baseline_is_recorded_beside_the_search_and_the_summary_name
     assert both["shipped"] == "uniform"  # more accurate on validation, though less on test: test is never read
     assert both["finetuned"] == {"validation_accuracy": 0.70, "test_accuracy": 0.69, "macs": 4000, "params": 400}
     baseline = both["uniform_baseline"]
-    assert baseline["ratio"] == 0.3 and baseline["finetuned"]["macs"] == 5000 and baseline["trace"] == [{"ratio": 0.3}]
+    assert (
+        baseline["ratio"] == 0.3
+        and baseline["finetuned"]["macs"] == 5000
+        and baseline["trace"] == [{"ratio": 0.3, "latency_ms": 0.18}]
+    )
     assert both["ratio"] == 0.357 and both["achieved"]["latency_ms"] == 0.19  # the search's own decision stays
     summary = search_summary(both)
     assert "achieved 0.18 ms fp32" in summary and "the uniform search's model shipped over the sampled one's" in summary
     assert "shipped" not in search_summary(search)
+
+
+def test_the_report_section_puts_both_models_side_by_side_and_says_which_ships():
+    search = decision("sampled", 0.357, 0.19)
+    both = versus_uniform(
+        search, schedule(0.70, 0.69, 4000), decision("uniform", 0.3, 0.18), schedule(0.72, 0.68, 5000)
+    )
+    lines = uniform_baseline_section(both)
+    assert "the least whose measured p50 met the same limit (1 ratios measured in 1.0 s, ratio: ms: 0.3: " in lines[3]
+    assert lines[-2:] == [
+        "| sampled | 35.7% | 4,000 | 0.1900 | 0.1900 (fp32) | 0.7000 | 0.6900 | no |",
+        "| uniform | 30.0% | 5,000 | 0.1800 | 0.1800 (fp32) | 0.7200 | 0.6800 | yes |",
+    ]
+    assert uniform_baseline_section(search) == []  # without the baseline, no section

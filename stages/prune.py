@@ -43,7 +43,7 @@ from pipeline.training.recipes import check_recipe_params, recipe_for, scored
 
 NAME = "prune"
 SECTION = "prune"
-VERSION = 8  # 8: a per-layer search ships the better on validation of its model and the uniform search's at its budget
+VERSION = 8  # 8: a per-layer search ships the better of its model and the uniform one; round_to keeps every layer
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")

@@ -65,3 +65,21 @@ def test_gradual_pruning_ends_at_the_one_shot_architecture_and_replays(tmp_path,
     loaded, _ = load_model(tmp_path)  # every step's removals replayed on a fresh model
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(loaded(x), gradual.eval()(x))
+
+
+def test_a_larger_ratio_never_keeps_more_channels_when_round_to_would_round_a_layer_to_none():
+    # torch-pruning alone left a layer whole where rounding its kept channels down to round_to gave none: resnet8's
+    # 16-channel stage kept all 16 at 0.6, and every layer kept all its channels at 0.9 (pipeline/models/pruning.py).
+    from pipeline.models.factory import count_macs_and_params
+
+    spec = ModelSpec(name="resnet8", width=16, in_channels=3, num_classes=10, image_size=(8, 8))
+    macs, kept = [], []
+    for ratio in (0.5, 0.6, 0.7, 0.8, 0.9):
+        model = build_model(spec)
+        prune_channels(model, spec.example_input(), spec.num_classes, Params(round_to=8), ratio)
+        convs = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert all(c % 8 == 0 and c >= 8 for c in convs), (ratio, convs)
+        macs.append(count_macs_and_params(model, spec)[0])
+        kept.append(convs)
+    assert macs == sorted(macs, reverse=True) and macs[-1] < macs[0]
+    assert kept[-1] == [8] * 9  # at 0.9 every layer at round_to, none left whole

@@ -51,7 +51,6 @@ IMPORTANCES = ("l1", "l2")
 SEARCHES = ("uniform", "per_layer", "sampled")
 SEARCH_SCORES = ("magnitude", "validation")
 LATENCY_MODEL_NAMES = tuple(prune_layers.LATENCY_MODELS)
-BASE = "prune uniform"  # the uniform baseline's log lines and checkpoints (prune.uniform_baseline)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,16 +203,15 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     unpruned = copy.deepcopy(student) if uniform is not None else None
     ratio = params.ratio if search is None else search["ratio"]
     channels = None if search is None else search.get("channels")  # per group, from the per-layer search
-    pruned = prune_and_finetune(student, teacher, spec, dataset, params, ratio, out_dir, channels)
+    history, steps, training = prune_and_finetune(student, teacher, spec, dataset, params, ratio, out_dir, channels)
     if search is not None:
         search = {**search, "achieved": prune_budget.achieved(student, spec, dataset, params)}
     if uniform is not None:  # the same student pruned to the uniform search's ratio, fine-tuned the same way
-        baseline = prune_and_finetune(unpruned, teacher, spec, dataset, params, uniform["ratio"], out_dir, None, BASE)
+        base = prune_and_finetune(unpruned, teacher, spec, dataset, params, uniform["ratio"], out_dir, arm="uniform")
         uniform = {**uniform, "achieved": prune_budget.achieved(unpruned, spec, dataset, params)}
-        search = prune_budget.versus_uniform(search, pruned[1], uniform, baseline[1])
+        search = prune_budget.versus_uniform(search, steps, uniform, base[1])
         if search["shipped"] == "uniform":
-            student, pruned, ratio = unpruned, baseline, uniform["ratio"]
-    history, steps, training = pruned
+            student, (history, steps, training), ratio = unpruned, base, uniform["ratio"]
     macs_after, params_after = steps[-1]["macs"], steps[-1]["params"]
     before_finetune, after = steps[0]["before_finetune"], steps[-1]["after_finetune"]
     save_model(student, spec, out_dir, pruning_history=history)

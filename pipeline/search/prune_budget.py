@@ -74,17 +74,19 @@ def latency_decision(
 
 
 def budget_decision(
-    student: torch.nn.Module, spec, dataset: Dataset, params: Any, out_dir: Path, name: str = "search.json"
+    student: torch.nn.Module, spec, dataset: Dataset, params: Any, out_dir: Path, arm: str = ""
 ) -> dict | None:
-    """With a latency budget, the search's decision (None without one). Under torchrun only the leader measures
-    (ranks timing at once would slow each other) and tells the rest."""
+    """With a latency budget, the search's decision (None without one); `arm` ("uniform" for the baseline) names
+    its saved decision and its warning. Under torchrun only the leader measures (ranks timing at once would slow
+    each other) and tells the rest."""
     if params.target_latency_ms is None:
         return None
     leader = distributed.is_leader()
+    name = f"{arm}-search.json" if arm else "search.json"
     decision = latency_decision(student, spec, dataset, params, out_dir, name) if leader else None
     search = distributed.broadcast_json(decision)
     if not search["met"]:
-        log.warning("prune%s: %s", "" if name == "search.json" else " (uniform baseline)", search["message"])
+        log.warning("prune%s: %s", f" ({arm} baseline)" if arm else "", search["message"])
     return search
 
 
@@ -96,7 +98,7 @@ def uniform_baseline_decision(
     if params.search == "uniform" or not params.uniform_baseline:
         return None
     uniform = dataclasses.replace(params, search="uniform")
-    return budget_decision(student, spec, dataset, uniform, out_dir, "uniform-search.json")
+    return budget_decision(student, spec, dataset, uniform, out_dir, arm="uniform")
 
 
 def achieved(model: torch.nn.Module, spec, dataset: Dataset, params: Any) -> dict[str, Any]:

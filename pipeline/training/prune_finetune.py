@@ -29,19 +29,20 @@ def prune_and_finetune(
     ratio: float,
     out_dir: Path,
     channels: dict[str, int] | None = None,
-    name: str = "prune",
+    arm: str = "",
 ) -> tuple[list, list[dict[str, Any]], list]:
     """Prune `student` in place to `ratio` (or to `channels` per group, the per-layer search's) in `params.steps`
     steps, each followed by its share of the distillation fine-tune. Returns torch-pruning's history, the schedule
     with each step's size and accuracies (before and after its fine-tune), and the fine-tune's per-epoch history.
-    `name` labels the log lines and, past "prune", prefixes the checkpoints (a resumed run finds each run's own)."""
+    `arm` ("uniform" for the baseline) names its log lines and prefixes its checkpoints, so a resumed run finds each
+    run's own."""
     plan = schedule(ratio, params.steps if ratio > 0 else 1, params.finetune_epochs, params.step_epochs)
     example, classes = spec.example_input(), spec.num_classes
     if channels is not None:
         pruner = GroupPruner(student, example, classes, params, channels, len(plan))
     else:
         pruner = make_pruner(student, example, classes, params, ratio, len(plan)) if ratio else None
-    prefix = "" if name == "prune" else name.split()[-1] + "-"
+    name, prefix = ("prune", "") if not arm else (f"prune {arm}", f"{arm}-")
     training: list = []
     for step in plan:
         if pruner is not None:

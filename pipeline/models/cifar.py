@@ -80,15 +80,17 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-def cifar_resnet(spec: ModelSpec, blocks_per_stage: int) -> nn.Module:
+def cifar_resnet(spec: ModelSpec, blocks_per_stage: int, stem_stride: int = 1) -> nn.Module:
     """CIFAR ResNet-(6n+2) of He et al. 2016 (section 4.2) with projection shortcuts.
 
     A 3x3 conv stem of `width` channels, then three stages of n BasicBlocks with width, 2*width and
     4*width channels (stride 2 at the first block of stages 2 and 3), global average pool, linear head.
     `width` is the stem's channel count: 16 is the published network, 8 half width, 32 double width.
+    `stem_stride` 2 (the `_s2` models) halves the image in the stem, as ImageNet ResNets do: every later layer
+    runs on a quarter of the pixels.
     """
     w = spec.width
-    layers: list[nn.Module] = [conv_block(spec.in_channels, w)]
+    layers: list[nn.Module] = [conv_block(spec.in_channels, w, stride=stem_stride)]
     channels = w
     for stage, out_channels in enumerate((w, 2 * w, 4 * w)):
         for block in range(blocks_per_stage):
@@ -99,6 +101,12 @@ def cifar_resnet(spec: ModelSpec, blocks_per_stage: int) -> nn.Module:
 
 # ResNet-(6n+2): blocks per stage n. Params at width 16, 10 classes: resnet20 0.27M, resnet56 0.86M, resnet110 1.7M.
 RESNET_BLOCKS = {"resnet8": 1, "resnet14": 2, "resnet20": 3, "resnet32": 5, "resnet56": 9, "resnet110": 18}
+
+# The same ResNets with a stride-2 stem, for latency budgets under the full-resolution network's floor: pruning
+# thins channels but cannot shrink the 32x32 maps every layer of the first stage runs on. On a 2-core AMD EPYC
+# (Zen 1, AVX2), onnxruntime, one thread, batch 1: resnet8_s2 at width 16 ran 3.4x faster than resnet8
+# (0.21 against 0.73 ms, untrained, same run), faster than resnet8 at width 8 (0.27 ms).
+STRIDED_STEM = ("resnet8", "resnet14", "resnet20")
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -171,6 +179,10 @@ MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {
     "cnn": cnn,
     "mlp": mlp,
     **{name: functools.partial(cifar_resnet, blocks_per_stage=n) for name, n in RESNET_BLOCKS.items()},
+    **{
+        f"{name}_s2": functools.partial(cifar_resnet, blocks_per_stage=RESNET_BLOCKS[name], stem_stride=2)
+        for name in STRIDED_STEM
+    },
     "mobilenetv2": mobilenetv2,
 }
 
@@ -179,5 +191,6 @@ PUBLISHED_WIDTHS = {
     "cnn": 32,  # edgeforge's own plain CNN: 32/64/128 channels
     "mlp": 1200,  # Hinton et al. 2015's MNIST teacher: 2 x 1200 hidden units
     **{name: 16 for name in RESNET_BLOCKS},  # He et al. 2016: 16/32/64 channels
+    **{f"{name}_s2": 16 for name in STRIDED_STEM},
     "mobilenetv2": 32,  # Sandler et al. 2018: a 32-channel stem
 }

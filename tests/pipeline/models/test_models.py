@@ -20,7 +20,7 @@ from pipeline.models.factory import (
 )
 from pipeline.models.pruning import prune_channels
 from pipeline.models.spec import ModelSpec
-from pipeline.models.storage import load_model, save_model
+from pipeline.models.storage import architecture, load_model, save_model
 from pipeline.runtime.onnx_export import export_onnx
 from pipeline.runtime.sessions import run_batches, session
 from stages.prune import Params
@@ -69,7 +69,9 @@ def test_every_model_prunes_and_round_trips_with_its_history(name, tmp_path):
 # One export per builder: resnet14, resnet32, resnet56 and resnet110 are resnet20's builder with 2, 5, 9 and 18
 # blocks a stage instead of 3, and their exports (5, 12, 11 and 21 s on the AMD EPYC Zen 1) test nothing resnet8
 # (one block a stage) and resnet20 (several) do not. All of them are pruned and round-tripped above.
-EXPORTED = [name for name in MODELS if name not in ("resnet14", "resnet32", "resnet56", "resnet110")]
+# The same for the stride-2 stems: resnet8_s2 is the builder with the stem's stride.
+DEEPER = ("resnet14", "resnet32", "resnet56", "resnet110", "resnet14_s2", "resnet20_s2")
+EXPORTED = [name for name in MODELS if name not in DEEPER]
 
 
 @pytest.mark.parametrize(
@@ -95,6 +97,18 @@ def test_resnet20_has_19_main_path_convs_2_projections_and_the_published_size():
     assert [(p.in_channels, p.out_channels, p.stride) for p in projections] == [(16, 32, (2, 2)), (32, 64, (2, 2))]
     params = sum(p.numel() for p in model.parameters())
     assert 0.27e6 <= params < 0.275e6  # published 0.27M with option A shortcuts; projections add 2.8k
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet14", "resnet20"])
+def test_a_stride_2_stem_is_the_same_network_on_a_quarter_of_the_pixels(name):
+    full = build_model(ModelSpec(name, 16, 3, 10, (32, 32)))
+    strided = build_model(ModelSpec(f"{name}_s2", 16, 3, 10, (32, 32)))
+    assert architecture(strided) == architecture(full)  # the same layers and widths, so the same weights fit
+    assert strided[0][0].stride == (2, 2) and full[0][0].stride == (1, 1)
+    spec = ModelSpec(name, 16, 3, 10, (32, 32))
+    full_macs, _ = count_macs_and_params(full, spec)
+    strided_macs, _ = count_macs_and_params(strided, spec)
+    assert strided_macs / full_macs == pytest.approx(0.25, abs=0.01)  # every conv runs on a quarter of the pixels
 
 
 @pytest.mark.parametrize(("name", "millions"), [("resnet32", 0.46), ("resnet56", 0.85), ("resnet110", 1.7)])

@@ -200,13 +200,17 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     macs_before, params_before = count_macs_and_params(student, spec)
     search = prune_budget.budget_decision(student, spec, dataset, params, out_dir)
     uniform = prune_budget.uniform_baseline_decision(student, spec, dataset, params, out_dir)
-    unpruned = copy.deepcopy(student) if uniform is not None else None
+    # Both searches keeping every channel is one model: it is fine-tuned and measured once, for both arms.
+    same_model = uniform is not None and prune_budget.both_unpruned(search, uniform)
+    unpruned = copy.deepcopy(student) if uniform is not None and not same_model else None
     ratio = params.ratio if search is None else search["ratio"]
     channels = None if search is None else search.get("channels")  # per group, from the per-layer search
     history, steps, training = prune_and_finetune(student, teacher, spec, dataset, params, ratio, out_dir, channels)
     if search is not None:
         search = {**search, "achieved": prune_budget.achieved(student, spec, dataset, params)}
-    if uniform is not None:  # the same student pruned to the uniform search's ratio, fine-tuned the same way
+    if same_model:
+        search = prune_budget.versus_uniform(search, steps, {**uniform, "achieved": search["achieved"]}, steps)
+    elif uniform is not None:  # the same student pruned to the uniform search's ratio, fine-tuned the same way
         base = prune_and_finetune(unpruned, teacher, spec, dataset, params, uniform["ratio"], out_dir, arm="uniform")
         uniform = {**uniform, "achieved": prune_budget.achieved(unpruned, spec, dataset, params)}
         search = prune_budget.versus_uniform(search, steps, uniform, base[1])

@@ -163,10 +163,14 @@ def uniform_baseline_section(search: dict[str, Any]) -> list[str]:
         + ("the least whose measured p50 met the same limit" if baseline["met"] else "the fastest measured (none met)")
         + f" ({len(baseline['trace'])} ratios measured in {baseline['seconds']:.1f} s, ratio: ms: {candidates}), "
         "and fine-tuned the same way. The model that ships is the more accurate on validation of those that measured "
-        "within the budget after their fine-tune (else the faster); test accuracy is reported, never chosen on.",
+        "within the budget after their fine-tune (else the faster); test accuracy is reported, never chosen on."
+        + (SAME_MODEL if baseline.get("same_model") else ""),
         "",
     ]
     return lines + table(UNIFORM_HEADER, uniform_baseline_rows(search))
+
+
+SAME_MODEL = " Both searches kept every channel: one model, fine-tuned and measured once for both rows."
 
 
 def how_chosen(search: dict[str, Any]) -> str:

@@ -101,6 +101,12 @@ def uniform_baseline_decision(
     return budget_decision(student, spec, dataset, uniform, out_dir, arm="uniform")
 
 
+def both_unpruned(search: dict, uniform: dict) -> bool:
+    """Whether the per-layer search and the uniform one both kept every channel (a budget the student meets as
+    it is): the same model, which the stage fine-tunes once for both."""
+    return search["ratio"] == 0 and uniform["ratio"] == 0
+
+
 def achieved(model: torch.nn.Module, spec, dataset: Dataset, params: Any) -> dict[str, Any]:
     """The fine-tuned model measured as its candidate was (weights do not change the graph; noise does); under
     torchrun by the leader, for every rank."""
@@ -132,6 +138,7 @@ def versus_uniform(search: dict, steps: list[dict], uniform: dict, uniform_steps
         "finetuned": theirs,
     }
     shipped = shipped_arm(arms, search["budget_ms"])
+    baseline["same_model"] = both_unpruned(search, uniform)  # one model, fine-tuned once for both arms
     return {**search, "finetuned": mine, "uniform_baseline": baseline, "shipped": shipped}
 
 
@@ -154,6 +161,8 @@ def search_summary(search: dict | None) -> str:
     if "uniform_baseline" in search:
         other = "uniform" if search["shipped"] != "uniform" else search["search"]
         versus = f", the {search['shipped']} search's model shipped over the {other} one's"
+        if search["uniform_baseline"].get("same_model"):
+            versus = ", the uniform search kept every channel too: one model"
     return (
         f"budget {search['budget_ms']:g} ms {verdict} (predicted {shipped['predicted_ms']:.4g}, achieved "
         f"{achieved_ms:.4g} ms {shipped['achieved']['format']}, {len(shipped['trace'])} candidates{versus}); "

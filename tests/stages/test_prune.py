@@ -1,4 +1,5 @@
 import json
+import logging
 
 import pytest
 import torch
@@ -294,6 +295,24 @@ def test_the_uniform_baseline_is_pruned_and_fine_tuned_beside_the_per_layer_sear
     html = render_uniform_baseline({"latency_search": search}) + search_trace_section({"latency_search": search})
     assert "Per-layer against uniform pruning at the same budget" in html
     assert "Beside it, the 3 ratios the uniform search measured at the same budget" in html  # in the trace plot
+
+
+@pytest.mark.slow
+def test_a_budget_both_searches_meet_unpruned_fine_tunes_the_student_once(store, caplog):
+    from pipeline.reporting.html import render_uniform_baseline
+
+    caplog.set_level(logging.INFO)
+    per_layer = ["prune.search=per_layer", "prune.target_format=fp32", "prune.scratch_baseline=false"]
+    result = run_prune(store, *per_layer, "prune.search_repeats=1", "prune.target_latency_ms=1000")
+    metrics = result.artifact.metrics
+    search = metrics["latency_search"]
+    baseline = search["uniform_baseline"]
+    assert search["ratio"] == 0 and baseline["ratio"] == 0 and baseline["same_model"] is True
+    assert baseline["finetuned"] == search["finetuned"] and baseline["achieved"] == search["achieved"]
+    assert search["shipped"] == "per_layer" and metrics["params"] == metrics["params_before"]
+    assert "prune: epoch" in caplog.text and "prune uniform:" not in caplog.text  # the baseline's never ran
+    assert "the uniform search kept every channel too: one model" in metrics["summary"]
+    assert "one model, fine-tuned and measured once" in render_uniform_baseline({"latency_search": search})
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 import pytest
 
 from pipeline.reporting.latency_search_sections import uniform_baseline_section
-from pipeline.search.prune_budget import search_summary, shipped_arm, versus_uniform
+from pipeline.search.prune_budget import both_unpruned, search_summary, shipped_arm, versus_uniform
 
 
 @pytest.mark.parametrize(
@@ -61,3 +61,15 @@ def test_the_report_section_puts_both_models_side_by_side_and_says_which_ships()
         "| uniform | 30.0% | 5,000 | 0.1800 | 0.1800 (fp32) | 0.7200 | 0.6800 | yes |",
     ]
     assert uniform_baseline_section(search) == []  # without the baseline, no section
+
+
+def test_both_searches_keeping_every_channel_are_one_model_and_say_so():
+    search, uniform = decision("sampled", 0.0, 0.14), decision("uniform", 0.0, 0.14)
+    assert both_unpruned(search, uniform) and not both_unpruned(decision("sampled", 0.1, 0.13), uniform)
+    steps = schedule(0.78, 0.77, 6000)
+    both = versus_uniform(search, steps, uniform, steps)
+    assert both["uniform_baseline"]["same_model"] is True and both["shipped"] == "sampled"  # a tie: the search's
+    assert "the uniform search kept every channel too: one model" in search_summary(both)
+    assert uniform_baseline_section(both)[3].endswith("one model, fine-tuned and measured once for both rows.")
+    apart = versus_uniform(decision("sampled", 0.2, 0.13), schedule(0.7, 0.7, 5000), uniform, steps)
+    assert apart["uniform_baseline"]["same_model"] is False and "one model" not in search_summary(apart)

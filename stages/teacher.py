@@ -51,7 +51,8 @@ ONNX_KINDS = ("logits", "probabilities")  # teacher.onnx_output
 
 @dataclasses.dataclass(frozen=True)
 class Params:
-    # cnn, mlp, resnet8..resnet110, mobilenetv2, torchvision:NAME, timm:NAME, or package.module:function
+    # cnn, mlp, resnet8..resnet110, resnet8_s2..resnet20_s2 (stride-2 stem), mobilenetv2, torchvision:NAME,
+    # timm:NAME, or package.module:function
     model: str = "cnn"
     # cnn: first block channels; mlp: hidden units; resnet*/mobilenetv2: stem channels. Choosing a model without a
     # width (or width null) gives that architecture's published width: resnets 16, mobilenetv2 32, cnn 32, mlp 1200.

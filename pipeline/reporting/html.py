@@ -21,7 +21,7 @@ from pipeline.reporting.html_figures import (
     search_trace_section,
     training_section,
 )
-from pipeline.reporting.latency_search_sections import SAME_MODEL, UNIFORM_HEADER, uniform_baseline_rows
+from pipeline.reporting.latency_search_sections import UNIFORM_HEADER, same_model_sentence, uniform_baseline_rows
 from pipeline.reporting.markdown import onnx_teacher_sentence
 from pipeline.reporting.plots import PROVIDER, STATS, latency_at
 from pipeline.reporting.search_sections import QUANTIZATION_AWARE_HEADER, quantization_aware_rows
@@ -137,7 +137,7 @@ def render_uniform_baseline(report: dict) -> str:
         "<h2>Per-layer against uniform pruning at the same budget</h2>"
         "<p>Both pruned from the student and fine-tuned the same way; the more accurate on validation within the "
         "budget ships (prune.uniform_baseline)."
-        + (SAME_MODEL if search["uniform_baseline"].get("same_model") else "")
+        + same_model_sentence(search["uniform_baseline"])
         + "</p>"
         + _table(UNIFORM_HEADER, rows)
     )

@@ -164,13 +164,17 @@ def uniform_baseline_section(search: dict[str, Any]) -> list[str]:
         + f" ({len(baseline['trace'])} ratios measured in {baseline['seconds']:.1f} s, ratio: ms: {candidates}), "
         "and fine-tuned the same way. The model that ships is the more accurate on validation of those that measured "
         "within the budget after their fine-tune (else the faster); test accuracy is reported, never chosen on."
-        + (SAME_MODEL if baseline.get("same_model") else ""),
+        + same_model_sentence(baseline),
         "",
     ]
     return lines + table(UNIFORM_HEADER, uniform_baseline_rows(search))
 
 
-SAME_MODEL = " Both searches kept every channel: one model, fine-tuned and measured once for both rows."
+def same_model_sentence(baseline: dict[str, Any]) -> str:
+    """Said when both searches kept every channel, so the two rows are one model fine-tuned once."""
+    if not baseline.get("same_model"):
+        return ""
+    return " Both searches kept every channel: one model, fine-tuned and measured once for both rows."
 
 
 def how_chosen(search: dict[str, Any]) -> str:

@@ -160,9 +160,11 @@ def search_summary(search: dict | None) -> str:
     versus = ""
     if "uniform_baseline" in search:
         other = "uniform" if search["shipped"] != "uniform" else search["search"]
-        versus = f", the {search['shipped']} search's model shipped over the {other} one's"
-        if search["uniform_baseline"].get("same_model"):
-            versus = ", the uniform search kept every channel too: one model"
+        versus = (
+            ", the uniform search kept every channel too: one model"
+            if search["uniform_baseline"].get("same_model")
+            else f", the {search['shipped']} search's model shipped over the {other} one's"
+        )
     return (
         f"budget {search['budget_ms']:g} ms {verdict} (predicted {shipped['predicted_ms']:.4g}, achieved "
         f"{achieved_ms:.4g} ms {shipped['achieved']['format']}, {len(shipped['trace'])} candidates{versus}); "

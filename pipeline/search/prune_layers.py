@@ -41,8 +41,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.search.prune_ratio import SMALLER_STUDENT
-
 DEFAULT_STEP = 8  # with prune.round_to 0: CPU kernels are vectorized over 8 or 16 channels (BENCHMARKS.md)
 FLOOR_FRACTION = 8  # no group is pruned below 1/8 of its channels (nor below one step)
 
@@ -287,6 +285,5 @@ def decide(
             f"latency budget {budget_ms:g} ms (limit {limit:.4g} ms with margin {margin:g}) not reached by the "
             f"{search.replace('_', '-')} search: {why}; the closest measured is {chosen['latency_ms']:.4g} ms "
             f"({chosen['ratio']:.1%} of channels removed), which is used"
-            + ("" if out_of_time else f"; {SMALLER_STUDENT}")
         )
     return decision

@@ -24,12 +24,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-# What to do when the budget is under the fastest the student can be pruned to: the floor is the architecture's.
-SMALLER_STUDENT = (
-    "for a lower floor distill a smaller student (distill.model, distill.width; the CIFAR ResNets' _s2 variants "
-    "run every layer after the stem on a quarter of the pixels)"
-)
-
 Measure = Callable[[float], dict[str, Any]]
 
 
@@ -109,6 +103,5 @@ def decide(
         decision["message"] = (
             f"latency budget {budget_ms:g} ms (limit {limit:.4g} ms with margin {margin:g}) not reached: {why}; "
             f"the closest measured is {chosen['latency_ms']:.4g} ms at ratio {chosen['ratio']:g}, which is used"
-            + ("" if out_of_time else f"; {SMALLER_STUDENT}")
         )
     return decision

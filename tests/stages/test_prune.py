@@ -122,6 +122,9 @@ def test_latency_budget_unreachable_says_so_and_uses_the_fastest_candidate(store
     assert all(len(e["latency_runs_ms"]) == 3 for e in search["trace"]) and search["method"]["repeats"] == 3
     assert all(e["latency_ms"] == sorted(e["latency_runs_ms"])[1] for e in search["trace"])
     assert search["met"] is False and "not reached" in search["message"] and "not reached" in caplog.text
+    # The floor is the student's (the digits cnn, which has no stride-2 variant): said once, with what lowers it.
+    assert search["message"].endswith("; for a lower floor distill a smaller student (distill.model, distill.width)")
+    assert caplog.text.count("for a lower floor") == 1
     fastest = min(search["trace"], key=lambda e: e["latency_ms"])
     assert metrics["ratio"] == search["ratio"] == fastest["ratio"]
     assert search["achieved"]["latency_ms"] > 0 and search["achieved"]["format"] == "fp32"
@@ -278,6 +281,7 @@ def test_the_uniform_baseline_is_pruned_and_fine_tuned_beside_the_per_layer_sear
     search = metrics["latency_search"]
     baseline = search["uniform_baseline"]
     assert [e["ratio"] for e in baseline["trace"]] == [0.0, 0.25, 0.5] and baseline["met"] is False
+    assert "for a lower floor" in search["message"] and "for a lower floor" not in baseline["message"]  # said once
     assert baseline["achieved"]["latency_ms"] > 0 and baseline["achieved"]["format"] == "fp32"
     mine, theirs = search["finetuned"], baseline["finetuned"]
     assert theirs["macs"] < metrics["macs_before"] and 0 <= theirs["validation_accuracy"] <= 1

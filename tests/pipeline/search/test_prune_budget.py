@@ -1,7 +1,7 @@
 import pytest
 
 from pipeline.reporting.latency_search_sections import uniform_baseline_section
-from pipeline.search.prune_budget import both_unpruned, search_summary, shipped_arm, versus_uniform
+from pipeline.search.prune_budget import both_unpruned, lower_floor, search_summary, shipped_arm, versus_uniform
 
 
 @pytest.mark.parametrize(
@@ -73,3 +73,12 @@ def test_both_searches_keeping_every_channel_are_one_model_and_say_so():
     assert uniform_baseline_section(both)[3].endswith("one model, fine-tuned and measured once for both rows.")
     apart = versus_uniform(decision("sampled", 0.2, 0.13), schedule(0.7, 0.7, 5000), uniform, steps)
     assert apart["uniform_baseline"]["same_model"] is False and "one model" not in search_summary(apart)
+
+
+def test_what_lowers_the_floor_names_the_stride_2_variant_only_where_there_is_one():
+    assert lower_floor("resnet8") == (
+        "for a lower floor distill a smaller student (distill.model, distill.width; resnet8_s2 runs every layer "
+        "after the stem on a quarter of the pixels)"
+    )
+    for model in ("resnet8_s2", "cnn", "mobilenetv2", "timm:mobilenetv3_small_050"):
+        assert lower_floor(model) == "for a lower floor distill a smaller student (distill.model, distill.width)"

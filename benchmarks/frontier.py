@@ -1,0 +1,126 @@
+"""Accuracy against latency across budgets: the per-layer search and its uniform baseline, from one run per budget.
+
+Each run is `edgeforge run ... --set prune.target_latency_ms=BUDGET --set prune.search=sampled` (or per_layer),
+which prunes the student both ways at that budget, fine-tunes both the same way and measures both in the same
+stage (prune.uniform_baseline). This reads every run's report.json and writes a Markdown table and a PNG plot:
+each arm's test accuracy against the p50 at batch 1 its fine-tuned model measured in that stage (the latency its
+choice was made on; latencies of different runs are different measurements), each budget as a vertical line, and
+the teacher and the unpruned student as the first run's bench measured them.
+
+    python benchmarks/frontier.py runs/*/report.json --out benchmarks/frontier.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from matplotlib.ticker import ScalarFormatter
+
+from pipeline.reporting.plots import latency_at, new_figure
+
+ARM_STYLE = {"uniform": ("#2ca02c", "^"), "per_layer": ("#1f77b4", "o"), "sampled": ("#1f77b4", "o")}
+
+
+def arms(report: dict) -> list[dict]:
+    """Both arms of a run's prune stage at its budget: what each kept, measured and scored after its fine-tune."""
+    search = report.get("latency_search")
+    if not search or "uniform_baseline" not in search:
+        raise SystemExit(f"{report['_path']}: no per-layer search with its uniform baseline (prune.search=sampled)")
+    baseline = search["uniform_baseline"]
+    rows = []
+    for name, arm in ((search["search"], search), ("uniform", baseline)):
+        rows.append(
+            {
+                "budget_ms": search["budget_ms"],
+                "arm": name,
+                "removed": arm["ratio"],
+                "macs": arm["finetuned"]["macs"],
+                "latency_ms": arm["achieved"]["latency_ms"],
+                "format": arm["achieved"]["format"],
+                "validation": arm["finetuned"]["validation_accuracy"],
+                "test": arm["finetuned"]["test_accuracy"],
+                "shipped": search["shipped"] == name,
+                "edge_model": report["edge_model"],
+            }
+        )
+    return rows
+
+
+def references(report: dict) -> list[dict]:
+    """The teacher and the unpruned distilled student as this run's bench measured them (batch 1, the CPU)."""
+    found = []
+    for model in report["models"]:
+        if model["name"] in ("teacher", "student") and latency_at(model, "1"):
+            p50 = latency_at(model, "1")["p50_ms"]
+            found.append({"name": model["name"], "latency_ms": p50, "test": model["accuracy"]})
+    return found
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| budget (ms) | arm | channels removed | MACs | p50 after fine-tune (ms) | form | validation | test | ships |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        met = "met" if r["latency_ms"] <= r["budget_ms"] else "over"
+        lines.append(
+            f"| {r['budget_ms']:.4g} | {r['arm']} | {r['removed']:.1%} | {r['macs'] / 1e6:.2f} M "
+            f"| {r['latency_ms']:.4f}, {met} | {r['format']} | {r['validation']:.4f} | {r['test']:.4f} "
+            f"| {'**yes**' if r['shipped'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], refs: list[dict], machine: str, out: Path) -> None:
+    fig, axes = new_figure(7.5, 4.8)
+    ax = axes[0][0]
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        color, marker = ARM_STYLE.get(arm, ("#8172b3", "s"))
+        points = sorted((r["latency_ms"], r["test"]) for r in rows if r["arm"] == arm)
+        ax.plot(*zip(*points, strict=True), marker=marker, color=color, label=f"{arm} search, fine-tuned")
+    shipped = [(r["latency_ms"], r["test"]) for r in rows if r["shipped"]]
+    ax.scatter(*zip(*shipped, strict=True), s=260, facecolors="none", edgecolors="#b8860b", label="shipped", zorder=4)
+    for budget in sorted({r["budget_ms"] for r in rows}):
+        ax.axvline(budget, color="#888", linestyle=":", zorder=1)
+        ax.annotate(
+            f"budget {budget:.4g}",
+            (budget, 0),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            xytext=(-10, 4),
+            textcoords="offset points",
+            fontsize=8,
+            color="#555",
+        )
+    for ref in refs:
+        ax.scatter(ref["latency_ms"], ref["test"], color="#444", marker="*", s=120, zorder=3)
+        ax.annotate(ref["name"], (ref["latency_ms"], ref["test"]), xytext=(6, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())  # 0.2, not 2 x 10^-1
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_xlabel("p50 at batch 1 (ms, onnxruntime CPU), as measured in each run")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(machine, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.savefig(out, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+", type=Path, help="report.json of one run per budget")
+    parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    args = parser.parse_args()
+    reports = [{**json.loads(path.read_text()), "_path": str(path)} for path in args.reports]
+    rows = sorted((row for report in reports for row in arms(report)), key=lambda r: (-r["budget_ms"], r["arm"]))
+    machine = reports[0]["machine"]
+    cpu = machine.get("cpu") or machine.get("processor") or json.dumps(machine)[:80]
+    plot(rows, references(reports[0]), str(cpu), args.out)
+    print(table(rows))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

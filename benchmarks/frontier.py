@@ -4,8 +4,9 @@ Each run is `edgeforge run ... --set prune.target_latency_ms=BUDGET --set prune.
 which prunes the student both ways at that budget, fine-tunes both the same way and measures both in the same
 stage (prune.uniform_baseline). This reads every run's report.json and writes a Markdown table and a PNG plot:
 each arm's test accuracy against the p50 at batch 1 its fine-tuned model measured in that stage (the latency its
-choice was made on; latencies of different runs are different measurements), each budget as a vertical line, and
-the teacher and the unpruned student as the first run's bench measured them.
+choice was made on; latencies of different runs are different measurements), each point labelled with its run's
+budget, each budget as a vertical line, and the teacher and the unpruned student as the first run's bench measured
+them.
 
     python benchmarks/frontier.py runs/*/report.json --out benchmarks/frontier.png
 """
@@ -16,7 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from pipeline.reporting.plots import latency_at, new_figure
 
@@ -78,8 +79,12 @@ def plot(rows: list[dict], refs: list[dict], machine: str, out: Path) -> None:
     ax = axes[0][0]
     for arm in dict.fromkeys(r["arm"] for r in rows):
         color, marker = ARM_STYLE.get(arm, ("#8172b3", "s"))
-        points = sorted((r["latency_ms"], r["test"]) for r in rows if r["arm"] == arm)
-        ax.plot(*zip(*points, strict=True), marker=marker, color=color, label=f"{arm} search, fine-tuned")
+        mine = [r for r in rows if r["arm"] == arm]  # one point per budget: runs apart, so not joined by a line
+        ax.scatter([r["latency_ms"] for r in mine], [r["test"] for r in mine], marker=marker, color=color, s=50,
+                   label=f"{arm} search, fine-tuned", zorder=3)  # fmt: skip
+        for r in mine:
+            ax.annotate(f"{r['budget_ms']:.4g}", (r["latency_ms"], r["test"]), xytext=(6, -10),
+                        textcoords="offset points", fontsize=7, color=color)  # fmt: skip
     shipped = [(r["latency_ms"], r["test"]) for r in rows if r["shipped"]]
     ax.scatter(*zip(*shipped, strict=True), s=260, facecolors="none", edgecolors="#b8860b", label="shipped", zorder=4)
     for budget in sorted({r["budget_ms"] for r in rows}):
@@ -98,8 +103,9 @@ def plot(rows: list[dict], refs: list[dict], machine: str, out: Path) -> None:
         ax.scatter(ref["latency_ms"], ref["test"], color="#444", marker="*", s=120, zorder=3)
         ax.annotate(ref["name"], (ref["latency_ms"], ref["test"]), xytext=(6, 4), textcoords="offset points")
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 0.05, 0.1, 0.2, 0.5: labels inside one decade
     ax.xaxis.set_major_formatter(ScalarFormatter())  # 0.2, not 2 x 10^-1
-    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor ticks crowd at these decades; labels on the major ones
     ax.set_xlabel("p50 at batch 1 (ms, onnxruntime CPU), as measured in each run")
     ax.set_ylabel("test accuracy")
     ax.set_title(machine, fontsize=9)

@@ -117,6 +117,13 @@ def test_one_slow_measurement_is_refined_by_bisecting_the_target():
     assert predict_additive(GROUPS, TABLE, refined["channels"]) <= 0.6
 
 
+def test_a_miss_larger_than_the_limit_carries_the_target_to_the_floor_not_below_zero():
+    decision = search(fake_measure(slow_first=0.9), budget=0.6)  # the first measurement 0.9 ms over its prediction
+    targets = [r["target_ms"] for r in decision["rounds"]]
+    assert targets[:2] == [pytest.approx(0.6), 0.0] and min(targets) >= 0  # not 0.6 - 0.9
+    assert decision["met"] and decision["channels"] == {"a": 8, "b": 8, "c": 8}  # at 0 ms every path is at its floor
+
+
 def test_unreachable_budget_is_not_met_and_says_so_in_one_line():
     measure = fake_measure()
     decision = search(measure, budget=0.1, margin=0.1)

@@ -6,7 +6,7 @@ stage (prune.uniform_baseline). This reads every run's report.json and writes a 
 each arm's test accuracy against the p50 at batch 1 its fine-tuned model measured in that stage (the latency its
 choice was made on; latencies of different runs are different measurements), each point labelled with its run's
 budget, each budget as a vertical line, and the teacher and the unpruned student as the first run's bench measured
-them.
+them. Runs that share an artifacts folder overwrite its release: copy release/report.json away after each run.
 
     python benchmarks/frontier.py runs/*/report.json --out benchmarks/frontier.png
 """
@@ -24,44 +24,51 @@ from pipeline.reporting.plots import latency_at, new_figure
 ARM_STYLE = {"uniform": ("#2ca02c", "^"), "per_layer": ("#1f77b4", "o"), "sampled": ("#1f77b4", "o")}
 
 
-def arms(report: dict) -> list[dict]:
+def read_report(path: Path) -> dict:
+    """A run's report.json, or one line saying why it cannot be read."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: {path}: not a readable report.json ({error})") from None
+
+
+def arms(report: dict, path: Path) -> list[dict]:
     """Both arms of a run's prune stage at its budget: what each kept, measured and scored after its fine-tune."""
     search = report.get("latency_search")
     if not search or "uniform_baseline" not in search:
-        raise SystemExit(f"{report['_path']}: no per-layer search with its uniform baseline (prune.search=sampled)")
-    baseline = search["uniform_baseline"]
-    rows = []
-    for name, arm in ((search["search"], search), ("uniform", baseline)):
-        rows.append(
-            {
-                "budget_ms": search["budget_ms"],
-                "arm": name,
-                "removed": arm["ratio"],
-                "macs": arm["finetuned"]["macs"],
-                "latency_ms": arm["achieved"]["latency_ms"],
-                "format": arm["achieved"]["format"],
-                "validation": arm["finetuned"]["validation_accuracy"],
-                "test": arm["finetuned"]["test_accuracy"],
-                "shipped": search["shipped"] == name,
-                "edge_model": report["edge_model"],
-            }
+        raise SystemExit(
+            f"error: {path}: the run had no latency search with its uniform baseline; run it with "
+            "--set prune.target_latency_ms=BUDGET --set prune.search=sampled (or per_layer)"
         )
-    return rows
+    return [
+        {
+            "budget_ms": search["budget_ms"],
+            "arm": name,
+            "removed": arm["ratio"],
+            "macs": arm["finetuned"]["macs"],
+            "latency_ms": arm["achieved"]["latency_ms"],
+            "format": arm["achieved"]["format"],
+            "validation": arm["finetuned"]["validation_accuracy"],
+            "test": arm["finetuned"]["test_accuracy"],
+            "shipped": search["shipped"] == name,
+        }
+        for name, arm in ((search["search"], search), ("uniform", search["uniform_baseline"]))
+    ]
 
 
 def references(report: dict) -> list[dict]:
     """The teacher and the unpruned distilled student as this run's bench measured them (batch 1, the CPU)."""
-    found = []
-    for model in report["models"]:
-        if model["name"] in ("teacher", "student") and latency_at(model, "1"):
-            p50 = latency_at(model, "1")["p50_ms"]
-            found.append({"name": model["name"], "latency_ms": p50, "test": model["accuracy"]})
-    return found
+    return [
+        {"name": model["name"], "latency_ms": latency["p50_ms"], "test": model["accuracy"]}
+        for model in report["models"]
+        if model["name"] in ("teacher", "student") and (latency := latency_at(model, "1"))
+    ]
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| budget (ms) | arm | channels removed | MACs | p50 after fine-tune (ms) | form | validation | test | ships |",
+        "| budget (ms) | arm | channels removed | MACs | p50 after fine-tune (ms), against the budget | form "
+        "| validation | test | ships |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -119,11 +126,14 @@ def main() -> None:
     parser.add_argument("reports", nargs="+", type=Path, help="report.json of one run per budget")
     parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
     args = parser.parse_args()
-    reports = [{**json.loads(path.read_text()), "_path": str(path)} for path in args.reports]
-    rows = sorted((row for report in reports for row in arms(report)), key=lambda r: (-r["budget_ms"], r["arm"]))
-    machine = reports[0]["machine"]
-    cpu = machine.get("cpu") or machine.get("processor") or json.dumps(machine)[:80]
-    plot(rows, references(reports[0]), str(cpu), args.out)
+    reports = {path: read_report(path) for path in args.reports}
+    rows = sorted(
+        (row for path, r in reports.items() for row in arms(r, path)), key=lambda r: (-r["budget_ms"], r["arm"])
+    )
+    first = next(iter(reports.values()))
+    machine = first["machine"]  # pipeline/runtime/environment.py identity(): the CPU's name and its family/model
+    cpu = f"{machine['cpu']}, family/model/stepping {'/'.join(map(str, machine['cpu_family_model_stepping']))}"
+    plot(rows, references(first), cpu, args.out)
     print(table(rows))
     print(f"\nwrote {args.out}")
 

@@ -86,11 +86,11 @@ def budget_decision(
     name = f"{arm}-search.json" if arm else "search.json"
     decision = latency_decision(student, spec, dataset, params, out_dir, name) if leader else None
     search = distributed.broadcast_json(decision)
-    if not search["met"] and not search["out_of_time"] and not arm:
-        # Every configuration measured and the fastest missed: the floor is the student's. Said once, by the search
-        # (the uniform baseline's line, which follows, gives its own numbers).
-        search = {**search, "message": f"{search['message']}; {lower_floor(spec.name)}"}
     if not search["met"]:
+        if not search["out_of_time"] and not arm:
+            # Every configuration measured and the fastest missed: the floor is the student's. Said once, by the
+            # search (the uniform baseline's line, which follows, gives its own numbers).
+            search = {**search, "message": f"{search['message']}; {lower_floor(spec.name)}"}
         log.warning("prune%s: %s", f" ({arm} baseline)" if arm else "", search["message"])
     return search
 

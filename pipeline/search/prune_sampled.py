@@ -150,8 +150,9 @@ def search_sampled(
     target = limit
     while run(target, fresh_only=True) is False:
         error = trace[-1]["latency_ms"] - trace[-1]["model_ms"]
-        target = min(limit - error, target)  # the model's error carried (the same target when a path had ended)
-        target = max(target, 0.0)  # an error above the limit: every path stops at its floor, as it does at 0 ms
+        # The model's error carried (the same target when a path had ended); not below 0 ms, where every path is at
+        # its floor already.
+        target = max(0.0, min(limit - error, target))
     # A model that predicts too much leaves the first configuration that met further pruned than the budget needs:
     # carry its error up to a higher target, until one misses.
     while trace and all(e["meets_limit"] for e in trace):

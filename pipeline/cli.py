@@ -15,6 +15,7 @@ from pipeline.cache import ArtifactStore
 from pipeline.cli_tools import json_option
 from pipeline.errors import EdgeforgeError
 from pipeline.runner import load_config
+from pipeline.search.student_floor import format_floors
 from pipeline.training import distributed
 from stages import STAGE_NAMES
 
@@ -200,6 +201,34 @@ def status(store: ArtifactStore, config_file, overrides, as_json) -> None:
         return
     for row in rows:
         click.echo(f"{row['name']:<9} {'cached' if row['cached'] else 'stale':<7} {row['key'][:12]}")
+
+
+@cli.command()
+@config_option
+@set_option
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="NAME[@WIDTH]",
+    help="Also measure this student (repeatable); when none is given, the student's stride-2 variant if it has one.",
+)
+@json_option
+@click.pass_obj
+def floor(store: ArtifactStore, config_file, overrides, models, as_json) -> None:
+    """How fast could the student run on the target? Measured in a minute or two, before anything trains.
+
+    Builds the student (distill.model, distill.width), each --model and the teacher with untrained weights (weights
+    do not change latency), for the data stage's images. Each is exported and timed unpruned and at its floor (every
+    prunable group at its fewest channels under prune.round_to) as the prune search times its candidates
+    (prune.target_device, target_provider, target_batch, target_format), in prune.search_repeats interleaved
+    rounds. Exits 1 when prune.target_latency_ms is set and the student's floor is over it (less
+    prune.search_margin): no pruning of that student meets the budget.
+    """
+    result = runner.student_floors(load_config(config_file, overrides), store, models)
+    click.echo(json.dumps(result, indent=2) if as_json else format_floors(result), nl=False)
+    if result["verdict"] is not None and not result["verdict"]["reachable"]:
+        raise EdgeforgeError(f"prune.target_latency_ms={result['budget_ms']}: {result['verdict']['message']}")
 
 
 @cli.command()

@@ -18,7 +18,9 @@ from typing import Any
 from pipeline import config as configuration
 from pipeline.cache import CHECKPOINTS, Artifact, ArtifactStore, library_versions, stage_key
 from pipeline.config import Config, params_to_dict
+from pipeline.datasets.artifact import load_dataset
 from pipeline.errors import ConfigError, SignoffFailed, StageError
+from pipeline.search import student_floor
 from pipeline.training import distributed
 from stages import SECTIONS, STAGE_NAMES, STAGES, check_sections
 
@@ -263,3 +265,11 @@ def stage_status(config: Config, store: ArtifactStore) -> list[dict[str, Any]]:
     """Each stage: its key and whether a verified entry for it is in the cache."""
     keys = plan_keys(config, list(STAGES), store)
     return [{"name": name, "key": key, "cached": store.lookup(name, key) is not None} for name, key in keys.items()]
+
+
+def student_floors(config: Config, store: ArtifactStore, models: Sequence[str] = ()) -> dict[str, Any]:
+    """`edgeforge floor`: the data stage (reused or run: the models are built for its images), then how fast the
+    student could run on the prune stage's target, unpruned and at its floor, before anything trains."""
+    data = run_pipeline(config, store, target="data")[-1].artifact
+    sections = (config.section(name) for name in ("teacher", "distill", "prune"))
+    return student_floor.measure(load_dataset(data), *sections, tuple(models))

@@ -90,7 +90,8 @@ def budget_decision(
         if not search["out_of_time"] and not arm:
             # Every configuration measured and the fastest missed: the floor is the student's. Said once, by the
             # search (the uniform baseline's line, which follows, gives its own numbers).
-            search = {**search, "message": f"{search['message']}; {lower_floor(spec.name)}"}
+            hint = f"{lower_floor(spec.name)}; `edgeforge floor --model NAME` measures one's floor before training"
+            search = {**search, "message": f"{search['message']}; {hint}"}
         log.warning("prune%s: %s", f" ({arm} baseline)" if arm else "", search["message"])
     return search
 

@@ -123,7 +123,10 @@ def test_latency_budget_unreachable_says_so_and_uses_the_fastest_candidate(store
     assert all(e["latency_ms"] == sorted(e["latency_runs_ms"])[1] for e in search["trace"])
     assert search["met"] is False and "not reached" in search["message"] and "not reached" in caplog.text
     # The floor is the student's (the digits cnn, which has no stride-2 variant): said once, with what lowers it.
-    assert search["message"].endswith("; for a lower floor distill a smaller student (distill.model, distill.width)")
+    assert search["message"].endswith(
+        "; for a lower floor distill a smaller student (distill.model, distill.width); `edgeforge floor --model NAME` "
+        "measures one's floor before training"
+    )
     assert caplog.text.count("for a lower floor") == 1
     fastest = min(search["trace"], key=lambda e: e["latency_ms"])
     assert metrics["ratio"] == search["ratio"] == fastest["ratio"]

@@ -1,0 +1,145 @@
+"""How fast could a student run on the target, before anything is trained: `edgeforge floor`.
+
+Weights do not change latency, architecture does; so an untrained student, exported and timed as the prune
+search times its candidates (pipeline/search/prune_candidates.py: deployed form, prune.target_* settings), tells in
+seconds what the prune stage learns only after the teacher and the student have trained:
+- unpruned: the student as distill.model and distill.width build it;
+- floor: every prunable group at its fewest channels (prune.round_to), the fastest any pruning of it reaches.
+
+Pruning thins channels; it keeps every operator and every feature map's size, so at batch 1 the floor is often far
+above zero (on the Xeon of BENCHMARKS.md resnet8's floor was 0.143-0.165 ms, 74-85% of its unpruned latency). A
+budget under the student's floor fails the sign-off however the search prunes; this says so before the training.
+
+Every model and form is measured in interleaved rounds (prune.search_repeats of them): a 2-core VM drifts by up to
+1.4x over seconds (the same session, 0.066 or 0.090 ms), so back-to-back measurements of one model and then
+another would compare the drift, not the models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipeline.datasets.artifact import Dataset
+from pipeline.errors import ConfigError
+from pipeline.models.cifar import STRIDED_STEM
+from pipeline.models.factory import build_model, check_model_name, published_width
+from pipeline.search import prune_budget, prune_candidates
+from pipeline.search.prune_layer_table import prunable_groups
+from pipeline.search.prune_layers import full_channels, share_removed
+from pipeline.training.recipes import model_label, spec_for
+
+FORMS = ("unpruned", "floor")
+
+
+def parse_model(text: str) -> tuple[str, int | None]:
+    """'NAME' (its published width) or 'NAME@WIDTH' -> (name, width), or a one-line ConfigError."""
+    name, at, width = text.partition("@")
+    check_model_name("--model", name)
+    if not at:
+        return name, published_width(name)
+    if not width.isdigit() or int(width) < 1 or ":" in name:
+        fix = "an integer >= 1 after @" if ":" not in name else "no @WIDTH: a library's or user's model has its own"
+        raise ConfigError(f"--model={text!r}: expected NAME or NAME@WIDTH ({fix})")
+    return name, int(width)
+
+
+def students(teacher: Any, distill: Any, extra: tuple[str, ...]) -> list[tuple[str, str, int | None]]:
+    """(role, model, width) of every model to measure: the student, then each --model, then the teacher (the
+    budget as a fraction of it); the student's stride-2 variant when it has one and no --model is given."""
+    rows = [("student", distill.model, distill.width)]
+    rows += [("asked", *parse_model(text)) for text in extra]
+    if not extra and distill.model in STRIDED_STEM:
+        rows.append(("stride-2 variant", f"{distill.model}_s2", distill.width))
+    if getattr(teacher, "onnx", None) is None:
+        rows.append(("teacher", teacher.model, teacher.width))
+    return rows
+
+
+def measured_student(role: str, name: str, width: int | None, dataset: Dataset, prune: Any):
+    """(the row of one model, its candidates measurer, {form: prune setting}); the floor has every prunable group
+    at the fewest channels the prune search may leave it (its candidate counts' last)."""
+    spec = spec_for(dataset, name, width)
+    model = build_model(spec).eval()
+    groups = prunable_groups(model, spec, prune)
+    floor = {group.name: group.counts[-1] for group in groups}
+    row = {"role": role, "name": name, "model": model_label(name, width), "runs": {}}
+    row["floor_removed"] = share_removed(full_channels(groups), floor) if groups else 0.0
+    return row, prune_budget.candidates(model, spec, dataset, prune), {"unpruned": {}, "floor": floor}
+
+
+def measure(dataset: Dataset, teacher: Any, distill: Any, prune: Any, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """{"rows": one per model with its unpruned and floor latencies (median and range over the rounds), "method",
+    "budget_ms", "verdict"}; nothing is trained or written."""
+    measured = [measured_student(*model, dataset, prune) for model in students(teacher, distill, extra)]
+    rows = [row for row, _, _ in measured]
+    try:
+        for _ in range(prune.search_repeats):  # interleaved: every model and form once per round
+            for row, candidates, settings in measured:
+                for form in FORMS if row["floor_removed"] else FORMS[:1]:
+                    result = candidates(settings[form])
+                    row["runs"].setdefault(form, []).append(result["latency_ms"])
+                    row[f"{form}_format"], row[f"{form}_macs"] = result["format"], result["macs"]
+    finally:
+        for _, candidates, _ in measured:
+            candidates.close()
+    for row in rows:
+        row["runs"].setdefault("floor", row["runs"]["unpruned"])  # nothing to prune: the floor is the model
+        row.setdefault("floor_format", row["unpruned_format"])
+        row.setdefault("floor_macs", row["unpruned_macs"])
+        for form in FORMS:
+            row[f"{form}_ms"] = float(np.median(row["runs"][form]))
+    budget = prune.target_latency_ms
+    return {
+        "rows": rows,
+        "method": {**prune_candidates.method(prune), "rounds": prune.search_repeats, "weights": "untrained"},
+        "budget_ms": budget,
+        "margin": prune.search_margin,
+        "verdict": None if budget is None else verdict(rows, budget, prune.search_margin),
+    }
+
+
+def verdict(rows: list[dict[str, Any]], budget_ms: float, margin: float) -> dict[str, Any]:
+    """Whether the student can reach `budget_ms` as the prune search decides it (a candidate must measure
+    <= budget * (1 - margin)): {"reachable": bool, "message": one line, "faster": the other models that can}."""
+    limit = budget_ms * (1 - margin)
+    student = rows[0]
+    faster = [row["model"] for row in rows[1:] if row["role"] != "teacher" and row["floor_ms"] <= limit]
+    if student["unpruned_ms"] <= limit:
+        message = f"{student['model']} meets it unpruned ({student['unpruned_ms']:.4f} ms): a larger student may fit"
+    elif student["floor_ms"] <= limit:
+        message = (
+            f"{student['model']} reaches it by pruning: its floor measured {student['floor_ms']:.4f} ms "
+            f"({student['floor_removed']:.0%} of the channels removed)"
+        )
+    else:
+        others = f"; these reach it: {', '.join(faster)}" if faster else ""
+        message = (
+            f"{student['model']} cannot reach it: its floor measured {student['floor_ms']:.4f} ms with "
+            f"{student['floor_removed']:.0%} of the channels removed, over {limit:.4f} ms; "
+            f"{prune_budget.lower_floor(student['name'])}{others}"
+        )
+    return {"reachable": student["floor_ms"] <= limit, "limit_ms": limit, "message": message, "faster": faster}
+
+
+def format_floors(result: dict[str, Any]) -> str:
+    """The table and verdict `edgeforge floor` prints."""
+    method = result["method"]
+    lines = [
+        f"untrained models on {method['device']} ({method['provider']}, batch {method['batch']}, "
+        f"{method['settings']}, p50 median of {method['rounds']} interleaved rounds, range in brackets)",
+        f"{'role':<17} {'model':<22} {'unpruned ms':<31} {'floor ms':<31} removed",
+    ]
+    for row in result["rows"]:
+        cells = []
+        for form in FORMS:
+            runs = row["runs"][form]
+            cells.append(f"{row[f'{form}_ms']:.4f} [{min(runs):.4f}-{max(runs):.4f}] {row[f'{form}_format']}")
+        lines.append(f"{row['role']:<17} {row['model']:<22} {cells[0]:<31} {cells[1]:<31} {row['floor_removed']:.0%}")
+    if result["verdict"] is not None:
+        said, budget = result["verdict"], result["budget_ms"]
+        lines.append(f"budget {budget} ms ({said['limit_ms']:.4f} after prune.search_margin): {said['message']}")
+    else:
+        lines.append("no prune.target_latency_ms set: nothing to check against")
+    return "\n".join(lines) + "\n"

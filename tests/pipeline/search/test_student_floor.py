@@ -1,0 +1,116 @@
+"""`edgeforge floor`: the student's latency unpruned and at its floor, measured before anything trains.
+
+The candidates are built, pruned and exported for real; their "latency" is the ONNX file's size (Candidates.p50
+patched), so what is asserted is the plumbing and the verdict, never this machine's timings.
+"""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.errors import ConfigError
+from pipeline.runner import load_config
+from pipeline.search import prune_candidates, student_floor
+
+FP32 = ("prune.target_format=fp32",)  # one form per candidate: half the exports
+
+
+@pytest.fixture
+def sized(monkeypatch):
+    """Every candidate 'measures' its ONNX file's size in MB, and each call is logged (path, size)."""
+    calls = []
+
+    def p50(self, path):
+        calls.append((self.spec.name, path.stat().st_size))
+        return path.stat().st_size / 1e6, "size"
+
+    monkeypatch.setattr(prune_candidates.Candidates, "p50", p50)
+    return calls
+
+
+def sections(*overrides):
+    config = load_config(overrides=(*FP32, *overrides))
+    return config.section("teacher"), config.section("distill"), config.section("prune")
+
+
+def test_model_names_take_an_optional_width_and_bad_ones_are_one_line():
+    assert student_floor.parse_model("resnet8_s2@8") == ("resnet8_s2", 8)
+    assert student_floor.parse_model("resnet8") == ("resnet8", 16)  # the published width
+    for text, expected in (("resnet8@0", "NAME@WIDTH"), ("resnet8@x", "NAME@WIDTH"), ("nosuch", "not a known")):
+        with pytest.raises(ConfigError, match=expected):
+            student_floor.parse_model(text)
+
+
+def test_the_stride_2_variant_and_the_teacher_are_measured_beside_the_student():
+    roles = student_floor.students(*sections("distill.model=resnet8")[:2], ())
+    assert [(role, model) for role, model, _ in roles] == [
+        ("student", "resnet8"),
+        ("stride-2 variant", "resnet8_s2"),
+        ("teacher", "cnn"),
+    ]
+    asked = student_floor.students(*sections("distill.model=resnet8")[:2], ("mlp@64",))
+    assert [(role, model, width) for role, model, width in asked][:2] == [
+        ("student", "resnet8", 16),
+        ("asked", "mlp", 64),
+    ]
+    assert [role for role, _, _ in student_floor.students(*sections()[:2], ())] == ["student", "teacher"]
+
+
+def test_each_model_is_measured_unpruned_and_at_its_floor_in_interleaved_rounds(tiny_run, sized):
+    store, results = tiny_run
+    from pipeline.datasets.artifact import load_dataset
+
+    dataset = load_dataset(results["data"].artifact)
+    teacher, distill, prune = sections("prune.search_repeats=2", "prune.target_latency_ms=1")
+    result = student_floor.measure(dataset, teacher, distill, prune, ("mlp@32",))
+    assert [row["model"] for row in result["rows"]] == ["cnn x8", "mlp x32", "cnn x32"]
+    # Round by round, every model and form once: three models, two forms, two rounds.
+    assert [name for name, _ in sized] == ["cnn", "cnn", "mlp", "mlp", "cnn", "cnn"] * 2
+    for row in result["rows"]:
+        assert len(row["runs"]["unpruned"]) == len(row["runs"]["floor"]) == 2
+        assert 0.5 < row["floor_removed"] < 1
+        assert row["floor_ms"] < row["unpruned_ms"] and row["floor_macs"] < row["unpruned_macs"]
+    assert result["method"]["weights"] == "untrained" and result["method"]["rounds"] == 2
+    assert result["verdict"]["reachable"] and "meets it unpruned" in result["verdict"]["message"]
+
+
+def rows(student_ms, floor_ms, other_floor_ms):
+    def row(role, name, unpruned, floor):
+        return {"role": role, "name": name, "model": f"{name} x16", "unpruned_ms": unpruned, "floor_ms": floor,
+                "floor_removed": 0.75}  # fmt: skip
+
+    return [
+        row("student", "resnet8", student_ms, floor_ms),
+        row("stride-2 variant", "resnet8_s2", other_floor_ms * 2, other_floor_ms),
+        row("teacher", "resnet20", 0.5, 0.01),  # the teacher is never offered as a student
+    ]
+
+
+def test_the_verdict_applies_the_search_margin_and_names_the_students_that_reach_the_budget():
+    unpruned = student_floor.verdict(rows(0.09, 0.05, 0.03), budget_ms=0.1, margin=0.1)
+    assert unpruned["reachable"] and "meets it unpruned" in unpruned["message"]
+    by_pruning = student_floor.verdict(rows(0.095, 0.05, 0.03), budget_ms=0.1, margin=0.1)  # 0.095 > 0.09
+    assert by_pruning["reachable"] and "reaches it by pruning" in by_pruning["message"]
+    out = student_floor.verdict(rows(0.2, 0.095, 0.03), budget_ms=0.1, margin=0.1)
+    assert not out["reachable"] and out["faster"] == ["resnet8_s2 x16"]
+    assert "resnet8 x16 cannot reach it: its floor measured 0.0950 ms" in out["message"]
+    assert "resnet8_s2 runs every layer" in out["message"] and "\n" not in out["message"]
+    none = student_floor.verdict(rows(0.2, 0.095, 0.095), budget_ms=0.1, margin=0.1)
+    assert none["faster"] == [] and "these reach it" not in none["message"]
+
+
+def test_the_command_exits_1_in_one_line_when_the_floor_is_over_the_budget(tmp_path, sized):
+    def floor(*sets):
+        args = [arg for item in (*FP32, "prune.search_repeats=1", *sets) for arg in ("--set", item)]
+        return CliRunner().invoke(cli, ["--artifacts", str(tmp_path), "floor", *args])
+
+    within = floor("prune.target_latency_ms=1")  # MB of ONNX file: every tiny model fits
+    assert within.exit_code == 0, within.output
+    assert "cnn x8" in within.output and "meets it unpruned" in within.output
+    out = floor("prune.target_latency_ms=0.000001")
+    assert out.exit_code == 1
+    assert out.output.strip().splitlines()[-1].startswith("error: prune.target_latency_ms=1e-06: cnn x8 cannot reach")
+    bad = floor("prune.target_latency_ms=1", "distill.model=nosuch")
+    assert bad.exit_code == 2 and "distill.model='nosuch'" in bad.output

@@ -108,6 +108,9 @@ def verdict(rows: list[dict[str, Any]], budget_ms: float, margin: float) -> dict
     faster = [row["model"] for row in rows[1:] if row["role"] != "teacher" and row["floor_ms"] <= limit]
     if student["unpruned_ms"] <= limit:
         message = f"{student['model']} meets it unpruned ({student['unpruned_ms']:.4f} ms): a larger student may fit"
+        larger = [row for row in rows[1:] if row["unpruned_macs"] > student["unpruned_macs"]]
+        fits = [f"{row['model']} ({row['unpruned_ms']:.4f} ms)" for row in larger if row["unpruned_ms"] <= limit]
+        message += f"; these larger ones meet it unpruned: {', '.join(fits)}" if fits else ""
     elif student["floor_ms"] <= limit:
         message = (
             f"{student['model']} reaches it by pruning: its floor measured {student['floor_ms']:.4f} ms "

@@ -77,20 +77,24 @@ def test_each_model_is_measured_unpruned_and_at_its_floor_in_interleaved_rounds(
 
 
 def rows(student_ms, floor_ms, other_floor_ms):
-    def row(role, name, unpruned, floor):
+    def row(role, name, unpruned, floor, macs):
         return {"role": role, "name": name, "model": f"{name} x16", "unpruned_ms": unpruned, "floor_ms": floor,
-                "floor_removed": 0.75}  # fmt: skip
+                "floor_removed": 0.75, "unpruned_macs": macs}  # fmt: skip
 
     return [
-        row("student", "resnet8", student_ms, floor_ms),
-        row("stride-2 variant", "resnet8_s2", other_floor_ms * 2, other_floor_ms),
-        row("teacher", "resnet20", 0.5, 0.01),  # the teacher is never offered as a student
+        row("student", "resnet8", student_ms, floor_ms, 12),
+        row("stride-2 variant", "resnet8_s2", other_floor_ms * 2, other_floor_ms, 3),
+        row("teacher", "resnet20", 0.5, 0.01, 41),  # the teacher is never offered as a faster student
     ]
 
 
 def test_the_verdict_applies_the_search_margin_and_names_the_students_that_reach_the_budget():
     unpruned = student_floor.verdict(rows(0.09, 0.05, 0.03), budget_ms=0.1, margin=0.1)
-    assert unpruned["reachable"] and "meets it unpruned" in unpruned["message"]
+    assert unpruned["reachable"] and unpruned["message"].endswith(
+        "meets it unpruned (0.0900 ms): a larger student may fit"
+    )
+    roomy = student_floor.verdict(rows(0.09, 0.05, 0.03), budget_ms=1, margin=0.1)  # the teacher fits, s2 is smaller
+    assert roomy["message"].endswith("; these larger ones meet it unpruned: resnet20 x16 (0.5000 ms)")
     by_pruning = student_floor.verdict(rows(0.095, 0.05, 0.03), budget_ms=0.1, margin=0.1)  # 0.095 > 0.09
     assert by_pruning["reachable"] and "reaches it by pruning" in by_pruning["message"]
     out = student_floor.verdict(rows(0.2, 0.095, 0.03), budget_ms=0.1, margin=0.1)

@@ -17,6 +17,7 @@ Fixed choices, recorded in the decision (`method`):
 from __future__ import annotations
 
 import copy
+import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -46,9 +47,17 @@ EXPORT_OPSET = DEFAULT_OPSET
 FORMATS = {"fp32": ("fp32",), "int8": ("int8",), "fastest": ("fp32", "int8")}  # prune.target_format -> measured
 
 
+# Exported files kept per setting: `repeated` re-times one setting back to back and `edgeforge floor` each model's
+# two forms in turn, so a few suffice; older ones are deleted (a full-size model's file can be 100 MB).
+KEPT_SETTINGS = 8
+
+
 class Candidates:
     """Measures pruned copies of one student; `prune(model, setting)` prunes a model in place to a setting: a ratio
-    (the uniform search) or channel counts per group (the per-layer search, pipeline/search/prune_layers.py)."""
+    (the uniform search) or channel counts per group (the per-layer search, pipeline/search/prune_layers.py).
+
+    A setting measured again (prune.search_repeats) is timed again from the files of its first export: export and
+    quantization are deterministic (the export stage's tests check the bytes), only the timing needs repeating."""
 
     def __init__(self, student: nn.Module, spec: ModelSpec, images: np.ndarray, norm: tuple, params: Any, prune):
         self.student, self.spec, self.params, self.prune = student, spec, params, prune
@@ -56,24 +65,49 @@ class Candidates:
         self.calibration = inputs
         self.feed = {INPUT_NAME: np.resize(inputs, (params.target_batch, *inputs.shape[1:]))}
         self.work = tempfile.TemporaryDirectory(prefix="edgeforge-prune-search-")
+        self.exported: dict[str, dict[str, Any]] = {}  # setting (canonical JSON) -> its files, MACs and parameters
+        self.exports = 0
 
     def __call__(self, setting: float | dict[str, int]) -> dict[str, Any]:
-        model = copy.deepcopy(self.student).eval()
-        if setting:  # ratio 0 or no group's count: the student itself
-            self.prune(model, setting)
-        return self.measure(model)
+        key = json.dumps(setting, sort_keys=True)
+        if key not in self.exported:
+            model = copy.deepcopy(self.student).eval()
+            if setting:  # ratio 0 or no group's count: the student itself
+                self.prune(model, setting)
+            self.exported[key] = self.export(model)
+            while len(self.exported) > KEPT_SETTINGS:
+                for path in self.exported.pop(next(iter(self.exported)))["paths"].values():
+                    path.unlink(missing_ok=True)
+        return self.time(self.exported[key])
 
     def measure(self, model: nn.Module) -> dict[str, Any]:
-        """{"latency_ms": the deployed form's p50, "format", "fp32_ms"/"int8_ms", "macs", "params"}."""
+        """{"latency_ms": the deployed form's p50, "format", "fp32_ms"/"int8_ms", "macs", "params"} of any model
+        (the fine-tuned one), exported afresh."""
+        exported = self.export(model)
+        try:
+            return self.time(exported)
+        finally:
+            for path in exported["paths"].values():
+                path.unlink(missing_ok=True)
+
+    def export(self, model: nn.Module) -> dict[str, Any]:
+        """The model's file in each form prune.target_format measures, with its MACs and parameter count."""
         macs, count = count_macs_and_params(model, self.spec)
-        fp32 = Path(self.work.name) / "candidate.onnx"
+        self.exports += 1
+        fp32 = Path(self.work.name) / f"candidate-{self.exports}.onnx"
         export_onnx(model, self.spec, fp32, EXPORT_OPSET)
-        result: dict[str, Any] = {"macs": macs, "params": count}
-        for form in FORMATS[self.params.target_format]:
-            path = fp32
-            if form == "int8":
-                path = fp32.with_name("candidate_int8.onnx")
-                quantize(fp32, path, self.calibration, QuantSettings())
+        paths = {"fp32": fp32}
+        if "int8" in FORMATS[self.params.target_format]:
+            paths["int8"] = fp32.with_name(f"candidate-{self.exports}-int8.onnx")
+            quantize(fp32, paths["int8"], self.calibration, QuantSettings())
+        if "fp32" not in FORMATS[self.params.target_format]:
+            fp32.unlink()
+            del paths["fp32"]
+        return {"paths": paths, "macs": macs, "params": count}
+
+    def time(self, exported: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = {"macs": exported["macs"], "params": exported["params"]}
+        for form, path in exported["paths"].items():
             result[f"{form}_ms"], result[f"{form}_settings"] = self.p50(path)
         best = min(FORMATS[self.params.target_format], key=lambda form: result[f"{form}_ms"])
         return {"latency_ms": result[f"{best}_ms"], "format": best, **result}

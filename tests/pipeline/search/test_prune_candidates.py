@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from pipeline.search.prune_candidates import repeated
 
 
@@ -14,3 +16,69 @@ def test_a_repeated_measurement_is_the_median_one_with_every_latency_in_order():
     two = repeated(measure, 2)  # an even count takes the lower middle: the search errs towards meeting a budget
     lower = two({"a": 8})
     assert lower == {"latency_ms": 0.1, "format": "run at 0.1", "setting": {"a": 8}, "latency_runs_ms": [0.4, 0.1]}
+
+
+def test_a_setting_measured_again_is_timed_again_from_the_files_of_its_one_export(monkeypatch):
+    import numpy as np
+
+    from pipeline.models.factory import build_model
+    from pipeline.models.spec import ModelSpec
+    from pipeline.search import prune_budget, prune_candidates
+    from stages.prune import Params
+
+    timed = []
+
+    def p50(self, path):  # the file's size stands in for its latency: this test is about files, not timings
+        timed.append(path)
+        return path.stat().st_size / 1e6, "size"
+
+    monkeypatch.setattr(prune_candidates.Candidates, "p50", p50)
+    spec = ModelSpec("cnn", 8, 1, 10, (8, 8))
+    params = Params(target_format="fastest")
+    images = np.random.default_rng(0).integers(0, 256, (64, 1, 8, 8), dtype=np.uint8)
+    student = build_model(spec).eval()
+    candidates = prune_candidates.Candidates(
+        student, spec, images, ([0.5], [0.25]), params, prune_budget.pruning(spec, params)
+    )
+    first = repeated(candidates, 3)(0.5)
+    assert candidates.exports == 1 and len(timed) == 6  # fp32 and int8, each timed three times
+    assert [path.name for path in timed[:2]] == ["candidate-1.onnx", "candidate-1-int8.onnx"] and set(timed[2:]) == set(
+        timed[:2]
+    )
+    assert first["latency_runs_ms"] == [first["latency_ms"]] * 3 and first["format"] == "int8"  # the smaller file
+    unpruned = candidates({})
+    assert candidates.exports == 2 and unpruned["macs"] > first["macs"]
+    assert candidates(0.5) == {key: value for key, value in first.items() if key != "latency_runs_ms"}
+    assert candidates.exports == 2
+    # Only the last KEPT_SETTINGS settings keep their files; an older one is exported again when measured again.
+    monkeypatch.setattr(prune_candidates, "KEPT_SETTINGS", 2)
+    candidates(0.25)
+    assert not timed[0].exists() and not timed[1].exists() and candidates.exports == 3
+    candidates(0.5)
+    assert candidates.exports == 4
+    # A model measured directly (the fine-tuned one) is exported afresh and leaves no file behind.
+    kept = sorted(path.name for path in Path(candidates.work.name).iterdir())
+    candidates.measure(student)
+    assert candidates.exports == 5 and sorted(path.name for path in Path(candidates.work.name).iterdir()) == kept
+    candidates.close()
+
+
+def test_an_int8_target_keeps_only_the_int8_file(monkeypatch):
+    import numpy as np
+
+    from pipeline.models.factory import build_model
+    from pipeline.models.spec import ModelSpec
+    from pipeline.search import prune_budget, prune_candidates
+    from stages.prune import Params
+
+    monkeypatch.setattr(prune_candidates.Candidates, "p50", lambda self, path: (1.0, "fixed"))
+    spec = ModelSpec("cnn", 8, 1, 10, (8, 8))
+    params = Params(target_format="int8")
+    images = np.zeros((8, 1, 8, 8), dtype=np.uint8)
+    candidates = prune_candidates.Candidates(
+        build_model(spec), spec, images, ([0.5], [0.25]), params, prune_budget.pruning(spec, params)
+    )
+    result = candidates({})
+    assert result["format"] == "int8" and "fp32_ms" not in result
+    assert [path.name for path in Path(candidates.work.name).iterdir()] == ["candidate-1-int8.onnx"]
+    candidates.close()

@@ -90,6 +90,7 @@ def measure(dataset: Dataset, teacher: Any, distill: Any, prune: Any, extra: tup
         row.setdefault("floor_macs", row["unpruned_macs"])
         for form in FORMS:
             row[f"{form}_ms"] = float(np.median(row["runs"][form]))
+        row["floor_fastest_ms"] = min(row["runs"]["floor"])
     budget = prune.target_latency_ms
     return {
         "rows": rows,
@@ -102,10 +103,17 @@ def measure(dataset: Dataset, teacher: Any, distill: Any, prune: Any, extra: tup
 
 def verdict(rows: list[dict[str, Any]], budget_ms: float, margin: float) -> dict[str, Any]:
     """Whether the student can reach `budget_ms` as the prune search decides it (a candidate must measure
-    <= budget * (1 - margin)): {"reachable": bool, "message": one line, "faster": the other models that can}."""
+    <= budget * (1 - margin)): {"reachable": bool, "message": one line, "faster": the other models that can}.
+
+    Unreachable means every round of the floor measured over the limit. This VM's drift (up to 1.4x over seconds)
+    can put a median over it that a quieter moment meets; that is said, not failed."""
     limit = budget_ms * (1 - margin)
     student = rows[0]
-    faster = [row["model"] for row in rows[1:] if row["role"] != "teacher" and row["floor_ms"] <= limit]
+    can = [row for row in rows[1:] if row["role"] != "teacher" and row["floor_fastest_ms"] <= limit]
+    others = ", ".join(
+        f"{row['model']} (floor {row['floor_ms']:.4f} ms, {row['floor_fastest_ms']:.4f} fastest)" for row in can
+    )
+    floor = f"its floor measured {student['floor_ms']:.4f} ms ({student['floor_fastest_ms']:.4f} in its fastest round)"
     if student["unpruned_ms"] <= limit:
         message = f"{student['model']} meets it unpruned ({student['unpruned_ms']:.4f} ms): a larger student may fit"
         larger = [row for row in rows[1:] if row["unpruned_macs"] > student["unpruned_macs"]]
@@ -113,17 +121,17 @@ def verdict(rows: list[dict[str, Any]], budget_ms: float, margin: float) -> dict
         message += f"; these larger ones meet it unpruned: {', '.join(fits)}" if fits else ""
     elif student["floor_ms"] <= limit:
         message = (
-            f"{student['model']} reaches it by pruning: its floor measured {student['floor_ms']:.4f} ms "
-            f"({student['floor_removed']:.0%} of the channels removed)"
+            f"{student['model']} reaches it by pruning: {floor}, {student['floor_removed']:.0%} of the channels removed"
         )
     else:
-        others = f"; these reach it: {', '.join(faster)}" if faster else ""
+        reach = "reaches it only in its fastest rounds" if student["floor_fastest_ms"] <= limit else "cannot reach it"
         message = (
-            f"{student['model']} cannot reach it: its floor measured {student['floor_ms']:.4f} ms with "
-            f"{student['floor_removed']:.0%} of the channels removed, over {limit:.4f} ms; "
-            f"{prune_budget.lower_floor(student['name'])}{others}"
+            f"{student['model']} {reach}: {floor} with {student['floor_removed']:.0%} of the channels removed, "
+            f"against {limit:.4f} ms; {prune_budget.lower_floor(student['name'])}"
+            + (f"; these reach it: {others}" if others else "")
         )
-    return {"reachable": student["floor_ms"] <= limit, "limit_ms": limit, "message": message, "faster": faster}
+    reachable = student["floor_fastest_ms"] <= limit
+    return {"reachable": reachable, "limit_ms": limit, "message": message, "faster": [row["model"] for row in can]}
 
 
 def format_floors(result: dict[str, Any]) -> str:
@@ -142,7 +150,9 @@ def format_floors(result: dict[str, Any]) -> str:
         lines.append(f"{row['role']:<17} {row['model']:<22} {cells[0]:<31} {cells[1]:<31} {row['floor_removed']:.0%}")
     if result["verdict"] is not None:
         said, budget = result["verdict"], result["budget_ms"]
-        lines.append(f"budget {budget} ms ({said['limit_ms']:.4f} after prune.search_margin): {said['message']}")
+        # Out of reach, the command's error line says why; the table does not say it twice.
+        verdict_text = said["message"] if said["reachable"] else "out of reach"
+        lines.append(f"budget {budget} ms ({said['limit_ms']:.4f} after prune.search_margin): {verdict_text}")
     else:
         lines.append("no prune.target_latency_ms set: nothing to check against")
     return "\n".join(lines) + "\n"

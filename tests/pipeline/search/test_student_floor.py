@@ -76,13 +76,14 @@ def test_each_model_is_measured_unpruned_and_at_its_floor_in_interleaved_rounds(
     assert result["verdict"]["reachable"] and "meets it unpruned" in result["verdict"]["message"]
 
 
-def rows(student_ms, floor_ms, other_floor_ms):
-    def row(role, name, unpruned, floor, macs):
+def rows(student_ms, floor_ms, other_floor_ms, fastest_ms=None):
+    def row(role, name, unpruned, floor, macs, fastest=None):
         return {"role": role, "name": name, "model": f"{name} x16", "unpruned_ms": unpruned, "floor_ms": floor,
-                "floor_removed": 0.75, "unpruned_macs": macs}  # fmt: skip
+                "floor_fastest_ms": floor if fastest is None else fastest, "floor_removed": 0.75,
+                "unpruned_macs": macs}  # fmt: skip
 
     return [
-        row("student", "resnet8", student_ms, floor_ms, 12),
+        row("student", "resnet8", student_ms, floor_ms, 12, fastest_ms),
         row("stride-2 variant", "resnet8_s2", other_floor_ms * 2, other_floor_ms, 3),
         row("teacher", "resnet20", 0.5, 0.01, 41),  # the teacher is never offered as a faster student
     ]
@@ -96,13 +97,21 @@ def test_the_verdict_applies_the_search_margin_and_names_the_students_that_reach
     roomy = student_floor.verdict(rows(0.09, 0.05, 0.03), budget_ms=1, margin=0.1)  # the teacher fits, s2 is smaller
     assert roomy["message"].endswith("; these larger ones meet it unpruned: resnet20 x16 (0.5000 ms)")
     by_pruning = student_floor.verdict(rows(0.095, 0.05, 0.03), budget_ms=0.1, margin=0.1)  # 0.095 > 0.09
-    assert by_pruning["reachable"] and "reaches it by pruning" in by_pruning["message"]
+    assert by_pruning["reachable"] and "reaches it by pruning: its floor measured 0.0500 ms" in by_pruning["message"]
     out = student_floor.verdict(rows(0.2, 0.095, 0.03), budget_ms=0.1, margin=0.1)
     assert not out["reachable"] and out["faster"] == ["resnet8_s2 x16"]
-    assert "resnet8 x16 cannot reach it: its floor measured 0.0950 ms" in out["message"]
+    assert "resnet8 x16 cannot reach it: its floor measured 0.0950 ms (0.0950 in its fastest round)" in out["message"]
     assert "resnet8_s2 runs every layer" in out["message"] and "\n" not in out["message"]
+    assert out["message"].endswith("; these reach it: resnet8_s2 x16 (floor 0.0300 ms, 0.0300 fastest)")
     none = student_floor.verdict(rows(0.2, 0.095, 0.095), budget_ms=0.1, margin=0.1)
     assert none["faster"] == [] and "these reach it" not in none["message"]
+
+
+def test_a_floor_whose_fastest_round_meets_the_budget_is_not_failed_but_said_to_be_at_the_edge():
+    # This VM drifts by up to 1.4x over seconds: a median over the limit is not proof that the floor is.
+    edge = student_floor.verdict(rows(0.2, 0.095, 0.095, fastest_ms=0.085), budget_ms=0.1, margin=0.1)
+    assert edge["reachable"]
+    assert "resnet8 x16 reaches it only in its fastest rounds: its floor measured 0.0950 ms (0.0850" in edge["message"]
 
 
 def test_the_command_exits_1_in_one_line_when_the_floor_is_over_the_budget(tmp_path, sized):

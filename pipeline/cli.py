@@ -87,6 +87,12 @@ nproc_option = click.option(
 no_wait_option = click.option(
     "--no-wait", is_flag=True, help="Fail at once if another edgeforge process is running a stage this run needs."
 )
+skip_floor_check_option = click.option(
+    "--skip-floor-check",
+    is_flag=True,
+    help="Train the student even when prune.target_latency_ms is under its floor of pruning (by default the run "
+    "times the untrained student's floor before training and fails if every round is over the budget).",
+)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -117,7 +123,15 @@ def cli(ctx: click.Context, artifacts: Path, verbose: bool, debug: bool) -> None
 
 
 def _execute(
-    store: ArtifactStore, config_file, overrides, target: str, force, as_json: bool, no_wait: bool, nproc: int
+    store: ArtifactStore,
+    config_file,
+    overrides,
+    target: str,
+    force,
+    as_json: bool,
+    no_wait: bool,
+    nproc: int,
+    skip_floor_check: bool,
 ) -> None:
     config = load_config(config_file, overrides)  # bad input fails here, before any rank starts
     if nproc > 1 and distributed.world_size() == 1:
@@ -125,7 +139,9 @@ def _execute(
         return
     distributed.init()
     try:
-        results = runner.run_pipeline(config, store, target=target, force=tuple(force), wait=not no_wait)
+        results = runner.run_pipeline(
+            config, store, target=target, force=tuple(force), wait=not no_wait, check_floor=not skip_floor_check
+        )
     finally:
         distributed.finish()
     if not distributed.is_leader():
@@ -159,15 +175,16 @@ def _execute(
 @force_option
 @nproc_option
 @no_wait_option
+@skip_floor_check_option
 @json_option
 @click.pass_obj
-def run(store: ArtifactStore, config_file, overrides, until, force, nproc, no_wait, as_json) -> None:
+def run(store: ArtifactStore, config_file, overrides, until, force, nproc, no_wait, skip_floor_check, as_json) -> None:
     """Run every stage (up to --until), reusing cached ones.
 
     Exits 0 when the sign-off passes, 1 when a gate fails (after writing the report) or a stage
     fails, 2 for bad input.
     """
-    _execute(store, config_file, overrides, until, force, as_json, no_wait, nproc)
+    _execute(store, config_file, overrides, until, force, as_json, no_wait, nproc, skip_floor_check)
 
 
 @cli.command()
@@ -177,15 +194,16 @@ def run(store: ArtifactStore, config_file, overrides, until, force, nproc, no_wa
 @force_option
 @nproc_option
 @no_wait_option
+@skip_floor_check_option
 @json_option
 @click.pass_obj
-def stage(store: ArtifactStore, name, config_file, overrides, force, nproc, no_wait, as_json) -> None:
+def stage(store: ArtifactStore, name, config_file, overrides, force, nproc, no_wait, skip_floor_check, as_json) -> None:
     """Run stage NAME and whatever it needs upstream (cached stages are reused).
 
     NAME is one of: data, teacher, distill, prune, export, quantize, bench, report.
     """
     runner.get_stage(name)
-    _execute(store, config_file, overrides, name, force, as_json, no_wait, nproc)
+    _execute(store, config_file, overrides, name, force, as_json, no_wait, nproc, skip_floor_check)
 
 
 @cli.command()

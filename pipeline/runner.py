@@ -96,9 +96,11 @@ def run_pipeline(
     target: str = STAGE_NAMES[-1],
     force: tuple[str, ...] = (),
     wait: bool = True,
+    check_floor: bool = True,
 ) -> list[StageResult]:
     """Run `target` and what it needs. `force` names stages to re-run (with their downstream), or 'all'.
-    `wait=False` fails at once when another process is running a stage this run needs."""
+    `wait=False` fails at once when another process is running a stage this run needs. `check_floor`: before
+    training a student for a latency budget, check that its floor can reach it (check_student_floor)."""
     get_stage(target)
     for name in force:
         if name != "all":
@@ -120,6 +122,9 @@ def run_pipeline(
     results = []
     for stage in stages:
         key, external = plan[stage.NAME]
+        if leader and check_floor and stage.TRAINS:
+            check_student_floor(config, store, plan, artifacts, forced)
+            check_floor = False  # once, before the first training stage
         started = time.perf_counter()
         reuse = stage.NAME not in forced
         upstream = {name: artifacts[name] for name in stage.INPUTS}
@@ -136,6 +141,20 @@ def run_pipeline(
             state = "cached" if cached else f"ran in {seconds:.1f}s"
             log.info("%s: %s (%s) %s", stage.NAME, state, key[:12], artifact.metrics.get("summary", ""))
     return results
+
+
+def check_student_floor(config: Config, store: ArtifactStore, plan: dict, artifacts: dict, forced: set) -> None:
+    """A run that will distill a student and prune it for prune.target_latency_ms first times the student's floor
+    (pipeline/search/student_floor.py) and fails in one line, before any training, when no round of it is within
+    the budget: the prune stage would find the same after the teacher and the student had trained."""
+    prune = config.section("prune")
+    if prune.target_latency_ms is None or not {"data", "distill", "prune"} <= plan.keys():
+        return
+    if "distill" not in forced and store.lookup("distill", plan["distill"][0]) is not None:
+        return  # trained already: nothing to save, the prune stage measures it
+    failure = student_floor.floor_check(load_dataset(artifacts["data"]), config.section("distill"), prune)
+    if failure is not None:
+        raise StageError(failure)
 
 
 def _lead_stage(

@@ -17,6 +17,7 @@ another would compare the drift, not the models.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,8 @@ from pipeline.search.prune_layers import full_channels, share_removed
 from pipeline.training.recipes import model_label, spec_for
 
 FORMS = ("unpruned", "floor")
+
+log = logging.getLogger(__name__)
 
 
 def parse_model(text: str) -> tuple[str, int | None]:
@@ -132,6 +135,29 @@ def verdict(rows: list[dict[str, Any]], budget_ms: float, margin: float) -> dict
         )
     reachable = student["floor_fastest_ms"] <= limit
     return {"reachable": reachable, "limit_ms": limit, "message": message, "faster": [row["model"] for row in can]}
+
+
+def floor_check(dataset: Dataset, distill: Any, prune: Any) -> str | None:
+    """Before a student is trained for prune.target_latency_ms: None when its floor measured within the limit in
+    at least one of prune.search_repeats rounds, else the one line that says it cannot reach the budget. Only the
+    floor is timed (a few seconds a round): the check costs little next to the training it may save."""
+    row, candidates, settings = measured_student("student", distill.model, distill.width, dataset, prune)
+    try:
+        runs = [candidates(settings["floor"])["latency_ms"] for _ in range(prune.search_repeats)]
+    finally:
+        candidates.close()
+    limit = prune.target_latency_ms * (1 - prune.search_margin)
+    measured = ", ".join(f"{ms:.4f}" for ms in runs)
+    log.info("floor check: %s at its floor measured %s ms against %.4f ms", row["model"], measured, limit)
+    if min(runs) <= limit:
+        return None
+    return (
+        f"prune.target_latency_ms={prune.target_latency_ms}: {row['model']} cannot reach it: its floor "
+        f"({row['floor_removed']:.0%} of the channels removed, untrained) measured {float(np.median(runs)):.4f} ms, "
+        f"{min(runs):.4f} in its fastest of {len(runs)} rounds, against {limit:.4f} ms after prune.search_margin; "
+        f"{prune_budget.lower_floor(row['name'])} (`edgeforge floor --model NAME` measures others), or pass "
+        "--skip-floor-check to train it anyway"
+    )
 
 
 def format_floors(result: dict[str, Any]) -> str:

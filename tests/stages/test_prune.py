@@ -101,7 +101,9 @@ def run_prune(store, *sets, target="prune"):
     bench = ["bench.batch_sizes=[1]", "bench.warmup_runs=2", "bench.min_runs=20", "bench.min_seconds=0"]
     bench += ["bench.tune=false", "bench.memory=false"]
     config = load_config(overrides=[*fast, "prune.finetune_epochs=1", "quantize.calibration_samples=64", *bench, *sets])
-    results = run_pipeline(config, store, target=target)
+    # These tests exercise the prune stage's own handling of budgets, unreachable ones included; the run's floor
+    # check before training (tests/pipeline/search/test_student_floor.py) would stop those first.
+    results = run_pipeline(config, store, target=target, check_floor=False)
     return results[-1] if target == "prune" else {r.name: r for r in results}
 
 

@@ -127,3 +127,41 @@ def test_the_command_exits_1_in_one_line_when_the_floor_is_over_the_budget(tmp_p
     assert out.output.strip().splitlines()[-1].startswith("error: prune.target_latency_ms=1e-06: cnn x8 cannot reach")
     bad = floor("prune.target_latency_ms=1", "distill.model=nosuch")
     assert bad.exit_code == 2 and "distill.model='nosuch'" in bad.output
+
+
+@pytest.mark.slow  # trains the FAST pipeline up to prune
+def test_a_run_for_a_budget_under_the_students_floor_fails_before_training_unless_told_to_go_on(tmp_path, sized):
+    from pipeline.cache import ArtifactStore
+    from pipeline.errors import StageError
+    from pipeline.runner import run_pipeline
+    from tests.conftest import FAST
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    config = load_config(overrides=(*FAST, *FP32, "prune.search_repeats=2", "prune.target_latency_ms=0.000001"))
+    with pytest.raises(
+        StageError, match=r"cnn x8 cannot reach it: its floor \(\d+% of the channels removed, untrained\)"
+    ):
+        run_pipeline(config, store, target="prune")
+    assert [name for name, _ in sized] == ["cnn", "cnn"]  # the student's floor, once per round
+    assert not (store.cache / "teacher").exists()  # nothing trained, only the data stage published
+    assert [entry.name for entry in (store.cache / "data").iterdir() if not entry.name.startswith(".")]
+    # Told to go on, the run trains and the prune stage handles the budget (it misses it, and says so).
+    results = run_pipeline(config, store, target="prune", check_floor=False)
+    assert results[-1].artifact.metrics["latency_search"]["met"] is False
+    # With the student distilled there is nothing left to save: no check, and the cached run is reused.
+    sized.clear()
+    assert all(result.cached for result in run_pipeline(config, store, target="prune"))
+    assert sized == []
+
+
+def test_the_floor_check_is_skipped_without_a_budget_or_without_pruning(tmp_path, sized):
+    from pipeline.cache import ArtifactStore
+    from pipeline.runner import run_pipeline
+    from tests.conftest import FAST
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    budget = load_config(overrides=(*FAST, *FP32, "prune.target_latency_ms=0.000001"))
+    run_pipeline(budget, store, target="distill")  # no prune stage in this run: its budget is not this run's
+    assert sized == []
+    help_text = CliRunner().invoke(cli, ["run", "--help"]).output
+    assert "--skip-floor-check" in help_text

@@ -2,13 +2,14 @@
 
 Weights do not change latency, architecture does; so an untrained student, exported and timed as the prune
 search times its candidates (pipeline/search/prune_candidates.py: deployed form, prune.target_* settings), tells in
-seconds what the prune stage learns only after the teacher and the student have trained:
+a minute or two what the prune stage learns only after the teacher and the student have trained:
 - unpruned: the student as distill.model and distill.width build it;
 - floor: every prunable group at its fewest channels (prune.round_to), the fastest any pruning of it reaches.
 
 Pruning thins channels; it keeps every operator and every feature map's size, so at batch 1 the floor is often far
-above zero (on the Xeon of BENCHMARKS.md resnet8's floor was 0.143-0.165 ms, 74-85% of its unpruned latency). A
-budget under the student's floor fails the sign-off however the search prunes; this says so before the training.
+above zero (on the Xeon of BENCHMARKS.md CIFAR-10's resnet8 measured 0.10-0.15 ms at its floor in three runs, for
+15% of its MACs, against 0.15-0.19 ms unpruned). A budget under the student's floor fails the sign-off however the
+search prunes; this says so before the training (`edgeforge floor`, and `floor_check` before a run trains).
 
 Every model and form is measured in interleaved rounds (prune.search_repeats of them): a 2-core VM drifts by up to
 1.4x over seconds (the same session, 0.066 or 0.090 ms), so back-to-back measurements of one model and then

@@ -8,7 +8,7 @@ a minute or two what the prune stage learns only after the teacher and the stude
 
 Pruning thins channels; it keeps every operator and every feature map's size, so at batch 1 the floor is often far
 above zero (on the Xeon of BENCHMARKS.md CIFAR-10's resnet8 measured 0.10-0.15 ms at its floor in three runs, for
-15% of its MACs, against 0.15-0.19 ms unpruned). A budget under the student's floor fails the sign-off however the
+15% of its MACs, against 0.14-0.19 ms unpruned). A budget under the student's floor fails the sign-off however the
 search prunes; this says so before the training (`edgeforge floor`, and `floor_check` before a run trains).
 
 Every model and form is measured in interleaved rounds (prune.search_repeats of them): a 2-core VM drifts by up to

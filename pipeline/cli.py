@@ -240,7 +240,7 @@ def floor(store: ArtifactStore, config_file, overrides, models, as_json) -> None
     do not change latency), for the data stage's images. Each is exported and timed unpruned and at its floor (every
     prunable group at its fewest channels under prune.round_to) as the prune search times its candidates
     (prune.target_device, target_provider, target_batch, target_format), in prune.search_repeats interleaved
-    rounds. Exits 1 when prune.target_latency_ms is set and the student's floor is over it (less
+    rounds. Exits 1 when prune.target_latency_ms is set and every round of the student's floor is over it (less
     prune.search_margin): no pruning of that student meets the budget.
     """
     result = runner.student_floors(load_config(config_file, overrides), store, models)

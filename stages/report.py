@@ -1,10 +1,12 @@
 """report: pick the edge model, evaluate the sign-off gates, write report.json, report.md and model.onnx.
 
 The edge model is the fastest model (p50 at `signoff.latency_batch` on `signoff.latency_provider`, measured on
-`signoff.latency_target`) among those that pass the accuracy gates; int8 is not assumed faster. A latency budget
-(prune.target_latency_ms) becomes a latency gate on the edge model (`PROVIDER:BATCH:p50<=BUDGET` in the report's
-signoff.latency_limits). If no model passes the accuracy gates, the most accurate one is named and the sign-off
-fails. The runner copies this stage's files to `artifacts/release/`.
+`signoff.latency_target`) among those that pass the accuracy gates, unless one as good as equally fast (within
+`signoff.latency_tie`, or within every latency limit) is more accurate beyond the validation noise
+(pipeline/reporting/gates.py); int8 is not assumed faster. A latency budget (prune.target_latency_ms) becomes a
+latency gate on the edge model (`PROVIDER:BATCH:p50<=BUDGET` in the report's signoff.latency_limits). If no model
+passes the accuracy gates, the most accurate one is named and the sign-off fails. The runner copies this stage's
+files to `artifacts/release/`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, provider_name
 
 NAME = "report"
 SECTION = "signoff"
-VERSION = 15  # 15: the choices name the per-layer searches and the uniform baseline
+VERSION = 16  # 16: within the latency limits the more accurate model beyond the noise ships (accurate_within_limits)
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")
@@ -46,6 +48,9 @@ class Params:
     # The fastest model passing the accuracy gates (on validation) is the edge model; p50s within this fraction of
     # the fastest count as equally fast, and a slower one of those wins if more accurate beyond the validation noise.
     latency_tie: float = 0.0
+    # With latency limits (latency_limits, a prune budget, max_latency_ms), every model within all of them counts as
+    # fast enough: a slower one of those wins if more accurate beyond the validation noise. false: speed alone.
+    accurate_within_limits: bool = True
     max_latency_ms: float | None = None  # p90 limit at latency_batch on CPU; null: no latency gate
     latency_limits: tuple[
         str, ...

@@ -6,10 +6,13 @@ Shared by the report stage (which applies them) and `edgeforge signoff` (which r
 The edge model is chosen on the validation split alone, so the test accuracy it then reports is not optimistic:
 
 1. Candidates: the models that pass the accuracy gates on their validation accuracy.
-2. The fastest candidate (p50 at `latency_batch` on `latency_provider`) is the edge model, unless `latency_tie` > 0
-   and a candidate within that fraction of its p50 (as good as equally fast) is more accurate beyond the noise: the
-   95% interval of the paired difference of their validation accuracies (the same images) lies above 0. Then the
-   most accurate such candidate wins. A validation difference inside the noise never outweighs speed.
+2. The fastest candidate (p50 at `latency_batch` on `latency_provider`) is the edge model, unless a candidate as
+   good as equally fast is more accurate beyond the noise: the 95% interval of the paired difference of their
+   validation accuracies (the same images) lies above 0. Then the most accurate such candidate wins. As good as
+   equally fast: within `latency_tie` of the fastest p50, or, with `accurate_within_limits` (the default), within
+   every latency limit the sign-off sets (`latency_limits`, which a prune budget joins, and `max_latency_ms`): a
+   user who states a budget asks for the most accurate model under it. A validation difference inside the noise
+   never outweighs speed.
 
 The sign-off gates then judge the edge model on the test split. An accuracy gate compares the point estimate, or
 with `accuracy_basis: bound` the end of the 95% interval that is worst for the model: the lower Wilson bound of its
@@ -106,11 +109,23 @@ def choose_edge_model(models: list[dict], params: Any) -> tuple[dict, list[str],
     batch, provider = params.latency_batch, params.latency_provider
     fastest = min(passing, key=lambda m: (p(m, batch, "p50_ms", provider), -m["validation_accuracy"], m["size_bytes"]))
     limit = p(fastest, batch, "p50_ms", provider) * (1 + params.latency_tie)
-    tied = sorted((m for m in passing if p(m, batch, "p50_ms", provider) <= limit), key=lambda m: m is not fastest)
+    fast_enough = [m for m in passing if p(m, batch, "p50_ms", provider) <= limit or within_latency_limits(m, params)]
+    tied = sorted(fast_enough, key=lambda m: m is not fastest)
     reference = correct(fastest, "validation")
     better = [m for m in tied if paired_difference(correct(m, "validation"), reference)[1] > 0]
     winner = max(better, key=lambda m: m["validation_accuracy"]) if better else fastest
     return winner, [m["name"] for m in passing], [m["name"] for m in tied]
+
+
+def within_latency_limits(model: dict, params: Any) -> bool:
+    """With `accurate_within_limits`, whether the model meets every latency limit of the sign-off (False when it
+    sets none): any such model is fast enough for the edge choice."""
+    if not params.accurate_within_limits or (not params.latency_limits and params.max_latency_ms is None):
+        return False
+    if params.max_latency_ms is not None:
+        if p(model, params.latency_batch, "p90_ms", params.latency_provider) > params.max_latency_ms:
+            return False
+    return all(g["passed"] for g in latency_limit_gates(model, params))
 
 
 def edge_reason(edge: dict, passing: list[str], tied: list[str], params: Any) -> str:
@@ -118,18 +133,23 @@ def edge_reason(edge: dict, passing: list[str], tied: list[str], params: Any) ->
     if not passing:
         return "no model passed the accuracy gates on the validation split; the most accurate on it is named"
     where = f"p50 at batch {params.latency_batch} on {params.latency_provider}"
+    limits = params.accurate_within_limits and (params.latency_limits or params.max_latency_ms is not None)
+    equally_fast = " or ".join(
+        ([f"within {params.latency_tie:.0%} of the fastest p50"] if params.latency_tie else [])
+        + (["within every latency limit of the sign-off"] if limits else [])
+    )
     reason = (
         f"the fastest ({where}) of the models passing the accuracy gates on the validation split ({', '.join(passing)})"
     )
-    if params.latency_tie:
+    if equally_fast:
         reason += (
-            f"; of those within {params.latency_tie:.0%} of the fastest p50 ({', '.join(tied)}), a slower one would "
-            "have won only with a validation accuracy higher beyond the 95% noise (paired interval above 0)"
+            f"; of those {equally_fast} ({', '.join(tied)}), a slower one would have won only with a validation "
+            "accuracy higher beyond the 95% noise (paired interval above 0)"
         )
         if edge["name"] != tied[0] and edge["name"] in tied:
             reason = (
-                f"within {params.latency_tie:.0%} of the fastest p50 ({where}) and more accurate on the validation "
-                f"split beyond the 95% noise, among the models passing the accuracy gates there ({', '.join(passing)})"
+                f"{equally_fast} ({where}) and more accurate on the validation split beyond the 95% noise than the "
+                f"fastest, among the models passing the accuracy gates there ({', '.join(passing)})"
             )
     return reason + "; the test split was not read for this choice"
 

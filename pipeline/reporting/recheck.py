@@ -17,6 +17,8 @@ from pipeline.reporting.compare import is_number, lookup, validate_report
 from pipeline.reporting.gates import choose_edge_model, signoff_gates
 from pipeline.runtime.timing import provider_name
 
+BEFORE_THEIR_TIME = {"accurate_within_limits": False}  # reports before VERSION 16 chose by speed alone
+
 
 def recheck_signoff(report: dict[str, Any], params_class: type, source: str = "report") -> dict[str, Any]:
     """Recompute the edge model and every gate from the report's models and config.signoff.
@@ -61,8 +63,9 @@ def _signoff_params(values: Any, params_class: type, source: str) -> Any:
             f"{source}: config.signoff has unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}"
         )
     try:
-        # Keys a report lacks take the current defaults, as a config without them would.
-        return params_class(**values)
+        # Keys a report lacks take the current defaults, as a config without them would, except rules that a report
+        # made before them did not apply: those take the value that reproduces its choice.
+        return params_class(**{**BEFORE_THEIR_TIME, **values})
     except ConfigError as error:
         raise ConfigError(f"{source}: {error}") from error
     except TypeError as error:  # a comparison in Params' checks on a value of the wrong type

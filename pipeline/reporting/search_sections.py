@@ -37,7 +37,8 @@ def edge_choice_section(report: dict[str, Any]) -> list[str]:
     lines += table(header, rows)
     lines += [
         "",
-        "As fast as the fastest: within signoff.latency_tie of the fastest p50 (only the fastest itself when it is 0); "
+        "As fast as the fastest: within signoff.latency_tie of the fastest p50 (only the fastest itself when it is 0), "
+        "or within every latency limit of the sign-off (signoff.accurate_within_limits); "
         "a slower one of those wins only when its validation accuracy is higher beyond the noise (the 95% interval of "
         "the paired difference on the same validation images lies above 0). Pareto front: models no other model beats "
         f"on both validation accuracy and p50. {report['edge_model']} won: {report['edge_model_reason']}.",

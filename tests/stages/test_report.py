@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.reporting.gates import choose_edge_model, signoff_gates
+from pipeline.reporting.gates import choose_edge_model, edge_reason, signoff_gates
 from pipeline.reporting.intervals import accuracy_with_interval
 from stages.bench import PROVIDER
 from stages.report import Params
@@ -188,3 +188,42 @@ def test_budget_must_be_where_the_edge_model_is_chosen():
     load_config(overrides=["prune.target_latency_ms=0.1", "prune.target_batch=32", *batch_32])
     with pytest.raises(ConfigError, match=r"bench.settings_batch=1 must be where models are compared: set it to sig"):
         load_config(overrides=["signoff.latency_batch=32"])
+
+
+def test_within_the_latency_limits_the_more_accurate_model_beyond_the_noise_ships():
+    # "Under 0.35 ms, as accurate as possible": student (0.3 ms) is 1 point more accurate than pruned (0.1 ms)
+    # beyond the noise, and both are under the limit.
+    models = [model("teacher", 0.99, 1.0), model("student", 0.98, 0.3), model("pruned", 0.97, 0.1)]
+    budget = Params(latency_limits=("cpu:1:p50<=0.35",))
+    edge, _, tied = choose_edge_model(models, budget)
+    assert edge["name"] == "student" and tied == ["pruned", "student"]
+    assert "within every latency limit of the sign-off" in edge_reason(edge, ["student", "pruned"], tied, budget)
+    # Speed alone when told so, or when the accurate model is over the limit (0.3 ms > 0.25 ms, or its p90 of 0.36 ms
+    # over max_latency_ms).
+    assert (
+        choose_edge_model(models, Params(latency_limits=("cpu:1:p50<=0.35",), accurate_within_limits=False))[0]["name"]
+        == "pruned"
+    )
+    assert choose_edge_model(models, Params(latency_limits=("cpu:1:p50<=0.25",)))[0]["name"] == "pruned"
+    assert choose_edge_model(models, Params(max_latency_ms=0.35))[0]["name"] == "pruned"
+    assert choose_edge_model(models, Params(max_latency_ms=0.4))[0]["name"] == "student"
+    # Inside the noise, speed still wins within the limits.
+    noisy = [model("teacher", 0.99, 1.0), model("student", 0.972, 0.3), model("pruned", 0.97, 0.1)]
+    noisy[1] |= scores("validation", 0.972, first=500)
+    assert choose_edge_model(noisy, budget)[0]["name"] == "pruned"
+
+
+def test_a_report_made_before_the_limits_rule_is_rechecked_with_speed_alone():
+    import dataclasses
+
+    from pipeline.reporting.recheck import recheck_signoff
+    from tests.pipeline.reporting.test_html import synthetic_report
+
+    old = synthetic_report(max_latency_ms=1.0, accurate_within_limits=False)
+    del old["config"]["signoff"]["accurate_within_limits"]  # as a report of VERSION 15 stored it
+    assert old["edge_model"] == "pruned"
+    result = recheck_signoff(old, Params)
+    assert result["edge_model"] == "pruned" and result["mismatches"] == []
+    new = synthetic_report(max_latency_ms=1.0)
+    assert new["edge_model"] == "student" and dataclasses.asdict(Params())["accurate_within_limits"] is True
+    assert recheck_signoff(new, Params)["mismatches"] == []

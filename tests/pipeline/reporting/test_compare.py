@@ -99,7 +99,8 @@ def test_signoff_turning_failed_is_a_regression_and_edge_change_is_reported():
 
 def test_recheck_agrees_with_an_untouched_report():
     result = recheck_signoff(synthetic_report(max_latency_ms=1.0, min_speedup_vs_teacher=2.0), SignoffParams)
-    assert result["passed"] and result["edge_model"] == "pruned" and result["mismatches"] == []
+    # Within the 1 ms limit the student (0.98 validation) is fast enough, and more accurate than pruned (0.97).
+    assert result["passed"] and result["edge_model"] == "student" and result["mismatches"] == []
     assert len(result["gates"]) == 5
 
 

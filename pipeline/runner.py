@@ -289,6 +289,7 @@ def stage_status(config: Config, store: ArtifactStore) -> list[dict[str, Any]]:
 def student_floors(config: Config, store: ArtifactStore, models: Sequence[str] = ()) -> dict[str, Any]:
     """`edgeforge floor`: the data stage (reused or run: the models are built for its images), then how fast the
     student could run on the prune stage's target, unpruned and at its floor, before anything trains."""
+    teacher, distill, prune = (config.section(name) for name in ("teacher", "distill", "prune"))
+    student_floor.students(teacher, distill, tuple(models))  # a bad --model fails here, before the data stage runs
     data = run_pipeline(config, store, target="data")[-1].artifact
-    sections = (config.section(name) for name in ("teacher", "distill", "prune"))
-    return student_floor.measure(load_dataset(data), *sections, tuple(models))
+    return student_floor.measure(load_dataset(data), teacher, distill, prune, tuple(models))

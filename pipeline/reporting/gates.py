@@ -117,15 +117,25 @@ def choose_edge_model(models: list[dict], params: Any) -> tuple[dict, list[str],
     return winner, [m["name"] for m in passing], [m["name"] for m in tied]
 
 
+def chooses_within_limits(params: Any) -> bool:
+    """Whether every model within the sign-off's latency limits counts as fast enough for the edge choice: with
+    `accurate_within_limits` and at least one limit (max_latency_ms or latency_limits)."""
+    return params.accurate_within_limits and bool(params.latency_limits or params.max_latency_ms is not None)
+
+
 def within_latency_limits(model: dict, params: Any) -> bool:
-    """With `accurate_within_limits`, whether the model meets every latency limit of the sign-off (False when it
-    sets none): any such model is fast enough for the edge choice."""
-    if not params.accurate_within_limits or (not params.latency_limits and params.max_latency_ms is None):
-        return False
-    if params.max_latency_ms is not None:
-        if p(model, params.latency_batch, "p90_ms", params.latency_provider) > params.max_latency_ms:
-            return False
-    return all(g["passed"] for g in latency_limit_gates(model, params))
+    """With chooses_within_limits, whether the model passes every latency gate the sign-off would set on it."""
+    gates = max_latency_gate(model, params) + latency_limit_gates(model, params)
+    return chooses_within_limits(params) and all(g["passed"] for g in gates)
+
+
+def max_latency_gate(model: dict, params: Any) -> list[dict[str, Any]]:
+    """signoff.max_latency_ms: the p90 at latency_batch on latency_provider (no gate when it is null)."""
+    if params.max_latency_ms is None:
+        return []
+    value = p(model, params.latency_batch, "p90_ms", params.latency_provider)
+    name = f"max_latency_ms_p90_batch_{params.latency_batch}"
+    return [gate(name, params.max_latency_ms, value, value <= params.max_latency_ms)]
 
 
 def edge_reason(edge: dict, passing: list[str], tied: list[str], params: Any) -> str:
@@ -133,10 +143,9 @@ def edge_reason(edge: dict, passing: list[str], tied: list[str], params: Any) ->
     if not passing:
         return "no model passed the accuracy gates on the validation split; the most accurate on it is named"
     where = f"p50 at batch {params.latency_batch} on {params.latency_provider}"
-    limits = params.accurate_within_limits and (params.latency_limits or params.max_latency_ms is not None)
     equally_fast = " or ".join(
         ([f"within {params.latency_tie:.0%} of the fastest p50"] if params.latency_tie else [])
-        + (["within every latency limit of the sign-off"] if limits else [])
+        + (["within every latency limit of the sign-off"] if chooses_within_limits(params) else [])
     )
     reason = (
         f"the fastest ({where}) of the models passing the accuracy gates on the validation split ({', '.join(passing)})"
@@ -171,11 +180,7 @@ def signoff_gates(edge: dict, models: list[dict], params: Any) -> list[dict[str,
             )
         )
     batch = params.latency_batch
-    if params.max_latency_ms is not None:
-        value = p(edge, batch, "p90_ms", params.latency_provider)
-        gates.append(
-            gate(f"max_latency_ms_p90_batch_{batch}", params.max_latency_ms, value, value <= params.max_latency_ms)
-        )
+    gates += max_latency_gate(edge, params)
     if params.min_speedup_vs_teacher is not None:
         provider = params.latency_provider
         value = p(by_name["teacher"], batch, "p50_ms", provider) / p(edge, batch, "p50_ms", provider)

@@ -56,7 +56,7 @@ def students(teacher: Any, distill: Any, extra: tuple[str, ...]) -> list[tuple[s
     rows += [("asked", *parse_model(text)) for text in extra]
     if not extra and distill.model in STRIDED_STEM:
         rows.append(("stride-2 variant", f"{distill.model}_s2", distill.width))
-    if getattr(teacher, "onnx", None) is None:
+    if teacher.onnx is None:
         rows.append(("teacher", teacher.model, teacher.width))
     return rows
 
@@ -73,28 +73,37 @@ def measured_student(role: str, name: str, width: int | None, dataset: Dataset, 
     return row, prune_budget.candidates(model, spec, dataset, prune), {"unpruned": {}, "floor": floor}
 
 
-def measure(dataset: Dataset, teacher: Any, distill: Any, prune: Any, extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """{"rows": one per model with its unpruned and floor latencies (median and range over the rounds), "method",
-    "budget_ms", "verdict"}; nothing is trained or written."""
-    measured = [measured_student(*model, dataset, prune) for model in students(teacher, distill, extra)]
-    rows = [row for row, _, _ in measured]
+def timed_rounds(measured: list, forms: tuple[str, ...], rounds: int) -> list[dict[str, Any]]:
+    """The rows of `measured` (measured_student's) with each form timed in `rounds` interleaved rounds: every
+    model and form once per round. A model with nothing to prune has its floor setting equal to its unpruned one,
+    so its floor is the same files timed again."""
     try:
-        for _ in range(prune.search_repeats):  # interleaved: every model and form once per round
+        for _ in range(rounds):
             for row, candidates, settings in measured:
-                for form in FORMS if row["floor_removed"] else FORMS[:1]:
+                for form in forms:
                     result = candidates(settings[form])
                     row["runs"].setdefault(form, []).append(result["latency_ms"])
                     row[f"{form}_format"], row[f"{form}_macs"] = result["format"], result["macs"]
     finally:
         for _, candidates, _ in measured:
             candidates.close()
-    for row in rows:
-        row["runs"].setdefault("floor", row["runs"]["unpruned"])  # nothing to prune: the floor is the model
-        row.setdefault("floor_format", row["unpruned_format"])
-        row.setdefault("floor_macs", row["unpruned_macs"])
-        for form in FORMS:
+    for row, _, _ in measured:
+        for form in forms:
             row[f"{form}_ms"] = float(np.median(row["runs"][form]))
         row["floor_fastest_ms"] = min(row["runs"]["floor"])
+    return [row for row, _, _ in measured]
+
+
+def search_limit(budget_ms: float, margin: float) -> float:
+    """What the prune search must measure to meet a budget: budget * (1 - prune.search_margin)."""
+    return budget_ms * (1 - margin)
+
+
+def measure(dataset: Dataset, teacher: Any, distill: Any, prune: Any, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """{"rows": one per model with its unpruned and floor latencies (median and range over the rounds), "method",
+    "budget_ms", "verdict"}; nothing is trained or written."""
+    measured = [measured_student(*model, dataset, prune) for model in students(teacher, distill, extra)]
+    rows = timed_rounds(measured, FORMS, prune.search_repeats)
     budget = prune.target_latency_ms
     return {
         "rows": rows,
@@ -111,7 +120,7 @@ def verdict(rows: list[dict[str, Any]], budget_ms: float, margin: float) -> dict
 
     Unreachable means every round of the floor measured over the limit. This VM's drift (up to 1.4x over seconds)
     can put a median over it that a quieter moment meets; that is said, not failed."""
-    limit = budget_ms * (1 - margin)
+    limit = search_limit(budget_ms, margin)
     student = rows[0]
     can = [row for row in rows[1:] if row["role"] != "teacher" and row["floor_fastest_ms"] <= limit]
     others = ", ".join(
@@ -142,20 +151,18 @@ def floor_check(dataset: Dataset, distill: Any, prune: Any) -> str | None:
     """Before a student is trained for prune.target_latency_ms: None when its floor measured within the limit in
     at least one of prune.search_repeats rounds, else the one line that says it cannot reach the budget. Only the
     floor is timed (a few seconds a round): the check costs little next to the training it may save."""
-    row, candidates, settings = measured_student("student", distill.model, distill.width, dataset, prune)
-    try:
-        runs = [candidates(settings["floor"])["latency_ms"] for _ in range(prune.search_repeats)]
-    finally:
-        candidates.close()
-    limit = prune.target_latency_ms * (1 - prune.search_margin)
+    student = measured_student("student", distill.model, distill.width, dataset, prune)
+    row = timed_rounds([student], ("floor",), prune.search_repeats)[0]
+    runs, limit = row["runs"]["floor"], search_limit(prune.target_latency_ms, prune.search_margin)
     measured = ", ".join(f"{ms:.4f}" for ms in runs)
     log.info("floor check: %s at its floor measured %s ms against %.4f ms", row["model"], measured, limit)
-    if min(runs) <= limit:
+    if row["floor_fastest_ms"] <= limit:
         return None
     return (
         f"prune.target_latency_ms={prune.target_latency_ms}: {row['model']} cannot reach it: its floor "
-        f"({row['floor_removed']:.0%} of the channels removed, untrained) measured {float(np.median(runs)):.4f} ms, "
-        f"{min(runs):.4f} in its fastest of {len(runs)} rounds, against {limit:.4f} ms after prune.search_margin; "
+        f"({row['floor_removed']:.0%} of the channels removed, untrained) measured {row['floor_ms']:.4f} ms, "
+        f"{row['floor_fastest_ms']:.4f} in its fastest of {len(runs)} rounds, against {limit:.4f} ms after "
+        "prune.search_margin; "
         f"{prune_budget.lower_floor(row['name'])} (`edgeforge floor --model NAME` measures others), or pass "
         "--skip-floor-check to train it anyway"
     )

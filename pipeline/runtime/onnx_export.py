@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
+import collections
 import contextlib
 import functools
+import hashlib
 import io
 import logging
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -16,11 +21,60 @@ from pipeline.models.spec import ModelSpec
 from pipeline.runtime.sessions import INPUT_NAME, OUTPUT_NAME
 
 DEFAULT_OPSET = 18  # the export stage's default; the searches export their candidates the same way
+KEPT_EXPORTS = 8  # files this process keeps to copy when it exports the same model again (the oldest go first)
 
 
 def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, opset: int, translations: dict | None = None) -> None:
     """Export with torch.export (the supported exporter) and a dynamic batch axis; `translations`: onnxscript
-    functions for custom operators (pipeline/runtime/qdq_export.py)."""
+    functions for custom operators (pipeline/runtime/qdq_export.py). A model this process exported before (same
+    modules, weights, spec and opset) is copied from that export's file: the exporter is deterministic (the export
+    stage's tests check the bytes) and takes about a second even for the digits CNN, and a run exports the same
+    model more than once (the prune search times the student and the fine-tuned model, then the export stage
+    exports both)."""
+    model.eval()
+    key = None if translations else export_key(model, spec, opset)
+    if key is not None and key in _EXPORTS.files:
+        shutil.copyfile(_EXPORTS.files[key], path)
+        return
+    export_fresh(model, spec, path, opset, translations)
+    if key is not None and not path.with_name(path.name + ".data").exists():  # one file, no external data
+        _EXPORTS.keep(key, path)
+
+
+def export_key(model: nn.Module, spec: ModelSpec, opset: int) -> str | None:
+    """What decides an export's bytes: the modules with their arguments (repr), every tensor of the state dict,
+    the spec and the opset. None (export afresh) for a model with hooks, which may change its graph unseen."""
+    if any(module._forward_hooks or module._forward_pre_hooks for module in model.modules()):
+        return None
+    digest = hashlib.sha256(f"{model!r}|{spec}|{opset}".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _KeptExports:
+    """Copies of this process's last KEPT_EXPORTS exports, in a folder removed when the process exits."""
+
+    def __init__(self) -> None:
+        self.files: collections.OrderedDict[str, Path] = collections.OrderedDict()
+        self.folder: Path | None = None
+
+    def keep(self, key: str, path: Path) -> None:
+        if self.folder is None:
+            self.folder = Path(tempfile.mkdtemp(prefix="edgeforge-exports-"))
+            atexit.register(shutil.rmtree, self.folder, True)
+        self.files[key] = self.folder / f"{key}.onnx"
+        shutil.copyfile(path, self.files[key])
+        while len(self.files) > KEPT_EXPORTS:
+            self.files.pop(next(iter(self.files))).unlink(missing_ok=True)
+
+
+_EXPORTS = _KeptExports()
+
+
+def export_fresh(model: nn.Module, spec: ModelSpec, path: Path, opset: int, translations: dict | None = None) -> None:
+    """export_onnx without looking at earlier exports."""
     model.eval()
     _build_torchlib_list_once()
     # The exporter logs optional torchvision ops it skips and prints progress; neither concerns us.

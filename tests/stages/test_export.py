@@ -6,7 +6,7 @@ import torch
 from pipeline.errors import StageError
 from pipeline.models.factory import build_model
 from pipeline.models.spec import ModelSpec
-from pipeline.runtime.onnx_export import export_onnx
+from pipeline.runtime.onnx_export import export_fresh, export_onnx
 from pipeline.runtime.sessions import run_batches, session
 from stages.export import Params, compare_with_torch
 
@@ -32,11 +32,11 @@ def test_exports_share_one_torchlib_list_and_write_the_same_bytes_as_a_fresh_one
     spec = ModelSpec("cnn", 4, 1, 10, (8, 8))
     torch.manual_seed(0)
     model = build_model(spec).eval()
-    export_onnx(model, spec, tmp_path / "fresh.onnx", opset=18)  # wraps the list's builder, if nothing did yet
+    export_fresh(model, spec, tmp_path / "fresh.onnx", opset=18)  # wraps the list's builder, if nothing did yet
     built = _registration.onnxscript_apis.get_torchlib_ops
     built.cache_clear()  # whatever exported before in this process: count from here
-    export_onnx(model, spec, tmp_path / "built.onnx", opset=18)
-    export_onnx(model, spec, tmp_path / "reused.onnx", opset=18)
+    export_fresh(model, spec, tmp_path / "built.onnx", opset=18)
+    export_fresh(model, spec, tmp_path / "reused.onnx", opset=18)
     assert built.cache_info().misses == 1 and built.cache_info().hits == 1
     assert (tmp_path / "built.onnx").read_bytes() == (tmp_path / "reused.onnx").read_bytes()
 
@@ -63,8 +63,8 @@ def test_in_place_activations_export_as_out_of_place_ones_and_stay_in_place(tmp_
     for module in out_of_place.modules():
         if isinstance(module, torch.nn.ReLU):
             module.inplace = False
-    export_onnx(model, spec, tmp_path / "model.onnx", opset=18)
-    export_onnx(out_of_place, spec, tmp_path / "out_of_place.onnx", opset=18)
+    export_fresh(model, spec, tmp_path / "model.onnx", opset=18)
+    export_fresh(out_of_place, spec, tmp_path / "out_of_place.onnx", opset=18)
     # The same file, byte for byte. Exported in place, torch.export decomposes each ReLU into a functional one
     # (slowly) and numbers the nodes after it differently.
     assert (tmp_path / "model.onnx").read_bytes() == (tmp_path / "out_of_place.onnx").read_bytes()

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from pipeline.cache import ArtifactStore
-from pipeline.runner import load_config, run_pipeline
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Under pytest-xdist every worker gets one core's worth of threads (and so does every process a test starts):
@@ -41,7 +40,8 @@ TINY = (
     "bench.min_seconds=0",
     "bench.warmup_seconds=0",
     "bench.rounds=2",
-    "bench.optimization=[all]",  # 4 settings tried per model instead of 12
+    "bench.optimization=[all]",  # with spinning off: 2 settings tried per model (1 and 2 threads) instead of 12
+    "bench.spinning=[false]",
     # Eight epochs on 1,295 digits leave the small models a few points apart, and the validation split has 143
     # images: gates this loose let the tests that need a passing sign-off pass whichever model wins.
     "signoff.min_accuracy=0.8",
@@ -87,6 +87,8 @@ def session_folder(tmp_path_factory) -> Path:
 def shared_cache(tmp_path_factory, name: str, overrides) -> Path:
     """The cache of a pipeline run built once per test session, by whichever worker gets there first (the others
     wait on the store's per-stage locks and reuse its entries)."""
+    from pipeline.runner import load_config, run_pipeline  # here: pytest-xdist's controller need not import torch
+
     shared = ArtifactStore(session_folder(tmp_path_factory) / f"{name}-artifacts")
     run_pipeline(load_config(overrides=overrides), shared)
     return shared.cache
@@ -95,6 +97,8 @@ def shared_cache(tmp_path_factory, name: str, overrides) -> Path:
 def shared_run(tmp_path_factory, name: str, overrides) -> tuple[ArtifactStore, list]:
     """That run (shared_cache) handed to this worker in a store of its own (tests add to it and replace its
     release): a copy of the shared cache, whose entries are verified as any are."""
+    from pipeline.runner import load_config, run_pipeline
+
     store = copy_of(shared_cache(tmp_path_factory, name, overrides), tmp_path_factory.mktemp(name))
     return store, run_pipeline(load_config(overrides=overrides), store)
 

@@ -207,6 +207,7 @@ def test_signoff_rechecks_a_report_and_compare_flags_an_accuracy_drop(tiny_run, 
     assert any(r["model"] == worse["models"][1]["name"] for r in json.loads(dropped.stdout)["regressions"])
 
 
+@pytest.mark.slow  # the command's default: at least 200 runs and 2 s per batch size
 def test_bench_any_onnx_file_and_refuse_a_broken_one(tiny_run, tmp_path):
     _, results = tiny_run
     model = results["export"].artifact.file("student.onnx")

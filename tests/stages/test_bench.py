@@ -24,7 +24,7 @@ def test_bench_measures_every_model_at_every_batch(tiny_run):
             assert len(stats["round_medians_ms"]) == 2 and stats["spread"] >= 0  # two interleaved rounds
         assert 0.5 < model["accuracy"] <= 1.0
         chosen = [entry for entry in model["settings_search"] if entry["chosen"]]
-        assert len(model["settings_search"]) == 2 * 2 and len(chosen) == 1  # threads 1, 2 x spinning off, on
+        assert len(model["settings_search"]) == metrics["machine"]["cores"] and len(chosen) == 1  # 1 thread, 2, ...
         assert chosen[0]["settings"] == model["settings"]  # measured and shipped with the fastest found
         assert model["memory"]["peak_rss_mb"] > model["memory"]["baseline_rss_mb"] > 10
     assert metrics["environment"]["cores"] >= 1 and metrics["machine"]["cores"] == metrics["environment"]["cores"]

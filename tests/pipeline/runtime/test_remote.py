@@ -68,6 +68,7 @@ def test_the_runner_is_the_same_bytes_every_time():
     assert bundle.build() == bundle.build()
 
 
+@pytest.mark.slow  # a Python started on the device over SSH: seconds each
 def test_the_device_describes_itself(device):
     described = targets.describe(device, 60)
     here = environment.identity()
@@ -77,6 +78,7 @@ def test_the_device_describes_itself(device):
     assert described["isa"] == environment.isa() and described["python"].count(".") == 2
 
 
+@pytest.mark.slow  # a Python started on the device over SSH: seconds each
 def test_files_are_copied_once_and_verified_on_the_device(device, tmp_path, monkeypatch):
     request, located = staged_request(tmp_path)
     copied: list[list[str]] = []
@@ -96,6 +98,7 @@ def test_files_are_copied_once_and_verified_on_the_device(device, tmp_path, monk
         assert answer["environment"]["cores"] == environment.cores()
 
 
+@pytest.mark.slow  # a Python started on the device over SSH: seconds each
 def test_the_device_searches_settings_and_measures_memory(device, tmp_path):
     request, located = staged_request(tmp_path, settings=[SessionSettings(1), SessionSettings(2)], memory=True)
     measured = targets.bench(device, request, located, 120)["models"]["model"]
@@ -107,6 +110,7 @@ def test_the_device_searches_settings_and_measures_memory(device, tmp_path):
     assert measured["memory"]["peak_rss_mb"] > measured["memory"]["baseline_rss_mb"] > 0
 
 
+@pytest.mark.slow  # a Python started on the device over SSH: seconds each
 def test_a_provider_the_device_lacks_is_skipped_never_replaced(device, tmp_path):
     request, located = staged_request(tmp_path, providers=("cpu", "openvino"))
     answer = targets.bench(device, request, located, 120)
@@ -142,12 +146,14 @@ def bare_python(tmp_path: Path, site: Path | None = None) -> Path:
     return script
 
 
+@pytest.mark.slow  # a Python started on the device over SSH: seconds each
 def test_a_device_without_numpy_says_to_install_it(device, tmp_path):
     request, located = staged_request(tmp_path)
     with pytest.raises(StageError, match="lacks numpy: install it there .*pip install numpy onnxruntime"):
         targets.bench(with_query(device, python=str(bare_python(tmp_path))), request, located, 60)
 
 
+@pytest.mark.slow  # a Python started on the device over SSH: seconds each
 def test_a_device_with_numpy_but_without_onnxruntime_says_to_install_it(device, tmp_path):
     import numpy
 
@@ -216,6 +222,7 @@ def test_a_device_that_does_not_answer_in_time_fails_and_is_not_left_running(dev
     assert wait_for(lambda: not runner_processes(cache_of(device)), 10)  # the runner saw its ssh session go
 
 
+@pytest.mark.slow  # a Python started on the device over SSH: seconds each
 def test_a_connection_that_drops_mid_bench_is_one_line(device, tmp_path, loopback_sshd):
     request, located = long_request(tmp_path)
     cache = cache_of(device)

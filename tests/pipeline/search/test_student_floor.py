@@ -68,6 +68,7 @@ def digits(tmp_path):
     return load_dataset(data.artifact)
 
 
+@pytest.mark.slow  # three models exported, quantized and timed twice each
 def test_each_model_is_measured_unpruned_and_at_its_floor_in_interleaved_rounds(tmp_path, sized):
     dataset = digits(tmp_path)
     teacher, distill, prune = sections("prune.search_repeats=2", "prune.target_latency_ms=1")

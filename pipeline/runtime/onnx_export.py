@@ -38,7 +38,8 @@ def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, opset: int, trans
         return
     export_fresh(model, spec, path, opset, translations)
     if key is not None and not path.with_name(path.name + ".data").exists():  # one file, no external data
-        _EXPORTS.keep(key, path)
+        with contextlib.suppress(OSError):  # a copy kept is a saving, never a reason for the export to fail
+            _EXPORTS.keep(key, path)
 
 
 def export_key(model: nn.Module, spec: ModelSpec, opset: int) -> str | None:
@@ -64,8 +65,13 @@ class _KeptExports:
         if self.folder is None:
             self.folder = Path(tempfile.mkdtemp(prefix="edgeforge-exports-"))
             atexit.register(shutil.rmtree, self.folder, True)
-        self.files[key] = self.folder / f"{key}.onnx"
-        shutil.copyfile(path, self.files[key])
+        kept = self.folder / f"{key}.onnx"
+        try:
+            shutil.copyfile(path, kept)
+        except OSError:
+            kept.unlink(missing_ok=True)
+            raise
+        self.files[key] = kept  # only a whole copy is ever handed out
         while len(self.files) > KEPT_EXPORTS:
             self.files.pop(next(iter(self.files))).unlink(missing_ok=True)
 

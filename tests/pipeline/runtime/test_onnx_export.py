@@ -3,6 +3,7 @@ exported afresh. The exporter is replaced by one that writes its call number: th
 reach it (that it writes the same bytes for the same model is tests/stages/test_export.py's)."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,3 +74,21 @@ def test_only_the_last_kept_exports_are_remembered(exports, tmp_path, monkeypatc
         onnx_export.export_onnx(built(spec, seed), spec, tmp_path / f"{seed}.onnx", 18)
     assert len(exports) == 4  # seed 0's file went when seed 2's came
     assert len(list(onnx_export._EXPORTS.folder.iterdir())) == 2
+
+
+def test_a_copy_that_cannot_be_kept_leaves_the_export_and_nothing_half_written(exports, tmp_path, monkeypatch):
+    spec = ModelSpec("cnn", 4, 1, 10, (8, 8))
+    real_copy = onnx_export.shutil.copyfile
+
+    def disk_full(source, target):
+        if "edgeforge-exports-" in str(target):
+            Path(target).write_text("half")
+            raise OSError(28, "No space left on device")
+        return real_copy(source, target)
+
+    monkeypatch.setattr(onnx_export.shutil, "copyfile", disk_full)
+    onnx_export.export_onnx(built(spec), spec, tmp_path / "first.onnx", 18)
+    assert (tmp_path / "first.onnx").read_text() == "export 1" and onnx_export._EXPORTS.files == {}
+    assert list(onnx_export._EXPORTS.folder.iterdir()) == []
+    onnx_export.export_onnx(built(spec), spec, tmp_path / "again.onnx", 18)
+    assert len(exports) == 2  # nothing was kept, so the model is exported again

@@ -1,10 +1,11 @@
 """What the two export speed-ups buy: onnxscript's torchlib list built once per process, and in-place activations
 exported out of place (pipeline/runtime/onnx_export.py).
 
-Each (model, variant) runs in a fresh interpreter that exports the model `--exports` times: the first export pays
-the exporter's imports, the later ones are what a search pays per candidate. "before" switches both speed-ups off
-in that process; "after" is the code as it is. Variants alternate within each of `--repeats` rounds, so the
-machine's drift falls on both; the table shows the median of the later exports over rounds, and their range.
+Each (model, variant) runs in a fresh interpreter that exports the model `--exports` times with export_fresh (the
+same model again would otherwise be a copy of the process's first export): the first export pays the exporter's
+imports, the later ones are what a search pays per candidate. "before" switches both speed-ups off in that process;
+"after" is the code as it is. Variants alternate within each of `--repeats` rounds, so the machine's drift falls on
+both; the table shows the median of the later exports over rounds, and their range.
 
     python benchmarks/export_time.py --repeats 3
 """
@@ -42,7 +43,7 @@ for i in range(exports):
     torch.manual_seed(0)
     model = build_model(spec).eval()
     start = time.perf_counter()
-    onnx_export.export_onnx(model, spec, folder / f"{i}.onnx", 18)
+    onnx_export.export_fresh(model, spec, folder / f"{i}.onnx", 18)
     seconds.append(time.perf_counter() - start)
 print(json.dumps(seconds))
 """

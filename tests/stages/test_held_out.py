@@ -55,6 +55,7 @@ def run(tmp_path, name, test_label_of, monkeypatch):
         "quantize.search=true",
         "quantize.search_methods=[minmax]",
         "prune.target_latency_ms=1000",
+        "prune.search=uniform",
         "prune.search_repeats=1",
         "prune.max_ratio=0.5",
         "prune.search_step=0.25",

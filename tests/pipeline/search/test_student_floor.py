@@ -143,7 +143,8 @@ def test_a_run_for_a_budget_under_the_students_floor_fails_before_training_unles
     from tests.conftest import FAST
 
     store = ArtifactStore(tmp_path / "artifacts")
-    config = load_config(overrides=(*FAST, *FP32, "prune.search_repeats=2", "prune.target_latency_ms=0.000001"))
+    uniform = ("prune.search=uniform", "prune.search_repeats=2", "prune.target_latency_ms=0.000001")
+    config = load_config(overrides=(*FAST, *FP32, *uniform))
     with pytest.raises(
         StageError, match=r"cnn x8 cannot reach it: its floor \(\d+% of the channels removed, untrained\)"
     ):

@@ -120,7 +120,7 @@ def test_a_latency_budget_prune_runs_under_two_ranks(tmp_path):
     same architecture, or DDP's parameter-shape check would fail the fine-tune."""
     store = ArtifactStore(tmp_path / "artifacts")
     sets = (*FAST, "prune.target_latency_ms=1000", "prune.target_threads=1", "prune.target_format=fp32")
-    sets += ("prune.search_repeats=1",)
+    sets += ("prune.search_repeats=1",)  # the default per-layer search, with the uniform one beside it
     command = edgeforge_command(store.root, "run", "--until", "prune", "--nproc", "2", sets=sets)
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -129,3 +129,4 @@ def test_a_latency_budget_prune_runs_under_two_ranks(tmp_path):
     search = manifest["metrics"]["latency_search"]
     assert manifest["ranks"] == 2 and search["met"] and search["ratio"] == 0.0
     assert search["achieved"]["latency_ms"] > 0 and len(search["trace"]) == 1
+    assert search["search"] == "per_layer" and search["uniform_baseline"]["same_model"]  # both arms: one model

@@ -15,6 +15,8 @@ prune_candidates.py). Candidates are measured before fine-tuning, the chosen one
 (predicted vs achieved). With a per-layer search and `prune.uniform_baseline` the student is also pruned to the
 uniform search's ratio at the same budget and fine-tuned the same way; the more accurate of the two on validation
 within the budget ships, and both are recorded (pipeline/search/prune_budget.py: versus_uniform).
+With `prune.scratch_baseline` the chosen architecture is also trained from fresh weights with distillation; of the
+two models (same architecture, same latency) the more accurate on validation ships, the fine-tune on a tie.
 """
 
 from __future__ import annotations
@@ -42,13 +44,15 @@ from pipeline.training.recipes import check_recipe_params, recipe_for, scored
 
 NAME = "prune"
 SECTION = "prune"
-VERSION = 8  # 8: a per-layer search ships the better of its model and the uniform one; round_to keeps every layer
+# 9: the pruned architecture trained from scratch ships when it is more accurate on validation than the fine-tune
+VERSION = 9
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
 IMPORTANCES = ("l1", "l2")
 SEARCHES = ("uniform", "per_layer", "sampled")
 SEARCH_SCORES = ("magnitude", "validation")
+FINETUNED, FROM_SCRATCH = "fine-tuned", "from scratch"  # which of the two models of the pruned architecture ships
 LATENCY_MODEL_NAMES = tuple(prune_layers.LATENCY_MODELS)
 
 
@@ -218,12 +222,16 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
             student, (history, steps, training), ratio = unpruned, base, uniform["ratio"]
     macs_after, params_after = steps[-1]["macs"], steps[-1]["params"]
     before_finetune, after = steps[0]["before_finetune"], steps[-1]["after_finetune"]
-    save_model(student, spec, out_dir, pruning_history=history)
     in_steps = f" in {len(steps)} steps" if len(steps) > 1 else ""
-    scratch = None
+    scratch, shipped = None, FINETUNED
     if params.scratch_baseline:
         distill_params = inputs["distill"].manifest["params"]
-        scratch = scratch_baseline(student, spec, history, teacher, dataset, params, distill_params, out_dir)
+        trained, scratch = scratch_baseline(student, spec, history, teacher, dataset, params, distill_params, out_dir)
+        # The same architecture, so the same latency: the more accurate on validation ships (a tie: the fine-tune).
+        if scratch["validation_accuracy"] > after["validation_accuracy"]:
+            student, shipped = trained, FROM_SCRATCH
+            after = {key: scratch[key] for key in ("validation_accuracy", "test_accuracy")}
+    save_model(student, spec, out_dir, pruning_history=history)
     return {
         "ratio": ratio,
         "steps": steps,
@@ -237,12 +245,15 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "macs": macs_after,
         "history": training,
         "scratch": scratch,
+        "shipped": shipped,
         "summary": prune_budget.search_summary(search)
         + (
             f"{ratio:.1%} of channels removed{in_steps}: MACs {macs_before:,} -> {macs_after:,}, "
             f"params {params_before:,} -> {params_after:,}, validation accuracy "
-            f"{before_finetune['validation_accuracy']:.4f} -> {after['validation_accuracy']:.4f} after fine-tune"
+            f"{before_finetune['validation_accuracy']:.4f} -> {steps[-1]['after_finetune']['validation_accuracy']:.4f} "
+            "after fine-tune"
             + ("" if scratch is None else f" ({scratch['validation_accuracy']:.4f} trained from scratch)")
+            + (", the one trained from scratch ships" if shipped == FROM_SCRATCH else "")
         ),
     }
 
@@ -256,9 +267,9 @@ def scratch_baseline(
     params: Params,
     distill_params: dict[str, Any],
     out_dir: Path,
-) -> dict[str, Any]:
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The pruned architecture with fresh weights, trained with distillation by the distill stage's recipe for
-    distill.epochs + prune.finetune_epochs (or prune.scratch_epochs): what pruning bought."""
+    distill.epochs + prune.finetune_epochs (or prune.scratch_epochs): what pruning bought. (The model, its record.)"""
     torch.manual_seed(distill_params["seed"])
     model = build_model(spec)
     replay_pruning(model, spec, pruning_history)
@@ -271,7 +282,7 @@ def scratch_baseline(
     validation = dataset.val_images, dataset.val_labels
     checkpoint = out_dir / CHECKPOINTS / "scratch.pt"
     history = fit(model, images, labels, dataset.norm, recipe, teacher, f"{NAME} scratch", checkpoint, None, validation)
-    return {
+    return model, {
         "epochs": epochs,
         **scored(model, dataset),
         "architecture": architecture(model),

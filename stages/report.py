@@ -28,7 +28,8 @@ from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, provider_name
 
 NAME = "report"
 SECTION = "signoff"
-VERSION = 16  # 16: within the latency limits the more accurate model beyond the noise ships (accurate_within_limits)
+# 17: the pruning section says whether the fine-tuned or the from-scratch pruned model shipped, and why
+VERSION = 17  # 16: within the latency limits the more accurate model beyond the noise ships (accurate_within_limits)
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")
@@ -248,6 +249,11 @@ CHOICES = [
         "split": "validation",
         "by": "within the budget after the fine-tune, the more accurate",
     },
+    {
+        "choice": "pruned model fine-tuned or trained from scratch (prune.scratch_baseline)",
+        "split": "validation",
+        "by": "the same architecture: the more accurate, the fine-tune on a tie",
+    },
     {"choice": "accuracy gates of the edge choice", "split": "validation", "by": "signoff.accuracy_basis"},
     {"choice": "sign-off gates", "split": "test", "by": "the report's verdict, after every choice was made"},
 ]
@@ -278,8 +284,13 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
                 sizes,
             ),
             "after_finetune": accuracies_with_intervals(
-                prune_metrics["validation_accuracy"], prune_metrics["test_accuracy"], sizes
+                *(
+                    prune_metrics["steps"][-1]["after_finetune"][f"{split}_accuracy"]
+                    for split in ("validation", "test")
+                ),
+                sizes,
             ),
+            "shipped": prune_metrics.get("shipped", "fine-tuned"),  # or "from scratch" (prune.scratch_baseline)
             "steps": [
                 {
                     **{key: step[key] for key in ("step", "ratio", "epochs", "params", "macs")},

@@ -202,7 +202,12 @@ def steps_section(report: dict[str, Any]) -> list[str]:
         + (
             "was not trained (prune.scratch_baseline: false)."
             if scratch is None
-            else f"for {scratch['epochs']} epochs (as many as distill and the fine-tune together): {_both(scratch)}."
+            else f"for {scratch['epochs']} epochs (as many as distill and the fine-tune together): {_both(scratch)}"
+            + (
+                "; more accurate on validation than the fine-tune, so it is the pruned model that ships."
+                if prune.get("shipped") == "from scratch"
+                else "."
+            )
         ),
         "- Quantization arguments (onnxruntime quantize_static): "
         + ", ".join(f"{k}={v}" for k, v in report["quantization"].items())

@@ -73,6 +73,30 @@ def test_the_from_scratch_baseline_has_exactly_the_pruned_architecture(tiny_run)
     assert len(scratch["history"]) == scratch["epochs"] and all(row["kd"] > 0 for row in scratch["history"])
     assert 0 < scratch["validation_accuracy"] <= 1 and 0 < scratch["test_accuracy"] <= 1
     assert all("validation_accuracy" in row for row in metrics["history"])  # each fine-tune epoch scored on it
+    shipped = scratch if metrics["shipped"] == "from scratch" else metrics["steps"][-1]["after_finetune"]
+    assert metrics["validation_accuracy"] == shipped["validation_accuracy"]  # the stage's accuracy is what ships
+
+
+@pytest.mark.slow
+def test_the_pruned_architecture_trained_from_scratch_ships_when_it_is_more_accurate(store):
+    """90% of the channels gone and no fine-tune, against the same architecture trained 8 epochs with the teacher:
+    the latter ships (the same latency), and model.pt is its weights."""
+    from pipeline.datasets.artifact import load_dataset
+    from pipeline.training.recipes import scored
+
+    sets = ["prune.ratio=0.9", "prune.finetune_epochs=0", "prune.scratch_epochs=8"]
+    results = run_prune(store, *sets, target="report")
+    metrics = results["prune"].artifact.metrics
+    scratch, finetuned = metrics["scratch"], metrics["steps"][-1]["after_finetune"]
+    assert scratch["validation_accuracy"] > finetuned["validation_accuracy"] + 0.1
+    assert metrics["shipped"] == "from scratch" and metrics["validation_accuracy"] == scratch["validation_accuracy"]
+    model, _ = load_model(results["prune"].artifact.path)
+    assert scored(model, load_dataset(results["data"].artifact)) == {
+        key: scratch[key] for key in ("validation_accuracy", "test_accuracy")
+    }
+    assert "the one trained from scratch ships" in metrics["summary"]
+    markdown = results["report"].artifact.file("report.md").read_text()
+    assert "so it is the pruned model that ships" in markdown
 
 
 @pytest.fixture(autouse=True)

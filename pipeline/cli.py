@@ -91,7 +91,8 @@ skip_floor_check_option = click.option(
     "--skip-floor-check",
     is_flag=True,
     help="Train the student even when prune.target_latency_ms is under its floor of pruning (by default the run "
-    "times the untrained student's floor before training and fails if every round is over the budget).",
+    "times the untrained student at its floor, and unpruned if that misses, before training, and fails if every "
+    "round is over the budget).",
 )
 
 
@@ -240,8 +241,8 @@ def floor(store: ArtifactStore, config_file, overrides, models, as_json) -> None
     do not change latency), for the data stage's images. Each is exported and timed unpruned and at its floor (every
     prunable group at its fewest channels under prune.round_to) as the prune search times its candidates
     (prune.target_device, target_provider, target_batch, target_format), in prune.search_repeats interleaved
-    rounds. Exits 1 when prune.target_latency_ms is set and every round of the student's floor is over it (less
-    prune.search_margin): no pruning of that student meets the budget.
+    rounds. Exits 1 when prune.target_latency_ms is set and every round of the student, unpruned and at its floor, is
+    over it (less prune.search_margin): that student meets the budget neither unpruned nor at its floor.
     """
     result = runner.student_floors(load_config(config_file, overrides), store, models)
     click.echo(json.dumps(result, indent=2) if as_json else format_floors(result), nl=False)

@@ -221,22 +221,22 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         if search["shipped"] == "uniform":
             student, (history, steps, training), ratio = unpruned, base, uniform["ratio"]
     macs_after, params_after = steps[-1]["macs"], steps[-1]["params"]
-    before_finetune, after = steps[0]["before_finetune"], steps[-1]["after_finetune"]
+    before_finetune, shipped_scores = steps[0]["before_finetune"], steps[-1]["after_finetune"]
     in_steps = f" in {len(steps)} steps" if len(steps) > 1 else ""
     scratch, shipped = None, FINETUNED
     if params.scratch_baseline:
         distill_params = inputs["distill"].manifest["params"]
         trained, scratch = scratch_baseline(student, spec, history, teacher, dataset, params, distill_params, out_dir)
         # The same architecture, so the same latency: the more accurate on validation ships (a tie: the fine-tune).
-        if scratch["validation_accuracy"] > after["validation_accuracy"]:
+        if scratch["validation_accuracy"] > shipped_scores["validation_accuracy"]:
             student, shipped = trained, FROM_SCRATCH
-            after = {key: scratch[key] for key in ("validation_accuracy", "test_accuracy")}
+            shipped_scores = {key: scratch[key] for key in ("validation_accuracy", "test_accuracy")}
     save_model(student, spec, out_dir, pruning_history=history)
     return {
         "ratio": ratio,
         "steps": steps,
         "latency_search": search,
-        **after,
+        **shipped_scores,
         "validation_accuracy_before_finetune": before_finetune["validation_accuracy"],
         "test_accuracy_before_finetune": before_finetune["test_accuracy"],
         "params_before": params_before,

@@ -290,7 +290,7 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
                 ),
                 sizes,
             ),
-            "shipped": prune_metrics.get("shipped", "fine-tuned"),  # or "from scratch" (prune.scratch_baseline)
+            "shipped": prune_metrics["shipped"],  # "fine-tuned" or "from scratch" (prune.scratch_baseline)
             "steps": [
                 {
                     **{key: step[key] for key in ("step", "ratio", "epochs", "params", "macs")},

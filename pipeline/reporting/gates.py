@@ -125,8 +125,9 @@ def chooses_within_limits(params: Any) -> bool:
 
 def within_latency_limits(model: dict, params: Any) -> bool:
     """With chooses_within_limits, whether the model passes every latency gate the sign-off would set on it."""
-    gates = max_latency_gate(model, params) + latency_limit_gates(model, params)
-    return chooses_within_limits(params) and all(g["passed"] for g in gates)
+    if not chooses_within_limits(params):
+        return False
+    return all(g["passed"] for g in max_latency_gate(model, params) + latency_limit_gates(model, params))
 
 
 def max_latency_gate(model: dict, params: Any) -> list[dict[str, Any]]:

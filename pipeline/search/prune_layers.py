@@ -41,6 +41,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pipeline.search.prune_ratio import search_limit
+
 DEFAULT_STEP = 8  # with prune.round_to 0: CPU kernels are vectorized over 8 or 16 channels (BENCHMARKS.md)
 FLOOR_FRACTION = 8  # no group is pruned below 1/8 of its channels (nor below one step)
 
@@ -190,7 +192,7 @@ def search_layers(
 ) -> dict[str, Any]:
     """The least pruned configuration found whose measured latency is <= budget_ms * (1 - margin), taking the
     cheapest steps by `cost`, predicting latency by `model`; see the module docstring."""
-    limit = budget_ms * (1 - margin)
+    limit = search_limit(budget_ms, margin)
     started = clock()
     full = full_channels(groups)
     path = GreedyPath(groups, table, cost, model=model)
@@ -256,7 +258,7 @@ def decide(
 ) -> dict[str, Any]:
     """The decision: `best` of the measured configurations that met the limit; if none did, the fastest measured,
     marked not met with a one-line message naming the closest latency."""
-    limit = budget_ms * (1 - margin)
+    limit = search_limit(budget_ms, margin)
     met = [e for e in trace if e["meets_limit"]]
     chosen = best(met) if met else min(trace, key=lambda e: (e["latency_ms"], e["ratio"]))
     decision = {

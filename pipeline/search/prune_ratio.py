@@ -34,6 +34,11 @@ def grid(max_ratio: float, step: float) -> list[float]:
     return points if points[-1] >= max_ratio - 1e-9 else [*points, round(max_ratio, 6)]
 
 
+def search_limit(budget_ms: float, margin: float) -> float:
+    """What a search must measure to meet a budget: budget * (1 - prune.search_margin), headroom for noise."""
+    return budget_ms * (1 - margin)
+
+
 def search_ratio(
     measure: Measure,
     budget_ms: float,
@@ -45,7 +50,7 @@ def search_ratio(
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """The least ratio whose measured latency is <= budget_ms * (1 - margin); see the module docstring."""
-    limit = budget_ms * (1 - margin)
+    limit = search_limit(budget_ms, margin)
     started = clock()
     trace: list[dict[str, Any]] = []
     out_of_time = False

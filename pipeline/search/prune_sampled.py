@@ -46,6 +46,7 @@ from pipeline.search.prune_layers import (
     predict_additive,
     share_removed,
 )
+from pipeline.search.prune_ratio import search_limit
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def search_sampled(
 ) -> dict[str, Any]:
     """The best-scoring configuration found whose measured latency is <= budget_ms * (1 - margin); see the module
     docstring."""
-    limit = budget_ms * (1 - margin)
+    limit = search_limit(budget_ms, margin)
     started = clock()
     full = full_channels(groups)
     paths = sample_paths(groups, table, samples, seed, model)

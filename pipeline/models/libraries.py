@@ -9,8 +9,12 @@ The libraries are optional (`pip install 'edgeforge[models]'`) and imported only
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
+import importlib.machinery
+import importlib.util
 from importlib import metadata
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -21,6 +25,12 @@ from pipeline.models.spec import ModelSpec
 
 LIBRARIES = ("torchvision", "timm")
 INSTALL = "pip install -c constraints.txt 'edgeforge[models]'"
+# torchvision's compiled operators serve detection (nms, roi_align, ...), never a classifier. Where they do not
+# load (the registry's wheel is linked against CUDA torch: beside the CPU build libc10_cuda.so is missing),
+# torchvision 0.28 still fails to import: it registers fake kernels for these two without checking that they
+# exist, as it does for the others. Defining their schemas lets torchvision.models import; calling them still
+# fails with torchvision's own "Couldn't load custom C++ ops".
+UNCHECKED_TORCHVISION_OPERATORS = ("nms", "qnms")
 
 
 def library_of(name: str) -> str | None:
@@ -44,6 +54,7 @@ def import_library(key: str, name: str) -> ModuleType:
     """The library a 'LIBRARY:NAME' model name asks for, or a one-line ConfigError saying what to install."""
     library = library_of(name)
     try:
+        torchvision_operators_or_their_schemas()
         return importlib.import_module(library)
     except Exception as error:  # torchvision built for another torch fails with a RuntimeError, not ImportError
         # timm imports torchvision: both fail when torchvision's compiled operators were built for another torch.
@@ -52,6 +63,27 @@ def import_library(key: str, name: str) -> ModuleType:
             f"{key}={name!r} needs {library}, which does not import here ({type(error).__name__}: "
             f"{first_line(error)}); install {wanted} torch {torch.__version__}: {INSTALL}"
         ) from None
+
+
+@functools.cache
+def torchvision_operators_or_their_schemas() -> torch.library.Library | None:
+    """Loads torchvision's compiled operators as its import would; where they do not load, defines the schemas its
+    import needs and returns that definition, which lasts as long as the object (kept by the cache)."""
+    package = importlib.util.find_spec("torchvision")
+    if package is None or package.origin is None:
+        return None  # not installed: import_library says so in one line
+    folder = Path(package.origin).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        if (folder / f"_C{suffix}").is_file():
+            try:
+                torch.ops.load_library(folder / f"_C{suffix}")
+                return None
+            except OSError:
+                break
+    schemas = torch.library.Library("torchvision", "DEF")
+    for operator in UNCHECKED_TORCHVISION_OPERATORS:
+        schemas.define(f"{operator}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    return schemas
 
 
 def check_library_model(key: str, name: str) -> None:

@@ -49,12 +49,13 @@ bench-cifar10: install
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+# With edgeforge[models] (torchvision, timm): a profile such as configs/finetune-pretrained.yaml names their models,
+# and the tests cover those families.
+$(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[models]'
 	touch $@
 
-# The tests cover the torchvision: and timm: model families too, so the suite installs edgeforge[models].
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,models]'
 	touch $@

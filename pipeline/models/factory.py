@@ -16,7 +16,12 @@ from torch import nn
 
 from pipeline.errors import ConfigError
 from pipeline.models.cifar import MODELS, PUBLISHED_WIDTHS
-from pipeline.models.libraries import build_library_model, check_library_model, library_of
+from pipeline.models.libraries import (
+    build_library_model,
+    check_library_model,
+    library_of,
+    torchvision_operators_or_their_schemas,
+)
 from pipeline.models.spec import ModelSpec
 
 OTHER_NAMES = "'torchvision:NAME', 'timm:NAME' or 'package.module:function'"
@@ -33,6 +38,7 @@ def import_user_module(key: str, name: str) -> tuple[ModuleType, str]:
     if not module_name or not attribute.isidentifier():
         raise ConfigError(f"{key}={name!r} is not a model name: expected one of {', '.join(MODELS)}, {OTHER_NAMES}")
     try:
+        torchvision_operators_or_their_schemas()  # a user's builder often builds on torchvision or timm
         module = importlib.import_module(module_name)
     except Exception as error:  # the user's module may fail in any way while importing; say how, in one line
         reason = (str(error) if isinstance(error, ImportError) else f"{type(error).__name__}: {error}").splitlines()

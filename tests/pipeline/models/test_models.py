@@ -1,7 +1,10 @@
 """Every built-in model builds, forwards, prunes, round-trips and exports; user models load from 'module:function'."""
 
 import hashlib
+import importlib.util
+import os
 import re
+import subprocess
 import sys
 
 import numpy as np
@@ -213,6 +216,26 @@ def test_user_model_errors_say_what_to_fix(user_module):
             check_model_name("teacher.model", name)
     with pytest.raises(ConfigError, match=r"returned str, not a torch.nn.Module"):
         build_model(ModelSpec("edgeforge_test_user_model:not_a_model", WIDTH, 1, 10, (8, 8)))
+
+
+def test_a_user_builder_on_torchvision_imports_in_a_fresh_interpreter(tmp_path):
+    """A builder module that imports torchvision first thing (a fresh interpreter: nothing imported it before) gets
+    the same torchvision as a 'torchvision:NAME' model, even where its compiled operators do not load."""
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip("torchvision is not installed: pip install -c constraints.txt 'edgeforge[models]'")
+    (tmp_path / "edgeforge_test_tv_model.py").write_text(
+        "import torchvision\n\ndef build(in_channels, num_classes):\n"
+        "    return torchvision.models.resnet18(num_classes=num_classes)\n"
+    )
+    script = (
+        "from pipeline.models.factory import build_model, check_model_name; from pipeline.models.spec import "
+        "ModelSpec; check_model_name('teacher.model', 'edgeforge_test_tv_model:build'); "
+        "print(build_model(ModelSpec('edgeforge_test_tv_model:build', None, 3, 7, (32, 32))).fc.out_features)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["7"]
 
 
 def test_a_user_module_that_fails_to_import_is_one_line(tmp_path, monkeypatch):

@@ -56,8 +56,12 @@ class Candidates:
     """Measures pruned copies of one student; `prune(model, setting)` prunes a model in place to a setting: a ratio
     (the uniform search) or channel counts per group (the per-layer search, pipeline/search/prune_layers.py).
 
-    A setting measured again (prune.search_repeats) is timed again from the files of its first export: export and
-    quantization are deterministic (the export stage's tests check the bytes), only the timing needs repeating."""
+    A setting measured again (prune.search_repeats) is timed again from the files of its first export, at the
+    session settings its first measurement chose: export and quantization are deterministic (the export stage's
+    tests check the bytes), and the settings search is the costly part (every setting screened, 16 on 2 cores,
+    against one refined), so only the timing is repeated. Digits' uniform search went from 174-254 s to 85-87 s
+    with the same decision (BENCHMARKS.md, "Session settings searched once per candidate").
+    """
 
     def __init__(self, student: nn.Module, spec: ModelSpec, images: np.ndarray, norm: tuple, params: Any, prune):
         self.student, self.spec, self.params, self.prune = student, spec, params, prune
@@ -66,6 +70,7 @@ class Candidates:
         self.feed = {INPUT_NAME: np.resize(inputs, (params.target_batch, *inputs.shape[1:]))}
         self.work = tempfile.TemporaryDirectory(prefix="edgeforge-prune-search-")
         self.exported: dict[str, dict[str, Any]] = {}  # setting (canonical JSON) -> its files, MACs and parameters
+        self.chosen: dict[Path, SessionSettings] = {}  # a kept file -> the settings its first measurement chose
         self.exports = 0
 
     def __call__(self, setting: float | dict[str, int]) -> dict[str, Any]:
@@ -78,6 +83,7 @@ class Candidates:
             while len(self.exported) > KEPT_SETTINGS:
                 for path in self.exported.pop(next(iter(self.exported)))["paths"].values():
                     path.unlink(missing_ok=True)
+                    self.chosen.pop(path, None)
         return self.time(self.exported[key])
 
     def measure(self, model: nn.Module) -> dict[str, Any]:
@@ -89,6 +95,7 @@ class Candidates:
         finally:
             for path in exported["paths"].values():
                 path.unlink(missing_ok=True)
+                self.chosen.pop(path, None)
 
     def export(self, model: nn.Module) -> dict[str, Any]:
         """The model's file in each form prune.target_format measures, with its MACs and parameter count."""
@@ -117,12 +124,12 @@ class Candidates:
         batch, provider = self.params.target_batch, self.params.target_provider
         if self.params.target_device != targets.LOCAL:
             return self.p50_on_device(path)
+        tried = [self.chosen[path]] if path in self.chosen else settings_tried(self.params)
         try:
-            settings, p50, _ = tuning.tune(
-                path, provider, self.feed, batch, settings_tried(self.params), *SEARCH_TIMING
-            )
+            settings, p50, _ = tuning.tune(path, provider, self.feed, batch, tried, *SEARCH_TIMING)
         except ProviderUnavailable as reason:
             raise StageError(f"prune: prune.target_provider={provider!r} cannot be measured here: {reason}") from None
+        self.chosen[path] = settings
         return p50, settings.label()
 
     def p50_on_device(self, path: Path) -> tuple[float, str]:

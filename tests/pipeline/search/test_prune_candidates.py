@@ -82,3 +82,39 @@ def test_an_int8_target_keeps_only_the_int8_file(monkeypatch):
     assert result["format"] == "int8" and "fp32_ms" not in result
     assert [path.name for path in Path(candidates.work.name).iterdir()] == ["candidate-1-int8.onnx"]
     candidates.close()
+
+
+def test_a_file_measured_again_is_timed_at_the_settings_its_first_measurement_chose(monkeypatch):
+    import numpy as np
+
+    from pipeline.models.factory import build_model
+    from pipeline.models.spec import ModelSpec
+    from pipeline.search import prune_budget, prune_candidates
+    from stages.prune import Params
+
+    tried = []
+
+    def tune(path, provider, feed, batch, settings, screen, refine):
+        tried.append((path.name, list(settings)))
+        return settings[-1], 0.01, []  # the last setting "wins": a choice the search cannot make by accident
+
+    monkeypatch.setattr(prune_candidates.tuning, "tune", tune)
+    spec = ModelSpec("cnn", 8, 1, 10, (8, 8))
+    params = Params(target_format="fp32")
+    every = prune_candidates.settings_tried(params)
+    candidates = prune_candidates.Candidates(
+        build_model(spec).eval(), spec, np.zeros((8, 1, 8, 8), np.uint8), ([0.5], [0.25]), params,
+        prune_budget.pruning(spec, params),
+    )  # fmt: skip
+    first = repeated(candidates, 3)(0.5)
+    assert len(every) > 1 and tried == [("candidate-1.onnx", every)] + [("candidate-1.onnx", [every[-1]])] * 2
+    assert first["fp32_settings"] == every[-1].label()
+    tried.clear()
+    candidates.measure(build_model(spec).eval())  # exported afresh: its settings are searched, then forgotten
+    assert tried == [("candidate-2.onnx", every)] and list(candidates.chosen) == [
+        Path(candidates.work.name) / "candidate-1.onnx"
+    ]
+    monkeypatch.setattr(prune_candidates, "KEPT_SETTINGS", 1)
+    candidates(0.25)
+    assert list(candidates.chosen) == [Path(candidates.work.name) / "candidate-3.onnx"]  # the evicted file's went
+    candidates.close()

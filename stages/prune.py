@@ -45,6 +45,7 @@ from pipeline.training.recipes import check_recipe_params, recipe_for, scored
 NAME = "prune"
 SECTION = "prune"
 # 9: the pruned architecture trained from scratch ships when it is more accurate on validation than the fine-tune
+# 10: a search candidate's repeats are timed at the session settings its first measurement chose
 VERSION = 10
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel

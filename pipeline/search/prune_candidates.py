@@ -133,20 +133,22 @@ class Candidates:
         return p50, settings.label()
 
     def p50_on_device(self, path: Path) -> tuple[float, str]:
-        """The same on prune.target_device: its settings searched there (its own cores), then the candidate timed
-        in interleaved rounds; the p50 is the median of the rounds' medians, as tuning's is."""
+        """The same on prune.target_device: its settings searched there (its own cores) on the file's first
+        measurement, then the candidate timed in interleaved rounds; the p50 is the median of the rounds' medians,
+        as tuning's is."""
         batch, provider, device = self.params.target_batch, self.params.target_provider, self.params.target_device
         files = targets.Files()
         model = files.add(path)
         feed = files.save(self.feed[INPUT_NAME], Path(self.work.name), "feed")
         fixed = self.params.target_threads is not None or provider != "cpu"
+        tried = settings_tried(self.params) if fixed else None  # None: the device's own cores
         request = targets.request(
             {"candidate": model},
             {batch: feed},
             batch,
             SEARCH_TIMING[1],
             providers=(provider,),
-            settings=settings_tried(self.params) if fixed else None,
+            settings=[self.chosen[path]] if path in self.chosen else tried,
             screen=SEARCH_TIMING[0],
             refine=SEARCH_TIMING[1],
             rounds=tuning.REFINE_ROUNDS,
@@ -157,6 +159,7 @@ class Candidates:
             raise StageError(f"prune: prune.target_provider={provider!r} cannot be measured on {device}: {why}")
         measured = answer["models"]["candidate"]
         stats = measured["latency"][provider_name(provider)][str(batch)]
+        self.chosen[path] = SessionSettings.from_record(measured["settings"])
         return float(np.median(stats["round_medians_ms"])), measured["settings_label"]
 
     def close(self) -> None:

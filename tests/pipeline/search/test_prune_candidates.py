@@ -118,3 +118,35 @@ def test_a_file_measured_again_is_timed_at_the_settings_its_first_measurement_ch
     candidates(0.25)
     assert list(candidates.chosen) == [Path(candidates.work.name) / "candidate-3.onnx"]  # the evicted file's went
     candidates.close()
+
+
+def test_on_a_device_a_file_measured_again_sends_the_one_setting_its_first_measurement_chose(monkeypatch):
+    import numpy as np
+
+    from pipeline.models.factory import build_model
+    from pipeline.models.spec import ModelSpec
+    from pipeline.runtime.sessions import SessionSettings
+    from pipeline.search import prune_budget, prune_candidates
+    from stages.prune import Params
+
+    requests, chosen = [], SessionSettings(2, True, "extended")
+
+    def bench(device, request, located, timeout):
+        requests.append(request)
+        stats = {"1": {"round_medians_ms": [0.02, 0.01, 0.03]}}
+        candidate = {"latency": {"CPUExecutionProvider": stats}, "settings": chosen.record(), "settings_label": "x"}
+        return {"skipped_providers": {}, "models": {"candidate": candidate}}
+
+    monkeypatch.setattr(prune_candidates.targets, "bench", bench)
+    spec = ModelSpec("cnn", 8, 1, 10, (8, 8))
+    params = Params(target_format="fp32", target_device="ssh://board")
+    candidates = prune_candidates.Candidates(
+        build_model(spec).eval(), spec, np.zeros((8, 1, 8, 8), np.uint8), ([0.5], [0.25]), params,
+        prune_budget.pruning(spec, params),
+    )  # fmt: skip
+    first = repeated(candidates, 2)(0.5)
+    assert first["latency_ms"] == 0.02 and len(requests) == 2
+    assert requests[0]["tune"] and requests[0]["threads"] is None  # the device's own cores, every setting
+    assert not requests[1]["tune"] and (requests[1]["threads"], requests[1]["spinning"]) == ([2], [True])
+    assert requests[1]["optimization"] == ["extended"]
+    candidates.close()

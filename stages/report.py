@@ -28,8 +28,9 @@ from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, provider_name
 
 NAME = "report"
 SECTION = "signoff"
+# 16: within the latency limits the more accurate model beyond the noise ships (accurate_within_limits)
 # 17: the pruning section says whether the fine-tuned or the from-scratch pruned model shipped, and why
-VERSION = 17  # 16: within the latency limits the more accurate model beyond the noise ships (accurate_within_limits)
+VERSION = 17
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")

@@ -1,6 +1,22 @@
 from pathlib import Path
 
+import numpy as np
+
+from pipeline.models.factory import build_model
+from pipeline.models.spec import ModelSpec
+from pipeline.runtime.sessions import SessionSettings
+from pipeline.search import prune_budget, prune_candidates
 from pipeline.search.prune_candidates import repeated
+from stages.prune import Params
+
+SPEC = ModelSpec("cnn", 8, 1, 10, (8, 8))
+
+
+def candidates_for(params: Params, images: np.ndarray | None = None) -> prune_candidates.Candidates:
+    """The search's measurer for a width-8 digits cnn (its student is `.student`), pruned by `params`' rule."""
+    images = np.zeros((8, 1, 8, 8), dtype=np.uint8) if images is None else images
+    pruning = prune_budget.pruning(SPEC, params)
+    return prune_candidates.Candidates(build_model(SPEC).eval(), SPEC, images, ([0.5], [0.25]), params, pruning)
 
 
 def test_a_repeated_measurement_is_the_median_one_with_every_latency_in_order():
@@ -19,13 +35,6 @@ def test_a_repeated_measurement_is_the_median_one_with_every_latency_in_order():
 
 
 def test_a_setting_measured_again_is_timed_again_from_the_files_of_its_one_export(monkeypatch):
-    import numpy as np
-
-    from pipeline.models.factory import build_model
-    from pipeline.models.spec import ModelSpec
-    from pipeline.search import prune_budget, prune_candidates
-    from stages.prune import Params
-
     timed = []
 
     def p50(self, path):  # the file's size stands in for its latency: this test is about files, not timings
@@ -33,13 +42,8 @@ def test_a_setting_measured_again_is_timed_again_from_the_files_of_its_one_expor
         return path.stat().st_size / 1e6, "size"
 
     monkeypatch.setattr(prune_candidates.Candidates, "p50", p50)
-    spec = ModelSpec("cnn", 8, 1, 10, (8, 8))
-    params = Params(target_format="fastest")
     images = np.random.default_rng(0).integers(0, 256, (64, 1, 8, 8), dtype=np.uint8)
-    student = build_model(spec).eval()
-    candidates = prune_candidates.Candidates(
-        student, spec, images, ([0.5], [0.25]), params, prune_budget.pruning(spec, params)
-    )
+    candidates = candidates_for(Params(target_format="fastest"), images)
     first = repeated(candidates, 3)(0.5)
     assert candidates.exports == 1 and len(timed) == 6  # fp32 and int8, each timed three times
     assert [path.name for path in timed[:2]] == ["candidate-1.onnx", "candidate-1-int8.onnx"] and set(timed[2:]) == set(
@@ -58,26 +62,14 @@ def test_a_setting_measured_again_is_timed_again_from_the_files_of_its_one_expor
     assert candidates.exports == 4
     # A model measured directly (the fine-tuned one) is exported afresh and leaves no file behind.
     kept = sorted(path.name for path in Path(candidates.work.name).iterdir())
-    candidates.measure(student)
+    candidates.measure(candidates.student)
     assert candidates.exports == 5 and sorted(path.name for path in Path(candidates.work.name).iterdir()) == kept
     candidates.close()
 
 
 def test_an_int8_target_keeps_only_the_int8_file(monkeypatch):
-    import numpy as np
-
-    from pipeline.models.factory import build_model
-    from pipeline.models.spec import ModelSpec
-    from pipeline.search import prune_budget, prune_candidates
-    from stages.prune import Params
-
     monkeypatch.setattr(prune_candidates.Candidates, "p50", lambda self, path: (1.0, "fixed"))
-    spec = ModelSpec("cnn", 8, 1, 10, (8, 8))
-    params = Params(target_format="int8")
-    images = np.zeros((8, 1, 8, 8), dtype=np.uint8)
-    candidates = prune_candidates.Candidates(
-        build_model(spec), spec, images, ([0.5], [0.25]), params, prune_budget.pruning(spec, params)
-    )
+    candidates = candidates_for(Params(target_format="int8"))
     result = candidates({})
     assert result["format"] == "int8" and "fp32_ms" not in result
     assert [path.name for path in Path(candidates.work.name).iterdir()] == ["candidate-1-int8.onnx"]
@@ -85,13 +77,6 @@ def test_an_int8_target_keeps_only_the_int8_file(monkeypatch):
 
 
 def test_a_file_measured_again_is_timed_at_the_settings_its_first_measurement_chose(monkeypatch):
-    import numpy as np
-
-    from pipeline.models.factory import build_model
-    from pipeline.models.spec import ModelSpec
-    from pipeline.search import prune_budget, prune_candidates
-    from stages.prune import Params
-
     tried = []
 
     def tune(path, provider, feed, batch, settings, screen, refine):
@@ -99,18 +84,14 @@ def test_a_file_measured_again_is_timed_at_the_settings_its_first_measurement_ch
         return settings[-1], 0.01, []  # the last setting "wins": a choice the search cannot make by accident
 
     monkeypatch.setattr(prune_candidates.tuning, "tune", tune)
-    spec = ModelSpec("cnn", 8, 1, 10, (8, 8))
     params = Params(target_format="fp32")
     every = prune_candidates.settings_tried(params)
-    candidates = prune_candidates.Candidates(
-        build_model(spec).eval(), spec, np.zeros((8, 1, 8, 8), np.uint8), ([0.5], [0.25]), params,
-        prune_budget.pruning(spec, params),
-    )  # fmt: skip
+    candidates = candidates_for(params)
     first = repeated(candidates, 3)(0.5)
     assert len(every) > 1 and tried == [("candidate-1.onnx", every)] + [("candidate-1.onnx", [every[-1]])] * 2
     assert first["fp32_settings"] == every[-1].label()
     tried.clear()
-    candidates.measure(build_model(spec).eval())  # exported afresh: its settings are searched, then forgotten
+    candidates.measure(candidates.student)  # exported afresh: its settings are searched, then forgotten
     assert tried == [("candidate-2.onnx", every)] and list(candidates.chosen) == [
         Path(candidates.work.name) / "candidate-1.onnx"
     ]
@@ -121,14 +102,6 @@ def test_a_file_measured_again_is_timed_at_the_settings_its_first_measurement_ch
 
 
 def test_on_a_device_a_file_measured_again_sends_the_one_setting_its_first_measurement_chose(monkeypatch):
-    import numpy as np
-
-    from pipeline.models.factory import build_model
-    from pipeline.models.spec import ModelSpec
-    from pipeline.runtime.sessions import SessionSettings
-    from pipeline.search import prune_budget, prune_candidates
-    from stages.prune import Params
-
     requests, chosen = [], SessionSettings(2, True, "extended")
 
     def bench(device, request, located, timeout):
@@ -138,12 +111,7 @@ def test_on_a_device_a_file_measured_again_sends_the_one_setting_its_first_measu
         return {"skipped_providers": {}, "models": {"candidate": candidate}}
 
     monkeypatch.setattr(prune_candidates.targets, "bench", bench)
-    spec = ModelSpec("cnn", 8, 1, 10, (8, 8))
-    params = Params(target_format="fp32", target_device="ssh://board")
-    candidates = prune_candidates.Candidates(
-        build_model(spec).eval(), spec, np.zeros((8, 1, 8, 8), np.uint8), ([0.5], [0.25]), params,
-        prune_budget.pruning(spec, params),
-    )  # fmt: skip
+    candidates = candidates_for(Params(target_format="fp32", target_device="ssh://board"))
     first = repeated(candidates, 2)(0.5)
     assert first["latency_ms"] == 0.02 and len(requests) == 2
     assert requests[0]["tune"] and requests[0]["threads"] is None  # the device's own cores, every setting

@@ -46,7 +46,8 @@ NAME = "prune"
 SECTION = "prune"
 # 9: the pruned architecture trained from scratch ships when it is more accurate on validation than the fine-tune
 # 10: a search candidate's repeats are timed at the session settings its first measurement chose
-VERSION = 10
+# 11: a missed budget ships the least pruned of the candidates as fast as the fastest in interleaved rounds
+VERSION = 11
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")

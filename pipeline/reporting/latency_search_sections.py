@@ -24,6 +24,30 @@ def _measured(entry: dict[str, Any]) -> str:
     return f"{entry['latency_ms']:.4f} ({entry['format']}{spread})"
 
 
+def plateau_lines(search: dict[str, Any]) -> list[str]:
+    """A missed budget's contenders timed again in interleaved rounds (pipeline/search/prune_plateau.py)."""
+    if "plateau" not in search:
+        return []
+    plateau = search["plateau"]
+    rows = [
+        [
+            f"{row['ratio']:.1%}",
+            " ".join(f"{ms:.4f}" for ms in row["runs_ms"]),
+            f"{row['median_ms']:.4f}",
+            "yes" if row["slower_every_round"] else "no",
+            "**chosen**" if row["setting"] == search.get("channels", search["ratio"]) else "",
+        ]
+        for row in plateau["contenders"]
+    ]
+    header = ["channels removed", f"p50 ms in {plateau['rounds']} interleaved rounds", "median", "slower every round"]
+    intro = (
+        f"Where no candidate meets the budget, the ones measured within {plateau['window'] - 1:.0%} of the fastest "
+        f"are timed again in interleaved rounds ({plateau.get('seconds', 0):.1f} s); a candidate slower than the "
+        "fastest in every round is slower, and of the rest the search's preferred one ships:"
+    )
+    return ["", intro, "", *table([*header, ""], rows)]
+
+
 def latency_search_section(search: dict[str, Any] | None) -> list[str]:
     if search is None:
         return []
@@ -45,7 +69,7 @@ def latency_search_section(search: dict[str, Any] | None) -> list[str]:
         f"fine-tune {achieved['latency_ms']:.4f} ms ({achieved['format']}).",
     ]
     if not search["met"]:
-        lines += ["", f"**Budget not reached**: {search['message']}."]
+        lines += ["", f"**Budget not reached**: {search['message']}.", *plateau_lines(search)]
     rows = [
         [
             f"{e['ratio']:g}",
@@ -84,7 +108,7 @@ def per_layer_search_section(search: dict[str, Any]) -> list[str]:
         f"after the fine-tune {achieved['latency_ms']:.4f} ms ({achieved['format']}).",
     ]
     if not search["met"]:
-        lines += ["", f"**Budget not reached**: {search['message']}."]
+        lines += ["", f"**Budget not reached**: {search['message']}.", *plateau_lines(search)]
     rows = [
         [
             name,

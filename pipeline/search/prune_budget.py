@@ -21,11 +21,16 @@ from pipeline.datasets.artifact import Dataset
 from pipeline.models.cifar import STRIDED_STEM
 from pipeline.models.group_pruning import prune_groups
 from pipeline.models.pruning import prune_channels
-from pipeline.search import prune_candidates, prune_layer_table
+from pipeline.search import prune_candidates, prune_layer_table, prune_plateau
+from pipeline.search.prune_layers import least_pruned
+from pipeline.search.prune_ratio import least_ratio
+from pipeline.search.prune_sampled import best_scored
 from pipeline.search.prune_scores import ValidationScores
 from pipeline.training import distributed
 
 log = logging.getLogger(__name__)
+# prune.search -> which of several configurations it prefers (of those that met the limit, or were as fast)
+PREFERENCES = {"uniform": least_ratio, "per_layer": least_pruned, "sampled": best_scored}
 
 
 def pruning(spec, params: Any):
@@ -65,6 +70,8 @@ def latency_decision(
             decision = prune_layer_table.search(measure, student, spec, params, tables, scores)
         else:
             decision = prune_candidates.search(measure, params)
+        if not decision["met"] and not decision["out_of_time"]:  # out of time: decide on what was measured
+            decision = prune_plateau.settled(decision, measure.retime, PREFERENCES[params.search])
     finally:
         measure.close()
     saved.parent.mkdir(parents=True, exist_ok=True)

@@ -86,6 +86,11 @@ class Candidates:
                     self.chosen.pop(path, None)
         return self.time(self.exported[key])
 
+    def retime(self, settings: list[float | dict[str, int]]) -> list[float]:
+        """The deployed-form p50 of each setting, timed again in the order given (pipeline/search/prune_plateau.py
+        interleaves them)."""
+        return [self(setting)["latency_ms"] for setting in settings]
+
     def measure(self, model: nn.Module) -> dict[str, Any]:
         """{"latency_ms": the deployed form's p50, "format", "fp32_ms"/"int8_ms", "macs", "params"} of any model
         (the fine-tuned one), exported afresh."""

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 Measure = Callable[[float], dict[str, Any]]
+USED = ", which is used"  # ends a missed budget's message; pipeline/search/prune_plateau.py may say otherwise
 
 
 def grid(max_ratio: float, step: float) -> list[float]:
@@ -91,7 +92,7 @@ def decide(
     trace: list[dict[str, Any]], budget_ms: float, limit: float, margin: float, out_of_time: bool, seconds: float
 ) -> dict[str, Any]:
     met = [e for e in trace if e["meets_limit"]]
-    chosen = min(met, key=lambda e: e["ratio"]) if met else min(trace, key=lambda e: (e["latency_ms"], e["ratio"]))
+    chosen = least_ratio(met) if met else min(trace, key=lambda e: (e["latency_ms"], e["ratio"]))
     decision = {
         "ratio": chosen["ratio"],
         "met": bool(met),
@@ -107,6 +108,11 @@ def decide(
         why = "prune.search_budget_s ran out first" if out_of_time else "no ratio up to prune.max_ratio met it"
         decision["message"] = (
             f"latency budget {budget_ms:g} ms (limit {limit:.4g} ms with margin {margin:g}) not reached: {why}; "
-            f"the closest measured is {chosen['latency_ms']:.4g} ms at ratio {chosen['ratio']:g}, which is used"
+            f"the closest measured is {chosen['latency_ms']:.4g} ms at ratio {chosen['ratio']:g}{USED}"
         )
     return decision
+
+
+def least_ratio(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The uniform search keeps the least pruning."""
+    return min(entries, key=lambda e: e["ratio"])

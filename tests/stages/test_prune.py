@@ -134,7 +134,7 @@ def run_prune(store, *sets, target="prune"):
 
 
 @pytest.mark.slow
-def test_latency_budget_unreachable_says_so_and_uses_the_fastest_candidate(store, caplog):
+def test_latency_budget_unreachable_says_so_and_uses_the_least_pruned_as_fast_as_the_fastest(store, caplog):
     # No model runs in a nanosecond: every candidate misses; the decision names the closest latency.
     sets = [
         "prune.target_latency_ms=0.000001",
@@ -156,8 +156,13 @@ def test_latency_budget_unreachable_says_so_and_uses_the_fastest_candidate(store
         "measures one's floor before training"
     )
     assert caplog.text.count("for a lower floor") == 1
-    fastest = min(search["trace"], key=lambda e: e["latency_ms"])
-    assert metrics["ratio"] == search["ratio"] == fastest["ratio"]
+    # The fastest measured ships, or where others measured within 25% of it, the least pruned of those not slower
+    # than it in every interleaved round (pipeline/search/prune_plateau.py): which depends on this machine.
+    fastest = min(search["trace"], key=lambda e: (e["latency_ms"], e["ratio"]))
+    plateau = search.get("plateau", {"contenders": [{"ratio": fastest["ratio"], "slower_every_round": False}]})
+    as_fast = [row["ratio"] for row in plateau["contenders"] if not row["slower_every_round"]]
+    assert metrics["ratio"] == search["ratio"] == min(as_fast)
+    assert all(len(row.get("runs_ms", [0] * 5)) == 5 for row in plateau["contenders"])
     assert search["achieved"]["latency_ms"] > 0 and search["achieved"]["format"] == "fp32"
     assert search["method"]["batch"] == 1 and search["method"]["provider"] == "cpu"
     assert "NOT met" in metrics["summary"]
@@ -261,11 +266,14 @@ def test_per_layer_search_prunes_each_group_to_its_count_and_reuses_the_table_fo
     pruned, spec = load_model(unreachable.artifact.path)  # replays the saved history
     counts = channel_counts(pruned, spec.example_input(), spec.num_classes, Params())
     assert {name: counts[name] for name in search["channels"]} == search["channels"]
-    # The fastest configuration measured is used. Which one that is depends on this machine's timings (on a
-    # quiet machine the table can show no count of this tiny model as faster than the full one), so only the
-    # consistency of the decision is asserted.
+    # The fastest configuration measured is used, or the least pruned of those as fast in interleaved rounds. Which
+    # one that is depends on this machine's timings (on a quiet machine the table can show no count of this tiny
+    # model as faster than the full one), so only the consistency of the decision is asserted.
     fastest = min(search["trace"], key=lambda e: (e["latency_ms"], e["ratio"]))
-    assert search["channels"] == fastest["channels"] and unreachable.artifact.metrics["ratio"] == search["ratio"]
+    plateau = search.get("plateau", {"contenders": [{"setting": fastest["channels"], "slower_every_round": False}]})
+    as_fast = [row["setting"] for row in plateau["contenders"] if not row["slower_every_round"]]
+    least = min((e for e in search["trace"] if e["channels"] in as_fast), key=lambda e: e["step"])
+    assert search["channels"] == least["channels"] and unreachable.artifact.metrics["ratio"] == search["ratio"]
     steps = unreachable.artifact.metrics["steps"]
     assert len(steps) == (2 if search["ratio"] > 0 else 1)  # nothing to remove gradually when the full model won
     assert steps[0]["params"] >= steps[-1]["params"] == unreachable.artifact.metrics["params"]

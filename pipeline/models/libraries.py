@@ -8,14 +8,18 @@ The libraries are optional (`pip install 'edgeforge[models]'`) and imported only
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
 import importlib.machinery
 import importlib.util
+import socket
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -31,6 +35,10 @@ INSTALL = "pip install -c constraints.txt 'edgeforge[models]'"
 # exist, as it does for the others. Defining their schemas lets torchvision.models import; calling them still
 # fails with torchvision's own "Couldn't load custom C++ ops".
 UNCHECKED_TORCHVISION_OPERATORS = ("nms", "qnms")
+# timm's weights come from the Hugging Face Hub. Offline, huggingface_hub retries each request five times with
+# backoff (47.9 s here before the error) and reads its cache only when told it is offline: a connection tried first,
+# for this long, tells it.
+HUB_PROBE_TIMEOUT_S = 5.0
 
 
 def library_of(name: str) -> str | None:
@@ -136,20 +144,44 @@ def pretrained_state_dict(key: str, spec: ModelSpec) -> dict[str, torch.Tensor]:
     """The library's own pretrained weights for `spec`'s architecture (downloaded into the library's cache once),
     with the input convolution adapted to `spec.in_channels`; the head keeps the pretraining's class count."""
     module, model = import_library(key, spec.name), spec.name.partition(":")[2]
+    unreachable = ""
     try:
         if library_of(spec.name) == "timm":  # timm adapts the input convolution to in_chans itself
-            return module.create_model(model, pretrained=True, in_chans=spec.in_channels).state_dict()
+            with hub_offline_unless_reachable() as unreachable:
+                return module.create_model(model, pretrained=True, in_chans=spec.in_channels).state_dict()
         state = module.models.get_model(model, weights="DEFAULT").state_dict()
     except Exception as error:  # offline: urllib, requests or huggingface_hub errors, each its own type
+        why = f"{type(error).__name__}: {first_line(error)}"
+        if unreachable:
+            why = f"{unreachable} does not answer and they are not in huggingface_hub's cache"
         raise ConfigError(
-            f"{key}=true: cannot get {spec.name}'s pretrained weights ({type(error).__name__}: {first_line(error)}); "
-            f"offline, download them where you can and pass the file as {key.rpartition('.')[0]}.weights "
-            "(.safetensors or a state_dict .pt)"
+            f"{key}=true: cannot get {spec.name}'s pretrained weights ({why}); offline, download them where you "
+            f"can and pass the file as {key.rpartition('.')[0]}.weights (.safetensors or a state_dict .pt)"
         ) from None
     if spec.in_channels != 3:
         name, _ = input_convolution(build_library_model(dataclasses.replace(spec, in_channels=3)), spec)
         state[f"{name}.weight"] = adapt_input_kernel(state[f"{name}.weight"], spec.in_channels)
     return state
+
+
+@contextlib.contextmanager
+def hub_offline_unless_reachable() -> Iterator[str]:
+    """huggingface_hub in offline mode while inside, when its endpoint does not take a connection (cached weights
+    load, missing ones fail at once); yields the endpoint then, "" otherwise (nothing changed)."""
+    constants = importlib.import_module("huggingface_hub.constants")
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError:
+        if not constants.HF_HUB_OFFLINE:
+            constants.HF_HUB_OFFLINE = True  # what HF_HUB_OFFLINE=1 sets at import; read on every request
+            try:
+                yield constants.ENDPOINT
+            finally:
+                constants.HF_HUB_OFFLINE = False
+            return
+    yield ""
 
 
 def adapt_input_kernel(weight: torch.Tensor, in_channels: int) -> torch.Tensor:

@@ -54,12 +54,17 @@ def test_a_library_that_does_not_import_is_one_line(monkeypatch):
         check_model_name("distill.model", "timm:efficientnet_b0")
 
 
-def test_pretrained_weights_offline_name_the_way_out(monkeypatch):
-    """The download fails as it does offline (here inside a stand-in for timm's create_model: nothing is fetched)."""
+def test_a_failed_download_names_the_way_out(monkeypatch):
+    """The Hub takes the connection, then the download fails (inside a stand-in for timm's create_model: nothing is
+    fetched): the library's own error, and the way out."""
+    importable("timm:mobilenetv3_small_050")  # huggingface_hub comes with timm
 
     def offline(name, pretrained, **kwargs):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
 
+    monkeypatch.setattr(
+        libraries.socket, "create_connection", lambda address, timeout: SimpleNamespace(close=lambda: None)
+    )
     real = importlib.import_module
     stand_in = SimpleNamespace(create_model=offline)
     monkeypatch.setattr(libraries.importlib, "import_module", lambda name: stand_in if name == "timm" else real(name))
@@ -70,6 +75,61 @@ def test_pretrained_weights_offline_name_the_way_out(monkeypatch):
     )
     with pytest.raises(ConfigError, match=re.escape(expected)):
         libraries.pretrained_state_dict("teacher.pretrained", ModelSpec("timm:resnet18", None, 3, 10, (32, 32)))
+
+
+def offline(monkeypatch) -> list:
+    """No connection to anywhere (the Hub's probe included); the addresses tried."""
+    tried = []
+
+    def refuse(address, timeout=None, **options):  # as httpcore calls it too
+        tried.append(address)
+        raise OSError(f"[Errno -2] Name or service not known: {address[0]}")
+
+    monkeypatch.setattr(libraries.socket, "create_connection", refuse)
+    return tried
+
+
+def test_timm_weights_offline_fail_at_once_instead_of_retrying(monkeypatch, tmp_path, caplog):
+    """Offline, huggingface_hub retried five times with backoff (47.9 s) before failing; told it is offline, it
+    looks in its cache and fails at once. Nothing is fetched: every connection is refused."""
+    importable("timm:mobilenetv3_small_050")
+    constants = importlib.import_module("huggingface_hub.constants")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    tried = offline(monkeypatch)
+    expected = (
+        f"distill.pretrained=true: cannot get timm:mobilenetv3_small_050's pretrained weights ({constants.ENDPOINT} "
+        "does not answer and they are not in huggingface_hub's cache); offline, download them where you can and "
+        "pass the file as distill.weights (.safetensors or a state_dict .pt)"
+    )
+    spec = ModelSpec("timm:mobilenetv3_small_050", None, 3, 10, (32, 32))
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        libraries.pretrained_state_dict("distill.pretrained", spec)
+    assert tried == [("huggingface.co", 443)] and "Retrying" not in caplog.text
+    assert constants.HF_HUB_OFFLINE is False  # offline only while loading
+
+
+def test_timm_weights_in_the_hub_cache_load_offline(monkeypatch, tmp_path):
+    importable("timm:mobilenetv3_small_050")
+    import timm.models
+    from safetensors.torch import save_file
+
+    constants = importlib.import_module("huggingface_hub.constants")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    # The cache's layout as huggingface_hub writes it: refs/main names the snapshot that holds the file.
+    repo = timm.models.get_pretrained_cfg("mobilenetv3_small_050").hf_hub_id
+    folder = tmp_path / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    (folder / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    torch.manual_seed(0)
+    cached = build_model(ModelSpec("timm:mobilenetv3_small_050", None, 3, 1000, (32, 32))).state_dict()
+    save_file({name: tensor.contiguous() for name, tensor in cached.items()},
+              folder / "snapshots" / ("0" * 40) / "model.safetensors")  # fmt: skip
+    offline(monkeypatch)
+    spec = ModelSpec("timm:mobilenetv3_small_050", None, 3, 10, (32, 32))
+    loaded = libraries.pretrained_state_dict("distill.pretrained", spec)
+    assert torch.equal(loaded["conv_stem.weight"], cached["conv_stem.weight"])
+    assert loaded["classifier.weight"].shape == (1000, 1024)  # the head keeps the pretraining's class count
 
 
 def test_the_library_version_is_in_the_stage_key(monkeypatch):

@@ -35,15 +35,22 @@ def plateau_lines(search: dict[str, Any]) -> list[str]:
             " ".join(f"{ms:.4f}" for ms in row["runs_ms"]),
             f"{row['median_ms']:.4f}",
             "yes" if row["slower_every_round"] else "no",
-            "**chosen**" if row["setting"] == search.get("channels", search["ratio"]) else "",
+            ", ".join(
+                mark
+                for mark, holds in (
+                    ("fastest", row["setting"] == plateau["fastest_setting"]),
+                    ("**chosen**", row["setting"] == search.get("channels", search["ratio"])),
+                )
+                if holds
+            ),
         ]
         for row in plateau["contenders"]
     ]
     header = ["channels removed", f"p50 ms in {plateau['rounds']} interleaved rounds", "median", "slower every round"]
     intro = (
         f"Where no candidate meets the budget, the ones measured within {plateau['window'] - 1:.0%} of the fastest "
-        f"are timed again in interleaved rounds ({plateau.get('seconds', 0):.1f} s); a candidate slower than the "
-        "fastest in every round is slower, and of the rest the search's preferred one ships:"
+        f"are timed again in interleaved rounds ({plateau['seconds']:.1f} s); a candidate slower than the fastest "
+        "in every round is slower, and of the rest the search's preferred one ships:"
     )
     return ["", intro, "", *table([*header, ""], rows)]
 

@@ -47,6 +47,11 @@ PLATEAU = [
 def test_contenders_are_the_distinct_configurations_within_the_window_of_the_fastest():
     near = contenders([*PLATEAU, entry(0.4, 0.0451)])  # a ratio measured twice counts once
     assert [e["ratio"] for e in near] == [0.7, 0.6, 0.9, 0.4, 0.8, 0.3, 0.5]  # 0.2: 0.056 > 1.25 * 0.043
+    # A median in a burst: its fastest repeat decides whether it is timed again.
+    burst = [entry(0.8, 0.0380, latency_runs_ms=[0.0405, 0.0379, 0.0380]), entry(0.4, 0.0620)]
+    assert [e["ratio"] for e in contenders(burst)] == [0.8]
+    burst[1]["latency_runs_ms"] = [0.0658, 0.0620, 0.0470]
+    assert [e["ratio"] for e in contenders(burst)] == [0.8, 0.4]
 
 
 def test_rounds_are_interleaved_in_rotated_order():

@@ -48,9 +48,9 @@ def plateau_lines(search: dict[str, Any]) -> list[str]:
     ]
     header = ["channels removed", f"p50 ms in {plateau['rounds']} interleaved rounds", "median", "slower every round"]
     intro = (
-        f"Where no candidate meets the budget, the ones measured within {plateau['window'] - 1:.0%} of the fastest "
-        f"are timed again in interleaved rounds ({plateau['seconds']:.1f} s); a candidate slower than the fastest "
-        "in every round is slower, and of the rest the search's preferred one ships:"
+        f"Where no candidate meets the budget, those whose fastest repeat was within {plateau['window'] - 1:.0%} of "
+        f"the fastest are timed again in interleaved rounds ({plateau['seconds']:.1f} s); a candidate slower than the "
+        "fastest of the rounds in every round is slower, and of the rest the search's preferred one ships:"
     )
     return ["", intro, "", *table([*header, ""], rows)]
 

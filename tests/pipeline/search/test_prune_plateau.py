@@ -140,7 +140,7 @@ def test_the_report_shows_each_contenders_rounds_and_which_was_chosen():
     base = {0.6: 0.046, 0.7: 0.043, 0.9: 0.0435, 0.4: 0.043, 0.8: 0.044, 0.3: 0.048, 0.5: 0.0472}
     decision = settled(unmet(PLATEAU), Drifting(base, drift=0.0), least_ratio)
     lines = plateau_lines(decision)
-    assert lines[1].startswith("Where no candidate meets the budget, the ones measured within 25% of the fastest")
+    assert lines[1].startswith("Where no candidate meets the budget, those whose fastest repeat was within 25% of")
     assert lines[3] == "| channels removed | p50 ms in 5 interleaved rounds | median | slower every round |  |"
     # 40% and 70% tie on every round: the less pruned counts as the fastest too
     assert "| 40.0% | 0.0430 0.0430 0.0430 0.0430 0.0430 | 0.0430 | no | fastest, **chosen** |" in lines

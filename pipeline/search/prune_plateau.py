@@ -6,8 +6,8 @@ noise: two runs of one search on one cache picked 40% (0.7296 validation) and 70
 pruned further for no measurable speed costs accuracy (BENCHMARKS.md, "An unreachable budget on a flat plateau").
 
 The runs disagreed by 5-8% while each candidate's back-to-back repeats agreed within 1-2%: the machine drifts
-between candidates measured minutes apart. So the contenders (measured within WINDOW of the fastest, at most
-MAX_CONTENDERS) are timed again in ROUNDS interleaved rounds, where drift hits them alike, and compared round by
+between candidates measured minutes apart. So the contenders (their fastest repeat within WINDOW of the fastest,
+at most MAX_CONTENDERS) are timed again in ROUNDS interleaved rounds, where drift hits them alike, and compared round by
 round against the fastest of those rounds. A contender slower than it in every round is slower (a sign test: by
 chance alone 1 in 2**ROUNDS = 1 in 32); the others are as fast as far as this machine can tell, and of them the
 search's own preference ships (the least pruned, or for the sampled search the best-scoring on validation).
@@ -23,7 +23,7 @@ from typing import Any
 
 from pipeline.search.prune_ratio import USED
 
-WINDOW = 1.25  # contenders: measured within 25% of the fastest (the runs' drift was 5-8%)
+WINDOW = 1.25  # contenders: a repeat within 25% of the fastest (the runs' drift was 5-8%): bounds the rounds' cost
 ROUNDS = 5
 MAX_CONTENDERS = 8  # the candidates' files kept for re-timing (pipeline/search/prune_candidates.py KEPT_SETTINGS)
 

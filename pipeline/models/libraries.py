@@ -167,21 +167,28 @@ def pretrained_state_dict(key: str, spec: ModelSpec) -> dict[str, torch.Tensor]:
 @contextlib.contextmanager
 def hub_offline_unless_reachable() -> Iterator[str]:
     """huggingface_hub in offline mode while inside, when its endpoint does not take a connection (cached weights
-    load, missing ones fail at once); yields the endpoint then, "" otherwise (nothing changed)."""
+    load, missing ones fail at once); yields the endpoint then, "" otherwise (nothing changed; nothing is probed
+    when the user set HF_HUB_OFFLINE)."""
     constants = importlib.import_module("huggingface_hub.constants")
-    endpoint = urlparse(constants.ENDPOINT)
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    if constants.HF_HUB_OFFLINE or answers(constants.ENDPOINT):
+        yield ""
+        return
+    constants.HF_HUB_OFFLINE = True  # what HF_HUB_OFFLINE=1 sets at import; read on every request
     try:
-        socket.create_connection((endpoint.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+        yield constants.ENDPOINT
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
+def answers(url: str) -> bool:
+    """Whether the host of `url` takes a TCP connection within HUB_PROBE_TIMEOUT_S."""
+    address = urlparse(url)
+    port = address.port or (80 if address.scheme == "http" else 443)
+    try:
+        socket.create_connection((address.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
     except OSError:
-        if not constants.HF_HUB_OFFLINE:
-            constants.HF_HUB_OFFLINE = True  # what HF_HUB_OFFLINE=1 sets at import; read on every request
-            try:
-                yield constants.ENDPOINT
-            finally:
-                constants.HF_HUB_OFFLINE = False
-            return
-    yield ""
+        return False
+    return True
 
 
 def adapt_input_kernel(weight: torch.Tensor, in_channels: int) -> torch.Tensor:

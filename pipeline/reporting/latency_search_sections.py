@@ -7,6 +7,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from pipeline.search.prune_plateau import setting
+
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -28,24 +30,14 @@ def plateau_lines(search: dict[str, Any]) -> list[str]:
     """A missed budget's contenders timed again in interleaved rounds (pipeline/search/prune_plateau.py)."""
     if "plateau" not in search:
         return []
-    plateau = search["plateau"]
-    rows = [
-        [
-            f"{row['ratio']:.1%}",
-            " ".join(f"{ms:.4f}" for ms in row["runs_ms"]),
-            f"{row['median_ms']:.4f}",
-            "yes" if row["slower_every_round"] else "no",
-            ", ".join(
-                mark
-                for mark, holds in (
-                    ("fastest", row["setting"] == plateau["fastest_setting"]),
-                    ("**chosen**", row["setting"] == search.get("channels", search["ratio"])),
-                )
-                if holds
-            ),
-        ]
-        for row in plateau["contenders"]
-    ]
+    plateau, chosen = search["plateau"], setting(search)
+    rows = []
+    for row in plateau["contenders"]:
+        marks = ["fastest"] if row["setting"] == plateau["fastest_setting"] else []
+        marks += ["**chosen**"] if row["setting"] == chosen else []
+        runs = " ".join(f"{ms:.4f}" for ms in row["runs_ms"])
+        slower = "yes" if row["slower_every_round"] else "no"
+        rows.append([f"{row['ratio']:.1%}", runs, f"{row['median_ms']:.4f}", slower, ", ".join(marks)])
     header = ["channels removed", f"p50 ms in {plateau['rounds']} interleaved rounds", "median", "slower every round"]
     intro = (
         f"Where no candidate meets the budget, those whose fastest repeat was within {plateau['window'] - 1:.0%} of "

@@ -81,9 +81,7 @@ class Candidates:
                 self.prune(model, setting)
             self.exported[key] = self.export(model)
             while len(self.exported) > KEPT_SETTINGS:
-                for path in self.exported.pop(next(iter(self.exported)))["paths"].values():
-                    path.unlink(missing_ok=True)
-                    self.chosen.pop(path, None)
+                self.discard(self.exported.pop(next(iter(self.exported))))
         return self.time(self.exported[key])
 
     def retime(self, settings: list[float | dict[str, int]]) -> list[float]:
@@ -98,9 +96,13 @@ class Candidates:
         try:
             return self.time(exported)
         finally:
-            for path in exported["paths"].values():
-                path.unlink(missing_ok=True)
-                self.chosen.pop(path, None)
+            self.discard(exported)
+
+    def discard(self, exported: dict[str, Any]) -> None:
+        """Delete an export's files, and the settings chosen for them."""
+        for path in exported["paths"].values():
+            path.unlink(missing_ok=True)
+            self.chosen.pop(path, None)
 
     def export(self, model: nn.Module) -> dict[str, Any]:
         """The model's file in each form prune.target_format measures, with its MACs and parameter count."""

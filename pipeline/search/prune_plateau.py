@@ -34,7 +34,8 @@ PREFERRED = {"uniform": "least pruned", "per_layer": "least pruned", "sampled": 
 
 
 def setting(entry: Entry) -> Any:
-    """What a trace entry measured: channels per group (per-layer and sampled searches) or a ratio (uniform)."""
+    """What a trace entry measured, or a decision chose: channels per group (per-layer and sampled searches) or a
+    ratio (uniform)."""
     return entry["channels"] if "channels" in entry else entry["ratio"]
 
 
@@ -68,10 +69,9 @@ def interleaved(entries: list[Entry], retime: Retime, rounds: int = ROUNDS) -> l
     return times
 
 
-def settle(trace: list[Entry], retime: Retime, prefer: Callable[[list[Entry]], Entry]) -> tuple[Entry, dict]:
-    """(The entry to ship, the record of how): `prefer` of the contenders not slower than the fastest in every
-    interleaved round."""
-    near = contenders(trace)
+def settle(near: list[Entry], retime: Retime, prefer: Callable[[list[Entry]], Entry]) -> tuple[Entry, dict]:
+    """(The entry to ship, the record of how): `prefer` of the contenders `near` not slower than the fastest in
+    every interleaved round."""
     times = interleaved(near, retime)
     medians = [statistics.median(t) for t in times]
     fastest = min(range(len(near)), key=lambda i: (medians[i], near[i]["ratio"]))
@@ -104,10 +104,11 @@ def settled(decision: dict[str, Any], retime: Retime, prefer: Callable[[list[Ent
     """A search's decision that missed its budget, with the contenders re-timed and `prefer` of those as fast as the
     fastest chosen (the record under "plateau", the message saying which ships and why). Unchanged when only one
     configuration was measured within WINDOW of the fastest: nothing to compare."""
-    if len(contenders(decision["trace"])) < 2:
+    near = contenders(decision["trace"])
+    if len(near) < 2:
         return decision
     started = time.monotonic()
-    chosen, record = settle(decision["trace"], retime, prefer)
+    chosen, record = settle(near, retime, prefer)
     record["seconds"] = time.monotonic() - started
     as_fast = [row for row in record["contenders"] if not row["slower_every_round"]]
     median_ms = next(row["median_ms"] for row in record["contenders"] if row["setting"] == setting(chosen))
@@ -117,7 +118,7 @@ def settled(decision: dict[str, Any], retime: Retime, prefer: Callable[[list[Ent
         f"{record['rounds']} interleaved rounds: {len(as_fast)} not slower in every round than the fastest there "
         f"({fastest['ratio']:.1%} removed, {fastest['median_ms']:.4g} ms)"
     )
-    if setting(chosen) == decision.get("channels", decision["ratio"]):  # the fastest measured still ships
+    if setting(chosen) == setting(decision):  # the fastest measured still ships
         message = f"{decision['message']} ({how}, and it is the {PREFERRED[decision.get('search', 'uniform')]})"
     else:
         message = (

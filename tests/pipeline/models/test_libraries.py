@@ -108,6 +108,16 @@ def test_timm_weights_offline_fail_at_once_instead_of_retrying(monkeypatch, tmp_
     assert constants.HF_HUB_OFFLINE is False  # offline only while loading
 
 
+def test_hub_offline_set_by_the_user_is_not_probed(monkeypatch):
+    importable("timm:mobilenetv3_small_050")  # huggingface_hub comes with timm
+    constants = importlib.import_module("huggingface_hub.constants")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    tried = offline(monkeypatch)
+    with libraries.hub_offline_unless_reachable() as unreachable:
+        assert unreachable == ""  # the user's own offline mode: their cache, their error
+    assert tried == [] and constants.HF_HUB_OFFLINE is True
+
+
 def test_timm_weights_in_the_hub_cache_load_offline(monkeypatch, tmp_path):
     importable("timm:mobilenetv3_small_050")
     import timm.models

@@ -70,7 +70,7 @@ def latency_decision(
             decision = prune_layer_table.search(measure, student, spec, params, tables, scores)
         else:
             decision = prune_candidates.search(measure, params)
-        if not decision["met"] and not decision["out_of_time"]:  # out of time: decide on what was measured
+        if not decision["met"]:
             decision = prune_plateau.settled(decision, measure.retime, PREFERENCES[params.search])
     finally:
         measure.close()

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.search.prune_ratio import USED, search_limit
+from pipeline.search.prune_ratio import search_limit
 
 DEFAULT_STEP = 8  # with prune.round_to 0: CPU kernels are vectorized over 8 or 16 channels (BENCHMARKS.md)
 FLOOR_FRACTION = 8  # no group is pruned below 1/8 of its channels (nor below one step)
@@ -286,6 +286,6 @@ def decide(
         decision["message"] = (
             f"latency budget {budget_ms:g} ms (limit {limit:.4g} ms with margin {margin:g}) not reached by the "
             f"{search.replace('_', '-')} search: {why}; the closest measured is {chosen['latency_ms']:.4g} ms "
-            f"({chosen['ratio']:.1%} of channels removed){USED}"
+            f"({chosen['ratio']:.1%} of channels removed)"
         )
     return decision

@@ -21,8 +21,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.search.prune_ratio import USED
-
 WINDOW = 1.25  # contenders: a repeat within 25% of the fastest (the runs' drift was 5-8%): bounds the rounds' cost
 ROUNDS = 5
 MAX_CONTENDERS = 8  # the candidates' files kept for re-timing (pipeline/search/prune_candidates.py KEPT_SETTINGS)
@@ -101,29 +99,31 @@ def settle(near: list[Entry], retime: Retime, prefer: Callable[[list[Entry]], En
 
 
 def settled(decision: dict[str, Any], retime: Retime, prefer: Callable[[list[Entry]], Entry]) -> dict[str, Any]:
-    """A search's decision that missed its budget, with the contenders re-timed and `prefer` of those as fast as the
-    fastest chosen (the record under "plateau", the message saying which ships and why). Unchanged when only one
-    configuration was measured within WINDOW of the fastest: nothing to compare."""
-    near = contenders(decision["trace"])
+    """A search's decision that missed its budget, with what ships said at the end of its message. The contenders
+    re-timed and `prefer` of those as fast as the fastest chosen (the record under "plateau"), except where the
+    search ran out of time (it decides on what it measured: prune.search_budget_s bounds it) or only one
+    configuration was measured within WINDOW of the fastest (nothing to compare): then the fastest measured ships."""
+    near = [] if decision["out_of_time"] else contenders(decision["trace"])
     if len(near) < 2:
-        return decision
+        return {**decision, "message": f"{decision['message']}, which is used"}
     started = time.monotonic()
     chosen, record = settle(near, retime, prefer)
     record["seconds"] = time.monotonic() - started
     as_fast = [row for row in record["contenders"] if not row["slower_every_round"]]
     median_ms = next(row["median_ms"] for row in record["contenders"] if row["setting"] == setting(chosen))
     fastest = next(row for row in record["contenders"] if row["setting"] == record["fastest_setting"])
+    preferred = PREFERRED[decision.get("search", "uniform")]
     how = (
         f"the {len(record['contenders'])} configurations measured within {WINDOW - 1:.0%} of it, timed again in "
         f"{record['rounds']} interleaved rounds: {len(as_fast)} not slower in every round than the fastest there "
         f"({fastest['ratio']:.1%} removed, {fastest['median_ms']:.4g} ms)"
     )
     if setting(chosen) == setting(decision):  # the fastest measured still ships
-        message = f"{decision['message']} ({how}, and it is the {PREFERRED[decision.get('search', 'uniform')]})"
+        message = f"{decision['message']}, which is used ({how}, and it is the {preferred})"
     else:
         message = (
-            f"{decision['message'].removesuffix(USED)}; {how}, so the {PREFERRED[decision.get('search', 'uniform')]} "
-            f"of those is used: {chosen['ratio']:.1%} of channels removed, {median_ms:.4g} ms in those rounds"
+            f"{decision['message']}; {how}, so the {preferred} of those is used: {chosen['ratio']:.1%} of channels "
+            f"removed, {median_ms:.4g} ms in those rounds"
         )
     update = {"ratio": chosen["ratio"], "predicted_ms": chosen["latency_ms"], "plateau": record, "message": message}
     if "channels" in chosen:

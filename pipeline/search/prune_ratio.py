@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import Any
 
 Measure = Callable[[float], dict[str, Any]]
-USED = ", which is used"  # ends a missed budget's message; pipeline/search/prune_plateau.py may say otherwise
 
 
 def grid(max_ratio: float, step: float) -> list[float]:
@@ -108,7 +107,7 @@ def decide(
         why = "prune.search_budget_s ran out first" if out_of_time else "no ratio up to prune.max_ratio met it"
         decision["message"] = (
             f"latency budget {budget_ms:g} ms (limit {limit:.4g} ms with margin {margin:g}) not reached: {why}; "
-            f"the closest measured is {chosen['latency_ms']:.4g} ms at ratio {chosen['ratio']:g}{USED}"
+            f"the closest measured is {chosen['latency_ms']:.4g} ms at ratio {chosen['ratio']:g}"
         )
     return decision
 

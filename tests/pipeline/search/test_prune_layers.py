@@ -134,7 +134,7 @@ def test_unreachable_budget_is_not_met_and_says_so_in_one_line():
     assert (
         "the closest measured is 0.48 ms" in message
         and "even the fastest configuration the table offers misses it" in message
-        and message.endswith("of channels removed), which is used")  # the stage adds what lowers the floor
+        and message.endswith("of channels removed)")  # prune_plateau.settled says what ships
     )
 
 

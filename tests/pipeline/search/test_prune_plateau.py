@@ -99,7 +99,16 @@ def test_a_lone_contender_is_not_timed_again():
         raise AssertionError(f"re-timed {settings}")
 
     decision = unmet([entry(0.0, 0.10), entry(0.5, 0.05)])
-    assert settled(decision, never, least_ratio) == decision
+    assert settled(decision, never, least_ratio) == {**decision, "message": f"{decision['message']}, which is used"}
+
+
+def test_a_search_out_of_time_ships_the_fastest_it_measured_without_timing_again():
+    def never(settings):
+        raise AssertionError(f"re-timed {settings}")
+
+    decision = {**unmet(PLATEAU), "out_of_time": True}  # contenders aplenty, but prune.search_budget_s bounds it
+    concluded = settled(decision, never, least_ratio)
+    assert concluded == {**decision, "message": f"{decision['message']}, which is used"} and concluded["ratio"] == 0.7
 
 
 def test_a_per_layer_decision_takes_the_chosen_configurations_channels():

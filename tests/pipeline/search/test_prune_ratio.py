@@ -70,7 +70,7 @@ def test_unreachable_budget_says_so_with_the_closest_latency():
     assert [e["ratio"] for e in decision["trace"]] == [0.0, 0.2, 0.4, 0.6, 0.8]
     assert decision["message"] == (
         "latency budget 0.3 ms (limit 0.3 ms with margin 0) not reached: no ratio up to prune.max_ratio met it; "
-        "the closest measured is 0.6 ms at ratio 0.8, which is used"
+        "the closest measured is 0.6 ms at ratio 0.8"  # what ships is said by prune_plateau.settled
     )
 
 

@@ -117,9 +117,22 @@ def _parse_override(item: str, classes: dict[str, type]) -> tuple[str, str, Any]
     _check_key(section, key, classes)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except yaml.YAMLError as exc:
+        if _is_list(typing.get_type_hints(classes[section])[key]):
+            # Not kept as text: it would become a one-item list of the whole bracketed text, and the error would
+            # then be about that item. An unquoted '?' in an item (ssh://host?python=...) is the usual cause.
+            problem = getattr(exc, "problem", None) or "not YAML"
+            raise ConfigError(
+                f"--set {item!r}: the list is not valid YAML ({problem}); quote its items, e.g. "
+                f"--set '{section}.{key}=[local, \"ssh://pi@board?python=/usr/bin/python3\"]'"
+            ) from None
         value = raw  # not YAML: keep the text, the type check below decides
     return section, key, value
+
+
+def _is_list(annotation: Any) -> bool:
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    return any(typing.get_origin(option) is tuple for option in options)
 
 
 def _check_section(section: object, classes: dict[str, type]) -> None:

@@ -158,3 +158,14 @@ def test_a_width_set_in_the_config_file_survives_a_model_set_on_the_command_line
 def test_a_yaml_boolean_word_for_a_text_key_says_to_quote_it():
     with pytest.raises(ConfigError, match=r"^quantize.qat=False has the wrong type; expected a string \(YAML reads on"):
         load_config(overrides=["quantize.qat=off"])
+
+
+def test_a_list_that_is_not_yaml_says_to_quote_its_items():
+    # An unquoted '?' in a flow list item is not YAML: without this, the whole bracketed text became one target
+    # and the error named that instead of the quoting.
+    item = "bench.targets=[local, ssh://pi@board?python=/usr/bin/python3]"
+    with pytest.raises(ConfigError, match=r"^--set '.*': the list is not valid YAML \(.*\); quote its items, e\.g\. "):
+        load_config(overrides=[item])
+    quoted = load_config(overrides=['bench.targets=[local, "ssh://pi@board?python=/usr/bin/python3"]'])
+    assert quoted.section("bench").targets == ("local", "ssh://pi@board?python=/usr/bin/python3")
+    assert load_config(overrides=["data.root=[odd]: name"]).section("data").root.endswith("[odd]: name")  # text

@@ -8,7 +8,8 @@ Files go into a cache folder on the device (`~/.cache/edgeforge` unless ?cache= 
 sha256: one call asks which the device has, and one more streams the missing ones through ssh's stdin, each into a
 temp file that the device hashes and renames into place only when the hash matches. Nothing is copied twice; a
 corrupted copy never takes a file's name. Then the runner (bundle.py) measures with the code this machine measures
-with and answers with one JSON line.
+with and answers with one JSON line. All of a process's calls to one device share one SSH connection (OpenSSH's
+ControlMaster), closed when the process exits.
 
 Every failure is one line naming the target and what to do: the host unreachable or the key refused, no python3 or
 no numpy/onnxruntime there, a connection that dropped, a copy that arrived corrupted, a device that did not answer
@@ -17,12 +18,16 @@ within the time allowed.
 
 from __future__ import annotations
 
+import atexit
 import base64
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import tempfile
 import urllib.parse
@@ -107,10 +112,43 @@ def parse(url: str) -> Target:
 
 def ssh_argv(target: Target, remote: list[str]) -> list[str]:
     """The local command that runs `remote` (argv words, quoted for the device's shell) on the target."""
+    return [*_ssh(target), " ".join(shlex.quote(word) for word in remote)]
+
+
+def _ssh(target: Target) -> list[str]:
+    """ssh with our options and the target's destination, sharing one connection per target (_shared_connections)."""
     base = shlex.split(os.environ.get("EDGEFORGE_SSH_COMMAND", "ssh"))
     destination = f"{target.user}@{target.host}" if target.user else target.host
     port = ["-p", str(target.port)] if target.port else []
-    return [*base, *SSH_OPTIONS, *port, destination, " ".join(shlex.quote(word) for word in remote)]
+    if os.name != "posix":  # Windows' OpenSSH cannot share a connection
+        return [*base, *SSH_OPTIONS, *port, destination]
+    sharing = ["-o", "ControlMaster=auto", "-o", f"ControlPath={_shared_connections()}/%C", "-o", "ControlPersist=60"]
+    return [*base, *SSH_OPTIONS, *sharing, *port, destination]
+
+
+@functools.cache
+def _shared_connections() -> str:
+    """The folder of this process's shared connections: one SSH connection per target carries every call (a
+    search makes hundreds: which files the device has, the copies, each measurement), instead of a handshake per
+    call (0.30 s on loopback, more to a board). Closed when the process exits; an idle one closes after 60 s.
+    Under /tmp where there is one: a socket's path must stay under 104 bytes, and macOS's TMPDIR alone is ~50."""
+    folder = tempfile.mkdtemp(prefix="edgeforge-ssh-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    atexit.register(_close_shared, folder)
+    return folder
+
+
+def _close_shared(folder: str) -> None:
+    """Close each connection through its socket: no config is read (EDGEFORGE_SSH_COMMAND's may be gone by now),
+    and the destination does not matter. One that does not close ends itself after 60 s idle."""
+    ssh = shlex.split(os.environ.get("EDGEFORGE_SSH_COMMAND", "ssh"))[0]
+    for socket in Path(folder).glob("*"):  # none when closed before
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                [ssh, "-F", os.devnull, "-o", f"ControlPath={socket}", "-O", "exit", "localhost"],
+                capture_output=True,
+                timeout=5,
+            )
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def run(target: Target, remote: list[str], timeout: float, stdin: bytes | None = None) -> subprocess.CompletedProcess:

@@ -1,6 +1,7 @@
 """Measuring on a device over SSH, against a real sshd on 127.0.0.1 (tests/sshd.py): the copy-once cache, the
 environment record, and every failure mode as one line."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -96,6 +97,36 @@ def test_files_are_copied_once_and_verified_on_the_device(device, tmp_path, monk
         assert stats["p50_ms"] > 0 and len(stats["round_medians_ms"]) == 2
         assert measured["settings_label"] == "1 thread, spinning off, all"
         assert answer["environment"]["cores"] == environment.cores()
+
+
+def test_calls_to_a_device_share_one_login_closed_when_the_process_exits(device, loopback_sshd, monkeypatch):
+    # A folder of shared connections of this test's own: others in this process may hold one open.
+    monkeypatch.setattr(remote, "_shared_connections", functools.cache(remote._shared_connections.__wrapped__))
+    log = loopback_sshd.dir / "sshd.log"
+
+    def logins() -> int:
+        return log.read_text(errors="replace").count("Accepted publickey")
+
+    before, target = logins(), remote.parse(device)
+    for _ in range(3):
+        assert remote.run(target, ["true"], 30, b"").returncode == 0
+    assert logins() - before == 1  # one handshake carried the three calls
+    folder = remote._shared_connections()
+    assert masters(folder)
+    remote._close_shared(folder)  # what the process does at exit
+    assert not Path(folder).exists() and wait_for(lambda: not masters(folder), 5)
+
+
+def masters(folder: str) -> list[int]:
+    """The ssh processes holding a shared connection of `folder` (their title names its socket)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if folder.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
 
 
 @pytest.mark.slow  # a Python started on the device over SSH: seconds each

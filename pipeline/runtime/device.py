@@ -7,7 +7,7 @@ predictions of every model on given images (preprocessed by predict.normalize, a
 named by their sha256 and found with `locate`: on this machine the files themselves, on a device its cache.
 
 On a device this module runs from the runner bundle (bundle.py): only the standard library, numpy and onnxruntime
-are needed there. `main` is the device's entry point: a request in, one JSON line out.
+are needed there. `main` is the device's entry point: requests in, one JSON line out for each.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import base64
 import json
 import os
 import platform
+import queue
 import sys
 import threading
 from collections.abc import Callable
@@ -137,26 +138,36 @@ def device_environment() -> dict[str, Any]:
     return {**environment.identity(), "isa": environment.isa(), "python": platform.python_version()}
 
 
-def watch_stdin() -> None:
-    """End this process when its stdin closes: the ssh client that started it is gone (killed, timed out, the
-    connection dropped), and a measurement nobody reads must not hold the device."""
+def main(argv: list[str]) -> int:
+    """The device's entry point, `runner.pyz CACHE`: one request per stdin line (base64 JSON), its answer one JSON
+    line on stdout (pipeline/runtime/remote_runner.py keeps one runner up for a whole run). It ends when stdin
+    closes, even mid-measurement (the ssh client that started it is gone: killed, timed out, the connection dropped,
+    and nobody would read the answer), or after IDLE_S without a request."""
+    cache = Path(argv[0]).expanduser()
+    requests: queue.Queue[bytes] = queue.Queue()
 
-    def watch():
+    def read():
         # os.read, not sys.stdin: a thread blocked in a buffered read would hold its lock at interpreter exit.
-        while os.read(sys.stdin.fileno(), 65536):
-            pass
+        pending = b""
+        while chunk := os.read(sys.stdin.fileno(), 65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                requests.put(line)
         os._exit(70)
 
-    threading.Thread(target=watch, daemon=True).start()
+    threading.Thread(target=read, daemon=True).start()
+    while True:
+        try:
+            line = requests.get(timeout=IDLE_S)
+        except queue.Empty:
+            return 0
+        print(json.dumps(answer(json.loads(base64.b64decode(line)), cache)), flush=True)
 
 
-def main(argv: list[str]) -> int:
-    """The device's entry point: `runner.pyz CACHE REQUEST_BASE64`; one JSON object on the last stdout line."""
-    watch_stdin()
-    cache, request = Path(argv[0]).expanduser(), json.loads(base64.b64decode(argv[1]))
+IDLE_S = 120.0  # a runner nobody asked anything for this long ends (the host reuses one idle for at most 60 s)
+
+
+def answer(request: dict[str, Any], cache: Path) -> dict[str, Any]:
     if request["op"] == "environment":
-        result = device_environment()
-    else:
-        result = bench(request, lambda digest: cache / digest)
-    print(json.dumps(result))
-    return 0
+        return device_environment()
+    return bench(request, lambda digest: cache / digest)

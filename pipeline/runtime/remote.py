@@ -7,9 +7,9 @@ needs a POSIX shell, Python 3.10 or newer, numpy and onnxruntime; nothing of edg
 Files go into a cache folder on the device (`~/.cache/edgeforge` unless ?cache= names another), each named by its
 sha256: one call asks which the device has, and one more streams the missing ones through ssh's stdin, each into a
 temp file that the device hashes and renames into place only when the hash matches. Nothing is copied twice; a
-corrupted copy never takes a file's name. Then the runner (bundle.py) measures with the code this machine measures
-with and answers with one JSON line. All of a process's calls to one device share one SSH connection (OpenSSH's
-ControlMaster), closed when the process exits.
+corrupted copy never takes a file's name. Then the runner (bundle.py), one kept up for the run (remote_runner.py),
+measures with the code this machine measures with and answers each request with one JSON line. All of a process's
+calls to one device share one SSH connection (OpenSSH's ControlMaster), closed when the process exits.
 
 Every failure is one line naming the target and what to do: the host unreachable or the key refused, no python3 or
 no numpy/onnxruntime there, a connection that dropped, a copy that arrived corrupted, a device that did not answer
@@ -19,12 +19,9 @@ within the time allowed.
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
 import dataclasses
 import functools
-import hashlib
-import json
 import os
 import shlex
 import shutil
@@ -35,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError, StageError
-from pipeline.runtime import bundle
 
 DEFAULT_CACHE = "~/.cache/edgeforge"
 SSH_OPTIONS = (
@@ -69,10 +65,10 @@ PUT = (
     "        os.unlink(temp); print('sha256 mismatch for %s: got %s' % (digest, h.hexdigest())); sys.exit(3)\n"
     "    os.replace(temp, os.path.join(d, digest))"
 )
-# Runs the cached runner (a zipapp) with the cache folder and the request as its arguments, ~ expanded there.
+# Runs the cached runner (a zipapp) with the cache folder as its argument, ~ expanded there (remote_runner.py).
 LAUNCH = (
     "import os, runpy, sys; p = os.path.join(os.path.expanduser(sys.argv[1]), sys.argv[2]); "
-    "sys.argv = [p, sys.argv[1], sys.argv[3]]; runpy.run_path(p, run_name='__main__')"
+    "sys.argv = [p, sys.argv[1]]; runpy.run_path(p, run_name='__main__')"
 )
 
 
@@ -151,50 +147,35 @@ def _close_shared(folder: str) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def run(target: Target, remote: list[str], timeout: float, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    """Run `remote` on the target. A connection failure, a missing python and a timeout become one-line errors.
-
-    Without `stdin` the remote command's stdin stays open while it runs: the runner ends itself when it closes (the
-    ssh client killed or the connection gone), so nothing is left running on the device."""
+def run(target: Target, remote: list[str], timeout: float, stdin: bytes) -> subprocess.CompletedProcess:
+    """Run `remote` on the target with `stdin`. A connection failure, a missing python and a timeout become one-line
+    errors."""
     try:
-        if stdin is not None:
-            done = subprocess.run(ssh_argv(target, remote), input=stdin, capture_output=True, timeout=timeout)
-        else:
-            done = _run_holding_stdin(ssh_argv(target, remote), timeout)
+        done = subprocess.run(ssh_argv(target, remote), input=stdin, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise StageError(
-            f"{target.url}: no answer within {timeout:g} s (bench.target_timeout_s): the device is too slow or the "
-            "connection hangs; nothing was cached"
-        ) from None
+        raise StageError(no_answer(target, timeout)) from None
     except FileNotFoundError as error:
         raise ConfigError(f"{target.url}: cannot run {error.filename!r}: install the OpenSSH client") from None
-    if done.returncode == 127:
+    check_exit(target, done.returncode, done.stderr)
+    return done
+
+
+def no_answer(target: Target, timeout: float) -> str:
+    return (
+        f"{target.url}: no answer within {timeout:g} s (bench.target_timeout_s): the device is too slow or the "
+        "connection hangs; nothing was cached"
+    )
+
+
+def check_exit(target: Target, returncode: int, stderr: bytes) -> None:
+    """ssh's exit status said as one line: no python on the device (127), or ssh's own failure (255)."""
+    if returncode == 127:
         raise StageError(
             f"{target.url}: no {target.python} on the device: install Python 3.10 or newer there, or name one with "
             f"?python=/path/to/python3"
         )
-    if done.returncode == 255:
-        raise StageError(f"{target.url}: {connection_problem(done.stderr)}")
-    return done
-
-
-def _run_holding_stdin(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
-    read_end, write_end = os.pipe()
-    try:
-        process = subprocess.Popen(argv, stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        os.close(read_end)
-        read_end = -1
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
-            raise
-        return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
-    finally:
-        for fd in (read_end, write_end):
-            if fd >= 0:
-                os.close(fd)
+    if returncode == 255:
+        raise StageError(f"{target.url}: {connection_problem(stderr)}")
 
 
 def connection_problem(stderr: bytes) -> str:
@@ -235,25 +216,6 @@ def read_for_upload(path: Path) -> bytes:
     return Path(path).read_bytes()
 
 
-def request(target: Target, payload: dict[str, Any], files: dict[str, Path], timeout: float) -> dict[str, Any]:
-    """Send the runner and the files, run `payload` there, and return its JSON answer."""
-    runner = bundle.build()
-    runner_digest = hashlib.sha256(runner).hexdigest()
-    with tempfile.TemporaryDirectory(prefix="edgeforge-runner-") as folder:
-        runner_path = Path(folder) / "runner.pyz"
-        runner_path.write_bytes(runner)
-        upload(target, {runner_digest: runner_path, **files}, timeout)
-    encoded = base64.b64encode(json.dumps(payload).encode()).decode()
-    done = run(target, [target.python, "-c", LAUNCH, target.cache, runner_digest, encoded], timeout)
-    answer = _last_json(done.stdout)
-    if answer is None:
-        tail = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
-        raise StageError(f"{target.url}: the runner failed on the device (exit {done.returncode}): {tail}")
-    if "error" in answer:
-        raise StageError(f"{target.url}: {device_problem(answer, target)}")
-    return answer
-
-
 def device_problem(answer: dict[str, Any], target: Target) -> str:
     if answer["error"] == "missing":
         return (
@@ -261,13 +223,3 @@ def device_problem(answer: dict[str, Any], target: Target) -> str:
             "or your platform's onnxruntime build), or name another interpreter with ?python="
         )
     return f"{answer['detail']}: install Python 3.10 or newer on the device, or name one with ?python="
-
-
-def _last_json(stdout: bytes) -> dict[str, Any] | None:
-    for line in reversed(stdout.decode(errors="replace").splitlines()):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                return None
-    return None

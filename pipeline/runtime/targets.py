@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.cache import sha256_file
-from pipeline.runtime import device, environment, remote, tuning
+from pipeline.runtime import device, environment, remote, remote_runner, tuning
 from pipeline.runtime.sessions import SessionSettings
 
 LOCAL = "local"
@@ -33,21 +33,21 @@ def identity(target: str, timeout: float) -> dict[str, Any]:
     """The target's identity (environment.identity(), asked of the device): part of the keys of what it measured."""
     if target == LOCAL:
         return environment.identity()
-    return remote.request(remote.parse(target), {"op": "environment"}, {}, timeout)
+    return remote_runner.request(remote.parse(target), {"op": "environment"}, {}, timeout)
 
 
 def describe(target: str, timeout: float) -> dict[str, Any]:
     """The target's identity with its ISA flags and Python (what device.py records beside its measurements)."""
     if target == LOCAL:
         return device.device_environment()
-    return remote.request(remote.parse(target), {"op": "environment"}, {}, timeout)
+    return remote_runner.request(remote.parse(target), {"op": "environment"}, {}, timeout)
 
 
 def bench(target: str, request: dict[str, Any], files: dict[str, Path], timeout: float) -> dict[str, Any]:
     """device.bench's answer for `request`, measured on the target."""
     if target == LOCAL:
         return device.bench(request, files.__getitem__)
-    return remote.request(remote.parse(target), request, files, timeout)
+    return remote_runner.request(remote.parse(target), request, files, timeout)
 
 
 class Files:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError, StageError
-from pipeline.runtime import bundle, environment, remote, targets
+from pipeline.runtime import bundle, environment, remote, remote_runner, targets
 from pipeline.runtime.sessions import SessionSettings
 from tests.pipeline.runtime.test_memory import matmul_model
 
@@ -97,6 +97,25 @@ def test_files_are_copied_once_and_verified_on_the_device(device, tmp_path, monk
         assert stats["p50_ms"] > 0 and len(stats["round_medians_ms"]) == 2
         assert measured["settings_label"] == "1 thread, spinning off, all"
         assert answer["environment"]["cores"] == environment.cores()
+
+
+@pytest.mark.slow  # a Python started on the device over SSH: seconds each
+def test_one_runner_on_the_device_answers_a_runs_requests_and_ends_with_it(device, tmp_path, monkeypatch):
+    request, located = staged_request(tmp_path)
+    cache = cache_of(device)
+    targets.bench(device, request, located, 120)
+    running = runner_processes(cache)
+    assert len(running) == 1
+    assert targets.identity(device, 60)["cores"] == environment.cores()
+    targets.bench(device, request, located, 120)
+    assert runner_processes(cache) == running  # one Python on the device answered all three
+    monkeypatch.setattr(remote_runner, "REUSE_S", 0.0)  # idle too long: it may be ending there, so not reused
+    targets.bench(device, request, located, 120)
+    replaced = runner_processes(cache)
+    assert wait_for(lambda: runner_processes(cache) == replaced != running, 10)
+    (runner,) = [r for (target, _), r in remote_runner._RUNNERS.items() if target.url == device]
+    runner.close()  # what the process does at exit: its stdin closes, and it ends
+    assert wait_for(lambda: not runner_processes(cache), 10)
 
 
 def test_calls_to_a_device_share_one_login_closed_when_the_process_exits(device, loopback_sshd, monkeypatch):

@@ -195,10 +195,15 @@ def connection_problem(stderr: bytes) -> str:
 
 def upload(target: Target, files: dict[str, Path], timeout: float) -> list[str]:
     """Copy the files (sha256 -> local path) the device's cache lacks, all in one connection; return the digests
-    copied."""
-    have = run(target, [target.python, "-c", HAVE, target.cache, *files], timeout, b"").stdout.decode().split()
-    missing = {digest: path for digest, path in files.items() if digest not in have}
+    copied. The device is asked only about files this process has not seen there: a search times the same files
+    again and again (repeats, the plateau's rounds), and the cache only ever gains files (forget undoes that)."""
+    unseen = [digest for digest in files if (target, digest) not in _SEEN]
+    if not unseen:
+        return []
+    have = run(target, [target.python, "-c", HAVE, target.cache, *unseen], timeout, b"").stdout.decode().split()
+    missing = {digest: files[digest] for digest in unseen if digest not in have}
     if not missing:
+        _SEEN.update((target, digest) for digest in unseen)
         return []
     stream = b"".join(
         f"{digest} {len(data)}\n".encode() + data
@@ -209,7 +214,16 @@ def upload(target: Target, files: dict[str, Path], timeout: float) -> list[str]:
         got = done.stdout.decode().strip() or done.stderr.decode(errors="replace").strip()
         which = next((path.name for digest, path in missing.items() if digest in got), "a file")
         raise StageError(f"{target.url}: {which} did not arrive intact ({got}): it was not cached; run again")
+    _SEEN.update((target, digest) for digest in unseen)
     return list(missing)
+
+
+_SEEN: set[tuple[Target, str]] = set()  # (target, sha256) of the files this process saw in a device's cache
+
+
+def forget(target: Target) -> None:
+    """Ask the device again next time: a request there failed, perhaps for a file someone removed from its cache."""
+    _SEEN.difference_update({seen for seen in _SEEN if seen[0] == target})
 
 
 def read_for_upload(path: Path) -> bytes:

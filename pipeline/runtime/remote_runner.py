@@ -40,7 +40,11 @@ def request(target: remote.Target, payload: dict[str, Any], files: dict[str, Pat
         runner_path = Path(folder) / "runner.pyz"
         runner_path.write_bytes(runner)
         remote.upload(target, {digest: runner_path, **files}, timeout)
-    return _runner(target, digest).ask(payload, timeout)
+    try:
+        return _runner(target, digest).ask(payload, timeout)
+    except StageError:
+        remote.forget(target)
+        raise
 
 
 class Runner:

@@ -100,6 +100,28 @@ def test_files_are_copied_once_and_verified_on_the_device(device, tmp_path, monk
 
 
 @pytest.mark.slow  # a Python started on the device over SSH: seconds each
+def test_files_seen_on_the_device_are_not_asked_about_again_until_a_request_fails(device, tmp_path, monkeypatch):
+    request, located = staged_request(tmp_path)
+    commands: list[list[str]] = []
+    real_run = remote.run
+    monkeypatch.setattr(
+        remote, "run", lambda target, words, *rest: commands.append(words) or real_run(target, words, *rest)
+    )
+
+    def asked() -> int:
+        return sum(remote.HAVE in words for words in commands)
+
+    targets.bench(device, request, located, 120)
+    targets.bench(device, request, located, 120)
+    assert asked() == 1  # the second request's files had been seen there
+    (cache_of(device) / request["models"]["model"]).unlink()  # someone empties the device's cache meanwhile
+    with pytest.raises(StageError, match=r"the runner failed on the device \(exit 1\): .*exist"):
+        targets.bench(device, request, located, 120)
+    answer = targets.bench(device, request, located, 120)  # asked again, copied again, measured
+    assert asked() == 2 and answer["models"]["model"]["latency"]["CPUExecutionProvider"]["1"]["p50_ms"] > 0
+
+
+@pytest.mark.slow  # a Python started on the device over SSH: seconds each
 def test_one_runner_on_the_device_answers_a_runs_requests_and_ends_with_it(device, tmp_path, monkeypatch):
     request, located = staged_request(tmp_path)
     cache = cache_of(device)

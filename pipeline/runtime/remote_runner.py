@@ -58,7 +58,7 @@ class Runner:
         except FileNotFoundError as error:
             raise ConfigError(f"{target.url}: cannot run {error.filename!r}: install the OpenSSH client") from None
         self.answers: queue.Queue[bytes | None] = queue.Queue()
-        self.stderr: collections.deque[bytes] = collections.deque(maxlen=100)
+        self.stderr: collections.deque[bytes | None] = collections.deque(maxlen=100)  # None: it ended
         self.readers = [
             threading.Thread(target=self._read, args=(self.process.stdout, self.answers.put), daemon=True),
             threading.Thread(target=self._read, args=(self.process.stderr, self.stderr.append), daemon=True),
@@ -84,9 +84,10 @@ class Runner:
                 self.process.stdin.flush()
             except OSError:  # it ended already: what it said is read below
                 pass
+            deadline = time.monotonic() + timeout
             while True:  # the device's launcher may print lines of its own before the answer
                 try:
-                    line = self.answers.get(timeout=timeout)
+                    line = self.answers.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     self.close()
                     raise StageError(remote.no_answer(self.target, timeout)) from None

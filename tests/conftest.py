@@ -139,11 +139,18 @@ def loopback_sshd():
 
 
 @pytest.fixture
-def device(loopback_sshd, monkeypatch, tmp_path) -> str:
+def device(loopback_sshd, monkeypatch, tmp_path):
     """A remote target on the loopback sshd with this interpreter (numpy and onnxruntime) and a fresh device cache;
-    EDGEFORGE_SSH_COMMAND points ssh at the server's own client config, so ~/.ssh is never read."""
+    EDGEFORGE_SSH_COMMAND points ssh at the server's own client config, so ~/.ssh is never read. The test's runner
+    on the device ends with the test (each test's own cache: a runner each), not when the worker exits."""
+    from pipeline.runtime import remote_runner
+
     monkeypatch.setenv("EDGEFORGE_SSH_COMMAND", loopback_sshd.ssh_command())
-    return f"ssh://{loopback_sshd.alias}?python={sys.executable}&cache={tmp_path / 'device-cache'}"
+    url = f"ssh://{loopback_sshd.alias}?python={sys.executable}&cache={tmp_path / 'device-cache'}"
+    yield url
+    for (target, _), runner in list(remote_runner._RUNNERS.items()):
+        if target.url == url:
+            runner.close()
 
 
 def edgeforge_command(artifacts, *args, sets=()) -> list[str]:

@@ -130,9 +130,13 @@ def _parse_override(item: str, classes: dict[str, type]) -> tuple[str, str, Any]
     return section, key, value
 
 
+def _options(annotation: Any) -> tuple:
+    """The types an annotation allows: each member of a union, or the one type."""
+    return typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+
+
 def _is_list(annotation: Any) -> bool:
-    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    return any(typing.get_origin(option) is tuple for option in options)
+    return any(typing.get_origin(option) is tuple for option in _options(annotation))
 
 
 def _check_section(section: object, classes: dict[str, type]) -> None:
@@ -158,7 +162,7 @@ def _resolve_path(section: str, cls: type, key: str, value: Any, base: Path) -> 
 
 def coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check `value` against a params annotation; return it in the annotated type or raise ConfigError."""
-    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    options = _options(annotation)
     if value is None:
         if type(None) in options:
             return None
@@ -215,7 +219,7 @@ def _to_float(value: Any) -> Any:
 
 def _describe(annotation: Any) -> str:
     names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string", type(None): "null"}
-    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    options = _options(annotation)
     parts = []
     for option in options:
         if typing.get_origin(option) is tuple:

@@ -32,6 +32,7 @@ from pipeline.runtime.sessions import INPUT_NAME, SessionSettings, run_batches, 
 from pipeline.runtime.timing import ProviderUnavailable, provider_name, time_session
 
 Locate = Callable[[str], Path]
+IDLE_S = 120.0  # a runner nobody asked anything for this long ends (the host reuses one idle for at most 60 s)
 
 
 def bench(request: dict[str, Any], locate: Locate) -> dict[str, Any]:
@@ -162,9 +163,6 @@ def main(argv: list[str]) -> int:
         except queue.Empty:
             return 0
         print(json.dumps(answer(json.loads(base64.b64decode(line)), cache)), flush=True)
-
-
-IDLE_S = 120.0  # a runner nobody asked anything for this long ends (the host reuses one idle for at most 60 s)
 
 
 def answer(request: dict[str, Any], cache: Path) -> dict[str, Any]:

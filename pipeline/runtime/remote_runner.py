@@ -16,9 +16,11 @@ from __future__ import annotations
 import atexit
 import base64
 import collections
+import functools
 import hashlib
 import json
 import queue
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -34,17 +36,24 @@ REUSE_S = 60.0  # under device.IDLE_S (120 s): a runner idle this long may be en
 
 def request(target: remote.Target, payload: dict[str, Any], files: dict[str, Path], timeout: float) -> dict[str, Any]:
     """Send the runner and the files, ask the device's runner `payload`, and return its JSON answer."""
-    runner = bundle.build()
-    digest = hashlib.sha256(runner).hexdigest()
-    with tempfile.TemporaryDirectory(prefix="edgeforge-runner-") as folder:
-        runner_path = Path(folder) / "runner.pyz"
-        runner_path.write_bytes(runner)
-        remote.upload(target, {digest: runner_path, **files}, timeout)
+    digest, runner_path = _runner_file()
+    remote.upload(target, {digest: runner_path, **files}, timeout)
     try:
         return _runner(target, digest).ask(payload, timeout)
     except StageError:
         remote.forget(target)
         raise
+
+
+@functools.cache
+def _runner_file() -> tuple[str, Path]:
+    """The runner's sha256 and a file of it, built once per process (a search sends dozens of requests), in a
+    folder removed when the process exits."""
+    runner = bundle.build()
+    folder = Path(tempfile.mkdtemp(prefix="edgeforge-runner-"))
+    atexit.register(shutil.rmtree, folder, True)
+    (folder / "runner.pyz").write_bytes(runner)
+    return hashlib.sha256(runner).hexdigest(), folder / "runner.pyz"
 
 
 class Runner:

@@ -160,14 +160,16 @@ def test_calls_to_a_device_share_one_login_closed_when_the_process_exits(device,
 
 def masters(folder: str) -> list[int]:
     """The ssh processes holding a shared connection of `folder` (their title names its socket)."""
-    found = []
+    return [pid for pid, argv in command_lines() if any(folder in word for word in argv)]
+
+
+def command_lines():
+    """(pid, argv) of every process still there."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if folder.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(int(pid))
+            yield int(pid), Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-    return found
 
 
 @pytest.mark.slow  # a Python started on the device over SSH: seconds each
@@ -255,18 +257,14 @@ def test_a_copy_that_arrives_corrupted_takes_no_name(device, tmp_path, monkeypat
     assert model not in cached and not [name for name in cached if name.startswith(".tmp")]
 
 
-def runner_processes(cache: Path) -> list[str]:
+def runner_processes(cache: Path) -> list[int]:
     """The device's runner processes: Python running the launcher with this cache folder (not the local ssh client
     nor the device's shell, whose command lines say the same words)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if Path(argv[0]).name.startswith("python") and str(cache) in argv and any("runpy" in a for a in argv):
-            found.append(pid)
-    return found
+    return [
+        pid
+        for pid, argv in command_lines()
+        if Path(argv[0]).name.startswith("python") and str(cache) in argv and any("runpy" in a for a in argv)
+    ]
 
 
 def wait_for(condition, seconds: float) -> bool:
@@ -323,12 +321,12 @@ def test_a_connection_that_drops_mid_bench_is_one_line(device, tmp_path, loopbac
 def sessions_of(listener: int) -> list[int]:
     """sshd's per-connection processes: every descendant of the listener (the privileged monitor and the session)."""
     parents = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(sys.executable.encode()):  # not the runner
-                parents[int(pid)] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue
+    for pid, argv in command_lines():
+        if argv[0] != sys.executable:  # not the runner
+            try:
+                parents[pid] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
     found, frontier = [], [listener]
     while frontier:
         children = [pid for pid, parent in parents.items() if parent in frontier]

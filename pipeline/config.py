@@ -88,9 +88,13 @@ def _read_yaml(path: Path, classes: dict[str, type]) -> list[tuple[str, str, Any
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where else ""
-        raise ConfigError(f"config file {path} is not valid YAML{line}; fix the syntax") from None
+        # The parser's own words and place: "not valid YAML (line 2)" left the user to find an unquoted '?' alone.
+        where, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None) or "not YAML"
+        place = f"line {where.line + 1}, column {where.column + 1}: " if where else ""
+        raise ConfigError(
+            f"config file {path} is not valid YAML ({place}{problem}); fix the syntax, quoting any value that holds "
+            "'?', ': ' or ' #' (e.g. \"ssh://pi@board?python=/usr/bin/python3\")"
+        ) from None
     if document is None:
         return []
     if not isinstance(document, dict):

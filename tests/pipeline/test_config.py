@@ -65,8 +65,12 @@ def test_unknown_model_and_dataset_names():
 def test_malformed_inputs(tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("teacher: [epochs: 3\n")
-    with pytest.raises(ConfigError, match=r"is not valid YAML \(line \d+\); fix the syntax"):
+    with pytest.raises(ConfigError, match=r"is not valid YAML \(line \d+, column \d+: .+\); fix the syntax"):
         load_config(bad_yaml)
+    unquoted = tmp_path / "unquoted.yaml"
+    unquoted.write_text("bench:\n  targets: [local, ssh://pi@board?python=/usr/bin/python3]\n")
+    with pytest.raises(ConfigError, match=r"\(line 2, column 34: expected ',' or '\]', but got '\?'\); .* quoting"):
+        load_config(unquoted)
     not_mapping = tmp_path / "list.yaml"
     not_mapping.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match=r"must be a mapping of sections"):

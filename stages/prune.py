@@ -17,6 +17,9 @@ uniform search's ratio at the same budget and fine-tuned the same way; the more 
 within the budget ships, and both are recorded (pipeline/search/prune_budget.py: versus_uniform).
 With `prune.scratch_baseline` the chosen architecture is also trained from fresh weights with distillation; of the
 two models (same architecture, same latency) the more accurate on validation ships, the fine-tune on a tie.
+With `prune.drop_blocks` N, N whole residual blocks go first, chosen on validation (pipeline/search/prune_depth.py),
+and the channels are pruned from the shallower model; the uniform baseline stays the simple path: the whole student,
+channels only.
 """
 
 from __future__ import annotations
@@ -32,22 +35,24 @@ import torch
 from pipeline.cache import CHECKPOINTS, Artifact
 from pipeline.datasets.artifact import Dataset, load_dataset
 from pipeline.errors import StageError, require
+from pipeline.models.depth import drop_blocks
 from pipeline.models.factory import build_model, count_macs_and_params
 from pipeline.models.storage import architecture, load_model, replay_pruning, save_model
 from pipeline.runtime import targets
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider
-from pipeline.search import prune_budget, prune_candidates, prune_layers
+from pipeline.search import prune_budget, prune_candidates, prune_depth, prune_layers
 from pipeline.training.loop import fit
 from pipeline.training.onnx_teacher import load_teacher
 from pipeline.training.prune_finetune import prune_and_finetune
-from pipeline.training.recipes import check_recipe_params, recipe_for, scored
+from pipeline.training.recipes import check_recipe_params, model_label, recipe_for, scored
 
 NAME = "prune"
 SECTION = "prune"
 # 9: the pruned architecture trained from scratch ships when it is more accurate on validation than the fine-tune
 # 10: a search candidate's repeats are timed at the session settings its first measurement chose
 # 11: a missed budget ships the least pruned of the candidates as fast as the fastest in interleaved rounds
-VERSION = 11
+# 12: prune.drop_blocks removes whole residual blocks before the channels (model.json lists them)
+VERSION = 12
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
@@ -64,6 +69,10 @@ class Params:
     # default digits run the 50% prune of the 6k-parameter student passed the gates on the 143 validation images and
     # then failed them on test (2-3 points under the student), so `make all` ended in a failed sign-off.
     ratio: float = 0.25
+    # Residual blocks (identity shortcut) to remove before pruning channels, chosen on validation one at a time. At
+    # batch 1 each operator has a fixed cost that thinner channels keep: on CIFAR-10 resnet8_s2 without its first
+    # block, fine-tuned, measured as fast as with half its channels (BENCHMARKS.md, depth pruning).
+    drop_blocks: int = 0
     importance: str = "l2"  # channel ranking: l1 or l2 norm of each channel group's weights
     global_pruning: bool = False  # rank channels across layers instead of the same ratio in each layer
     # Keep a multiple of this many channels per layer (0: any count). CPU kernels are vectorized over 8 or 16
@@ -132,6 +141,7 @@ class Params:
 
     def __post_init__(self):
         require(0 <= self.ratio < 1, "prune.ratio", self.ratio, "a fraction of channels in [0, 1)")
+        require(self.drop_blocks >= 0, "prune.drop_blocks", self.drop_blocks, "an integer >= 0 (0: keep every block)")
         require(self.importance in IMPORTANCES, "prune.importance", self.importance, " or ".join(IMPORTANCES))
         require(self.finetune_epochs >= 0, "prune.finetune_epochs", self.finetune_epochs, "an integer >= 0")
         require(self.round_to >= 0, "prune.round_to", self.round_to, "an integer >= 0 (0: no rounding)")
@@ -202,13 +212,17 @@ def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
     dataset = load_dataset(inputs["data"])
     teacher = load_teacher(inputs["teacher"].path)
-    student, spec = load_model(inputs["distill"].path)
-    macs_before, params_before = count_macs_and_params(student, spec)
+    whole, spec = load_model(inputs["distill"].path)
+    macs_before, params_before = count_macs_and_params(whole, spec)
+    depth = prune_depth.chosen_blocks(whole, dataset, params, model_label(spec.name, spec.width))
+    dropped = depth["blocks"] if depth is not None else []
+    student = copy.deepcopy(whole)
+    drop_blocks(student, dropped)
     search = prune_budget.budget_decision(student, spec, dataset, params, out_dir)
-    uniform = prune_budget.uniform_baseline_decision(student, spec, dataset, params, out_dir)
-    # Both searches keeping every channel is one model: it is fine-tuned and measured once, for both arms.
-    same_model = uniform is not None and prune_budget.both_unpruned(search, uniform)
-    unpruned = copy.deepcopy(student) if uniform is not None and not same_model else None
+    uniform = prune_budget.uniform_baseline_decision(whole, spec, dataset, params, out_dir)
+    # Both searches keeping every channel (and block) is one model: it is fine-tuned and measured once, for both arms.
+    same_model = uniform is not None and not dropped and prune_budget.both_unpruned(search, uniform)
+    unpruned = whole if uniform is not None and not same_model else None
     ratio = params.ratio if search is None else search["ratio"]
     channels = None if search is None else search.get("channels")  # per group, from the per-layer search
     history, steps, training = prune_and_finetune(student, teacher, spec, dataset, params, ratio, out_dir, channels)
@@ -221,21 +235,24 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         uniform = {**uniform, "achieved": prune_budget.achieved(unpruned, spec, dataset, params)}
         search = prune_budget.versus_uniform(search, steps, uniform, base[1])
         if search["shipped"] == "uniform":
-            student, (history, steps, training), ratio = unpruned, base, uniform["ratio"]
+            student, (history, steps, training), ratio, dropped = unpruned, base, uniform["ratio"], []
     macs_after, params_after = steps[-1]["macs"], steps[-1]["params"]
     before_finetune, shipped_scores = steps[0]["before_finetune"], steps[-1]["after_finetune"]
     in_steps = f" in {len(steps)} steps" if len(steps) > 1 else ""
     scratch, shipped = None, FINETUNED
     if params.scratch_baseline:
         distill_params = inputs["distill"].manifest["params"]
-        trained, scratch = scratch_baseline(student, spec, history, teacher, dataset, params, distill_params, out_dir)
+        trained, scratch = scratch_baseline(
+            student, spec, dropped, history, teacher, dataset, params, distill_params, out_dir
+        )
         # The same architecture, so the same latency: the more accurate on validation ships (a tie: the fine-tune).
         if scratch["validation_accuracy"] > shipped_scores["validation_accuracy"]:
             student, shipped = trained, FROM_SCRATCH
             shipped_scores = {key: scratch[key] for key in ("validation_accuracy", "test_accuracy")}
-    save_model(student, spec, out_dir, pruning_history=history)
+    save_model(student, spec, out_dir, pruning_history=history, dropped_blocks=dropped)
     return {
         "ratio": ratio,
+        "depth": None if depth is None else {**depth, "shipped": bool(dropped)},
         "steps": steps,
         "latency_search": search,
         **shipped_scores,
@@ -249,6 +266,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "scratch": scratch,
         "shipped": shipped,
         "summary": prune_budget.search_summary(search)
+        + (prune_depth.summary(depth) if dropped else "")
         + (
             f"{ratio:.1%} of channels removed{in_steps}: MACs {macs_before:,} -> {macs_after:,}, "
             f"params {params_before:,} -> {params_after:,}, validation accuracy "
@@ -263,6 +281,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
 def scratch_baseline(
     pruned: torch.nn.Module,
     spec,
+    dropped_blocks: list[str],
     pruning_history: list,
     teacher: torch.nn.Module,
     dataset: Dataset,
@@ -274,6 +293,7 @@ def scratch_baseline(
     distill.epochs + prune.finetune_epochs (or prune.scratch_epochs): what pruning bought. (The model, its record.)"""
     torch.manual_seed(distill_params["seed"])
     model = build_model(spec)
+    drop_blocks(model, dropped_blocks)
     replay_pruning(model, spec, pruning_history)
     if architecture(model) != architecture(pruned):
         raise StageError("prune: the from-scratch baseline does not have the pruned architecture (replay failed)")

@@ -30,7 +30,8 @@ NAME = "report"
 SECTION = "signoff"
 # 16: within the latency limits the more accurate model beyond the noise ships (accurate_within_limits)
 # 17: the pruning section says whether the fine-tuned or the from-scratch pruned model shipped, and why
-VERSION = 17
+# 18: the pruning section names the residual blocks prune.drop_blocks removed, and how each was chosen
+VERSION = 18
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")
@@ -239,6 +240,11 @@ def edge_decision(
 CHOICES = [
     {"choice": "edge model", "split": "validation", "by": "accuracy gates, then latency; accuracy only beyond noise"},
     {"choice": "quantization variant (quantize.search)", "split": "validation", "by": "accuracy, then latency"},
+    {
+        "choice": "residual blocks removed (prune.drop_blocks)",
+        "split": "validation",
+        "by": "accuracy kept without each, BatchNorm re-estimated, one block at a time",
+    },
     {"choice": "pruning ratio (prune.target_latency_ms, uniform search)", "split": "none", "by": "measured latency"},
     {
         "choice": "channels per group (prune.search: per_layer, sampled)",
@@ -258,6 +264,14 @@ CHOICES = [
     {"choice": "accuracy gates of the edge choice", "split": "validation", "by": "signoff.accuracy_basis"},
     {"choice": "sign-off gates", "split": "test", "by": "the report's verdict, after every choice was made"},
 ]
+
+
+def _depth(depth: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The blocks prune.drop_blocks removed, each with the validation accuracy left when it went, or None."""
+    if depth is None:
+        return None
+    chosen = [{"block": step["dropped"], **step["weighed"][step["dropped"]]} for step in depth["steps"]]
+    return {"blocks": chosen, "droppable": depth["droppable"], "before": depth["before"], "shipped": depth["shipped"]}
 
 
 def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
@@ -292,6 +306,7 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
                 sizes,
             ),
             "shipped": prune_metrics["shipped"],  # "fine-tuned" or "from scratch" (prune.scratch_baseline)
+            "depth": _depth(prune_metrics.get("depth")),  # prune.drop_blocks; None in entries from before it
             "steps": [
                 {
                     **{key: step[key] for key in ("step", "ratio", "epochs", "params", "macs")},

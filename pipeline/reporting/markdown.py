@@ -154,6 +154,19 @@ def targets_section(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _depth_lines(depth: dict[str, Any] | None) -> list[str]:
+    """The residual blocks prune.drop_blocks removed (none without it)."""
+    if depth is None:
+        return []
+    steps = ", ".join(f"{b['block']} ({b['accuracy']:.4f})" for b in depth["blocks"])
+    shipped = "" if depth["shipped"] else " The uniform baseline's model shipped: it keeps every block."
+    return [
+        f"- Depth (prune.drop_blocks): of {len(depth['droppable'])} residual blocks with an identity shortcut, removed "
+        f"one at a time, each the one whose absence kept the most validation accuracy (BatchNorm re-estimated, no "
+        f"fine-tune; the student {depth['before']['accuracy']:.4f}): {steps}.{shipped}"
+    ]
+
+
 def _gradual_text(steps: list[dict[str, Any]]) -> str:
     """The gradual schedule (prune.steps > 1): each step's share removed, its fine-tune and validation accuracy."""
     if len(steps) < 2:
@@ -195,6 +208,7 @@ def steps_section(report: dict[str, Any]) -> list[str]:
         f"- Distillation ({how}): the student without the teacher {_both(distill['baseline'])}"
         + (" (distill.baseline: false)" if distill["baseline"] is None else "")
         + f"; distilled {_both(distill['student'])}.",
+        *_depth_lines(prune.get("depth")),
         f"- Pruning ({prune['ratio']:.1%} of channels): params {prune['params_before']:,} → {prune['params']:,}, "
         f"MACs {prune['macs_before']:,} → {prune['macs']:,}; right after pruning {_both(prune['before_finetune'])}; "
         f"after the distillation fine-tune {_both(prune['after_finetune'])}" + _gradual_text(prune["steps"]) + ".",

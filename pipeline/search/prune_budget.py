@@ -19,6 +19,7 @@ import torch
 from pipeline.cache import CHECKPOINTS
 from pipeline.datasets.artifact import Dataset
 from pipeline.models.cifar import STRIDED_STEM
+from pipeline.models.depth import droppable_blocks
 from pipeline.models.group_pruning import prune_groups
 from pipeline.models.pruning import prune_channels
 from pipeline.search import prune_candidates, prune_layer_table, prune_plateau
@@ -97,19 +98,21 @@ def budget_decision(
         if not search["out_of_time"] and not arm:
             # Every configuration measured and the fastest missed: the floor is the student's. Said once, by the
             # search (the uniform baseline's line, which follows, gives its own numbers).
-            hint = f"{lower_floor(spec.name)}; `edgeforge floor --model NAME` measures one's floor before training"
+            hint = f"{lower_floor(spec.name, len(droppable_blocks(student)))}; `edgeforge floor --model NAME` measures "
+            hint += "one's floor before training"
             search = {**search, "message": f"{search['message']}; {hint}"}
         log.warning("prune%s: %s", f" ({arm} baseline)" if arm else "", search["message"])
     return search
 
 
-def lower_floor(model: str) -> str:
+def lower_floor(model: str, droppable: int = 0) -> str:
     """What lowers a floor no pruning reaches: pruning thins channels but keeps the feature maps every layer runs on,
-    and at batch 1 each operator's fixed cost."""
+    and at batch 1 each operator's fixed cost; `droppable`: the residual blocks the student still has to drop."""
     strided = (
         f"; {model}_s2 runs every layer after the stem on a quarter of the pixels" if model in STRIDED_STEM else ""
     )
-    return f"for a lower floor distill a smaller student (distill.model, distill.width{strided})"
+    blocks = f", or remove whole residual blocks (prune.drop_blocks, {droppable} more can go)" if droppable else ""
+    return f"for a lower floor distill a smaller student (distill.model, distill.width{strided}){blocks}"
 
 
 def uniform_baseline_decision(

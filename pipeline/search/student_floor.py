@@ -11,6 +11,10 @@ above zero (on the Xeon of BENCHMARKS.md CIFAR-10's resnet8 measured 0.10-0.15 m
 15% of its MACs, against 0.14-0.19 ms unpruned). A budget under the student's floor fails the sign-off however the
 search prunes; this says so before the training (`edgeforge floor`, and `floor_check` before a run trains).
 
+With prune.drop_blocks N, each model is measured with its first N droppable residual blocks removed (as many as
+it has): which N the prune stage removes is chosen on validation after training, and at equal MACs the earlier
+blocks run on larger maps, so this is the guide's best case, not a promise.
+
 Every model and form is measured in interleaved rounds (prune.search_repeats of them): a 2-core VM drifts by up to
 1.4x over seconds (the same session, 0.066 or 0.090 ms), so back-to-back measurements of one model and then
 another would compare the drift, not the models.
@@ -26,6 +30,7 @@ import numpy as np
 from pipeline.datasets.artifact import Dataset
 from pipeline.errors import ConfigError
 from pipeline.models.cifar import STRIDED_STEM
+from pipeline.models.depth import drop_blocks, droppable_blocks
 from pipeline.models.factory import build_model, check_model_name, published_width
 from pipeline.search import prune_budget, prune_candidates
 from pipeline.search.prune_layer_table import prunable_groups
@@ -67,9 +72,13 @@ def measured_student(role: str, name: str, width: int | None, dataset: Dataset, 
     at the fewest channels the prune search may leave it (its candidate counts' last)."""
     spec = spec_for(dataset, name, width)
     model = build_model(spec).eval()
+    dropped = droppable_blocks(model)[: prune.drop_blocks]
+    drop_blocks(model, dropped)
     groups = prunable_groups(model, spec, prune)
     floor = {group.name: group.counts[-1] for group in groups}
-    row = {"role": role, "name": name, "model": model_label(name, width), "runs": {}}
+    label = model_label(name, width) + (f" -{len(dropped)} block{'s' * (len(dropped) > 1)}" if dropped else "")
+    row = {"role": role, "name": name, "model": label, "runs": {}, "dropped_blocks": dropped}
+    row["droppable"] = len(droppable_blocks(model))  # what is left to drop
     row["floor_removed"] = share_removed(full_channels(groups), floor) if groups else 0.0
     return row, prune_budget.candidates(model, spec, dataset, prune), {"unpruned": {}, "floor": floor}
 
@@ -138,7 +147,7 @@ def verdict(rows: list[dict[str, Any]], budget_ms: float, margin: float) -> dict
         reach = "reaches it only in its fastest rounds" if student["fastest_ms"] <= limit else "cannot reach it"
         message = (
             f"{student['model']} {reach}: {floor} with {student['floor_removed']:.0%} of the channels removed, "
-            f"against {limit:.4f} ms; {prune_budget.lower_floor(student['name'])}"
+            f"against {limit:.4f} ms; {prune_budget.lower_floor(student['name'], student['droppable'])}"
             + (f"; these reach it: {others}" if others else "")
         )
     reachable = student["fastest_ms"] <= limit
@@ -161,6 +170,13 @@ def floor_check(dataset: Dataset, distill: Any, prune: Any) -> str | None:
 
     limit = search_limit(prune.target_latency_ms, prune.search_margin)
     floor = timed("floor")
+    if len(floor["dropped_blocks"]) < prune.drop_blocks:
+        return (
+            f"prune.drop_blocks={prune.drop_blocks}: {model_label(distill.model, distill.width)} has "
+            f"{len(floor['dropped_blocks'])} residual block{'s' * (len(floor['dropped_blocks']) != 1)} with an "
+            "identity shortcut to drop; set prune.drop_blocks "
+            f"to at most {len(floor['dropped_blocks'])}"
+        )
     if floor["fastest_ms"] <= limit or (unpruned := timed("unpruned"))["fastest_ms"] <= limit:
         return None
     return (
@@ -168,7 +184,8 @@ def floor_check(dataset: Dataset, distill: Any, prune: Any) -> str | None:
         f"({floor['floor_removed']:.0%} of the channels removed, untrained) measured {floor['floor_ms']:.4f} ms, "
         f"{floor['fastest_ms']:.4f} in its fastest of {prune.search_repeats} rounds (unpruned "
         f"{unpruned['unpruned_ms']:.4f} ms), against {limit:.4f} ms after prune.search_margin; "
-        f"{prune_budget.lower_floor(floor['name'])} (`edgeforge floor --model NAME` measures others), or pass "
+        f"{prune_budget.lower_floor(floor['name'], floor['droppable'])} (`edgeforge floor --model NAME` measures "
+        "others), or pass "
         "--skip-floor-check to train it anyway"
     )
 

@@ -383,3 +383,44 @@ def test_sampled_search_scores_its_configurations_on_validation_and_reports_them
         "Sampled search: the 1 configurations scored on validation"
         in results["report"].artifact.file("report.html").read_text()
     )
+
+
+@pytest.mark.slow
+def test_drop_blocks_removes_the_residual_blocks_chosen_on_validation_before_pruning_channels(store):
+    import onnx
+
+    from pipeline.errors import StageError
+
+    depth = ["distill.model=resnet14", "distill.width=4", "prune.scratch_baseline=false"]
+    results = run_prune(store, *depth, "prune.drop_blocks=2", target="report")
+    metrics = results["prune"].artifact.metrics
+    chosen = metrics["depth"]
+    assert chosen["droppable"] == ["1", "2", "4", "6"] and len(chosen["blocks"]) == 2 and chosen["shipped"]
+    for step in chosen["steps"]:  # each step took the block whose absence kept the most validation accuracy
+        scores = step["weighed"]
+        assert step["dropped"] == max(scores, key=lambda name: (scores[name]["accuracy"], -scores[name]["loss"]))
+    assert list(chosen["steps"][1]["weighed"]) == [b for b in chosen["droppable"] if b != chosen["blocks"][0]]
+    model_json = json.loads(results["prune"].artifact.file("model.json").read_text())
+    assert model_json["dropped_blocks"] == chosen["blocks"]
+    model, _ = load_model(results["prune"].artifact.path)
+    assert all(isinstance(model[int(name)], torch.nn.Identity) for name in chosen["blocks"])
+    assert "residual blocks" in metrics["summary"] and "removed (of 4 droppable" in metrics["summary"]
+
+    def convs(name):
+        graph = onnx.load(str(results["export"].artifact.file(name))).graph
+        return sum(node.op_type == "Conv" for node in graph.node)
+
+    assert convs("pruned.onnx") == convs("student.onnx") - 4  # two blocks of two convolutions each
+    markdown = results["report"].artifact.file("report.md").read_text()
+    assert (
+        "- Depth (prune.drop_blocks): of 4 residual blocks with an identity shortcut, removed one at a time" in markdown
+    )
+    assert "| residual blocks removed (prune.drop_blocks) | validation | accuracy kept without each" in markdown
+    # A student without such blocks: one line, and the prune stage publishes nothing.
+    def published():  # lock files aside
+        return sorted(path.name for path in (store.cache / "prune").iterdir() if not path.name.startswith("."))
+
+    before = published()
+    with pytest.raises(StageError, match=r"^prune.drop_blocks=1: cnn x8 has no residual blocks with an identity"):
+        run_prune(store, "prune.drop_blocks=1")
+    assert published() == before

@@ -88,7 +88,8 @@ def rows(student_ms, floor_ms, other_floor_ms, fastest_ms=None):
     def row(role, name, unpruned, floor, macs, fastest=None):
         return {"role": role, "name": name, "model": f"{name} x16", "unpruned_ms": unpruned, "floor_ms": floor,
                 "floor_fastest_ms": floor if fastest is None else fastest, "floor_removed": 0.75,
-                "fastest_ms": min(unpruned, floor if fastest is None else fastest), "unpruned_macs": macs}  # fmt: skip
+                "fastest_ms": min(unpruned, floor if fastest is None else fastest), "unpruned_macs": macs,
+                "droppable": 1 if name == "resnet8" else 0}  # fmt: skip
 
     return [
         row("student", "resnet8", student_ms, floor_ms, 12, fastest_ms),
@@ -110,6 +111,7 @@ def test_the_verdict_applies_the_search_margin_and_names_the_students_that_reach
     assert not out["reachable"] and out["faster"] == ["resnet8_s2 x16"]
     assert "resnet8 x16 cannot reach it: its floor measured 0.0950 ms (0.0950 in its fastest round)" in out["message"]
     assert "resnet8_s2 runs every layer" in out["message"] and "\n" not in out["message"]
+    assert "or remove whole residual blocks (prune.drop_blocks, 1 more can go)" in out["message"]
     assert out["message"].endswith("; these reach it: resnet8_s2 x16 (floor 0.0300 ms, 0.0300 fastest)")
     none = student_floor.verdict(rows(0.2, 0.095, 0.095), budget_ms=0.1, margin=0.1)
     assert none["faster"] == [] and "these reach it" not in none["message"]
@@ -165,6 +167,24 @@ def test_a_run_for_a_budget_under_the_students_floor_fails_before_training_unles
     sized.clear()
     assert all(result.cached for result in run_pipeline(config, store, target="prune"))
     assert sized == []
+
+
+def test_with_drop_blocks_each_model_is_measured_without_its_first_droppable_blocks(tmp_path, sized):
+    dataset = digits(tmp_path)
+    _, _, prune = sections("prune.drop_blocks=2")
+    row, _, settings = student_floor.measured_student("asked", "resnet14", 4, dataset, prune)
+    assert row["model"] == "resnet14 x4 -2 blocks" and row["dropped_blocks"] == ["1", "2"] and row["droppable"] == 2
+    few, _, _ = student_floor.measured_student("asked", "resnet8_s2", 4, dataset, prune)  # it has one
+    assert few["model"] == "resnet8_s2 x4 -1 block" and few["droppable"] == 0
+    cnn, _, _ = student_floor.measured_student("asked", "cnn", 4, dataset, prune)
+    assert cnn["model"] == "cnn x4" and cnn["dropped_blocks"] == []
+    # The run's check says it before training: the student has fewer blocks than prune.drop_blocks asks.
+    _, distill, prune = sections("distill.model=resnet8_s2", "distill.width=4", "prune.drop_blocks=2",
+                                 "prune.search_repeats=1", "prune.target_latency_ms=100")  # fmt: skip
+    assert student_floor.floor_check(dataset, distill, prune) == (
+        "prune.drop_blocks=2: resnet8_s2 x4 has 1 residual block with an identity shortcut to drop; set "
+        "prune.drop_blocks to at most 1"
+    )
 
 
 def test_the_check_passes_a_student_faster_unpruned_than_at_its_floor(tmp_path, monkeypatch):

@@ -1,0 +1,67 @@
+"""Depth pruning: whole residual blocks removed (`prune.drop_blocks`), where thinning channels cannot go.
+
+At batch 1 on a CPU every operator has a fixed cost, and channel pruning keeps every operator: on the Xeon of
+BENCHMARKS.md an untrained resnet8_s2 measured 0.074 ms, with half its channels 0.045 ms, and with its first stage's
+block removed 0.045 ms too, the two together 0.031 ms (fp32, one thread, interleaved rounds). A block whose
+shortcut is the identity computes x + f(x); without it the network computes x there, and the tensors before and
+after keep their shapes, so the rest of the model loads and runs unchanged (Veit et al. 2016: residual networks
+behave like ensembles of shallower paths, and removing one block from a trained ResNet costs little of its
+accuracy; the fine-tune recovers the rest).
+
+Droppable here: the built-in BasicBlock with an identity shortcut and MobileNetV2's InvertedResidual with its
+residual sum (pipeline/models/cifar.py). A removed block becomes nn.Identity at the same place, so every other
+module keeps its name: the state_dict, torch-pruning's history and the export see the same names as before.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from pipeline.models.cifar import BasicBlock, InvertedResidual
+
+
+def droppable_blocks(model: nn.Module) -> list[str]:
+    """The names of the blocks of `model` that can be removed, in the model's order: their output is their input
+    plus a residual of the same shape."""
+    names = []
+    for name, module in model.named_modules():
+        basic = isinstance(module, BasicBlock) and isinstance(module.shortcut, nn.Identity)
+        inverted = isinstance(module, InvertedResidual) and module.residual
+        if basic or inverted:
+            names.append(name)
+    return names
+
+
+def drop_blocks(model: nn.Module, names: list[str] | tuple[str, ...]) -> None:
+    """Replace each named block of `model` by the identity, in place; a ValueError for a name that is not one of
+    droppable_blocks (a saved model's list is checked against the architecture it is replayed on)."""
+    droppable = droppable_blocks(model)
+    for name in names:
+        if name not in droppable:
+            known = ", ".join(droppable) or "none"
+            raise ValueError(f"block {name!r} cannot be dropped from this model: droppable blocks {known}")
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, nn.Identity())
+
+
+def block_macs(model: nn.Module, name: str, example) -> int:
+    """Multiply-accumulates of the convolutions and linear layers inside block `name` at `example`'s size."""
+    total = 0
+
+    def count(module: nn.Module, _inputs, output) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            total += output.numel() * per_output
+        elif isinstance(module, nn.Linear):
+            total += module.in_features * module.out_features * (output.numel() // module.out_features)
+
+    block = model.get_submodule(name)
+    hooks = [module.register_forward_hook(count) for module in block.modules()]
+    try:
+        model.eval()(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total

@@ -1,0 +1,67 @@
+"""Which residual blocks `prune.drop_blocks` removes from the student: chosen on validation, one at a time.
+
+Each step removes, of the blocks still there, the one whose removal keeps the most validation accuracy (ties: the
+least cross-entropy), scored as the per-layer search scores its steps: on a copy, BatchNorm re-estimated on
+training images, no fine-tune (pipeline/search/prune_scores.py). Greedy, as NetAdapt is: a block is chosen given
+the ones already gone. The channel searches and the fine-tune then work on the shallower model
+(pipeline/models/depth.py says why blocks: at batch 1 they are operators that channel pruning cannot remove).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from pipeline.datasets.artifact import Dataset
+from pipeline.errors import StageError
+from pipeline.models.depth import drop_blocks, droppable_blocks
+from pipeline.search.prune_scores import ValidationScores
+
+
+def _drop(model: nn.Module, setting: dict[str, int]) -> None:
+    drop_blocks(model, sorted(setting))
+
+
+def chosen_blocks(student: nn.Module, dataset: Dataset, params: Any, model_label: str) -> dict[str, Any] | None:
+    """None without prune.drop_blocks; else {"blocks": the names removed, in the order chosen, "droppable": every
+    block that could go, "steps": each step's scores of every block it weighed, "before": the student's own score,
+    "seconds"}. A one-line StageError when the student has fewer droppable blocks than asked."""
+    if not params.drop_blocks:
+        return None
+    droppable = droppable_blocks(student)
+    if params.drop_blocks > len(droppable):
+        has = f"{len(droppable)} ({', '.join(droppable)})" if droppable else "no"
+        raise StageError(
+            f"prune.drop_blocks={params.drop_blocks}: {model_label} has {has} residual block"
+            f"{'s' * (len(droppable) != 1)} with an identity "
+            f"shortcut to drop; set prune.drop_blocks to at most {len(droppable)} (depth pruning knows the built-in "
+            "ResNets' and MobileNetV2's blocks)"
+        )
+    scores = ValidationScores(student, dataset, params.seed, _drop)
+    chosen: list[str] = []
+    steps = []
+    for _ in range(params.drop_blocks):
+        weighed = {name: scores(dict.fromkeys([*chosen, name], 0)) for name in droppable if name not in chosen}
+        best = max(weighed, key=lambda name: (weighed[name]["accuracy"], -weighed[name]["loss"]))
+        chosen.append(best)
+        steps.append({"dropped": best, "weighed": weighed})
+    return {
+        "blocks": chosen,
+        "droppable": droppable,
+        "before": scores({}),
+        "steps": steps,
+        **scores.summary(),
+    }
+
+
+def summary(depth: dict[str, Any] | None) -> str:
+    """The stage line's words for the blocks removed ("" without any)."""
+    if depth is None:
+        return ""
+    last = depth["steps"][-1]["weighed"][depth["blocks"][-1]]
+    return (
+        f"residual blocks {', '.join(depth['blocks'])} removed (of {len(depth['droppable'])} droppable; validation "
+        f"{depth['before']['accuracy']:.4f} -> {last['accuracy']:.4f} with BatchNorm re-estimated, before any "
+        "fine-tune); "
+    )

@@ -22,7 +22,7 @@ from pipeline.reporting.html_figures import (
     training_section,
 )
 from pipeline.reporting.latency_search_sections import UNIFORM_HEADER, same_model_sentence, uniform_baseline_rows
-from pipeline.reporting.markdown import onnx_teacher_sentence
+from pipeline.reporting.markdown import depth_lines, onnx_teacher_sentence
 from pipeline.reporting.plots import PROVIDER, STATS, latency_at
 from pipeline.reporting.search_sections import QUANTIZATION_AWARE_HEADER, quantization_aware_rows
 from pipeline.reporting.targets_section import target_descriptions, target_rows
@@ -68,6 +68,7 @@ def render_html(report: dict[str, Any]) -> str:
         figure(plots.size_and_macs(report, colors), "File size (bytes) and MACs per image of every model."),
         search_trace_section(report),
         render_uniform_baseline(report),
+        _depth(report),
         _quantization_aware(report),
         training_section(report),
         per_class_section(report),
@@ -105,6 +106,12 @@ def _table(header: Iterable[str], rows: Iterable[str], cls: str = "") -> str:
     head = "".join(f'<th class="{"name" if i == 0 else ""}">{_e(h)}</th>' for i, h in enumerate(header))
     table = f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
     return f'<div class="scroll">{table}</div>'
+
+
+def _depth(report: dict) -> str:
+    """The residual blocks prune.drop_blocks removed, in report.md's words."""
+    lines = depth_lines((report.get("pruning") or {}).get("depth"))
+    return f"<h2>Residual blocks removed</h2><p>{_e(lines[0].removeprefix('- '))}</p>" if lines else ""
 
 
 def _quantization_aware(report: dict) -> str:

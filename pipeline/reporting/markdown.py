@@ -154,7 +154,7 @@ def targets_section(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _depth_lines(depth: dict[str, Any] | None) -> list[str]:
+def depth_lines(depth: dict[str, Any] | None) -> list[str]:
     """The residual blocks prune.drop_blocks removed (none without it)."""
     if depth is None:
         return []
@@ -208,7 +208,7 @@ def steps_section(report: dict[str, Any]) -> list[str]:
         f"- Distillation ({how}): the student without the teacher {_both(distill['baseline'])}"
         + (" (distill.baseline: false)" if distill["baseline"] is None else "")
         + f"; distilled {_both(distill['student'])}.",
-        *_depth_lines(prune.get("depth")),
+        *depth_lines(prune.get("depth")),
         f"- Pruning ({prune['ratio']:.1%} of channels): params {prune['params_before']:,} → {prune['params']:,}, "
         f"MACs {prune['macs_before']:,} → {prune['macs']:,}; right after pruning {_both(prune['before_finetune'])}; "
         f"after the distillation fine-tune {_both(prune['after_finetune'])}" + _gradual_text(prune["steps"]) + ".",

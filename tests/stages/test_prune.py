@@ -416,6 +416,9 @@ def test_drop_blocks_removes_the_residual_blocks_chosen_on_validation_before_pru
         "- Depth (prune.drop_blocks): of 4 residual blocks with an identity shortcut, removed one at a time" in markdown
     )
     assert "| residual blocks removed (prune.drop_blocks) | validation | accuracy kept without each" in markdown
+    html = results["report"].artifact.file("report.html").read_text()
+    assert "<h2>Residual blocks removed</h2><p>Depth (prune.drop_blocks): of 4 residual blocks" in html
+
     # A student without such blocks: one line, and the prune stage publishes nothing.
     def published():  # lock files aside
         return sorted(path.name for path in (store.cache / "prune").iterdir() if not path.name.startswith("."))

@@ -11,9 +11,10 @@ above zero (on the Xeon of BENCHMARKS.md CIFAR-10's resnet8 measured 0.10-0.15 m
 15% of its MACs, against 0.14-0.19 ms unpruned). A budget under the student's floor fails the sign-off however the
 search prunes; this says so before the training (`edgeforge floor`, and `floor_check` before a run trains).
 
-With prune.drop_blocks N, each model is measured with its first N droppable residual blocks removed (as many as
-it has): which N the prune stage removes is chosen on validation after training, and at equal MACs the earlier
-blocks run on larger maps, so this is the guide's best case, not a promise.
+With prune.drop_blocks N, each student is measured with its first N droppable residual blocks removed (as many as
+it has; never the teacher, whose latency the budget is a fraction of). Which N the prune stage removes is chosen on
+validation after training, and at equal MACs the earlier blocks run on larger maps, so this is a guide's best
+case, not a promise.
 
 Every model and form is measured in interleaved rounds (prune.search_repeats of them): a 2-core VM drifts by up to
 1.4x over seconds (the same session, 0.066 or 0.090 ms), so back-to-back measurements of one model and then
@@ -72,7 +73,7 @@ def measured_student(role: str, name: str, width: int | None, dataset: Dataset, 
     at the fewest channels the prune search may leave it (its candidate counts' last)."""
     spec = spec_for(dataset, name, width)
     model = build_model(spec).eval()
-    dropped = droppable_blocks(model)[: prune.drop_blocks]
+    dropped = droppable_blocks(model)[: prune.drop_blocks] if role != "teacher" else []
     drop_blocks(model, dropped)
     groups = prunable_groups(model, spec, prune)
     floor = {group.name: group.counts[-1] for group in groups}
@@ -196,14 +197,14 @@ def format_floors(result: dict[str, Any]) -> str:
     lines = [
         f"untrained models on {method['device']} ({method['provider']}, batch {method['batch']}, "
         f"{method['settings']}, p50 median of {method['rounds']} interleaved rounds, range in brackets)",
-        f"{'role':<17} {'model':<22} {'unpruned ms':<31} {'floor ms':<31} removed",
+        f"{'role':<17} {'model':<24} {'unpruned ms':<31} {'floor ms':<31} removed",
     ]
     for row in result["rows"]:
         cells = []
         for form in FORMS:
             runs = row["runs"][form]
             cells.append(f"{row[f'{form}_ms']:.4f} [{min(runs):.4f}-{max(runs):.4f}] {row[f'{form}_format']}")
-        lines.append(f"{row['role']:<17} {row['model']:<22} {cells[0]:<31} {cells[1]:<31} {row['floor_removed']:.0%}")
+        lines.append(f"{row['role']:<17} {row['model']:<24} {cells[0]:<31} {cells[1]:<31} {row['floor_removed']:.0%}")
     if result["verdict"] is not None:
         said, budget = result["verdict"], result["budget_ms"]
         # Out of reach, the command's error line says why; the table does not say it twice.

@@ -178,6 +178,8 @@ def test_with_drop_blocks_each_model_is_measured_without_its_first_droppable_blo
     assert few["model"] == "resnet8_s2 x4 -1 block" and few["droppable"] == 0
     cnn, _, _ = student_floor.measured_student("asked", "cnn", 4, dataset, prune)
     assert cnn["model"] == "cnn x4" and cnn["dropped_blocks"] == []
+    teacher, _, _ = student_floor.measured_student("teacher", "resnet14", 4, dataset, prune)  # the budget's reference
+    assert teacher["model"] == "resnet14 x4" and teacher["dropped_blocks"] == [] and teacher["droppable"] == 4
     # The run's check says it before training: the student has fewer blocks than prune.drop_blocks asks.
     _, distill, prune = sections("distill.model=resnet8_s2", "distill.width=4", "prune.drop_blocks=2",
                                  "prune.search_repeats=1", "prune.target_latency_ms=100")  # fmt: skip

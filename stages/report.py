@@ -30,7 +30,8 @@ NAME = "report"
 SECTION = "signoff"
 # 16: within the latency limits the more accurate model beyond the noise ships (accurate_within_limits)
 # 17: the pruning section says whether the fine-tuned or the from-scratch pruned model shipped, and why
-# 18: the pruning section names the residual blocks prune.drop_blocks removed, and how each was chosen
+# 18: the pruning section names the residual blocks prune.drop_blocks removed, and how each was chosen; the edge
+# choice's reason says "the fastest and those within every latency limit" (the fastest may be over them)
 VERSION = 18
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False

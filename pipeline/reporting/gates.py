@@ -153,8 +153,9 @@ def edge_reason(edge: dict, passing: list[str], tied: list[str], params: Any) ->
     )
     if equally_fast:
         reason += (
-            f"; of those {equally_fast} ({', '.join(tied)}), a slower one would have won only with a validation "
-            "accuracy higher beyond the 95% noise (paired interval above 0)"
+            # "The fastest and": the fastest is always among them, within a limit or not (a budget no model meets).
+            f"; of the fastest and those {equally_fast} ({', '.join(tied)}), a slower one would have won only with a "
+            "validation accuracy higher beyond the 95% noise (paired interval above 0)"
         )
         if edge["name"] != tied[0] and edge["name"] in tied:
             reason = (

@@ -9,6 +9,7 @@ the ones already gone. The channel searches and the fine-tune then work on the s
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from torch import nn
@@ -17,6 +18,8 @@ from pipeline.datasets.artifact import Dataset
 from pipeline.errors import StageError
 from pipeline.models.depth import drop_blocks, droppable_blocks
 from pipeline.search.prune_scores import ValidationScores
+
+log = logging.getLogger(__name__)
 
 
 def _drop(model: nn.Module, setting: dict[str, int]) -> None:
@@ -46,6 +49,13 @@ def chosen_blocks(student: nn.Module, dataset: Dataset, params: Any, model_label
         best = max(weighed, key=lambda name: (weighed[name]["accuracy"], -weighed[name]["loss"]))
         chosen.append(best)
         steps.append({"dropped": best, "weighed": weighed})
+        others = ", ".join(f"{name} {score['accuracy']:.4f}" for name, score in weighed.items() if name != best)
+        log.info(
+            "prune: residual block %s removed: validation %.4f without it, BatchNorm re-estimated (%s)",
+            best,
+            weighed[best]["accuracy"],
+            f"without {others}" if others else "the only block weighed",
+        )
     return {
         "blocks": chosen,
         "droppable": droppable,

@@ -207,6 +207,13 @@ def test_within_the_latency_limits_the_more_accurate_model_beyond_the_noise_ship
     assert choose_edge_model(models, Params(latency_limits=("cpu:1:p50<=0.25",)))[0]["name"] == "pruned"
     assert choose_edge_model(models, Params(max_latency_ms=0.35))[0]["name"] == "pruned"
     assert choose_edge_model(models, Params(max_latency_ms=0.4))[0]["name"] == "student"
+    # No model within the limit: the fastest passing one is named as the fastest, not as within the limit.
+    over = Params(latency_limits=("cpu:1:p50<=0.05",))
+    edge, passing, tied = choose_edge_model(models, over)
+    assert edge["name"] == "pruned" and tied == ["pruned"]
+    assert "; of the fastest and those within every latency limit of the sign-off (pruned)," in edge_reason(
+        edge, passing, tied, over
+    )
     # Inside the noise, speed still wins within the limits.
     noisy = [model("teacher", 0.99, 1.0), model("student", 0.972, 0.3), model("pruned", 0.97, 0.1)]
     noisy[1] |= scores("validation", 0.972, first=500)

@@ -27,24 +27,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-import torch
-
-from pipeline.cache import CHECKPOINTS, Artifact
-from pipeline.datasets.artifact import Dataset, load_dataset
-from pipeline.errors import StageError, require
+from pipeline.cache import Artifact
+from pipeline.datasets.artifact import load_dataset
+from pipeline.errors import require
 from pipeline.models.depth import drop_blocks
-from pipeline.models.factory import build_model, count_macs_and_params
-from pipeline.models.storage import architecture, load_model, replay_pruning, save_model
+from pipeline.models.factory import count_macs_and_params
+from pipeline.models.storage import load_model, save_model
 from pipeline.runtime import targets
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider
 from pipeline.search import prune_budget, prune_candidates, prune_depth, prune_layers
-from pipeline.training.loop import fit
 from pipeline.training.onnx_teacher import load_teacher
-from pipeline.training.prune_finetune import prune_and_finetune
-from pipeline.training.recipes import check_recipe_params, model_label, recipe_for, scored
+from pipeline.training.prune_finetune import prune_and_finetune, scratch_baseline
+from pipeline.training.recipes import check_recipe_params, model_label
 
 NAME = "prune"
 SECTION = "prune"
@@ -276,38 +272,4 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
             + ("" if scratch is None else f" ({scratch['validation_accuracy']:.4f} trained from scratch)")
             + (", the one trained from scratch ships" if shipped == FROM_SCRATCH else "")
         ),
-    }
-
-
-def scratch_baseline(
-    pruned: torch.nn.Module,
-    spec,
-    dropped_blocks: list[str],
-    pruning_history: list,
-    teacher: torch.nn.Module,
-    dataset: Dataset,
-    params: Params,
-    distill_params: dict[str, Any],
-    out_dir: Path,
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The pruned architecture with fresh weights, trained with distillation by the distill stage's recipe for
-    distill.epochs + prune.finetune_epochs (or prune.scratch_epochs): what pruning bought. (The model, its record.)"""
-    torch.manual_seed(distill_params["seed"])
-    model = build_model(spec)
-    drop_blocks(model, dropped_blocks)
-    replay_pruning(model, spec, pruning_history)
-    if architecture(model) != architecture(pruned):
-        raise StageError("prune: the from-scratch baseline does not have the pruned architecture (replay failed)")
-    epochs = params.scratch_epochs or distill_params["epochs"] + params.finetune_epochs
-    teaching = SimpleNamespace(**distill_params)
-    recipe = recipe_for(teaching, epochs, teaching.temperature, teaching.alpha)
-    images, labels = dataset.train_images, dataset.train_labels
-    validation = dataset.val_images, dataset.val_labels
-    checkpoint = out_dir / CHECKPOINTS / "scratch.pt"
-    history = fit(model, images, labels, dataset.norm, recipe, teacher, f"{NAME} scratch", checkpoint, None, validation)
-    return model, {
-        "epochs": epochs,
-        **scored(model, dataset),
-        "architecture": architecture(model),
-        "history": history,
     }

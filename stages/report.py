@@ -22,8 +22,8 @@ from pipeline.config import params_to_dict, reproduce_command
 from pipeline.errors import StageError, require
 from pipeline.reporting import release
 from pipeline.reporting.gates import choose_edge_model, edge_reason, pareto_front, parse_latency_limit, signoff_gates
-from pipeline.reporting.intervals import accuracies_with_intervals
 from pipeline.reporting.markdown import render_markdown
+from pipeline.reporting.steps import CHOICES, what_each_step_did
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, provider_name
 
 NAME = "report"
@@ -234,110 +234,4 @@ def edge_decision(
         },
         "pareto_front": pareto_front(models, str(params.latency_batch), provider),
         "choices": CHOICES,
-    }
-
-
-# Every choice the pipeline makes and the data it reads: the test split decides nothing.
-CHOICES = [
-    {"choice": "edge model", "split": "validation", "by": "accuracy gates, then latency; accuracy only beyond noise"},
-    {"choice": "quantization variant (quantize.search)", "split": "validation", "by": "accuracy, then latency"},
-    {
-        "choice": "residual blocks removed (prune.drop_blocks)",
-        "split": "validation",
-        "by": "accuracy kept without each, BatchNorm re-estimated, one block at a time",
-    },
-    {"choice": "pruning ratio (prune.target_latency_ms, uniform search)", "split": "none", "by": "measured latency"},
-    {
-        "choice": "channels per group (prune.search: per_layer, sampled)",
-        "split": "validation",
-        "by": "measured latency; sampled, or search_score validation: validation accuracy before fine-tune",
-    },
-    {
-        "choice": "per-layer or uniform pruning (prune.uniform_baseline)",
-        "split": "validation",
-        "by": "within the budget after the fine-tune, the more accurate",
-    },
-    {
-        "choice": "pruned model fine-tuned or trained from scratch (prune.scratch_baseline)",
-        "split": "validation",
-        "by": "the same architecture: the more accurate, the fine-tune on a tie",
-    },
-    {"choice": "accuracy gates of the edge choice", "split": "validation", "by": "signoff.accuracy_basis"},
-    {"choice": "sign-off gates", "split": "test", "by": "the report's verdict, after every choice was made"},
-]
-
-
-def _depth(depth: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The blocks prune.drop_blocks removed, each with the validation accuracy left when it went, or None."""
-    if depth is None:
-        return None
-    chosen = [{"block": step["dropped"], **step["weighed"][step["dropped"]]} for step in depth["steps"]]
-    return {"blocks": chosen, "droppable": depth["droppable"], "before": depth["before"], "shipped": depth["shipped"]}
-
-
-def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
-    """Distillation, pruning, quantization and the searches, as their stages recorded them, the baselines that say
-    what each step bought, and training curves. Accuracies here are PyTorch's; the models table has onnxruntime's."""
-    distill, prune_metrics, quantize_metrics = (inputs[name].metrics for name in ("distill", "prune", "quantize"))
-    distill_params = inputs["distill"].manifest["params"]
-    sizes = inputs["data"].metrics
-    scratch = prune_metrics["scratch"]
-    return {
-        "distillation": {
-            "student": accuracies_with_intervals(distill["validation_accuracy"], distill["test_accuracy"], sizes),
-            "baseline": accuracies_with_intervals(
-                distill["baseline_validation_accuracy"], distill["baseline_test_accuracy"], sizes
-            ),
-            "temperature": distill_params["temperature"],
-            "alpha": distill_params["alpha"],
-            "feature_distillation": distill["feature_distillation"],
-        },
-        "pruning": {
-            **{key: prune_metrics[key] for key in ("ratio", "params_before", "params", "macs_before", "macs")},
-            "before_finetune": accuracies_with_intervals(
-                prune_metrics["validation_accuracy_before_finetune"],
-                prune_metrics["test_accuracy_before_finetune"],
-                sizes,
-            ),
-            "after_finetune": accuracies_with_intervals(
-                *(
-                    prune_metrics["steps"][-1]["after_finetune"][f"{split}_accuracy"]
-                    for split in ("validation", "test")
-                ),
-                sizes,
-            ),
-            "shipped": prune_metrics["shipped"],  # "fine-tuned" or "from scratch" (prune.scratch_baseline)
-            "depth": _depth(prune_metrics.get("depth")),  # prune.drop_blocks; None in entries from before it
-            "steps": [
-                {
-                    **{key: step[key] for key in ("step", "ratio", "epochs", "params", "macs")},
-                    **{
-                        when: accuracies_with_intervals(
-                            step[when]["validation_accuracy"], step[when]["test_accuracy"], sizes
-                        )
-                        for when in ("before_finetune", "after_finetune")
-                    },
-                }
-                for step in prune_metrics["steps"]
-            ],
-            "scratch": None
-            if scratch is None
-            else {
-                "epochs": scratch["epochs"],
-                **accuracies_with_intervals(scratch["validation_accuracy"], scratch["test_accuracy"], sizes),
-            },
-        },
-        "quantization": quantize_metrics["arguments"],
-        "quantization_search": {name: m["search"] for name, m in quantize_metrics["models"].items() if m["search"]},
-        "quantization_aware": {name: m["qat"] for name, m in quantize_metrics["models"].items() if m.get("qat")},
-        "int8_sources": {name: m["source"].removesuffix(".onnx") for name, m in quantize_metrics["models"].items()},
-        "latency_search": prune_metrics["latency_search"],
-        "training": {
-            "teacher": inputs["teacher"].metrics["history"],
-            "student": distill["history"],
-            "student_without_teacher": distill["baseline_history"],
-            "pruned_finetune": prune_metrics["history"],
-            "pruned_from_scratch": None if scratch is None else scratch["history"],
-        },
-        "export_tolerance": inputs["export"].metrics["tolerance"],
     }

@@ -33,6 +33,16 @@ def droppable_blocks(model: nn.Module) -> list[str]:
     return names
 
 
+def too_few_blocks(asked: int, model_label: str, droppable: list[str]) -> str:
+    """The one line for a prune.drop_blocks over the blocks a model has (`droppable`: all of them)."""
+    names = f" ({', '.join(droppable)})" if droppable else ""
+    return (
+        f"prune.drop_blocks={asked}: {model_label} has {len(droppable) or 'no'} residual block"
+        f"{'s' * (len(droppable) != 1)} with an identity shortcut to drop{names}; set prune.drop_blocks to at most "
+        f"{len(droppable)} (depth pruning knows the built-in ResNets' and MobileNetV2's blocks)"
+    )
+
+
 def drop_blocks(model: nn.Module, names: list[str] | tuple[str, ...]) -> None:
     """Replace each named block of `model` by the identity, in place; a ValueError for a name that is not one of
     droppable_blocks (a saved model's list is checked against the architecture it is replayed on)."""

@@ -16,7 +16,7 @@ from torch import nn
 
 from pipeline.datasets.artifact import Dataset
 from pipeline.errors import StageError
-from pipeline.models.depth import drop_blocks, droppable_blocks
+from pipeline.models.depth import drop_blocks, droppable_blocks, too_few_blocks
 from pipeline.search.prune_scores import ValidationScores
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,7 @@ def chosen_blocks(student: nn.Module, dataset: Dataset, params: Any, model_label
         return None
     droppable = droppable_blocks(student)
     if params.drop_blocks > len(droppable):
-        has = f"{len(droppable)} ({', '.join(droppable)})" if droppable else "no"
-        raise StageError(
-            f"prune.drop_blocks={params.drop_blocks}: {model_label} has {has} residual block"
-            f"{'s' * (len(droppable) != 1)} with an identity "
-            f"shortcut to drop; set prune.drop_blocks to at most {len(droppable)} (depth pruning knows the built-in "
-            "ResNets' and MobileNetV2's blocks)"
-        )
+        raise StageError(too_few_blocks(params.drop_blocks, model_label, droppable))
     scores = ValidationScores(student, dataset, params.seed, _drop)
     chosen: list[str] = []
     steps = []

@@ -1,20 +1,25 @@
 """The prune stage's pruning and fine-tune: channels removed (to one ratio, or to a count per group) in
 `prune.steps` steps, each followed by its share of the distillation fine-tune. The stage runs it once for the model
 it ships and, with a per-layer search and `prune.uniform_baseline`, once more for the uniform search's ratio at the
-same budget (the same schedule, under other checkpoint names)."""
+same budget (the same schedule, under other checkpoint names). With `prune.scratch_baseline`, the pruned
+architecture trained from fresh weights (scratch_baseline)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from pipeline.cache import CHECKPOINTS
 from pipeline.datasets.artifact import Dataset
-from pipeline.models.factory import count_macs_and_params
+from pipeline.errors import StageError
+from pipeline.models.depth import drop_blocks
+from pipeline.models.factory import build_model, count_macs_and_params
 from pipeline.models.group_pruning import GroupPruner
 from pipeline.models.pruning import make_pruner, schedule
+from pipeline.models.storage import architecture, replay_pruning
 from pipeline.search import prune_layers
 from pipeline.training.loop import fit
 from pipeline.training.recipes import recipe_for, scored
@@ -75,3 +80,37 @@ def finetune(
     images, labels = dataset.train_images, dataset.train_labels
     validation = dataset.val_images, dataset.val_labels
     return fit(student, images, labels, dataset.norm, recipe, teacher, name, checkpoint, None, validation)
+
+
+def scratch_baseline(
+    pruned: torch.nn.Module,
+    spec,
+    dropped_blocks: list[str],
+    pruning_history: list,
+    teacher: torch.nn.Module,
+    dataset: Dataset,
+    params: Any,
+    distill_params: dict[str, Any],
+    out_dir: Path,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The pruned architecture with fresh weights, trained with distillation by the distill stage's recipe for
+    distill.epochs + prune.finetune_epochs (or prune.scratch_epochs): what pruning bought. (The model, its record.)"""
+    torch.manual_seed(distill_params["seed"])
+    model = build_model(spec)
+    drop_blocks(model, dropped_blocks)
+    replay_pruning(model, spec, pruning_history)
+    if architecture(model) != architecture(pruned):
+        raise StageError("prune: the from-scratch baseline does not have the pruned architecture (replay failed)")
+    epochs = params.scratch_epochs or distill_params["epochs"] + params.finetune_epochs
+    teaching = SimpleNamespace(**distill_params)
+    recipe = recipe_for(teaching, epochs, teaching.temperature, teaching.alpha)
+    images, labels = dataset.train_images, dataset.train_labels
+    validation = dataset.val_images, dataset.val_labels
+    checkpoint = out_dir / CHECKPOINTS / "scratch.pt"
+    history = fit(model, images, labels, dataset.norm, recipe, teacher, "prune scratch", checkpoint, None, validation)
+    return model, {
+        "epochs": epochs,
+        **scored(model, dataset),
+        "architecture": architecture(model),
+        "history": history,
+    }

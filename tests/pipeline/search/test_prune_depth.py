@@ -49,7 +49,7 @@ def test_no_drop_blocks_chooses_nothing_and_too_many_is_one_line(resnet14):
     with pytest.raises(StageError) as error:
         prune_depth.chosen_blocks(resnet14, None, types.SimpleNamespace(drop_blocks=5, seed=0), "resnet14 x4")
     assert str(error.value) == (
-        "prune.drop_blocks=5: resnet14 x4 has 4 (1, 2, 4, 6) residual blocks with an identity shortcut to drop; set "
+        "prune.drop_blocks=5: resnet14 x4 has 4 residual blocks with an identity shortcut to drop (1, 2, 4, 6); set "
         "prune.drop_blocks to at most 4 (depth pruning knows the built-in ResNets' and MobileNetV2's blocks)"
     )
     cnn = build_model(ModelSpec("cnn", 4, 1, 10, (8, 8)))

@@ -184,8 +184,8 @@ def test_with_drop_blocks_each_model_is_measured_without_its_first_droppable_blo
     _, distill, prune = sections("distill.model=resnet8_s2", "distill.width=4", "prune.drop_blocks=2",
                                  "prune.search_repeats=1", "prune.target_latency_ms=100")  # fmt: skip
     assert student_floor.floor_check(dataset, distill, prune) == (
-        "prune.drop_blocks=2: resnet8_s2 x4 has 1 residual block with an identity shortcut to drop; set "
-        "prune.drop_blocks to at most 1"
+        "prune.drop_blocks=2: resnet8_s2 x4 has 1 residual block with an identity shortcut to drop (1); set "
+        "prune.drop_blocks to at most 1 (depth pruning knows the built-in ResNets' and MobileNetV2's blocks)"
     )
 
 

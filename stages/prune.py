@@ -47,7 +47,7 @@ SECTION = "prune"
 # 9: the pruned architecture trained from scratch ships when it is more accurate on validation than the fine-tune
 # 10: a search candidate's repeats are timed at the session settings its first measurement chose
 # 11: a missed budget ships the least pruned of the candidates as fast as the fastest in interleaved rounds
-# 12: prune.drop_blocks removes whole residual blocks before the channels (model.json lists them)
+# 12: prune.drop_blocks removes whole residual blocks before the channels (model.json and the search's arm list them)
 VERSION = 12
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
@@ -216,6 +216,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     student = copy.deepcopy(whole)
     drop_blocks(student, dropped)
     search = prune_budget.budget_decision(student, spec, dataset, params, out_dir)
+    if search is not None and dropped:  # the search pruned the shallower model: its arm is that model
+        search = {**search, "dropped_blocks": dropped}
     uniform = prune_budget.uniform_baseline_decision(whole, spec, dataset, params, out_dir)
     # Both searches keeping every channel (and block) is one model: it is fine-tuned and measured once, for both arms.
     same_model = uniform is not None and not dropped and prune_budget.both_unpruned(search, uniform)

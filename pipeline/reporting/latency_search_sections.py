@@ -161,7 +161,8 @@ def uniform_baseline_rows(search: dict[str, Any]) -> list[list[str]]:
     return [
         [
             name,
-            f"{arm['ratio']:.1%}",
+            f"{arm['ratio']:.1%}"
+            + (f" and blocks {', '.join(arm['dropped_blocks'])}" if arm.get("dropped_blocks") else ""),
             f"{finetuned['macs']:,}",
             f"{arm['predicted_ms']:.4f}",
             f"{arm['achieved']['latency_ms']:.4f} ({arm['achieved']['format']})",

@@ -128,8 +128,9 @@ def uniform_baseline_decision(
 
 def both_unpruned(search: dict, uniform: dict) -> bool:
     """Whether the per-layer search and the uniform one both kept every channel (a budget the student meets as
-    it is): the same model, which the stage fine-tunes once for both."""
-    return search["ratio"] == 0 and uniform["ratio"] == 0
+    it is) and no block was removed before the search (prune.drop_blocks): the same model, which the stage fine-tunes
+    once for both."""
+    return search["ratio"] == 0 and uniform["ratio"] == 0 and not search.get("dropped_blocks")
 
 
 def achieved(model: torch.nn.Module, spec, dataset: Dataset, params: Any) -> dict[str, Any]:

@@ -419,6 +419,12 @@ def test_drop_blocks_removes_the_residual_blocks_chosen_on_validation_before_pru
     html = results["report"].artifact.file("report.html").read_text()
     assert "<h2>Residual blocks removed</h2><p>Depth (prune.drop_blocks): of 4 residual blocks" in html
 
+    # With a budget both arms meet unpruned, the search's arm is still the student without its blocks: two models.
+    budget = ["prune.search=per_layer", "prune.target_format=fp32", "prune.target_latency_ms=1000"]
+    search = run_prune(store, *depth, *budget, "prune.drop_blocks=1").artifact.metrics["latency_search"]
+    assert len(search["dropped_blocks"]) == 1 and search["ratio"] == 0 and search["uniform_baseline"]["ratio"] == 0
+    assert search["uniform_baseline"]["same_model"] is False
+
     # A student without such blocks: one line, and the prune stage publishes nothing.
     def published():  # lock files aside
         return sorted(path.name for path in (store.cache / "prune").iterdir() if not path.name.startswith("."))

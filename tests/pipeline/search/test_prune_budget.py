@@ -66,6 +66,12 @@ def test_the_report_section_puts_both_models_side_by_side_and_says_which_ships()
 def test_both_searches_keeping_every_channel_are_one_model_and_say_so():
     search, uniform = decision("sampled", 0.0, 0.14), decision("uniform", 0.0, 0.14)
     assert both_unpruned(search, uniform) and not both_unpruned(decision("sampled", 0.1, 0.13), uniform)
+    # Every channel kept, but from the student without two blocks (prune.drop_blocks): two models, and the row says so.
+    shallower = {**search, "dropped_blocks": ["6", "4"]}
+    assert not both_unpruned(shallower, uniform)
+    apart = versus_uniform(shallower, schedule(0.79, 0.78, 4000), uniform, schedule(0.81, 0.80, 6000))
+    assert apart["uniform_baseline"]["same_model"] is False and "one model" not in search_summary(apart)
+    assert uniform_baseline_section(apart)[-2].startswith("| sampled | 0.0% and blocks 6, 4 | 4,000 |")
     steps = schedule(0.78, 0.77, 6000)
     both = versus_uniform(search, steps, uniform, steps)
     assert both["uniform_baseline"]["same_model"] is True and both["shipped"] == "sampled"  # a tie: the search's

@@ -18,6 +18,7 @@ from pipeline.datasets.artifact import Dataset
 from pipeline.errors import StageError
 from pipeline.models.depth import drop_blocks, droppable_blocks, too_few_blocks
 from pipeline.search.prune_scores import ValidationScores
+from pipeline.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,20 @@ def _drop(model: nn.Module, setting: dict[str, int]) -> None:
 def chosen_blocks(student: nn.Module, dataset: Dataset, params: Any, model_label: str) -> dict[str, Any] | None:
     """None without prune.drop_blocks; else {"blocks": the names removed, in the order chosen, "droppable": every
     block that could go, "steps": each step's scores of every block it weighed, "before": the student's own score,
-    "seconds"}. A one-line StageError when the student has fewer droppable blocks than asked."""
+    "seconds"}. A one-line StageError when the student has fewer droppable blocks than asked. Under torchrun the
+    leader scores and tells the rest: every rank must remove the same blocks, or DDP's parameter check fails."""
     if not params.drop_blocks:
         return None
     droppable = droppable_blocks(student)
     if params.drop_blocks > len(droppable):
         raise StageError(too_few_blocks(params.drop_blocks, model_label, droppable))
+    if not distributed.is_leader():
+        return distributed.broadcast_json(None)
+    return distributed.broadcast_json(_greedy(student, dataset, params, droppable))
+
+
+def _greedy(student: nn.Module, dataset: Dataset, params: Any, droppable: list[str]) -> dict[str, Any]:
+    """chosen_blocks' record: the blocks removed one at a time, each the one whose absence scores best."""
     scores = ValidationScores(student, dataset, params.seed, _drop)
     chosen: list[str] = []
     steps = []

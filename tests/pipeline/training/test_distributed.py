@@ -130,3 +130,19 @@ def test_a_latency_budget_prune_runs_under_two_ranks(tmp_path):
     assert manifest["ranks"] == 2 and search["met"] and search["ratio"] == 0.0
     assert search["achieved"]["latency_ms"] > 0 and len(search["trace"]) == 1
     assert search["search"] == "per_layer" and search["uniform_baseline"]["same_model"]  # both arms: one model
+
+
+@pytest.mark.slow
+def test_blocks_removed_under_two_ranks_are_the_leaders_choice(tmp_path):
+    """prune.drop_blocks: rank 0 scores the blocks and tells rank 1, so both fine-tune the same architecture."""
+    store = ArtifactStore(tmp_path / "artifacts")
+    sets = (*FAST, "distill.model=resnet14", "distill.width=4", "prune.drop_blocks=2", "prune.scratch_baseline=false")
+    command = edgeforge_command(store.root, "run", "--until", "prune", "--nproc", "2", sets=sets)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    key = plan_keys(load_config(overrides=sets), list(STAGES), store)["prune"]
+    manifest = json.loads((store.entry_dir("prune", key) / "manifest.json").read_text())
+    blocks = manifest["metrics"]["depth"]["blocks"]
+    assert manifest["ranks"] == 2 and len(blocks) == 2
+    model_json = json.loads((store.entry_dir("prune", key) / "model.json").read_text())
+    assert model_json["dropped_blocks"] == blocks

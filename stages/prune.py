@@ -47,7 +47,8 @@ SECTION = "prune"
 # 9: the pruned architecture trained from scratch ships when it is more accurate on validation than the fine-tune
 # 10: a search candidate's repeats are timed at the session settings its first measurement chose
 # 11: a missed budget ships the least pruned of the candidates as fast as the fastest in interleaved rounds
-# 12: prune.drop_blocks removes whole residual blocks before the channels (model.json and the search's arm list them)
+# 12: prune.drop_blocks removes whole residual blocks before the channels (model.json and the search's arm list
+#     them); a search that missed its limit but whose model measured within the budget says "met after the fine-tune"
 VERSION = 12
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel

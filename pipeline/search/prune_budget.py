@@ -182,7 +182,10 @@ def search_summary(search: dict | None) -> str:
         return ""
     shipped = search["uniform_baseline"] if search.get("shipped") == "uniform" else search
     achieved_ms = shipped["achieved"]["latency_ms"]
-    verdict = "met" if shipped["met"] and achieved_ms <= search["budget_ms"] else "NOT met"
+    verdict = "NOT met"
+    if achieved_ms <= search["budget_ms"]:
+        # The search's limit is the budget less prune.search_margin; a model may miss it and still measure within.
+        verdict = "met" if shipped["met"] else "met after the fine-tune (the search's limit, under the margin, was not)"
     versus = ""
     if "uniform_baseline" in search:
         other = "uniform" if search["shipped"] != "uniform" else search["search"]

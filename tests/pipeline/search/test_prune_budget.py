@@ -47,6 +47,13 @@ def test_the_uniform_baseline_is_recorded_beside_the_search_and_the_summary_name
     summary = search_summary(both)
     assert "achieved 0.18 ms fp32" in summary and "the uniform search's model shipped over the sampled one's" in summary
     assert "shipped" not in search_summary(search)
+    assert search_summary(search).startswith("budget 0.2 ms met (")
+    # The search missed its limit (the budget less the margin) but the fine-tuned model measured within the budget.
+    missed = {**search, "met": False}
+    assert search_summary(missed).startswith("budget 0.2 ms met after the fine-tune (the search's limit, under the")
+    assert search_summary({**missed, "achieved": {"latency_ms": 0.21, "format": "fp32"}}).startswith(
+        "budget 0.2 ms NOT met ("
+    )
 
 
 def test_the_report_section_puts_both_models_side_by_side_and_says_which_ships():

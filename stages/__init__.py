@@ -11,7 +11,9 @@ the pipeline also defines `fingerprint(params, state_dir) -> dict`, content hash
 from typing import Any
 
 from pipeline.errors import ConfigError
+from pipeline.models.depth import built_in_droppable, too_few_blocks
 from pipeline.reporting.gates import parse_latency_limit
+from pipeline.training.recipes import model_label
 from stages import bench, data, distill, export, prune, quantize, report, teacher
 
 STAGES = (data, teacher, distill, prune, export, quantize, bench, report)
@@ -40,6 +42,7 @@ def check_sections(sections: dict[str, Any]) -> None:
             f"{list(bench_params.targets)})"
         )
     _check_search(sections)
+    _check_depth(sections)
     _check_onnx_teacher(sections)
     for limit in signoff.latency_limits:
         provider, batch, _, _ = parse_latency_limit(limit)
@@ -79,6 +82,14 @@ def _check_search(sections: dict[str, Any]) -> None:
             f"prune.target_provider={prune_params.target_provider!r} is not measured: add it to bench.providers "
             f"(now {list(bench_params.providers)})"
         )
+
+
+def _check_depth(sections: dict[str, Any]) -> None:
+    """prune.drop_blocks against the student distill builds: said before anything trains (the prune stage would
+    find it only after the teacher and the student had)."""
+    asked, distill = sections["prune"].drop_blocks, sections["distill"]
+    if asked and asked > len(droppable := built_in_droppable(distill.model, distill.width)):
+        raise ConfigError(too_few_blocks(asked, model_label(distill.model, distill.width), droppable))
 
 
 def _check_onnx_teacher(sections: dict[str, Any]) -> None:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from pipeline.models.cifar import BasicBlock, InvertedResidual
+from pipeline.models.cifar import MODELS, BasicBlock, InvertedResidual
+from pipeline.models.spec import ModelSpec
 
 
 def droppable_blocks(model: nn.Module) -> list[str]:
@@ -31,6 +32,15 @@ def droppable_blocks(model: nn.Module) -> list[str]:
         if basic or inverted:
             names.append(name)
     return names
+
+
+def built_in_droppable(name: str, width: int | None) -> list[str]:
+    """droppable_blocks of the built-in model `name` at `width`, known from the config alone: which blocks have an
+    identity shortcut depends on the architecture and its widths, not on the images or the classes. None for a
+    library's or a user's model (depth pruning does not know their blocks)."""
+    if name not in MODELS:
+        return []
+    return droppable_blocks(MODELS[name](ModelSpec(name, width, 3, 10, (32, 32))))
 
 
 def too_few_blocks(asked: int, model_label: str, droppable: list[str]) -> str:
@@ -54,25 +64,3 @@ def drop_blocks(model: nn.Module, names: list[str] | tuple[str, ...]) -> None:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, nn.Identity())
-
-
-def block_macs(model: nn.Module, name: str, example) -> int:
-    """Multiply-accumulates of the convolutions and linear layers inside block `name` at `example`'s size."""
-    total = 0
-
-    def count(module: nn.Module, _inputs, output) -> None:
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            total += output.numel() * per_output
-        elif isinstance(module, nn.Linear):
-            total += module.in_features * module.out_features * (output.numel() // module.out_features)
-
-    block = model.get_submodule(name)
-    hooks = [module.register_forward_hook(count) for module in block.modules()]
-    try:
-        model.eval()(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return total

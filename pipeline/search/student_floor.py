@@ -31,7 +31,7 @@ import numpy as np
 from pipeline.datasets.artifact import Dataset
 from pipeline.errors import ConfigError
 from pipeline.models.cifar import STRIDED_STEM
-from pipeline.models.depth import drop_blocks, droppable_blocks, too_few_blocks
+from pipeline.models.depth import drop_blocks, droppable_blocks
 from pipeline.models.factory import build_model, check_model_name, published_width
 from pipeline.search import prune_budget, prune_candidates
 from pipeline.search.prune_layer_table import prunable_groups
@@ -171,8 +171,6 @@ def floor_check(dataset: Dataset, distill: Any, prune: Any) -> str | None:
 
     limit = search_limit(prune.target_latency_ms, prune.search_margin)
     floor = timed("floor")
-    if len(floor["dropped_blocks"]) < prune.drop_blocks:  # then it dropped every block it has
-        return too_few_blocks(prune.drop_blocks, model_label(distill.model, distill.width), floor["dropped_blocks"])
     if floor["fastest_ms"] <= limit or (unpruned := timed("unpruned"))["fastest_ms"] <= limit:
         return None
     return (

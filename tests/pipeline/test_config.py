@@ -62,6 +62,14 @@ def test_unknown_model_and_dataset_names():
         load_config(overrides=["data.name=cifar"])
 
 
+def test_more_blocks_to_drop_than_the_student_has_is_a_config_error_before_anything_trains():
+    with pytest.raises(ConfigError, match=r"^prune.drop_blocks=1: cnn x8 has no residual blocks with an identity"):
+        load_config(overrides=["prune.drop_blocks=1"])
+    with pytest.raises(ConfigError, match=r"resnet14 x4 has 4 residual blocks with an identity shortcut to drop \(1, "):
+        load_config(overrides=["distill.model=resnet14", "distill.width=4", "prune.drop_blocks=5"])
+    assert load_config(overrides=["distill.model=resnet14", "distill.width=4", "prune.drop_blocks=4"])
+
+
 def test_malformed_inputs(tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("teacher: [epochs: 3\n")

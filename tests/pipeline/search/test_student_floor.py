@@ -171,7 +171,7 @@ def test_a_run_for_a_budget_under_the_students_floor_fails_before_training_unles
 
 def test_with_drop_blocks_each_model_is_measured_without_its_first_droppable_blocks(tmp_path, sized):
     dataset = digits(tmp_path)
-    _, _, prune = sections("prune.drop_blocks=2")
+    _, _, prune = sections("distill.model=resnet14", "distill.width=4", "prune.drop_blocks=2")
     row, _, settings = student_floor.measured_student("asked", "resnet14", 4, dataset, prune)
     assert row["model"] == "resnet14 x4 -2 blocks" and row["dropped_blocks"] == ["1", "2"] and row["droppable"] == 2
     few, _, _ = student_floor.measured_student("asked", "resnet8_s2", 4, dataset, prune)  # it has one
@@ -180,10 +180,10 @@ def test_with_drop_blocks_each_model_is_measured_without_its_first_droppable_blo
     assert cnn["model"] == "cnn x4" and cnn["dropped_blocks"] == []
     teacher, _, _ = student_floor.measured_student("teacher", "resnet14", 4, dataset, prune)  # the budget's reference
     assert teacher["model"] == "resnet14 x4" and teacher["dropped_blocks"] == [] and teacher["droppable"] == 4
-    # The run's check says it before training: the student has fewer blocks than prune.drop_blocks asks.
-    _, distill, prune = sections("distill.model=resnet8_s2", "distill.width=4", "prune.drop_blocks=2",
-                                 "prune.search_repeats=1", "prune.target_latency_ms=100")  # fmt: skip
-    assert student_floor.floor_check(dataset, distill, prune) == (
+    # A student with fewer blocks than prune.drop_blocks asks is refused with the config, before anything trains.
+    with pytest.raises(ConfigError) as refused:
+        sections("distill.model=resnet8_s2", "distill.width=4", "prune.drop_blocks=2", "prune.target_latency_ms=100")
+    assert str(refused.value) == (
         "prune.drop_blocks=2: resnet8_s2 x4 has 1 residual block with an identity shortcut to drop (1); set "
         "prune.drop_blocks to at most 1 (depth pruning knows the built-in ResNets' and MobileNetV2's blocks)"
     )

@@ -11,7 +11,7 @@ the pipeline also defines `fingerprint(params, state_dir) -> dict`, content hash
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.models.depth import built_in_droppable, too_few_blocks
+from pipeline.models.depth import AUTO, built_in_droppable, too_few_blocks
 from pipeline.reporting.gates import parse_latency_limit
 from pipeline.training.recipes import model_label
 from stages import bench, data, distill, export, prune, quantize, report, teacher
@@ -88,7 +88,7 @@ def _check_depth(sections: dict[str, Any]) -> None:
     """prune.drop_blocks against the student distill builds: said before anything trains (the prune stage would
     find it only after the teacher and the student had)."""
     asked, distill = sections["prune"].drop_blocks, sections["distill"]
-    if asked and asked > len(droppable := built_in_droppable(distill.model, distill.width)):
+    if asked != AUTO and asked > len(droppable := built_in_droppable(distill.model, distill.width)):
         raise ConfigError(too_few_blocks(asked, model_label(distill.model, distill.width), droppable))
 
 

@@ -32,12 +32,13 @@ from typing import Any
 from pipeline.cache import Artifact
 from pipeline.datasets.artifact import load_dataset
 from pipeline.errors import require
-from pipeline.models.depth import drop_blocks
+from pipeline.models.depth import AUTO
 from pipeline.models.factory import count_macs_and_params
 from pipeline.models.storage import load_model, save_model
 from pipeline.runtime import targets
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider
 from pipeline.search import prune_budget, prune_candidates, prune_depth, prune_layers
+from pipeline.training import prune_arms
 from pipeline.training.onnx_teacher import load_teacher
 from pipeline.training.prune_finetune import prune_and_finetune, scratch_baseline
 from pipeline.training.recipes import check_recipe_params, model_label
@@ -49,7 +50,8 @@ SECTION = "prune"
 # 11: a missed budget ships the least pruned of the candidates as fast as the fastest in interleaved rounds
 # 12: prune.drop_blocks removes whole residual blocks before the channels (model.json and the search's arm list
 #     them); a search that missed its limit but whose model measured within the budget says "met after the fine-tune"
-VERSION = 12
+# 13: prune.drop_blocks auto (an arm per depth, "arms" in the depth record); a missed budget's arm warns "(uniform arm)"
+VERSION = 13
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
@@ -69,8 +71,10 @@ class Params:
     # Residual blocks (identity shortcut) to remove before pruning channels, chosen on validation one at a time. At
     # batch 1 each operator has a fixed cost that thinner channels keep: on CIFAR-10 resnet8_s2 without its first
     # block measured 0.036 ms, with 30% of its channels removed instead 0.045 ms, and after the same fine-tune it was
-    # 3 points more accurate (BENCHMARKS.md, "Removing a residual block").
-    drop_blocks: int = 0
+    # 3 points more accurate (BENCHMARKS.md, "Removing a residual block"). auto (needs target_latency_ms): the
+    # per-layer search and the fine-tune at each depth, 0, 1, 2... blocks, and the most accurate on validation within
+    # the budget is the search's arm (pipeline/training/prune_arms.py: when it stops going deeper).
+    drop_blocks: int | str = 0
     importance: str = "l2"  # channel ranking: l1 or l2 norm of each channel group's weights
     global_pruning: bool = False  # rank channels across layers instead of the same ratio in each layer
     # Keep a multiple of this many channels per layer (0: any count). CPU kernels are vectorized over 8 or 16
@@ -139,7 +143,19 @@ class Params:
 
     def __post_init__(self):
         require(0 <= self.ratio < 1, "prune.ratio", self.ratio, "a fraction of channels in [0, 1)")
-        require(self.drop_blocks >= 0, "prune.drop_blocks", self.drop_blocks, "an integer >= 0 (0: keep every block)")
+        require(
+            self.drop_blocks == AUTO or isinstance(self.drop_blocks, int) and self.drop_blocks >= 0,
+            "prune.drop_blocks",
+            self.drop_blocks,
+            "an integer >= 0 (0: keep every block), or auto (each depth tried against the budget)",
+        )
+        require(
+            self.drop_blocks != AUTO or self.target_latency_ms is not None,
+            "prune.drop_blocks",
+            self.drop_blocks,
+            "a number of blocks, or set prune.target_latency_ms: auto weighs each depth against a latency budget "
+            "(without one, removing blocks only costs accuracy)",
+        )
         require(self.importance in IMPORTANCES, "prune.importance", self.importance, " or ".join(IMPORTANCES))
         require(self.finetune_epochs >= 0, "prune.finetune_epochs", self.finetune_epochs, "an integer >= 0")
         require(self.round_to >= 0, "prune.round_to", self.round_to, "an integer >= 0 (0: no rounding)")
@@ -213,24 +229,19 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     whole, spec = load_model(inputs["distill"].path)
     macs_before, params_before = count_macs_and_params(whole, spec)
     depth = prune_depth.chosen_blocks(whole, dataset, params, model_label(spec.name, spec.width))
-    dropped = depth["blocks"] if depth is not None else []
-    student = copy.deepcopy(whole)
-    drop_blocks(student, dropped)
-    search = prune_budget.budget_decision(student, spec, dataset, params, out_dir)
-    if search is not None and dropped:  # the search pruned the shallower model: its arm is that model
-        search = {**search, "dropped_blocks": dropped}
+    if params.drop_blocks == AUTO:  # a search and a fine-tune at each depth, the best within the budget kept
+        arm, depth = prune_arms.best_depth(whole, depth, teacher, spec, dataset, params, out_dir)
+    else:
+        dropped = depth["blocks"] if depth is not None else []
+        arm = prune_arms.finetuned_arm(whole, dropped, teacher, spec, dataset, params, out_dir)
+    student, dropped, search, ratio = arm.student, arm.dropped, arm.search, arm.ratio
+    history, steps, training = arm.history, arm.steps, arm.training
     uniform = prune_budget.uniform_baseline_decision(whole, spec, dataset, params, out_dir)
     # Both searches keeping every channel (and block) is one model: it is fine-tuned and measured once, for both arms.
-    same_model = uniform is not None and not dropped and prune_budget.both_unpruned(search, uniform)
-    unpruned = whole if uniform is not None and not same_model else None
-    ratio = params.ratio if search is None else search["ratio"]
-    channels = None if search is None else search.get("channels")  # per group, from the per-layer search
-    history, steps, training = prune_and_finetune(student, teacher, spec, dataset, params, ratio, out_dir, channels)
-    if search is not None:
-        search = {**search, "achieved": prune_budget.achieved(student, spec, dataset, params)}
-    if same_model:
+    if uniform is not None and not dropped and prune_budget.both_unpruned(search, uniform):
         search = prune_budget.versus_uniform(search, steps, {**uniform, "achieved": search["achieved"]}, steps)
-    elif uniform is not None:  # the same student pruned to the uniform search's ratio, fine-tuned the same way
+    elif uniform is not None:  # the whole student pruned to the uniform search's ratio, fine-tuned the same way
+        unpruned = copy.deepcopy(whole)
         base = prune_and_finetune(unpruned, teacher, spec, dataset, params, uniform["ratio"], out_dir, arm="uniform")
         uniform = {**uniform, "achieved": prune_budget.achieved(unpruned, spec, dataset, params)}
         search = prune_budget.versus_uniform(search, steps, uniform, base[1])
@@ -252,7 +263,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     save_model(student, spec, out_dir, pruning_history=history, dropped_blocks=dropped)
     return {
         "ratio": ratio,
-        "depth": None if depth is None else {**depth, "shipped": bool(dropped)},
+        # "shipped": the depth arm's model, not the uniform baseline's (which keeps every block)
+        "depth": None if depth is None else {**depth, "shipped": search is None or search.get("shipped") != "uniform"},
         "steps": steps,
         "latency_search": search,
         **shipped_scores,
@@ -266,7 +278,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "scratch": scratch,
         "shipped": shipped,
         "summary": prune_budget.search_summary(search)
-        + (prune_depth.summary(depth) if dropped else "")
+        + prune_arms.summary(depth)
+        + prune_depth.summary(depth, dropped)
         + (
             f"{ratio:.1%} of channels removed{in_steps}: MACs {macs_before:,} -> {macs_after:,}, "
             f"params {params_before:,} -> {params_after:,}, validation accuracy "

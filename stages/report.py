@@ -32,7 +32,8 @@ SECTION = "signoff"
 # 17: the pruning section says whether the fine-tuned or the from-scratch pruned model shipped, and why
 # 18: the pruning section names the residual blocks prune.drop_blocks removed, and how each was chosen; the edge
 # choice's reason says "the fastest and those within every latency limit" (the fastest may be over them)
-VERSION = 18
+# 19: with prune.drop_blocks auto, a table of every depth tried ("Depth against the budget")
+VERSION = 19
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")

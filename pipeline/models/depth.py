@@ -21,6 +21,9 @@ from torch import nn
 from pipeline.models.cifar import MODELS, BasicBlock, InvertedResidual
 from pipeline.models.spec import ModelSpec
 
+# prune.drop_blocks: the prune stage tries each depth and keeps the best (pipeline/training/prune_arms.py)
+AUTO = "auto"
+
 
 def droppable_blocks(model: nn.Module) -> list[str]:
     """The names of the blocks of `model` that can be removed, in the model's order: their output is their input
@@ -32,6 +35,12 @@ def droppable_blocks(model: nn.Module) -> list[str]:
         if basic or inverted:
             names.append(name)
     return names
+
+
+def blocks_asked(asked: int | str, droppable: list[str]) -> list[str]:
+    """The droppable blocks prune.drop_blocks reaches: its first N, or with auto all of them (the deepest cut the
+    prune stage may try)."""
+    return list(droppable) if asked == AUTO else list(droppable[:asked])
 
 
 def built_in_droppable(name: str, width: int | None) -> list[str]:

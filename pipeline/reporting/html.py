@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pipeline.reporting import plots
+from pipeline.reporting.depth_section import DEPTH_HEADER, depth_arm_rows, depth_arms_text, depth_lines
 from pipeline.reporting.html_figures import (
     caption_distributions,
     caption_pareto,
@@ -22,7 +23,7 @@ from pipeline.reporting.html_figures import (
     training_section,
 )
 from pipeline.reporting.latency_search_sections import UNIFORM_HEADER, same_model_sentence, uniform_baseline_rows
-from pipeline.reporting.markdown import depth_lines, onnx_teacher_sentence
+from pipeline.reporting.markdown import onnx_teacher_sentence
 from pipeline.reporting.plots import PROVIDER, STATS, latency_at
 from pipeline.reporting.search_sections import QUANTIZATION_AWARE_HEADER, quantization_aware_rows
 from pipeline.reporting.targets_section import target_descriptions, target_rows
@@ -110,8 +111,16 @@ def _table(header: Iterable[str], rows: Iterable[str], cls: str = "") -> str:
 
 def _depth(report: dict) -> str:
     """The residual blocks prune.drop_blocks removed, in report.md's words."""
-    lines = depth_lines((report.get("pruning") or {}).get("depth"))
-    return f"<h2>Residual blocks removed</h2><p>{_e(lines[0].removeprefix('- '))}</p>" if lines else ""
+    depth = (report.get("pruning") or {}).get("depth")
+    lines = depth_lines(depth)
+    if not lines:
+        return ""
+    html = f"<h2>Residual blocks removed</h2><p>{_e(lines[0].removeprefix('- '))}</p>"
+    budget_ms = (report.get("latency_search") or {}).get("budget_ms")
+    if depth.get("arms") is None or budget_ms is None:
+        return html
+    rows = ["<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in cells) + "</tr>" for cells in depth_arm_rows(depth)]
+    return html + f"<p>{_e(depth_arms_text(depth, budget_ms))}</p>" + _table(DEPTH_HEADER, rows)
 
 
 def _quantization_aware(report: dict) -> str:

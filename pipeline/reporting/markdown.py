@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.reporting.depth_section import depth_lines
 from pipeline.reporting.search_sections import search_sections
 from pipeline.reporting.targets_section import target_descriptions, target_rows
 
@@ -152,19 +153,6 @@ def targets_section(report: dict[str, Any]) -> list[str]:
         lines += ["", f"Every target at batch {batch} on the CPU, each model at the settings tuned there:", ""]
         lines += _table(*table)
     return lines
-
-
-def depth_lines(depth: dict[str, Any] | None) -> list[str]:
-    """The residual blocks prune.drop_blocks removed (none without it)."""
-    if depth is None:
-        return []
-    steps = ", ".join(f"{b['block']} ({b['accuracy']:.4f})" for b in depth["blocks"])
-    shipped = "" if depth["shipped"] else " The uniform baseline's model shipped: it keeps every block."
-    return [
-        f"- Depth (prune.drop_blocks): of {len(depth['droppable'])} residual blocks with an identity shortcut, removed "
-        f"one at a time, each the one whose absence kept the most validation accuracy (BatchNorm re-estimated, no "
-        f"fine-tune; the student {depth['before']['accuracy']:.4f}): {steps}.{shipped}"
-    ]
 
 
 def _gradual_text(steps: list[dict[str, Any]]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.reporting.depth_section import depth_arms_section
 from pipeline.reporting.latency_search_sections import latency_search_section, ms, table
 
 
@@ -139,9 +140,11 @@ def quantization_aware_rows(records: dict[str, dict[str, Any]]) -> list[list[str
 
 
 def search_sections(report: dict[str, Any]) -> list[str]:
+    search = report.get("latency_search")
     return (
         edge_choice_section(report)
-        + latency_search_section(report.get("latency_search"))
+        + latency_search_section(search)
+        + depth_arms_section((report.get("pruning") or {}).get("depth"), (search or {}).get("budget_ms"))
         + quantization_search_section(report.get("quantization_search") or {})
         + quantization_aware_section(report.get("quantization_aware") or {})
         + int8_speed_section(report)

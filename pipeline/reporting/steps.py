@@ -40,11 +40,15 @@ CHOICES = [
 
 
 def _depth(depth: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The blocks prune.drop_blocks removed, each with the validation accuracy left when it went, or None."""
+    """The blocks prune.drop_blocks removed, each with the validation accuracy left when it went, or None; with auto
+    also each depth it tried ("arms"), the one kept ("chosen") and why it went no deeper ("stopped")."""
     if depth is None:
         return None
-    chosen = [{"block": step["dropped"], **step["weighed"][step["dropped"]]} for step in depth["steps"]]
-    return {"blocks": chosen, "droppable": depth["droppable"], "before": depth["before"], "shipped": depth["shipped"]}
+    removed = depth["steps"][: len(depth["blocks"])]  # auto scored every block's turn; the chosen depth's go
+    chosen = [{"block": step["dropped"], **step["weighed"][step["dropped"]]} for step in removed]
+    auto = {key: depth[key] for key in ("arms", "chosen", "stopped") if key in depth}
+    kept = {key: depth[key] for key in ("droppable", "before", "shipped")}
+    return {"blocks": chosen, **kept, **auto}
 
 
 def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:

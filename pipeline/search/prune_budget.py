@@ -83,11 +83,18 @@ def latency_decision(
 
 
 def budget_decision(
-    student: torch.nn.Module, spec, dataset: Dataset, params: Any, out_dir: Path, arm: str = ""
+    student: torch.nn.Module,
+    spec,
+    dataset: Dataset,
+    params: Any,
+    out_dir: Path,
+    arm: str = "",
+    hint: bool | None = None,
 ) -> dict | None:
-    """With a latency budget, the search's decision (None without one); `arm` ("uniform" for the baseline) names
-    its saved decision and its warning. Under torchrun only the leader measures (ranks timing at once would slow
-    each other) and tells the rest."""
+    """With a latency budget, the search's decision (None without one); `arm` ("uniform" for the baseline, "depth-N"
+    for prune.drop_blocks auto's) names its saved decision and its warning; `hint` (default: the unnamed arm's)
+    adds what lowers the floor to a missed budget. Under torchrun only the leader measures (ranks timing at once
+    would slow each other) and tells the rest."""
     if params.target_latency_ms is None:
         return None
     leader = distributed.is_leader()
@@ -95,13 +102,13 @@ def budget_decision(
     decision = latency_decision(student, spec, dataset, params, out_dir, name) if leader else None
     search = distributed.broadcast_json(decision)
     if not search["met"]:
-        if not search["out_of_time"] and not arm:
+        if not search["out_of_time"] and (not arm if hint is None else hint):
             # Every configuration measured and the fastest missed: the floor is the student's. Said once, by the
             # search (the uniform baseline's line, which follows, gives its own numbers).
             hint = f"{lower_floor(spec.name, len(droppable_blocks(student)))}; `edgeforge floor --model NAME` measures "
             hint += "one's floor before training"
             search = {**search, "message": f"{search['message']}; {hint}"}
-        log.warning("prune%s: %s", f" ({arm} baseline)" if arm else "", search["message"])
+        log.warning("prune%s: %s", f" ({arm} arm)" if arm else "", search["message"])
     return search
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from pipeline.datasets.artifact import Dataset
 from pipeline.errors import StageError
-from pipeline.models.depth import drop_blocks, droppable_blocks, too_few_blocks
+from pipeline.models.depth import AUTO, blocks_asked, drop_blocks, droppable_blocks, too_few_blocks
 from pipeline.search.prune_scores import ValidationScores
 from pipeline.training import distributed
 
@@ -28,26 +28,28 @@ def _drop(model: nn.Module, setting: dict[str, int]) -> None:
 
 
 def chosen_blocks(student: nn.Module, dataset: Dataset, params: Any, model_label: str) -> dict[str, Any] | None:
-    """None without prune.drop_blocks; else {"blocks": the names removed, in the order chosen, "droppable": every
-    block that could go, "steps": each step's scores of every block it weighed, "before": the student's own score,
-    "seconds"}. A one-line StageError when the student has fewer droppable blocks than asked. Under torchrun the
-    leader scores and tells the rest: every rank must remove the same blocks, or DDP's parameter check fails."""
+    """None without prune.drop_blocks; else {"blocks": the names removed, in the order chosen (with auto: every
+    droppable block, in the order they would go), "droppable": every block that could go, "steps": each step's
+    scores of every block it weighed, "before": the student's own score, "seconds"}. A one-line StageError when the
+    student has fewer droppable blocks than asked. Under torchrun the leader scores and tells the rest: every rank
+    must remove the same blocks, or DDP's parameter check fails."""
     if not params.drop_blocks:
         return None
     droppable = droppable_blocks(student)
-    if params.drop_blocks > len(droppable):
+    if params.drop_blocks != AUTO and params.drop_blocks > len(droppable):
         raise StageError(too_few_blocks(params.drop_blocks, model_label, droppable))
     if not distributed.is_leader():
         return distributed.broadcast_json(None)
-    return distributed.broadcast_json(_greedy(student, dataset, params, droppable))
+    count = len(blocks_asked(params.drop_blocks, droppable))
+    return distributed.broadcast_json(_greedy(student, dataset, params, droppable, count))
 
 
-def _greedy(student: nn.Module, dataset: Dataset, params: Any, droppable: list[str]) -> dict[str, Any]:
-    """chosen_blocks' record: the blocks removed one at a time, each the one whose absence scores best."""
+def _greedy(student: nn.Module, dataset: Dataset, params: Any, droppable: list[str], count: int) -> dict[str, Any]:
+    """chosen_blocks' record: `count` blocks removed one at a time, each the one whose absence scores best."""
     scores = ValidationScores(student, dataset, params.seed, _drop)
     chosen: list[str] = []
     steps = []
-    for _ in range(params.drop_blocks):
+    for _ in range(count):
         weighed = {name: scores(dict.fromkeys([*chosen, name], 0)) for name in droppable if name not in chosen}
         best = max(weighed, key=lambda name: (weighed[name]["accuracy"], -weighed[name]["loss"]))
         chosen.append(best)
@@ -68,13 +70,13 @@ def _greedy(student: nn.Module, dataset: Dataset, params: Any, droppable: list[s
     }
 
 
-def summary(depth: dict[str, Any] | None) -> str:
-    """The stage line's words for the blocks removed ("" without any)."""
-    if depth is None:
+def summary(depth: dict[str, Any] | None, removed: list[str]) -> str:
+    """The stage line's words for the `removed` blocks ("" without any)."""
+    if depth is None or not removed:
         return ""
-    last = depth["steps"][-1]["weighed"][depth["blocks"][-1]]
+    last = depth["steps"][len(removed) - 1]["weighed"][removed[-1]]
     return (
-        f"residual blocks {', '.join(depth['blocks'])} removed (of {len(depth['droppable'])} droppable; validation "
+        f"residual blocks {', '.join(removed)} removed (of {len(depth['droppable'])} droppable; validation "
         f"{depth['before']['accuracy']:.4f} -> {last['accuracy']:.4f} with BatchNorm re-estimated, before any "
         "fine-tune); "
     )

@@ -433,3 +433,39 @@ def test_drop_blocks_removes_the_residual_blocks_chosen_on_validation_before_pru
     with pytest.raises(ConfigError, match=r"^prune.drop_blocks=1: cnn x8 has no residual blocks with an identity"):
         run_prune(store, "prune.drop_blocks=1")
     assert published() == before
+
+
+@pytest.mark.slow
+def test_drop_blocks_auto_tries_each_depth_and_keeps_the_most_accurate_within_the_budget(store, monkeypatch):
+    from pipeline.training import prune_arms
+
+    depth = ["distill.model=resnet14", "distill.width=4", "prune.scratch_baseline=false", "prune.target_format=fp32"]
+    auto = [*depth, "prune.target_latency_ms=1000", "prune.drop_blocks=auto"]
+    # The whole student fits the budget with every channel: no deeper cut is tried, and the per-layer search's arm is
+    # the uniform one's model (one fine-tune for both).
+    results = run_prune(store, *auto, "prune.search=per_layer", "prune.max_ratio=0.25", target="report")
+    metrics = results["prune"].artifact.metrics
+    chosen = metrics["depth"]
+    assert len(chosen["order"]) == 4 and chosen["blocks"] == [] and chosen["chosen"] == 0
+    assert [arm["blocks"] for arm in chosen["arms"]] == [[]] and chosen["arms"][0]["ratio"] == 0
+    assert chosen["stopped"] == "without 0 block(s) every channel fit the budget: a deeper cut only removes capacity"
+    assert metrics["latency_search"]["uniform_baseline"]["same_model"] is True
+    assert json.loads(results["prune"].artifact.file("model.json").read_text()).get("dropped_blocks") is None
+    markdown = results["report"].artifact.file("report.md").read_text()
+    assert "### Depth against the budget (prune.drop_blocks: auto)" in markdown
+    assert "| none | 0.0% |" in markdown and "of 1 tried (without 0 block(s) every channel fit" in markdown
+    html = results["report"].artifact.file("report.html").read_text()
+    assert "<tr><td>none</td><td>0.0%</td>" in html and "Stopped: without 0 block(s) every channel fit" in html
+
+    # Told never to stop, it trains every depth, each its own search and fine-tune, and keeps the most accurate on
+    # validation within the budget (all are: the shallower on a tie).
+    monkeypatch.setattr(prune_arms, "stop_reason", lambda records, budget_ms: None)
+    prune = run_prune(store, *auto, "prune.seed=1")
+    chosen = prune.artifact.metrics["depth"]
+    assert [arm["blocks"] for arm in chosen["arms"]] == [chosen["order"][:count] for count in range(5)]
+    assert len({arm["macs"] for arm in chosen["arms"]}) == 5  # five different models
+    scores = [arm["validation_accuracy"] for arm in chosen["arms"]]
+    assert chosen["chosen"] == scores.index(max(scores)) and chosen["stopped"] == "every depth tried, 0 to 4 blocks"
+    model_json = json.loads(prune.artifact.file("model.json").read_text())
+    assert model_json.get("dropped_blocks", []) == chosen["blocks"] == chosen["order"][: chosen["chosen"]]
+    assert prune.artifact.metrics["validation_accuracy"] == max(scores)

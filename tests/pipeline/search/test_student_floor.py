@@ -180,6 +180,12 @@ def test_with_drop_blocks_each_model_is_measured_without_its_first_droppable_blo
     assert cnn["model"] == "cnn x4" and cnn["dropped_blocks"] == []
     teacher, _, _ = student_floor.measured_student("teacher", "resnet14", 4, dataset, prune)  # the budget's reference
     assert teacher["model"] == "resnet14 x4" and teacher["dropped_blocks"] == [] and teacher["droppable"] == 4
+    # auto may remove every block: the floor is the student without all of them.
+    _, _, auto = sections(
+        "distill.model=resnet14", "distill.width=4", "prune.drop_blocks=auto", "prune.target_latency_ms=1"
+    )
+    deepest, _, _ = student_floor.measured_student("student", "resnet14", 4, dataset, auto)
+    assert deepest["model"] == "resnet14 x4 -4 blocks" and deepest["droppable"] == 0
     # A student with fewer blocks than prune.drop_blocks asks is refused with the config, before anything trains.
     with pytest.raises(ConfigError) as refused:
         sections("distill.model=resnet8_s2", "distill.width=4", "prune.drop_blocks=2", "prune.target_latency_ms=100")

@@ -1,0 +1,178 @@
+"""The prune stage's arms: the student, with some residual blocks removed, searched against the latency budget,
+pruned, fine-tuned and measured again (finetuned_arm); with `prune.drop_blocks: auto`, one such arm per depth
+(best_depth).
+
+Auto goes 0, 1, 2... blocks deep, in the order pipeline/search/prune_depth.py chose on validation; each depth gets
+its own per-layer search and fine-tune, and the most accurate on validation of the arms within the budget is the
+search's arm (the shallower on a tie; the fastest when none is within). Each depth costs a search and a fine-tune,
+so it stops going deeper when the next depth cannot be expected to pay:
+- an arm kept every channel and measured within the budget: a deeper cut of a model that already fits only removes
+  capacity (on CIFAR-10 at 1/4 of the teacher, resnet14_s2 whole shipped over the same student without two blocks,
+  0.8092 against 0.7906 validation: BENCHMARKS.md, "Removing a residual block");
+- an arm within the budget was less accurate on validation than a shallower one within it: at a fixed budget,
+  removing a block buys channels back, and once a block costs more than the channels it buys, removing another
+  costs more again (a single peak is assumed; the arms tried are all in the report).
+An arm that misses the budget never stops the descent: a deeper one may meet it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.datasets.artifact import Dataset
+from pipeline.models.depth import drop_blocks
+from pipeline.search import prune_budget
+from pipeline.training.prune_finetune import prune_and_finetune
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Arm:
+    """One pruned and fine-tuned model: the blocks removed, the search's decision (None without a budget), the
+    share of channels removed, and prune_and_finetune's history, schedule and per-epoch training."""
+
+    dropped: list[str]
+    student: torch.nn.Module
+    search: dict[str, Any] | None
+    ratio: float
+    history: list
+    steps: list[dict[str, Any]]
+    training: list
+
+    def record(self) -> dict[str, Any]:
+        """What the report's depth table shows of the arm (after its fine-tune)."""
+        scores, achieved = self.steps[-1]["after_finetune"], (self.search or {}).get("achieved", {})
+        return {
+            "blocks": self.dropped,
+            "ratio": self.ratio,
+            "met": None if self.search is None else self.search["met"],
+            "predicted_ms": None if self.search is None else self.search["predicted_ms"],
+            "achieved_ms": achieved.get("latency_ms"),
+            "format": achieved.get("format"),
+            "validation_accuracy": scores["validation_accuracy"],
+            "test_accuracy": scores["test_accuracy"],
+            "macs": self.steps[-1]["macs"],
+            "params": self.steps[-1]["params"],
+        }
+
+
+def finetuned_arm(
+    whole: torch.nn.Module,
+    dropped: list[str],
+    teacher: torch.nn.Module,
+    spec,
+    dataset: Dataset,
+    params: Any,
+    out_dir: Path,
+    name: str = "",
+    hint: bool | None = None,
+) -> Arm:
+    """A copy of `whole` without the `dropped` blocks, searched against prune.target_latency_ms (or pruned to
+    prune.ratio without one), fine-tuned, and measured as its candidate was. `name` ("depth-N" for auto's arms)
+    names its saved decision and checkpoints, so a resumed run finds each arm's own; `hint`: budget_decision's."""
+    student = copy.deepcopy(whole)
+    drop_blocks(student, dropped)
+    search = prune_budget.budget_decision(student, spec, dataset, params, out_dir, name, hint)
+    if search is not None and dropped:  # the search pruned the shallower model: its arm is that model
+        search = {**search, "dropped_blocks": dropped}
+    ratio = params.ratio if search is None else search["ratio"]
+    channels = None if search is None else search.get("channels")  # per group, from the per-layer search
+    history, steps, training = prune_and_finetune(
+        student, teacher, spec, dataset, params, ratio, out_dir, channels, arm=name
+    )
+    if search is not None:
+        search = {**search, "achieved": prune_budget.achieved(student, spec, dataset, params)}
+    return Arm(dropped, student, search, ratio, history, steps, training)
+
+
+def best_depth(
+    whole: torch.nn.Module,
+    depth: dict[str, Any],
+    teacher: torch.nn.Module,
+    spec,
+    dataset: Dataset,
+    params: Any,
+    out_dir: Path,
+) -> tuple[Arm, dict[str, Any]]:
+    """prune.drop_blocks auto: an arm per depth along `depth["blocks"]` (prune_depth.chosen_blocks' order), deeper
+    while it may pay (the module's docstring). The chosen arm, and `depth` with "order" (every block, in the order
+    they would go), "blocks" (the chosen arm's), "arms" (each arm's record), "chosen" (its index) and "stopped"."""
+    order = depth["blocks"]
+
+    def train(count: int) -> Arm:
+        last = count == len(order)  # what lowers the floor is said by the deepest arm only: the others go deeper
+        arm = finetuned_arm(whole, order[:count], teacher, spec, dataset, params, out_dir, f"depth-{count}", last)
+        record = arm.record()
+        log.info(
+            "prune: %d block(s) removed, %.1f%% of channels: %.4g ms %s, validation %.4f after the fine-tune",
+            count,
+            100 * record["ratio"],
+            record["achieved_ms"],
+            record["format"],
+            record["validation_accuracy"],
+        )
+        return arm
+
+    arms, chosen, stopped = deeper_while_it_pays(len(order), params.target_latency_ms, train)
+    log.info("prune: depth auto: %s; the arm without %d block(s) is the search's", stopped, chosen)
+    records = [arm.record() for arm in arms]
+    return arms[chosen], {
+        **depth,
+        "order": order,
+        "blocks": order[:chosen],
+        "arms": records,
+        "chosen": chosen,
+        "stopped": stopped,
+    }
+
+
+def deeper_while_it_pays(deepest: int, budget_ms: float, train: Callable[[int], Arm]) -> tuple[list[Arm], int, str]:
+    """`train(count)` for count = 0, 1, ... `deepest` until stop_reason says to stop: (the arms trained, the index
+    of the one kept (prune_budget.shipped_arm over them), why the descent ended)."""
+    arms: list[Arm] = []
+    stopped = f"every depth tried, 0 to {deepest} blocks"
+    for count in range(deepest + 1):
+        arms.append(train(count))
+        reason = stop_reason([arm.record() for arm in arms], budget_ms)
+        if reason is not None and count < deepest:
+            stopped = reason
+            break
+    scored = {str(i): (arm.record()["achieved_ms"], arm.record()["validation_accuracy"]) for i, arm in enumerate(arms)}
+    return arms, int(prune_budget.shipped_arm(scored, budget_ms)), stopped
+
+
+def stop_reason(records: list[dict[str, Any]], budget_ms: float) -> str | None:
+    """Why no deeper arm than the last of `records` (Arm.record()s, shallowest first) is worth its fine-tune, or
+    None to go on."""
+    last = records[-1]
+    count = len(last["blocks"])
+    if last["achieved_ms"] > budget_ms:
+        return None
+    if last["ratio"] == 0:
+        return f"without {count} block(s) every channel fit the budget: a deeper cut only removes capacity"
+    within = [r for r in records[:-1] if r["achieved_ms"] <= budget_ms]
+    better = max(within, key=lambda r: r["validation_accuracy"], default=None)
+    if better is not None and better["validation_accuracy"] > last["validation_accuracy"]:
+        return (
+            f"without {count} block(s) validation {last['validation_accuracy']:.4f}, under the "
+            f"{better['validation_accuracy']:.4f} without {len(better['blocks'])} within the budget: past the peak"
+        )
+    return None
+
+
+def summary(depth: dict[str, Any] | None) -> str:
+    """The stage line's words for auto's arms ("" without them)."""
+    if depth is None or "arms" not in depth:
+        return ""
+    arms = ", ".join(
+        f"{len(r['blocks'])}: {r['validation_accuracy']:.4f} at {r['achieved_ms']:.4g} ms" for r in depth["arms"]
+    )
+    return f"depth auto, blocks removed: validation accuracy after the fine-tune ({arms}), {depth['chosen']} kept; "

@@ -71,10 +71,11 @@ class Params:
     # Residual blocks (identity shortcut) to remove before pruning channels, chosen on validation one at a time. At
     # batch 1 each operator has a fixed cost that thinner channels keep: on CIFAR-10 resnet8_s2 without its first
     # block measured 0.036 ms, with 30% of its channels removed instead 0.045 ms, and after the same fine-tune it was
-    # 3 points more accurate (BENCHMARKS.md, "Removing a residual block"). auto (needs target_latency_ms): the
-    # per-layer search and the fine-tune at each depth, 0, 1, 2... blocks, and the most accurate on validation within
-    # the budget is the search's arm (pipeline/training/prune_arms.py: when it stops going deeper).
-    drop_blocks: int | str = 0
+    # 3 points more accurate (BENCHMARKS.md, "Removing a residual block"). auto, the default: with target_latency_ms
+    # the search and the fine-tune at each depth, 0, 1, 2... blocks, and the most accurate on validation within the
+    # budget is the search's arm (pipeline/training/prune_arms.py: when it stops going deeper); without a budget, or
+    # for a student without such blocks, none go (at a fixed ratio a block removed only costs accuracy).
+    drop_blocks: int | str = AUTO
     importance: str = "l2"  # channel ranking: l1 or l2 norm of each channel group's weights
     global_pruning: bool = False  # rank channels across layers instead of the same ratio in each layer
     # Keep a multiple of this many channels per layer (0: any count). CPU kernels are vectorized over 8 or 16
@@ -149,13 +150,6 @@ class Params:
             self.drop_blocks,
             "an integer >= 0 (0: keep every block), or auto (each depth tried against the budget)",
         )
-        require(
-            self.drop_blocks != AUTO or self.target_latency_ms is not None,
-            "prune.drop_blocks",
-            self.drop_blocks,
-            "a number of blocks, or set prune.target_latency_ms: auto weighs each depth against a latency budget "
-            "(without one, removing blocks only costs accuracy)",
-        )
         require(self.importance in IMPORTANCES, "prune.importance", self.importance, " or ".join(IMPORTANCES))
         require(self.finetune_epochs >= 0, "prune.finetune_epochs", self.finetune_epochs, "an integer >= 0")
         require(self.round_to >= 0, "prune.round_to", self.round_to, "an integer >= 0 (0: no rounding)")
@@ -229,7 +223,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     whole, spec = load_model(inputs["distill"].path)
     macs_before, params_before = count_macs_and_params(whole, spec)
     depth = prune_depth.chosen_blocks(whole, dataset, params, model_label(spec.name, spec.width))
-    if params.drop_blocks == AUTO:  # a search and a fine-tune at each depth, the best within the budget kept
+    if depth is not None and params.drop_blocks == AUTO:  # a search and fine-tune per depth, the best kept
         arm, depth = prune_arms.best_depth(whole, depth, teacher, spec, dataset, params, out_dir)
     else:
         dropped = depth["blocks"] if depth is not None else []

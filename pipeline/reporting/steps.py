@@ -18,6 +18,11 @@ CHOICES = [
         "split": "validation",
         "by": "accuracy kept without each, BatchNorm re-estimated, one block at a time",
     },
+    {
+        "choice": "how many of them (prune.drop_blocks: auto)",
+        "split": "validation",
+        "by": "within the budget after each depth's search and fine-tune, the most accurate",
+    },
     {"choice": "pruning ratio (prune.target_latency_ms, uniform search)", "split": "none", "by": "measured latency"},
     {
         "choice": "channels per group (prune.search: per_layer, sampled)",

@@ -28,14 +28,15 @@ def _drop(model: nn.Module, setting: dict[str, int]) -> None:
 
 
 def chosen_blocks(student: nn.Module, dataset: Dataset, params: Any, model_label: str) -> dict[str, Any] | None:
-    """None without prune.drop_blocks; else {"blocks": the names removed, in the order chosen (with auto: every
-    droppable block, in the order they would go), "droppable": every block that could go, "steps": each step's
-    scores of every block it weighed, "before": the student's own score, "seconds"}. A one-line StageError when the
+    """None without prune.drop_blocks (auto: without a budget or a droppable block); else {"blocks": the names
+    removed, in the order chosen (with auto: every droppable block, in the order they would go), "droppable": every
+    block that could go, "steps": each step's scores of every block it weighed, "before": the student's own score,
+    "seconds"}. A one-line StageError when the
     student has fewer droppable blocks than asked. Under torchrun the leader scores and tells the rest: every rank
     must remove the same blocks, or DDP's parameter check fails."""
-    if not params.drop_blocks:
-        return None
     droppable = droppable_blocks(student)
+    if not params.drop_blocks or params.drop_blocks == AUTO and (params.target_latency_ms is None or not droppable):
+        return None  # auto: nothing to weigh depth against, or no block to drop
     if params.drop_blocks != AUTO and params.drop_blocks > len(droppable):
         raise StageError(too_few_blocks(params.drop_blocks, model_label, droppable))
     if not distributed.is_leader():
@@ -56,8 +57,9 @@ def _greedy(student: nn.Module, dataset: Dataset, params: Any, droppable: list[s
         steps.append({"dropped": best, "weighed": weighed})
         others = ", ".join(f"{name} {score['accuracy']:.4f}" for name, score in weighed.items() if name != best)
         log.info(
-            "prune: residual block %s removed: validation %.4f without it, BatchNorm re-estimated (%s)",
+            "prune: residual block %s %s: validation %.4f without it, BatchNorm re-estimated (%s)",
             best,
+            "next in the order of depths to try" if params.drop_blocks == AUTO else "removed",
             weighed[best]["accuracy"],
             f"without {others}" if others else "the only block weighed",
         )

@@ -29,6 +29,7 @@ import torch
 from pipeline.datasets.artifact import Dataset
 from pipeline.models.depth import drop_blocks
 from pipeline.search import prune_budget
+from pipeline.training import distributed
 from pipeline.training.prune_finetune import prune_and_finetune
 
 log = logging.getLogger(__name__)
@@ -141,12 +142,13 @@ def deeper_while_it_pays(deepest: int, budget_ms: float, train: Callable[[int], 
     stopped = f"every depth tried, 0 to {deepest} blocks"
     for count in range(deepest + 1):
         arms.append(train(count))
-        reason = stop_reason([arm.record() for arm in arms], budget_ms)
+        # The leader's call on every rank: ranks that disagreed on going deeper would wait on each other for ever.
+        reason = distributed.broadcast_json(stop_reason([arm.record() for arm in arms], budget_ms))
         if reason is not None and count < deepest:
             stopped = reason
             break
     scored = {str(i): (arm.record()["achieved_ms"], arm.record()["validation_accuracy"]) for i, arm in enumerate(arms)}
-    return arms, int(prune_budget.shipped_arm(scored, budget_ms)), stopped
+    return arms, int(distributed.broadcast_json(prune_budget.shipped_arm(scored, budget_ms))), stopped
 
 
 def stop_reason(records: list[dict[str, Any]], budget_ms: float) -> str | None:

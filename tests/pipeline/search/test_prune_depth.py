@@ -45,13 +45,17 @@ def test_blocks_are_dropped_one_at_a_time_each_given_the_ones_already_gone(resne
     assert "validation 0.9000 -> 0.8600 with BatchNorm" in prune_depth.summary(depth, ["2", "6"])  # auto's depth 2
 
 
-def test_auto_orders_every_droppable_block_and_a_student_without_any_orders_none(resnet14, monkeypatch):
+def test_auto_orders_every_droppable_block_and_without_a_budget_or_a_block_chooses_none(resnet14, monkeypatch):
     monkeypatch.setattr(prune_depth, "ValidationScores", FakeScores)
-    depth = prune_depth.chosen_blocks(resnet14, None, types.SimpleNamespace(drop_blocks="auto", seed=0), "x")
+
+    def auto(budget_ms):
+        return types.SimpleNamespace(drop_blocks="auto", seed=0, target_latency_ms=budget_ms)
+
+    depth = prune_depth.chosen_blocks(resnet14, None, auto(0.05), "x")
     assert depth["blocks"] == ["2", "6", "1", "4"] and len(depth["steps"]) == 4
+    assert prune_depth.chosen_blocks(resnet14, None, auto(None), "x") is None  # nothing to weigh depth against
     cnn = build_model(ModelSpec("cnn", 4, 1, 10, (8, 8)))
-    none = prune_depth.chosen_blocks(cnn, None, types.SimpleNamespace(drop_blocks="auto", seed=0), "cnn x4")
-    assert none["blocks"] == [] and none["droppable"] == [] and prune_depth.summary(none, []) == ""
+    assert prune_depth.chosen_blocks(cnn, None, auto(0.05), "cnn x4") is None
 
 
 def test_no_drop_blocks_chooses_nothing_and_too_many_is_one_line(resnet14):

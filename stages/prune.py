@@ -19,7 +19,8 @@ With `prune.scratch_baseline` the chosen architecture is also trained from fresh
 two models (same architecture, same latency) the more accurate on validation ships, the fine-tune on a tie.
 With `prune.drop_blocks` N, N whole residual blocks go first, chosen on validation (pipeline/search/prune_depth.py),
 and the channels are pruned from the shallower model; the uniform baseline stays the simple path: the whole student,
-channels only.
+channels only. With auto, the default, and a budget, the search and the fine-tune run at 0, 1, 2... blocks removed,
+and the most accurate on validation within the budget is the search's arm (pipeline/training/prune_arms.py).
 """
 
 from __future__ import annotations

@@ -52,7 +52,9 @@ SECTION = "prune"
 # 12: prune.drop_blocks removes whole residual blocks before the channels (model.json and the search's arm list
 #     them); a search that missed its limit but whose model measured within the budget says "met after the fine-tune"
 # 13: prune.drop_blocks auto (an arm per depth, "arms" in the depth record); a missed budget's arm warns "(uniform arm)"
-VERSION = 13
+# 14: a met budget's less pruned candidates that missed with a repeat under the limit are timed again beside the
+#     chosen one in interleaved rounds, and the least pruned that meets it there ships ("confirmed")
+VERSION = 14
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")

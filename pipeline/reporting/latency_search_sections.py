@@ -47,6 +47,34 @@ def plateau_lines(search: dict[str, Any]) -> list[str]:
     return ["", intro, "", *table([*header, ""], rows)]
 
 
+def confirmed_lines(search: dict[str, Any]) -> list[str]:
+    """A met budget's rivals timed again beside the chosen configuration (pipeline/search/prune_confirm.py)."""
+    if "confirmed" not in search:
+        return []
+    confirmed = search["confirmed"]
+    rows = [
+        [
+            f"{row['ratio']:.1%}",
+            " ".join(f"{ms:.4f}" for ms in row["first_runs_ms"]),
+            " ".join(f"{ms:.4f}" for ms in row["runs_ms"]),
+            f"{row['median_ms']:.4f}",
+            "yes" if row["meets_limit"] else "no",
+            ", ".join(
+                (["searched"] if row["ratio"] == confirmed["searched_ratio"] else [])
+                + (["**chosen**"] if row["ratio"] == confirmed["chosen_ratio"] else [])
+            ),
+        ]
+        for row in confirmed["entries"]
+    ]
+    header = ["channels removed", "first repeats ms", f"p50 ms in {confirmed['rounds']} interleaved rounds", "median"]
+    outcome = confirmed.get("message", "none met the limit there, and the search's choice stands")
+    intro = (
+        "Configurations the search would have preferred, measured over its limit with a repeat under it, were timed "
+        f"again beside its choice in interleaved rounds ({confirmed['seconds']:.1f} s): {outcome}."
+    )
+    return ["", intro, "", *table([*header, "meets limit", ""], rows)]
+
+
 def latency_search_section(search: dict[str, Any] | None) -> list[str]:
     if search is None:
         return []
@@ -69,6 +97,7 @@ def latency_search_section(search: dict[str, Any] | None) -> list[str]:
     ]
     if not search["met"]:
         lines += ["", f"**Budget not reached**: {search['message']}.", *plateau_lines(search)]
+    lines += confirmed_lines(search)
     rows = [
         [
             f"{e['ratio']:g}",
@@ -108,6 +137,7 @@ def per_layer_search_section(search: dict[str, Any]) -> list[str]:
     ]
     if not search["met"]:
         lines += ["", f"**Budget not reached**: {search['message']}.", *plateau_lines(search)]
+    lines += confirmed_lines(search)
     rows = [
         [
             name,

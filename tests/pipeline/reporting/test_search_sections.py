@@ -118,3 +118,22 @@ def test_int8_is_said_to_be_slower_than_its_fp32_source_where_it_is():
         and "int8 is faster on this machine." in text
     )
     assert int8_speed_section({**report, "int8_sources": {}}) == []
+
+
+def test_a_met_budgets_rivals_timed_again_are_shown_with_their_first_repeats():
+    from pipeline.reporting.latency_search_sections import confirmed_lines
+    from pipeline.search.prune_confirm import confirmed
+    from pipeline.search.prune_ratio import least_ratio
+
+    trace = [
+        {"ratio": 0.0, "latency_ms": 0.050, "latency_runs_ms": [0.040, 0.050, 0.052], "meets_limit": False},
+        {"ratio": 0.3, "latency_ms": 0.041, "latency_runs_ms": [0.041, 0.040, 0.042], "meets_limit": True},
+    ]
+    searched = {"ratio": 0.3, "met": True, "limit_ms": 0.0419, "out_of_time": False, "trace": trace}
+    result = confirmed(searched, lambda settings: [0.039 if s == 0.0 else 0.041 for s in settings], least_ratio)
+    text = "\n".join(confirmed_lines(result))
+    assert "timed again beside its choice in interleaved rounds" in text
+    assert "0.0% of channels removed met the 0.0419 ms limit in 5 interleaved rounds (0.039 ms" in text
+    assert "| 0.0% | 0.0400 0.0500 0.0520 | 0.0390 0.0390 0.0390 0.0390 0.0390 | 0.0390 | yes | **chosen** |" in text
+    assert "| 30.0% | 0.0410 0.0400 0.0420 | " in text and "| yes | searched |" in text
+    assert confirmed_lines(searched) == []

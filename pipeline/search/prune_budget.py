@@ -103,6 +103,8 @@ def budget_decision(
     name = f"{arm}-search.json" if arm else "search.json"
     decision = latency_decision(student, spec, dataset, params, out_dir, name) if leader else None
     search = distributed.broadcast_json(decision)
+    if "message" in search.get("confirmed", {}):  # a burst had the search prune more than the budget needs
+        log.info("prune%s: %s", f" ({arm} arm)" if arm else "", search["confirmed"]["message"])
     if not search["met"]:
         if not search["out_of_time"] and (not arm if hint is None else hint):
             # Every configuration measured and the fastest missed: the floor is the student's. Said once, by the

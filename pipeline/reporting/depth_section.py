@@ -29,27 +29,27 @@ def depth_lines(depth: dict[str, Any] | None) -> list[str]:
 
 
 def depth_arm_rows(depth: dict[str, Any]) -> list[list[str]]:
-    """A row of cells per depth auto tried, shallowest first."""
-    return [
-        [
-            ", ".join(arm["blocks"]) or "none",
-            f"{arm['ratio']:.1%}",
-            f"{arm['macs']:,}",
-            f"{arm['achieved_ms']:.4f} ({arm['format']})",
-            f"{arm['validation_accuracy']:.4f}",
-            f"{arm['test_accuracy']:.4f}",
-            "yes" if index == depth["chosen"] else "no",
-        ]
-        for index, arm in enumerate(depth["arms"])
-    ]
+    """A row of cells per depth auto tried, shallowest first; one over the budget in its search was not fine-tuned
+    (its p50 is the search's measurement of its candidate)."""
+    rows = []
+    for index, arm in enumerate(depth["arms"]):
+        if arm.get("finetuned", True):
+            cells = [f"{arm['macs']:,}", f"{arm['achieved_ms']:.4f} ({arm['format']})"]
+            cells += [f"{arm['validation_accuracy']:.4f}", f"{arm['test_accuracy']:.4f}"]
+        else:
+            cells = ["–", f"{arm['achieved_ms']:.4f} (search, over the budget)", "not fine-tuned", "–"]
+        kept = "yes" if index == depth["chosen"] else "no"
+        rows.append([", ".join(arm["blocks"]) or "none", f"{arm['ratio']:.1%}", *cells, kept])
+    return rows
 
 
 def depth_arms_text(depth: dict[str, Any], budget_ms: float) -> str:
     return (
         f"The student was searched against the same {budget_ms:g} ms budget without 0, 1, ... of its residual blocks "
-        "(in the order above), each depth pruned and fine-tuned alike. Kept for the comparison with the uniform "
-        "search: the most accurate on validation of those within the budget (the shallower on a tie; the fastest "
-        f"when none is). Stopped: {depth['stopped']}. Test accuracy is reported, never chosen on."
+        "(in the order above), each depth pruned and fine-tuned alike; one whose search measured over the budget is "
+        "fine-tuned only if no depth meets it. Kept for the comparison with the uniform search: the most accurate on "
+        "validation of those within the budget (the shallower on a tie; the fastest when none is). Stopped: "
+        f"{depth['stopped']}. Test accuracy is reported, never chosen on."
     )
 
 

@@ -4,8 +4,10 @@ pruned, fine-tuned and measured again (finetuned_arm); with `prune.drop_blocks: 
 
 Auto goes 0, 1, 2... blocks deep, in the order pipeline/search/prune_depth.py chose on validation; each depth gets
 its own per-layer search and fine-tune, and the most accurate on validation of the arms within the budget is the
-search's arm (the shallower on a tie; the fastest when none is within). Each depth costs a search and a fine-tune,
-so it stops going deeper when the next depth cannot be expected to pay:
+search's arm (the shallower on a tie; the fastest when none is within). A depth whose search measured over the budget
+is not fine-tuned unless no depth meets it (then only the fastest is): the fine-tune changes weights, not latency,
+and over the budget only speed counts. Each depth costs a search and a fine-tune, so it stops going deeper when the
+next depth cannot be expected to pay:
 - an arm kept every channel and measured within the budget: a deeper cut of a model that already fits only removes
   capacity (on CIFAR-10 at 1/4 of the teacher, resnet14_s2 whole shipped over the same student without two blocks,
   0.8092 against 0.7906 validation: BENCHMARKS.md, "Removing a residual block");
@@ -37,32 +39,71 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Arm:
-    """One pruned and fine-tuned model: the blocks removed, the search's decision (None without a budget), the
-    share of channels removed, and prune_and_finetune's history, schedule and per-epoch training."""
+    """One pruned model: the blocks removed, the search's decision (None without a budget), the share of channels
+    removed, and once fine-tuned prune_and_finetune's history, schedule and per-epoch training (None before)."""
 
     dropped: list[str]
     student: torch.nn.Module
     search: dict[str, Any] | None
     ratio: float
-    history: list
-    steps: list[dict[str, Any]]
-    training: list
+    history: list | None = None
+    steps: list[dict[str, Any]] | None = None
+    training: list | None = None
 
     def record(self) -> dict[str, Any]:
-        """What the report's depth table shows of the arm (after its fine-tune)."""
-        scores, achieved = self.steps[-1]["after_finetune"], (self.search or {}).get("achieved", {})
+        """What the report's depth table shows of the arm: after its fine-tune, or as its search measured it."""
+        search = self.search or {}
+        achieved = search.get("achieved", {})
+        scores = self.steps[-1]["after_finetune"] if self.steps else {}
         return {
             "blocks": self.dropped,
             "ratio": self.ratio,
-            "met": None if self.search is None else self.search["met"],
-            "predicted_ms": None if self.search is None else self.search["predicted_ms"],
-            "achieved_ms": achieved.get("latency_ms"),
+            "met": search.get("met"),
+            "predicted_ms": search.get("predicted_ms"),
+            "finetuned": self.steps is not None,
+            # the fine-tuned model measured again; before the fine-tune, the search's measurement of its candidate
+            "achieved_ms": achieved.get("latency_ms", search.get("predicted_ms")),
             "format": achieved.get("format"),
-            "validation_accuracy": scores["validation_accuracy"],
-            "test_accuracy": scores["test_accuracy"],
-            "macs": self.steps[-1]["macs"],
-            "params": self.steps[-1]["params"],
+            "validation_accuracy": scores.get("validation_accuracy"),
+            "test_accuracy": scores.get("test_accuracy"),
+            "macs": self.steps[-1]["macs"] if self.steps else None,
+            "params": self.steps[-1]["params"] if self.steps else None,
         }
+
+
+def searched_arm(
+    whole: torch.nn.Module,
+    dropped: list[str],
+    spec,
+    dataset: Dataset,
+    params: Any,
+    out_dir: Path,
+    name: str = "",
+    hint: bool | None = None,
+) -> Arm:
+    """A copy of `whole` without the `dropped` blocks and prune.target_latency_ms's search on it (none without a
+    budget: prune.ratio applies). `name` ("depth-N" for auto's arms) names its saved decision; `hint`:
+    budget_decision's."""
+    student = copy.deepcopy(whole)
+    drop_blocks(student, dropped)
+    search = prune_budget.budget_decision(student, spec, dataset, params, out_dir, name, hint)
+    if search is not None and dropped:  # the search pruned the shallower model: its arm is that model
+        search = {**search, "dropped_blocks": dropped}
+    return Arm(dropped, student, search, params.ratio if search is None else search["ratio"])
+
+
+def finetune_arm(
+    arm: Arm, teacher: torch.nn.Module, spec, dataset: Dataset, params: Any, out_dir: Path, name: str = ""
+) -> Arm:
+    """`arm` pruned as its search decided and fine-tuned (in place), then measured as its candidate was; `name`
+    prefixes its checkpoints, so a resumed run finds each arm's own."""
+    channels = None if arm.search is None else arm.search.get("channels")  # per group, from the per-layer search
+    arm.history, arm.steps, arm.training = prune_and_finetune(
+        arm.student, teacher, spec, dataset, params, arm.ratio, out_dir, channels, arm=name
+    )
+    if arm.search is not None:
+        arm.search = {**arm.search, "achieved": prune_budget.achieved(arm.student, spec, dataset, params)}
+    return arm
 
 
 def finetuned_arm(
@@ -73,25 +114,10 @@ def finetuned_arm(
     dataset: Dataset,
     params: Any,
     out_dir: Path,
-    name: str = "",
-    hint: bool | None = None,
 ) -> Arm:
-    """A copy of `whole` without the `dropped` blocks, searched against prune.target_latency_ms (or pruned to
-    prune.ratio without one), fine-tuned, and measured as its candidate was. `name` ("depth-N" for auto's arms)
-    names its saved decision and checkpoints, so a resumed run finds each arm's own; `hint`: budget_decision's."""
-    student = copy.deepcopy(whole)
-    drop_blocks(student, dropped)
-    search = prune_budget.budget_decision(student, spec, dataset, params, out_dir, name, hint)
-    if search is not None and dropped:  # the search pruned the shallower model: its arm is that model
-        search = {**search, "dropped_blocks": dropped}
-    ratio = params.ratio if search is None else search["ratio"]
-    channels = None if search is None else search.get("channels")  # per group, from the per-layer search
-    history, steps, training = prune_and_finetune(
-        student, teacher, spec, dataset, params, ratio, out_dir, channels, arm=name
-    )
-    if search is not None:
-        search = {**search, "achieved": prune_budget.achieved(student, spec, dataset, params)}
-    return Arm(dropped, student, search, ratio, history, steps, training)
+    """searched_arm, then finetune_arm: the one arm of a fixed prune.drop_blocks."""
+    arm = searched_arm(whole, dropped, spec, dataset, params, out_dir)
+    return finetune_arm(arm, teacher, spec, dataset, params, out_dir)
 
 
 def best_depth(
@@ -108,13 +134,16 @@ def best_depth(
     they would go), "blocks" (the chosen arm's), "arms" (each arm's record), "chosen" (its index) and "stopped"."""
     order = depth["blocks"]
 
-    def train(count: int) -> Arm:
+    def search(count: int) -> Arm:
         last = count == len(order)  # what lowers the floor is said by the deepest arm only: the others go deeper
-        arm = finetuned_arm(whole, order[:count], teacher, spec, dataset, params, out_dir, f"depth-{count}", last)
+        return searched_arm(whole, order[:count], spec, dataset, params, out_dir, f"depth-{count}", last)
+
+    def finetune(arm: Arm) -> Arm:
+        finetune_arm(arm, teacher, spec, dataset, params, out_dir, f"depth-{len(arm.dropped)}")
         record = arm.record()
         log.info(
             "prune: %d block(s) removed, %.1f%% of channels: %.4g ms %s, validation %.4f after the fine-tune",
-            count,
+            len(arm.dropped),
             100 * record["ratio"],
             record["achieved_ms"],
             record["format"],
@@ -122,7 +151,7 @@ def best_depth(
         )
         return arm
 
-    arms, chosen, stopped = deeper_while_it_pays(len(order), params.target_latency_ms, train)
+    arms, chosen, stopped = deeper_while_it_pays(len(order), params.target_latency_ms, search, finetune)
     log.info("prune: depth auto: %s; the arm without %d block(s) is the search's", stopped, chosen)
     records = [arm.record() for arm in arms]
     return arms[chosen], {
@@ -135,25 +164,41 @@ def best_depth(
     }
 
 
-def deeper_while_it_pays(deepest: int, budget_ms: float, train: Callable[[int], Arm]) -> tuple[list[Arm], int, str]:
-    """`train(count)` for count = 0, 1, ... `deepest` until stop_reason says to stop: (the arms trained, the index
-    of the one kept (prune_budget.shipped_arm over them), why the descent ended)."""
+def deeper_while_it_pays(
+    deepest: int, budget_ms: float, search: Callable[[int], Arm], finetune: Callable[[Arm], Arm]
+) -> tuple[list[Arm], int, str]:
+    """`search(count)` for count = 0, 1, ... `deepest` until stop_reason says to stop, each arm whose search measured
+    within the budget fine-tuned (`finetune`) as it comes, and if none did, the fastest at the end. (Every arm
+    searched, the index of the one kept: prune_budget.shipped_arm over the fine-tuned ones; why the descent ended.)"""
     arms: list[Arm] = []
     stopped = f"every depth tried, 0 to {deepest} blocks"
     for count in range(deepest + 1):
-        arms.append(train(count))
+        arm = search(count)
+        arms.append(arm)
+        if arm.search["predicted_ms"] > budget_ms:
+            continue  # not fine-tuned (yet): over the budget only speed counts, and a deeper arm may meet it
+        finetune(arm)
         # The leader's call on every rank: ranks that disagreed on going deeper would wait on each other for ever.
-        reason = distributed.broadcast_json(stop_reason([arm.record() for arm in arms], budget_ms))
+        records = [a.record() for a in arms if a.steps is not None]
+        reason = distributed.broadcast_json(stop_reason(records, budget_ms))
         if reason is not None and count < deepest:
             stopped = reason
             break
-    scored = {str(i): (arm.record()["achieved_ms"], arm.record()["validation_accuracy"]) for i, arm in enumerate(arms)}
+    if not any(a.steps is not None and a.record()["achieved_ms"] <= budget_ms for a in arms):
+        fastest = min(arms, key=lambda a: a.record()["achieved_ms"])  # searched or fine-tuned: its measured p50
+        if fastest.steps is None:
+            finetune(fastest)
+    scored = {
+        str(i): (arm.record()["achieved_ms"], arm.record()["validation_accuracy"])
+        for i, arm in enumerate(arms)
+        if arm.steps is not None
+    }
     return arms, int(distributed.broadcast_json(prune_budget.shipped_arm(scored, budget_ms))), stopped
 
 
 def stop_reason(records: list[dict[str, Any]], budget_ms: float) -> str | None:
-    """Why no deeper arm than the last of `records` (Arm.record()s, shallowest first) is worth its fine-tune, or
-    None to go on."""
+    """Why no deeper arm than the last of `records` (the fine-tuned arms' Arm.record()s, shallowest first) is worth
+    its search and fine-tune, or None to go on."""
     last = records[-1]
     count = len(last["blocks"])
     if last["achieved_ms"] > budget_ms:
@@ -175,6 +220,9 @@ def summary(depth: dict[str, Any] | None) -> str:
     if depth is None or "arms" not in depth:
         return ""
     arms = ", ".join(
-        f"{len(r['blocks'])}: {r['validation_accuracy']:.4f} at {r['achieved_ms']:.4g} ms" for r in depth["arms"]
+        f"{len(r['blocks'])}: {r['validation_accuracy']:.4f} at {r['achieved_ms']:.4g} ms"
+        if r.get("finetuned", True)
+        else f"{len(r['blocks'])}: over the budget ({r['achieved_ms']:.4g} ms), not fine-tuned"
+        for r in depth["arms"]
     )
     return f"depth auto, blocks removed: validation accuracy after the fine-tune ({arms}), {depth['chosen']} kept; "

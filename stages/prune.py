@@ -54,7 +54,8 @@ SECTION = "prune"
 # 13: prune.drop_blocks auto (an arm per depth, "arms" in the depth record); a missed budget's arm warns "(uniform arm)"
 # 14: a met budget's less pruned candidates that missed with a repeat under the limit are timed again beside the
 #     chosen one in interleaved rounds, and the least pruned that meets it there ships ("confirmed")
-VERSION = 14
+# 15: auto fine-tunes a depth only when its search measured within the budget (or, none doing so, the fastest)
+VERSION = 15
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")

@@ -221,7 +221,7 @@ def uniform_baseline_section(search: dict[str, Any]) -> list[str]:
         + same_model_sentence(baseline),
         "",
     ]
-    return lines + table(UNIFORM_HEADER, uniform_baseline_rows(search))
+    return lines + table(UNIFORM_HEADER, uniform_baseline_rows(search)) + confirmed_lines(baseline)
 
 
 def same_model_sentence(baseline: dict[str, Any]) -> str:

@@ -173,6 +173,7 @@ def versus_uniform(search: dict, steps: list[dict], uniform: dict, uniform_steps
         "message": uniform.get("message", ""),
         "before_finetune": uniform_steps[0]["before_finetune"],
         "finetuned": theirs,
+        **({"confirmed": uniform["confirmed"]} if "confirmed" in uniform else {}),  # pipeline/search/prune_confirm.py
     }
     shipped = shipped_arm(arms, search["budget_ms"])
     baseline["same_model"] = both_unpruned(search, uniform)  # one model, fine-tuned once for both arms

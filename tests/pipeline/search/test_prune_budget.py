@@ -44,6 +44,16 @@ def test_the_uniform_baseline_is_recorded_beside_the_search_and_the_summary_name
         and baseline["trace"] == [{"ratio": 0.3, "latency_ms": 0.18}]
     )
     assert both["ratio"] == 0.357 and both["achieved"]["latency_ms"] == 0.19  # the search's own decision stays
+    assert "confirmed" not in baseline
+    confirmed = {"rounds": 5, "searched_ratio": 0.3, "chosen_ratio": 0.2875, "seconds": 1.0, "entries": [],
+                 "message": "28.8% of channels removed met the limit"}  # fmt: skip
+    kept = versus_uniform(
+        search, schedule(0.7, 0.69, 4000), {**uniform, "confirmed": confirmed}, schedule(0.72, 0.68, 5000)
+    )
+    assert kept["uniform_baseline"]["confirmed"] == confirmed
+    assert "timed again beside its choice in interleaved rounds (1.0 s): 28.8% of channels removed met the limit." in (
+        "\n".join(uniform_baseline_section(kept))
+    )
     summary = search_summary(both)
     assert "achieved 0.18 ms fp32" in summary and "the uniform search's model shipped over the sampled one's" in summary
     assert "shipped" not in search_summary(search)

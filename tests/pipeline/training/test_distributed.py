@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -146,3 +147,55 @@ def test_blocks_removed_under_two_ranks_are_the_leaders_choice(tmp_path):
     assert manifest["ranks"] == 2 and len(blocks) == 2
     model_json = json.loads((store.entry_dir("prune", key) / "model.json").read_text())
     assert model_json["dropped_blocks"] == blocks
+
+
+DEPTHS_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import sys
+
+    from pipeline.training import distributed
+    from pipeline.training.prune_arms import Arm, deeper_while_it_pays
+
+    distributed.init()
+    rank = distributed.rank()
+    # Per depth: share removed, p50 in the search (the leader's, broadcast in the stage), p50 after the fine-tune,
+    # validation after it. Rank 1 scores depth 1 lower than depth 0: alone it would stop there and keep depth 0.
+    depths = [(0.6, 0.045, 0.049, 0.70), (0.3, 0.044, 0.045, 0.76 if rank == 0 else 0.60), (0.1, 0.04, 0.044, 0.74),
+              (0.0, 0.03, 0.03, 0.80)]
+    searched, finetuned = [], []
+
+    def search(count):
+        searched.append(count)
+        return Arm([str(b) for b in range(count)], None, {"met": True, "predicted_ms": depths[count][1]},
+                   depths[count][0])
+
+    def finetune(arm):
+        count = len(arm.dropped)
+        finetuned.append(count)
+        scores = {"validation_accuracy": depths[count][3], "test_accuracy": depths[count][3]}
+        arm.steps = [{"after_finetune": scores, "macs": 1, "params": 1}]
+        arm.search = {**arm.search, "achieved": {"latency_ms": depths[count][2], "format": "fp32"}}
+        return arm
+
+    _, chosen, stopped = deeper_while_it_pays(3, 0.05, search, finetune)
+    with open(f"{sys.argv[1]}/rank{rank}.json", "w") as out:
+        json.dump({"searched": searched, "finetuned": finetuned, "chosen": chosen, "stopped": stopped}, out)
+    distributed.finish()
+    """
+)
+
+
+@pytest.mark.slow
+def test_auto_depth_goes_as_deep_and_keeps_what_the_leader_decides_on_every_rank(tmp_path):
+    """prune.drop_blocks auto: ranks that scored a depth apart still search, fine-tune and keep the same depths
+    (a rank that stopped alone would leave the other waiting in its next collective)."""
+    script = tmp_path / "depths.py"
+    script.write_text(DEPTHS_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    done = subprocess.run([*command, str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0] == ranks[1]
+    assert ranks[0]["searched"] == [0, 1, 2] and ranks[0]["chosen"] == 1 and "past the peak" in ranks[0]["stopped"]

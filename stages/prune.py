@@ -236,7 +236,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     history, steps, training = arm.history, arm.steps, arm.training
     uniform = prune_budget.uniform_baseline_decision(whole, spec, dataset, params, out_dir)
     # Both searches keeping every channel (and block) is one model: it is fine-tuned and measured once, for both arms.
-    if uniform is not None and not dropped and prune_budget.both_unpruned(search, uniform):
+    if uniform is not None and prune_budget.both_unpruned(search, uniform):  # it knows the search's blocks
         search = prune_budget.versus_uniform(search, steps, {**uniform, "achieved": search["achieved"]}, steps)
     elif uniform is not None:  # the whole student pruned to the uniform search's ratio, fine-tuned the same way
         unpruned = copy.deepcopy(whole)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.reporting.latency_search_sections import table
+
 DEPTH_HEADER = ["blocks removed", "channels removed", "MACs", "p50 ms (achieved)", "validation", "test", "kept"]
 
 
@@ -58,5 +60,4 @@ def depth_arms_section(depth: dict[str, Any] | None, budget_ms: float | None) ->
     if depth is None or depth.get("arms") is None or budget_ms is None:
         return []
     lines = ["", "### Depth against the budget (prune.drop_blocks: auto)", "", depth_arms_text(depth, budget_ms), ""]
-    lines += ["| " + " | ".join(DEPTH_HEADER) + " |", "|" + "|".join("---" for _ in DEPTH_HEADER) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in depth_arm_rows(depth)]
+    return lines + table(DEPTH_HEADER, depth_arm_rows(depth))

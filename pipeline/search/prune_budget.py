@@ -109,9 +109,9 @@ def budget_decision(
         if not search["out_of_time"] and (not arm if hint is None else hint):
             # Every configuration measured and the fastest missed: the floor is the student's. Said once, by the
             # search (the uniform baseline's line, which follows, gives its own numbers).
-            hint = f"{lower_floor(spec.name, len(droppable_blocks(student)))}; `edgeforge floor --model NAME` measures "
-            hint += "one's floor before training"
-            search = {**search, "message": f"{search['message']}; {hint}"}
+            lower = f"{lower_floor(spec.name, len(droppable_blocks(student)))}; `edgeforge floor --model NAME` "
+            lower += "measures one's floor before training"
+            search = {**search, "message": f"{search['message']}; {lower}"}
         log.warning("prune%s: %s", f" ({arm} arm)" if arm else "", search["message"])
     return search
 

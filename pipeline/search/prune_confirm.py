@@ -17,24 +17,32 @@ can only undo a burst's over-pruning, not prune more.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.search.prune_plateau import MAX_CONTENDERS, ROUNDS, Entry, Retime, best_run, interleaved, setting
+from pipeline.search.prune_plateau import (
+    MAX_CONTENDERS,
+    ROUNDS,
+    Entry,
+    Retime,
+    best_run,
+    interleaved,
+    setting,
+    setting_key,
+)
 
 
 def rivals(decision: dict[str, Any], prefer: Callable[[list[Entry]], Entry]) -> tuple[Entry, list[Entry]]:
     """(The chosen configuration's trace entry, the distinct rivals: the module's docstring), the least pruned first,
     at most MAX_CONTENDERS - 1 of them."""
-    chosen_key = json.dumps(setting(decision), sort_keys=True)
+    chosen_key = setting_key(decision)
     trace = decision["trace"]
-    chosen = next(e for e in trace if json.dumps(setting(e), sort_keys=True) == chosen_key)
+    chosen = next(e for e in trace if setting_key(e) == chosen_key)
     seen, found = {chosen_key}, []
     for entry in sorted(trace, key=lambda e: e["ratio"]):
-        key = json.dumps(setting(entry), sort_keys=True)
+        key = setting_key(entry)
         if key in seen or entry["meets_limit"] or best_run(entry) > decision["limit_ms"]:
             continue
         if prefer([chosen, entry]) is entry:

@@ -31,9 +31,8 @@ def chosen_blocks(student: nn.Module, dataset: Dataset, params: Any, model_label
     """None without prune.drop_blocks (auto: without a budget or a droppable block); else {"blocks": the names
     removed, in the order chosen (with auto: every droppable block, in the order they would go), "droppable": every
     block that could go, "steps": each step's scores of every block it weighed, "before": the student's own score,
-    "seconds"}. A one-line StageError when the
-    student has fewer droppable blocks than asked. Under torchrun the leader scores and tells the rest: every rank
-    must remove the same blocks, or DDP's parameter check fails."""
+    "seconds"}. A one-line StageError when the student has fewer droppable blocks than asked. Under torchrun the
+    leader scores and tells the rest: every rank must remove the same blocks, or DDP's parameter check fails."""
     droppable = droppable_blocks(student)
     if not params.drop_blocks or params.drop_blocks == AUTO and (params.target_latency_ms is None or not droppable):
         return None  # auto: nothing to weigh depth against, or no block to drop

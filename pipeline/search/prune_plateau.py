@@ -37,6 +37,11 @@ def setting(entry: Entry) -> Any:
     return entry["channels"] if "channels" in entry else entry["ratio"]
 
 
+def setting_key(entry: Entry) -> str:
+    """A configuration's identity (channels per group, or a ratio), comparable across trace entries and decisions."""
+    return json.dumps(setting(entry), sort_keys=True)
+
+
 def best_run(entry: Entry) -> float:
     """A configuration's fastest repeat (prune.search_repeats), or its one measurement."""
     return min(entry.get("latency_runs_ms") or [entry["latency_ms"]])
@@ -49,7 +54,7 @@ def contenders(trace: list[Entry]) -> list[Entry]:
     fastest = min(e["latency_ms"] for e in trace)
     seen, near = set(), []
     for entry in sorted(trace, key=lambda e: (e["latency_ms"], e["ratio"])):
-        key = json.dumps(setting(entry), sort_keys=True)
+        key = setting_key(entry)
         if best_run(entry) <= fastest * WINDOW and key not in seen:
             seen.add(key)
             near.append(entry)

@@ -188,11 +188,8 @@ def deeper_while_it_pays(
         fastest = min(arms, key=lambda a: a.record()["achieved_ms"])  # searched or fine-tuned: its measured p50
         if fastest.steps is None:
             finetune(fastest)
-    scored = {
-        str(i): (arm.record()["achieved_ms"], arm.record()["validation_accuracy"])
-        for i, arm in enumerate(arms)
-        if arm.steps is not None
-    }
+    records = {str(i): arm.record() for i, arm in enumerate(arms) if arm.steps is not None}
+    scored = {i: (record["achieved_ms"], record["validation_accuracy"]) for i, record in records.items()}
     return arms, int(distributed.broadcast_json(prune_budget.shipped_arm(scored, budget_ms))), stopped
 
 

@@ -241,9 +241,10 @@ def floor(store: ArtifactStore, config_file, overrides, models, as_json) -> None
     do not change latency), for the data stage's images. Each is exported and timed unpruned and at its floor (every
     prunable group at its fewest channels under prune.round_to) as the prune search times its candidates
     (prune.target_device, target_provider, target_batch, target_format), in prune.search_repeats interleaved
-    rounds. With prune.drop_blocks N, each student without its first N droppable residual blocks (auto: without
-    all of them). Exits 1 when prune.target_latency_ms is set and every round of the student, unpruned and at its
-    floor, is over it (less prune.search_margin): that student meets the budget neither unpruned nor at its floor.
+    rounds. With prune.drop_blocks N, each student without its first N droppable residual blocks (auto with a
+    budget: without all of them). Exits 1 when prune.target_latency_ms is set and every round of the student,
+    unpruned and at its floor, is over it (less prune.search_margin): that student meets the budget neither unpruned
+    nor at its floor.
     """
     result = runner.student_floors(load_config(config_file, overrides), store, models)
     click.echo(json.dumps(result, indent=2) if as_json else format_floors(result), nl=False)

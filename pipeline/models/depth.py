@@ -37,10 +37,13 @@ def droppable_blocks(model: nn.Module) -> list[str]:
     return names
 
 
-def blocks_asked(asked: int | str, droppable: list[str]) -> list[str]:
-    """The droppable blocks prune.drop_blocks reaches: its first N, or with auto all of them (the deepest cut the
-    prune stage may try)."""
-    return list(droppable) if asked == AUTO else list(droppable[:asked])
+def blocks_asked(asked: int | str, droppable: list[str], budget_ms: float | None) -> list[str]:
+    """The droppable blocks prune.drop_blocks reaches: its first N; with auto and a latency budget all of them (the
+    deepest cut the prune stage may try), without a budget none (at a fixed ratio a block removed only costs
+    accuracy)."""
+    if asked == AUTO:
+        return list(droppable) if budget_ms is not None else []
+    return list(droppable[:asked])
 
 
 def built_in_droppable(name: str, width: int | None) -> list[str]:

@@ -34,13 +34,13 @@ def chosen_blocks(student: nn.Module, dataset: Dataset, params: Any, model_label
     "seconds"}. A one-line StageError when the student has fewer droppable blocks than asked. Under torchrun the
     leader scores and tells the rest: every rank must remove the same blocks, or DDP's parameter check fails."""
     droppable = droppable_blocks(student)
-    if not params.drop_blocks or params.drop_blocks == AUTO and (params.target_latency_ms is None or not droppable):
-        return None  # auto: nothing to weigh depth against, or no block to drop
     if params.drop_blocks != AUTO and params.drop_blocks > len(droppable):
         raise StageError(too_few_blocks(params.drop_blocks, model_label, droppable))
+    count = len(blocks_asked(params.drop_blocks, droppable, params.target_latency_ms))
+    if not count:
+        return None  # none asked; or auto with nothing to weigh depth against, or no block to drop
     if not distributed.is_leader():
         return distributed.broadcast_json(None)
-    count = len(blocks_asked(params.drop_blocks, droppable))
     return distributed.broadcast_json(_greedy(student, dataset, params, droppable, count))
 
 

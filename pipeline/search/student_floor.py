@@ -12,9 +12,9 @@ above zero (on the Xeon of BENCHMARKS.md CIFAR-10's resnet8 measured 0.10-0.15 m
 search prunes; this says so before the training (`edgeforge floor`, and `floor_check` before a run trains).
 
 With prune.drop_blocks N, each student is measured with its first N droppable residual blocks removed (as many as
-it has; with auto, all of them: the deepest cut the stage may try; never the teacher, whose latency the budget is a
-fraction of). Which N the prune stage removes is chosen on validation after training, and at equal MACs the earlier
-blocks run on larger maps, so this is a guide's best case, not a promise.
+it has; with auto and a budget, all of them: the deepest cut the stage may try; never the teacher, whose latency
+the budget is a fraction of). Which N the prune stage removes is chosen on validation after training, and at equal
+MACs the earlier blocks run on larger maps, so this is a guide's best case, not a promise.
 
 Every model and form is measured in interleaved rounds (prune.search_repeats of them): a 2-core VM drifts by up to
 1.4x over seconds (the same session, 0.066 or 0.090 ms), so back-to-back measurements of one model and then
@@ -73,7 +73,8 @@ def measured_student(role: str, name: str, width: int | None, dataset: Dataset, 
     at the fewest channels the prune search may leave it (its candidate counts' last)."""
     spec = spec_for(dataset, name, width)
     model = build_model(spec).eval()
-    dropped = blocks_asked(prune.drop_blocks, droppable_blocks(model)) if role != "teacher" else []
+    asked = blocks_asked(prune.drop_blocks, droppable_blocks(model), prune.target_latency_ms)
+    dropped = asked if role != "teacher" else []
     drop_blocks(model, dropped)
     groups = prunable_groups(model, spec, prune)
     floor = {group.name: group.counts[-1] for group in groups}

@@ -33,7 +33,9 @@ def resnet14():
 
 def test_blocks_are_dropped_one_at_a_time_each_given_the_ones_already_gone(resnet14, monkeypatch):
     monkeypatch.setattr(prune_depth, "ValidationScores", FakeScores)
-    depth = prune_depth.chosen_blocks(resnet14, None, types.SimpleNamespace(drop_blocks=3, seed=0), "resnet14 x4")
+    depth = prune_depth.chosen_blocks(
+        resnet14, None, types.SimpleNamespace(drop_blocks=3, seed=0, target_latency_ms=None), "resnet14 x4"
+    )
     # 2 costs least alone; given 2, block 4 costs 0.22, so 6 goes (0.03), then 1 (0.05 against 0.22). Scoring each
     # block alone would have taken 2, 4 and 6.
     assert depth["blocks"] == ["2", "6", "1"]
@@ -59,9 +61,16 @@ def test_auto_orders_every_droppable_block_and_without_a_budget_or_a_block_choos
 
 
 def test_no_drop_blocks_chooses_nothing_and_too_many_is_one_line(resnet14):
-    assert prune_depth.chosen_blocks(resnet14, None, types.SimpleNamespace(drop_blocks=0, seed=0), "x") is None
+    assert (
+        prune_depth.chosen_blocks(
+            resnet14, None, types.SimpleNamespace(drop_blocks=0, seed=0, target_latency_ms=None), "x"
+        )
+        is None
+    )
     with pytest.raises(StageError) as error:
-        prune_depth.chosen_blocks(resnet14, None, types.SimpleNamespace(drop_blocks=5, seed=0), "resnet14 x4")
+        prune_depth.chosen_blocks(
+            resnet14, None, types.SimpleNamespace(drop_blocks=5, seed=0, target_latency_ms=None), "resnet14 x4"
+        )
     assert str(error.value) == (
         "prune.drop_blocks=5: resnet14 x4 has 4 residual blocks with an identity shortcut to drop (1, 2, 4, 6); set "
         "prune.drop_blocks to at most 4 (depth pruning knows the built-in ResNets' and MobileNetV2's blocks)"
@@ -71,4 +80,6 @@ def test_no_drop_blocks_chooses_nothing_and_too_many_is_one_line(resnet14):
         StageError,
         match=r"cnn x4 has no residual blocks with an identity shortcut to drop; set prune.drop_blocks to at most 0",
     ):
-        prune_depth.chosen_blocks(cnn, None, types.SimpleNamespace(drop_blocks=1, seed=0), "cnn x4")
+        prune_depth.chosen_blocks(
+            cnn, None, types.SimpleNamespace(drop_blocks=1, seed=0, target_latency_ms=None), "cnn x4"
+        )

@@ -186,6 +186,10 @@ def test_with_drop_blocks_each_model_is_measured_without_its_first_droppable_blo
     )
     deepest, _, _ = student_floor.measured_student("student", "resnet14", 4, dataset, auto)
     assert deepest["model"] == "resnet14 x4 -4 blocks" and deepest["droppable"] == 0
+    # Without a budget auto removes no block in the prune stage, and the floor is the whole student's.
+    _, _, unbudgeted = sections("distill.model=resnet14", "distill.width=4", "prune.drop_blocks=auto")
+    whole, _, _ = student_floor.measured_student("student", "resnet14", 4, dataset, unbudgeted)
+    assert whole["model"] == "resnet14 x4" and whole["dropped_blocks"] == [] and whole["droppable"] == 4
     # A student with fewer blocks than prune.drop_blocks asks is refused with the config, before anything trains.
     with pytest.raises(ConfigError) as refused:
         sections("distill.model=resnet8_s2", "distill.width=4", "prune.drop_blocks=2", "prune.target_latency_ms=100")

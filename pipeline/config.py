@@ -57,7 +57,8 @@ def load_config(
 
     A field with `metadata={"follows": OTHER}` (a model's width follows the model) is reset to None, which its
     dataclass resolves, when a config sets OTHER but not the field itself: choosing another architecture must not
-    keep the default architecture's width.
+    keep the default architecture's width. A field with `metadata={"expects": TEXT}` names what it takes in a type
+    error, where the annotation alone cannot (`int | str` for "a count or auto").
     """
     values: dict[str, dict[str, Any]] = {name: {} for name in sections}
     if path is not None:
@@ -73,7 +74,8 @@ def load_config(
             if follows in values[name] and field.name not in values[name]:
                 values[name][field.name] = None
         hints = typing.get_type_hints(cls)
-        checked = {key: coerce(f"{name}.{key}", value, hints[key]) for key, value in values[name].items()}
+        expects = {field.name: field.metadata.get("expects") for field in dataclasses.fields(cls)}
+        checked = {key: coerce(f"{name}.{key}", value, hints[key], expects[key]) for key, value in values[name].items()}
         built[name] = cls(**checked)
     if check is not None:
         check(built)
@@ -164,13 +166,17 @@ def _resolve_path(section: str, cls: type, key: str, value: Any, base: Path) -> 
     return value
 
 
-def coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Check `value` against a params annotation; return it in the annotated type or raise ConfigError."""
+def coerce(key: str, value: Any, annotation: Any, expects: str | None = None) -> Any:
+    """Check `value` against a params annotation; return it in the annotated type or raise ConfigError.
+
+    `expects` says what the field takes, for the error, where the annotation's types say too little.
+    """
     options = _options(annotation)
+    expected = expects or _describe(annotation)
     if value is None:
         if type(None) in options:
             return None
-        raise ConfigError(f"{key} must not be null; expected {_describe(annotation)}")
+        raise ConfigError(f"{key} must not be null; expected {expected}")
     for option in options:
         if option is type(None):
             continue
@@ -178,9 +184,9 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
         if converted is not _NO:
             return converted
     hint = ""
-    if isinstance(value, bool) and str in options:  # YAML 1.1 reads on/off/yes/no as booleans
+    if isinstance(value, bool) and str in options and not expects:  # YAML 1.1 reads on/off/yes/no as booleans
         hint = " (YAML reads on, off, yes and no as true or false: quote the word)"
-    raise ConfigError(f"{key}={value!r} has the wrong type; expected {_describe(annotation)}{hint}")
+    raise ConfigError(f"{key}={value!r} has the wrong type; expected {expected}{hint}")
 
 
 _NO = object()

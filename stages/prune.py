@@ -64,6 +64,7 @@ SEARCHES = ("uniform", "per_layer", "sampled")
 SEARCH_SCORES = ("magnitude", "validation")
 FINETUNED, FROM_SCRATCH = "fine-tuned", "from scratch"  # which of the two models of the pruned architecture ships
 LATENCY_MODEL_NAMES = tuple(prune_layers.LATENCY_MODELS)
+DROP_BLOCKS_EXPECTED = "an integer >= 0 (0: keep every block), or auto (each depth tried against the budget)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +80,7 @@ class Params:
     # the search and the fine-tune at each depth, 0, 1, 2... blocks, and the most accurate on validation within the
     # budget is the search's arm (pipeline/training/prune_arms.py: when it stops going deeper); without a budget, or
     # for a student without such blocks, none go (at a fixed ratio a block removed only costs accuracy).
-    drop_blocks: int | str = AUTO
+    drop_blocks: int | str = dataclasses.field(default=AUTO, metadata={"expects": DROP_BLOCKS_EXPECTED})
     importance: str = "l2"  # channel ranking: l1 or l2 norm of each channel group's weights
     global_pruning: bool = False  # rank channels across layers instead of the same ratio in each layer
     # Keep a multiple of this many channels per layer (0: any count). CPU kernels are vectorized over 8 or 16
@@ -152,7 +153,7 @@ class Params:
             self.drop_blocks == AUTO or isinstance(self.drop_blocks, int) and self.drop_blocks >= 0,
             "prune.drop_blocks",
             self.drop_blocks,
-            "an integer >= 0 (0: keep every block), or auto (each depth tried against the budget)",
+            DROP_BLOCKS_EXPECTED,
         )
         require(self.importance in IMPORTANCES, "prune.importance", self.importance, " or ".join(IMPORTANCES))
         require(self.finetune_epochs >= 0, "prune.finetune_epochs", self.finetune_epochs, "an integer >= 0")

@@ -5,6 +5,7 @@ import pytest
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.runner import load_config
+from stages import prune
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,6 +76,17 @@ def test_drop_blocks_is_auto_by_default_and_a_count_or_auto_otherwise():
         load_config(overrides=["prune.drop_blocks=all"])
     # The default student has no residual blocks: auto is still valid (it removes none).
     assert load_config().section("prune").drop_blocks == "auto"
+
+
+@pytest.mark.parametrize("value", ["1.5", "true", "[1]"])
+def test_a_wrong_type_names_what_the_field_takes_not_only_its_types(value):
+    # drop_blocks is `int | str`: "an integer or a string" would not say that the one string it takes is auto, and
+    # the YAML quoting hint for a boolean would not help (a quoted "true" is refused next).
+    with pytest.raises(ConfigError) as raised:
+        load_config(overrides=[f"prune.drop_blocks={value}"])
+    assert str(raised.value).startswith("prune.drop_blocks=")
+    assert str(raised.value).endswith("has the wrong type; expected " + prune.DROP_BLOCKS_EXPECTED)
+    assert "auto" in prune.DROP_BLOCKS_EXPECTED
 
 
 def test_malformed_inputs(tmp_path):

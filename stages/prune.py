@@ -55,7 +55,8 @@ SECTION = "prune"
 # 14: a met budget's less pruned candidates that missed with a repeat under the limit are timed again beside the
 #     chosen one in interleaved rounds, and the least pruned that meets it there ships ("confirmed")
 # 15: auto fine-tunes a depth only when its search measured within the budget (or, none doing so, the fastest)
-VERSION = 15
+# 16: the uniform arm's plateau rounds are kept in the search's record (uniform_baseline.plateau)
+VERSION = 16
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")

@@ -33,7 +33,9 @@ SECTION = "signoff"
 # 18: the pruning section names the residual blocks prune.drop_blocks removed, and how each was chosen; the edge
 # choice's reason says "the fastest and those within every latency limit" (the fastest may be over them)
 # 19: with prune.drop_blocks auto, a table of every depth tried ("Depth against the budget")
-VERSION = 19
+# 20: report.html shows the candidates each search timed again in interleaved rounds (plateau, confirmed), as
+#     report.md does; report.md's uniform arm shows its plateau rounds too
+VERSION = 20
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")

@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from pipeline.reporting import plots
-from pipeline.reporting.depth_section import DEPTH_HEADER, depth_arm_rows, depth_arms_text, depth_lines
 from pipeline.reporting.html_figures import (
     caption_distributions,
     caption_pareto,
@@ -20,9 +19,11 @@ from pipeline.reporting.html_figures import (
     figure,
     per_class_section,
     search_trace_section,
+    table_rows,
     training_section,
 )
-from pipeline.reporting.latency_search_sections import UNIFORM_HEADER, same_model_sentence, uniform_baseline_rows
+from pipeline.reporting.html_figures import table as _table
+from pipeline.reporting.html_search import depth_section, remeasured_section, uniform_baseline_section
 from pipeline.reporting.markdown import onnx_teacher_sentence
 from pipeline.reporting.plots import PROVIDER, STATS, latency_at
 from pipeline.reporting.search_sections import QUANTIZATION_AWARE_HEADER, quantization_aware_rows
@@ -68,8 +69,9 @@ def render_html(report: dict[str, Any]) -> str:
         figure(plots.latency_distributions(report, batch, colors), caption_distributions(report, batch)),
         figure(plots.size_and_macs(report, colors), "File size (bytes) and MACs per image of every model."),
         search_trace_section(report),
-        render_uniform_baseline(report),
-        _depth(report),
+        remeasured_section(report),
+        uniform_baseline_section(report),
+        depth_section(report),
         _quantization_aware(report),
         training_section(report),
         per_class_section(report),
@@ -102,60 +104,17 @@ def _verdict(report: dict) -> str:
     )
 
 
-def _table(header: Iterable[str], rows: Iterable[str], cls: str = "") -> str:
-    """`header` are escaped here; `rows` are finished `<tr>` strings whose cells were escaped by the caller."""
-    head = "".join(f'<th class="{"name" if i == 0 else ""}">{_e(h)}</th>' for i, h in enumerate(header))
-    table = f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-    return f'<div class="scroll">{table}</div>'
-
-
-def _depth(report: dict) -> str:
-    """The residual blocks prune.drop_blocks removed, in report.md's words."""
-    depth = (report.get("pruning") or {}).get("depth")
-    lines = depth_lines(depth)
-    if not lines:
-        return ""
-    html = f"<h2>Residual blocks removed</h2><p>{_e(lines[0].removeprefix('- '))}</p>"
-    budget_ms = (report.get("latency_search") or {}).get("budget_ms")
-    if depth.get("arms") is None or budget_ms is None:
-        return html
-    rows = ["<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in cells) + "</tr>" for cells in depth_arm_rows(depth)]
-    return html + f"<p>{_e(depth_arms_text(depth, budget_ms))}</p>" + _table(DEPTH_HEADER, rows)
-
-
 def _quantization_aware(report: dict) -> str:
     """Post-training int8 against its fp32 source, and the quantization-aware fine-tune where it ran."""
     records = report.get("quantization_aware") or {}
     if not records:
         return ""
-    rows = [
-        "<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in cells) + "</tr>"
-        for cells in quantization_aware_rows(records)
-    ]
     first = next(iter(records.values()))
     return (
         "<h2>Quantization-aware fine-tune</h2>"
         f"<p>Validation accuracies in onnxruntime. quantize.qat: {_e(first['mode'])}; with auto it runs where "
         f"post-training int8 loses more than {first['max_drop']:g}; the more accurate int8 file is kept.</p>"
-        + _table(QUANTIZATION_AWARE_HEADER, rows)
-    )
-
-
-def render_uniform_baseline(report: dict) -> str:
-    """A per-layer search's model against the uniform search's at the same budget (prune.uniform_baseline)."""
-    search = report.get("latency_search") or {}
-    if "uniform_baseline" not in search:
-        return ""
-    rows = [
-        "<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in cells) + "</tr>" for cells in uniform_baseline_rows(search)
-    ]
-    return (
-        "<h2>Per-layer against uniform pruning at the same budget</h2>"
-        "<p>Both pruned from the student and fine-tuned the same way; the more accurate on validation within the "
-        "budget ships (prune.uniform_baseline)."
-        + same_model_sentence(search["uniform_baseline"])
-        + "</p>"
-        + _table(UNIFORM_HEADER, rows)
+        + _table(QUANTIZATION_AWARE_HEADER, table_rows(quantization_aware_rows(records)))
     )
 
 
@@ -263,9 +222,8 @@ def _targets(report: dict) -> str:
     )
     table = target_rows(report)
     if table:
-        header, rows = table
-        cells = ["<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in row) + "</tr>" for row in rows]
-        html += _table(header, cells, "text")
+        header, cells = table
+        html += _table(header, table_rows(cells), "text")
     return html
 
 

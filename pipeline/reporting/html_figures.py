@@ -1,9 +1,12 @@
 """The sections of report.html that hold a plot (pipeline/reporting/plots.py draws them): each figure inline as SVG
-with its caption, the training curves, the search trace and the per-class accuracy with its confusion matrix."""
+with its caption, the training curves, the search trace and the per-class accuracy with its confusion matrix; and
+the page's escaping and table helpers, shared by every section."""
 
 from __future__ import annotations
 
 import html
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -19,6 +22,23 @@ def escape(value: Any) -> str:
 
 
 _e = escape
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
+
+
+def table(header: Iterable[str], rows: Iterable[str], cls: str = "") -> str:
+    """`header` are escaped here; `rows` are finished `<tr>` strings whose cells were escaped by the caller."""
+    head = "".join(f'<th class="{"name" if i == 0 else ""}">{_e(h)}</th>' for i, h in enumerate(header))
+    table = f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return f'<div class="scroll">{table}</div>'
+
+
+def table_rows(cell_rows: Iterable[Iterable[str]]) -> list[str]:
+    """`<tr>` strings of report.md's cells, escaped; a cell's markdown bold (`**chosen**`) becomes <strong>."""
+    return ["<tr>" + "".join(f"<td>{_strong(_e(cell))}</td>" for cell in cells) + "</tr>" for cells in cell_rows]
+
+
+def _strong(text: str) -> str:
+    return _BOLD.sub(r"<strong>\1</strong>", text)
 
 
 def figure(fig: Figure | None, caption: str) -> str:

@@ -26,10 +26,21 @@ def _measured(entry: dict[str, Any]) -> str:
     return f"{entry['latency_ms']:.4f} ({entry['format']}{spread})"
 
 
-def plateau_lines(search: dict[str, Any]) -> list[str]:
+Parts = tuple[str, list[str], list[list[str]]]  # a table's sentence, header and rows, for report.md and report.html
+
+
+def as_lines(parts: Parts | None) -> list[str]:
+    """report.md's lines of a sentence and its table ([] for none)."""
+    if parts is None:
+        return []
+    intro, header, rows = parts
+    return ["", intro, "", *table(header, rows)]
+
+
+def plateau_parts(search: dict[str, Any]) -> Parts | None:
     """A missed budget's contenders timed again in interleaved rounds (pipeline/search/prune_plateau.py)."""
     if "plateau" not in search:
-        return []
+        return None
     plateau, chosen = search["plateau"], setting(search)
     rows = []
     for row in plateau["contenders"]:
@@ -44,13 +55,17 @@ def plateau_lines(search: dict[str, Any]) -> list[str]:
         f"the fastest are timed again in interleaved rounds ({plateau['seconds']:.1f} s); a candidate slower than the "
         "fastest of the rounds in every round is slower, and of the rest the search's preferred one ships:"
     )
-    return ["", intro, "", *table([*header, ""], rows)]
+    return intro, [*header, ""], rows
 
 
-def confirmed_lines(search: dict[str, Any]) -> list[str]:
+def plateau_lines(search: dict[str, Any]) -> list[str]:
+    return as_lines(plateau_parts(search))
+
+
+def confirmed_parts(search: dict[str, Any]) -> Parts | None:
     """A met budget's rivals timed again beside the chosen configuration (pipeline/search/prune_confirm.py)."""
     if "confirmed" not in search:
-        return []
+        return None
     confirmed = search["confirmed"]
     rows = [
         [
@@ -72,7 +87,11 @@ def confirmed_lines(search: dict[str, Any]) -> list[str]:
         "Configurations the search would have preferred, measured over its limit with a repeat under it, were timed "
         f"again beside its choice in interleaved rounds ({confirmed['seconds']:.1f} s): {outcome}."
     )
-    return ["", intro, "", *table([*header, "meets limit", ""], rows)]
+    return intro, [*header, "meets limit", ""], rows
+
+
+def confirmed_lines(search: dict[str, Any]) -> list[str]:
+    return as_lines(confirmed_parts(search))
 
 
 def latency_search_section(search: dict[str, Any] | None) -> list[str]:
@@ -221,7 +240,8 @@ def uniform_baseline_section(search: dict[str, Any]) -> list[str]:
         + same_model_sentence(baseline),
         "",
     ]
-    return lines + table(UNIFORM_HEADER, uniform_baseline_rows(search)) + confirmed_lines(baseline)
+    remeasured = plateau_lines(baseline) + confirmed_lines(baseline)
+    return lines + table(UNIFORM_HEADER, uniform_baseline_rows(search)) + remeasured
 
 
 def same_model_sentence(baseline: dict[str, Any]) -> str:

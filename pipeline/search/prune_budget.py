@@ -173,7 +173,8 @@ def versus_uniform(search: dict, steps: list[dict], uniform: dict, uniform_steps
         "message": uniform.get("message", ""),
         "before_finetune": uniform_steps[0]["before_finetune"],
         "finetuned": theirs,
-        **({"confirmed": uniform["confirmed"]} if "confirmed" in uniform else {}),  # pipeline/search/prune_confirm.py
+        # timed again in interleaved rounds: pipeline/search/prune_plateau.py (missed), prune_confirm.py (met)
+        **{key: uniform[key] for key in ("plateau", "confirmed") if key in uniform},
     }
     shipped = shipped_arm(arms, search["budget_ms"])
     baseline["same_model"] = both_unpruned(search, uniform)  # one model, fine-tuned once for both arms

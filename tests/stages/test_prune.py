@@ -299,8 +299,8 @@ def test_the_uniform_baseline_is_pruned_and_fine_tuned_beside_the_per_layer_sear
 ):
     from pipeline.models.group_pruning import channel_counts
     from pipeline.models.storage import load_model
-    from pipeline.reporting.html import render_uniform_baseline
     from pipeline.reporting.html_figures import search_trace_section
+    from pipeline.reporting.html_search import uniform_baseline_section
     from pipeline.reporting.latency_search_sections import latency_search_section
     from pipeline.search import prune_candidates
 
@@ -335,14 +335,14 @@ def test_the_uniform_baseline_is_pruned_and_fine_tuned_beside_the_per_layer_sear
     assert "### Against the uniform search at the same budget (prune.uniform_baseline)" in markdown
     assert f"| uniform | {baseline['ratio']:.1%} | {theirs['macs']:,} |" in markdown
     assert "pruned to one ratio in every layer, the fastest measured (none met) (3 ratios measured" in markdown
-    html = render_uniform_baseline({"latency_search": search}) + search_trace_section({"latency_search": search})
+    html = uniform_baseline_section({"latency_search": search}) + search_trace_section({"latency_search": search})
     assert "Per-layer against uniform pruning at the same budget" in html
     assert "Beside it, the 3 ratios the uniform search measured at the same budget" in html  # in the trace plot
 
 
 @pytest.mark.slow
 def test_a_budget_both_searches_meet_unpruned_fine_tunes_the_student_once(store, caplog):
-    from pipeline.reporting.html import render_uniform_baseline
+    from pipeline.reporting.html_search import uniform_baseline_section
 
     caplog.set_level(logging.INFO)
     per_layer = ["prune.search=per_layer", "prune.target_format=fp32", "prune.scratch_baseline=false"]
@@ -355,7 +355,7 @@ def test_a_budget_both_searches_meet_unpruned_fine_tunes_the_student_once(store,
     assert search["shipped"] == "per_layer" and metrics["params"] == metrics["params_before"]
     assert "prune: epoch" in caplog.text and "prune uniform:" not in caplog.text  # the baseline's never ran
     assert "the uniform search kept every channel too: one model" in metrics["summary"]
-    assert "one model, fine-tuned and measured once" in render_uniform_baseline({"latency_search": search})
+    assert "one model, fine-tuned and measured once" in uniform_baseline_section({"latency_search": search})
 
 
 @pytest.mark.slow

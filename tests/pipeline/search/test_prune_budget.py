@@ -105,3 +105,31 @@ def test_what_lowers_the_floor_names_the_stride_2_variant_only_where_there_is_on
     )
     for model in ("resnet8_s2", "cnn", "mobilenetv2", "timm:mobilenetv3_small_050"):
         assert lower_floor(model) == "for a lower floor distill a smaller student (distill.model, distill.width)"
+
+
+def test_both_arms_rounds_timed_again_are_kept_and_shown_in_report_md_and_report_html():
+    from pipeline.reporting.html_search import remeasured_section
+    from pipeline.search.prune_plateau import settled
+    from pipeline.search.prune_ratio import decide, least_ratio
+
+    # The uniform arm missed the budget: its plateau rounds chose 30%, tied with 50% in every round.
+    trace = [{"ratio": r, "latency_ms": ms, "meets_limit": False} for r, ms in [(0.0, 0.35), (0.3, 0.25), (0.5, 0.24)]]
+    missed = decide(trace, budget_ms=0.2, limit=0.2, margin=0.0, out_of_time=False, seconds=1.0)
+    uniform = {**settled(missed, lambda settings: [0.24] * len(settings), least_ratio), "search": "uniform"}
+    uniform |= {"achieved": {"latency_ms": 0.24, "format": "fp32"}, "method": {"batch": 1}}
+    confirmed = {"rounds": 5, "searched_ratio": 0.357, "chosen_ratio": 0.2, "seconds": 1.0, "message": "20.0% met",
+                 "entries": [{"ratio": 0.2, "first_runs_ms": [0.21], "runs_ms": [0.19] * 5, "median_ms": 0.19,
+                              "meets_limit": True}]}  # fmt: skip
+    search = {**decision("sampled", 0.2, 0.19), "confirmed": confirmed}
+    both = versus_uniform(search, schedule(0.7, 0.69, 4000), uniform, schedule(0.6, 0.6, 3000))
+    assert both["uniform_baseline"]["plateau"] == uniform["plateau"]
+    markdown = "\n".join(uniform_baseline_section(both))
+    assert "| 30.0% | 0.2400 0.2400 0.2400 0.2400 0.2400 | 0.2400 | no | fastest, **chosen** |" in markdown
+    html = remeasured_section({"latency_search": both})
+    assert html.startswith(
+        "<h2>Candidates timed again</h2><p><strong>The search (prune.search: sampled).</strong> Configurations"
+    )
+    assert "<td>20.0%</td><td>0.2100</td><td>0.1900 0.1900 0.1900 0.1900 0.1900</td>" in html
+    assert "<strong>The uniform search beside it (prune.uniform_baseline).</strong> Where no candidate" in html
+    assert "<td>fastest, <strong>chosen</strong></td>" in html
+    assert remeasured_section({"latency_search": decision("sampled", 0.2, 0.19)}) == ""

@@ -277,7 +277,9 @@ def check_signoff(report: Artifact) -> None:
     failed = report.metrics["failed_gates"]
     if not report.metrics["signoff_passed"]:
         names = ", ".join(failed) if failed else "no model passed the accuracy gates"
-        raise SignoffFailed(f"sign-off failed: {names} (see release/report.md)")
+        closest = report.metrics["closest_to_passing"]
+        closest = f"; closest to passing: {closest}" if closest else ""
+        raise SignoffFailed(f"sign-off failed: {names}{closest} (see release/report.md)")
 
 
 def stage_status(config: Config, store: ArtifactStore) -> list[dict[str, Any]]:

@@ -21,8 +21,16 @@ from pipeline.cache import Artifact
 from pipeline.config import params_to_dict, reproduce_command
 from pipeline.errors import StageError, require
 from pipeline.reporting import release
-from pipeline.reporting.gates import choose_edge_model, edge_reason, pareto_front, parse_latency_limit, signoff_gates
+from pipeline.reporting.gates import (
+    choose_edge_model,
+    edge_reason,
+    gates_each_model_fails,
+    pareto_front,
+    parse_latency_limit,
+    signoff_gates,
+)
 from pipeline.reporting.markdown import render_markdown
+from pipeline.reporting.signoff_section import nearest_text
 from pipeline.reporting.steps import CHOICES, what_each_step_did
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, provider_name
 
@@ -35,7 +43,8 @@ SECTION = "signoff"
 # 19: with prune.drop_blocks auto, a table of every depth tried ("Depth against the budget")
 # 20: report.html shows the candidates each search timed again in interleaved rounds (plateau, confirmed), as
 #     report.md does; report.md's uniform arm shows its plateau rounds too
-VERSION = 20
+# 21: on a failed sign-off, every model against the gates (signoff.failed_by_model) and the closest in the summary
+VERSION = 21
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")
@@ -181,12 +190,14 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
 
     (out_dir / "report.html").write_text(render_html(report))
     verdict = "PASSED" if report["signoff"]["passed"] else "FAILED"
+    closest = nearest_text(report)
     return {
         "edge_model": edge["name"],
         "signoff_passed": report["signoff"]["passed"],
         "failed_gates": [g["name"] for g in gates if not g["passed"]],
+        "closest_to_passing": closest,  # on a failed sign-off, the models that fail the fewest gates, and those gates
         "summary": f"edge model {edge['name']} (validation {edge['validation_accuracy']:.4f}, test "
-        f"{edge['accuracy']:.4f}); sign-off {verdict}",
+        f"{edge['accuracy']:.4f}); sign-off {verdict}" + (f"; closest to passing: {closest}" if closest else ""),
     }
 
 
@@ -227,7 +238,11 @@ def edge_decision(
     return {
         "edge_model": edge["name"],
         "edge_model_reason": edge_reason(edge, passing, tied, params),
-        "signoff": {"passed": bool(passing) and all(g["passed"] for g in gates), "gates": gates},
+        "signoff": {
+            "passed": bool(passing) and all(g["passed"] for g in gates),
+            "gates": gates,
+            "failed_by_model": gates_each_model_fails(models, params),  # what stands between each model and a pass
+        },
         "edge_choice": {
             "batch": params.latency_batch,
             "provider": provider,

@@ -225,3 +225,10 @@ def pareto_front(models: list[dict], batch: str = "1", provider: str = "CPUExecu
         )
 
     return [name for name, (accuracy, p50) in points.items() if not dominated(accuracy, p50)]
+
+
+def gates_each_model_fails(models: list[dict], params: Any) -> dict[str, list[dict[str, Any]]]:
+    """{model name: the sign-off gates it would fail as the edge model}, each model judged as `signoff_gates` judges
+    the edge model (test split). Nothing is chosen on it: on a failed sign-off it says what stands between each model
+    and a pass, e.g. the model within the budget that misses an accuracy gate and the one that misses the budget."""
+    return {m["name"]: [g for g in signoff_gates(m, models, params) if not g["passed"]] for m in models}

@@ -27,6 +27,9 @@ from pipeline.reporting.html_search import depth_section, remeasured_section, un
 from pipeline.reporting.markdown import onnx_teacher_sentence
 from pipeline.reporting.plots import PROVIDER, STATS, latency_at
 from pipeline.reporting.search_sections import QUANTIZATION_AWARE_HEADER, quantization_aware_rows
+from pipeline.reporting.signoff_section import HEADER as FAILING_HEADER
+from pipeline.reporting.signoff_section import INTRO as FAILING_INTRO
+from pipeline.reporting.signoff_section import failing_rows
 from pipeline.reporting.targets_section import target_descriptions, target_rows
 
 CSS = """
@@ -193,7 +196,13 @@ def _gates_table(report: dict) -> str:
         f'<td class="{"pass" if g["passed"] else "fail"}">{"pass" if g["passed"] else "FAIL"}</td></tr>'
         for g in report["signoff"].get("gates", [])
     ]
-    return "<h2>Gates</h2>\n" + _table(["gate", "limit", "value", "compares", "verdict"], rows)
+    html = "<h2>Gates</h2>\n" + _table(["gate", "limit", "value", "compares", "verdict"], rows)
+    failing = failing_rows(report)
+    if failing:
+        html += f"<h3>Every model against the gates</h3><p>{_e(FAILING_INTRO)}</p>" + _table(
+            FAILING_HEADER, table_rows(failing)
+        )
+    return html
 
 
 def _gate_basis(gate: dict) -> str:

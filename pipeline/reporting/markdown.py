@@ -6,6 +6,7 @@ from typing import Any
 
 from pipeline.reporting.depth_section import depth_lines
 from pipeline.reporting.search_sections import search_sections
+from pipeline.reporting.signoff_section import failing_lines
 from pipeline.reporting.targets_section import target_descriptions, target_rows
 
 
@@ -64,6 +65,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += search_sections(report)
     lines += steps_section(report)
     lines += gates_section(signoff["gates"])
+    lines += failing_lines(report)
     lines += deploy_section(report)
     lines += environment_section(report)
     return "\n".join(lines) + "\n"

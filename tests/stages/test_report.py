@@ -234,3 +234,34 @@ def test_a_report_made_before_the_limits_rule_is_rechecked_with_speed_alone():
     new = synthetic_report(max_latency_ms=1.0)
     assert new["edge_model"] == "student" and dataclasses.asdict(Params())["accurate_within_limits"] is True
     assert recheck_signoff(new, Params)["mismatches"] == []
+
+
+def test_a_failed_signoff_shows_what_each_model_lacks_and_names_the_closest():
+    from pipeline.reporting.gates import gates_each_model_fails
+    from pipeline.reporting.signoff_section import failing_lines, nearest_text
+
+    # The CIFAR-10 case: the pruned model meets the budget but loses more than max_drop_vs_student; the student
+    # passes the accuracy gates and misses the budget. Whichever ships, the sign-off fails: say what each lacks.
+    params = Params(max_drop_vs_student=0.005, latency_limits=("cpu:1:p50<=0.25",))
+    edge, passing, _ = choose_edge_model(MODELS, params)
+    gates = signoff_gates(edge, MODELS, params)
+    assert edge["name"] == "student" and not all(g["passed"] for g in gates)
+    failing = gates_each_model_fails(MODELS, params)
+    assert [g["name"] for g in failing["student"]] == ["max_latency_ms_p50_cpu_batch_1"]
+    assert [g["name"] for g in failing["pruned"]] == ["max_drop_vs_student"]
+    report = {"models": MODELS, "signoff": {"passed": False, "gates": gates, "failed_by_model": failing}}
+    lines = failing_lines(report)
+    assert lines[1] == "### Every model against the gates"
+    assert lines[6:] == [  # fewest failed first; without a speed-up gate the teacher misses the limit alone
+        "|---|---|---|---|",
+        "| teacher | 0.9900 | 0.9900 | max_latency_ms_p50_cpu_batch_1 1 against 0.25 |",
+        "| student | 0.9800 | 0.9800 | max_latency_ms_p50_cpu_batch_1 0.3 against 0.25 |",
+        "| pruned | 0.9700 | 0.9700 | max_drop_vs_student 0.01 against 0.005 |",
+        "| int8 | 0.9000 | 0.9000 | max_drop_vs_teacher 0.09 against 0.03; max_drop_vs_student 0.08 against 0.005 |",
+    ]
+    assert nearest_text(report).startswith(
+        "teacher (max_latency_ms_p50_cpu_batch_1 1 against 0.25); student "
+        "(max_latency_ms_p50_cpu_batch_1 0.3 against 0.25); pruned (max_drop_vs_student 0.01 against 0.005)"
+    )
+    passed = {**report, "signoff": {**report["signoff"], "passed": True}}
+    assert failing_lines(passed) == [] and nearest_text(passed) == ""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.reporting.gates import choose_edge_model, pareto_front, signoff_gates
+from pipeline.reporting.gates import choose_edge_model, gates_each_model_fails, pareto_front, signoff_gates
 from pipeline.reporting.html import render_html
 from stages.bench import PROVIDER
 from stages.report import Params
@@ -92,7 +92,11 @@ def synthetic_report(optional: bool = True, **signoff: float) -> dict:
         "models": models,
         "edge_model": edge["name"],
         "edge_model_reason": "fastest passing (see https://example.invalid/docs)",
-        "signoff": {"passed": bool(passing) and all(g["passed"] for g in gates), "gates": gates},
+        "signoff": {
+            "passed": bool(passing) and all(g["passed"] for g in gates),
+            "gates": gates,
+            "failed_by_model": gates_each_model_fails(models, params),
+        },
         "training": {
             "teacher": history(6, kd=False),
             "student": history(6, kd=True),
@@ -154,6 +158,12 @@ def test_failed_signoff_shows_red_banner_and_failing_gate():
     assert not report["signoff"]["passed"]
     assert 'class="verdict failed"' in page and "Sign-off FAILED" in page
     assert "Failed gates: max_size_bytes" in page
+    # Every model against the gates, fewest failed first: the teacher fails the size alone, int8 two drops as well.
+    table = page[page.index("<h3>Every model against the gates</h3>") :]
+    assert table.index("<td>teacher</td>") < table.index("<td>int8</td>")
+    assert "<td>max_size_bytes 400,000 against 1,000</td>" in table
+    assert "<td>max_drop_vs_teacher 0.04 against 0.03; max_drop_vs_student 0.03 against 0.02; max_size_bytes" in table
+    assert "Every model against the gates" not in render_html(synthetic_report())  # a pass needs no such table
 
 
 def test_figure_ids_are_unique_within_the_page():

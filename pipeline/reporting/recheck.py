@@ -14,7 +14,8 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 from pipeline.reporting.compare import is_number, lookup, validate_report
-from pipeline.reporting.gates import choose_edge_model, signoff_gates
+from pipeline.reporting.gates import choose_edge_model, gates_each_model_fails, signoff_gates
+from pipeline.reporting.signoff_section import nearest_text
 from pipeline.runtime.timing import provider_name
 
 BEFORE_THEIR_TIME = {"accurate_within_limits": False}  # reports before VERSION 16 chose by speed alone
@@ -23,7 +24,8 @@ BEFORE_THEIR_TIME = {"accurate_within_limits": False}  # reports before VERSION 
 def recheck_signoff(report: dict[str, Any], params_class: type, source: str = "report") -> dict[str, Any]:
     """Recompute the edge model and every gate from the report's models and config.signoff.
 
-    Returns {"passed", "edge_model", "gates", "mismatches"}: the recomputed verdict, edge model and gates, and
+    Returns {"passed", "edge_model", "gates", "closest", "mismatches"}: the recomputed verdict, edge model and
+    gates, the models closest to passing when it failed (signoff_section.nearest_text), and
     every place the stored report disagrees: one entry per gate whose stored limit, value or verdict differs
     or that is missing on one side ({"name", "fields", "stored", "recomputed"}, a side None when the gate is
     absent there), plus entries named "signoff.passed" and "edge_model" when those disagree.
@@ -50,7 +52,9 @@ def recheck_signoff(report: dict[str, Any], params_class: type, source: str = "r
         mismatches.append(
             {"name": "edge_model", "fields": ["name"], "stored": report["edge_model"], "recomputed": edge["name"]}
         )
-    return {"passed": passed, "edge_model": edge["name"], "gates": gates, "mismatches": mismatches}
+    failing = {"passed": passed, "failed_by_model": gates_each_model_fails(models, params)}
+    closest = nearest_text({"models": models, "signoff": failing})
+    return {"passed": passed, "edge_model": edge["name"], "gates": gates, "closest": closest, "mismatches": mismatches}
 
 
 def _signoff_params(values: Any, params_class: type, source: str) -> Any:
@@ -122,6 +126,8 @@ def format_recheck(result: dict[str, Any]) -> str:
     """One line for the verdict, then one per mismatch."""
     verdict = "PASSED" if result["passed"] else "FAILED"
     lines = [f"recomputed sign-off: {verdict}, edge model {result['edge_model']}"]
+    if result["closest"]:
+        lines.append(f"closest to passing: {result['closest']}")
     if not result["mismatches"]:
         lines.append("the stored verdict, edge model and gates agree with the recomputed ones")
     for m in result["mismatches"]:

@@ -200,6 +200,8 @@ def test_signoff_rechecks_a_report_and_compare_flags_an_accuracy_drop(tiny_run, 
     tampered_file.write_text(json.dumps(tampered))
     failed = edgeforge(store.root, "signoff", str(tampered_file))
     assert failed.exit_code == 1 and failed.stdout.startswith("recomputed sign-off: FAILED")
+    assert failed.stdout.splitlines()[1].startswith("closest to passing: ") and "min_accuracy" in failed.stdout
+    assert "closest to passing" not in passed.stdout
 
     worse = json.loads(report_file.read_text())
     worse["models"][1]["accuracy"] -= 0.05

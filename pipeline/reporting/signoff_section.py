@@ -8,8 +8,9 @@ from typing import Any
 from pipeline.reporting.latency_search_sections import table
 
 INTRO = (
-    "No model passed every gate. Each model judged as the edge model would be (the same gates, on the test split; "
-    "nothing is chosen on this table), with the gates it fails:"
+    "The sign-off failed. Each model judged as the edge model would be (the same gates, on the test split; nothing "
+    "is chosen on this table), with the gates it fails (none: it passes them on test, but the edge choice reads "
+    "validation):"
 )
 HEADER = ["model", "validation", "test", "gates failed (value against limit)"]
 
@@ -51,7 +52,7 @@ def nearest_text(report: dict[str, Any]) -> str:
         return ""
     fewest = min(len(gates) for gates in failing.values())
     nearest = [
-        f"{name} ({', '.join(map(failed_gate_text, gates)) or 'no gate on the test split'})"
+        f"{name} ({', '.join(map(failed_gate_text, gates)) or 'passes every gate on the test split'})"
         for name, gates in failing.items()
         if len(gates) == fewest
     ]

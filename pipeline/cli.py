@@ -242,7 +242,7 @@ def floor(store: ArtifactStore, config_file, overrides, models, as_json) -> None
     prunable group at its fewest channels under prune.round_to) as the prune search times its candidates
     (prune.target_device, target_provider, target_batch, target_format), in prune.search_repeats interleaved
     rounds. With prune.drop_blocks N, each student without its first N droppable residual blocks (auto with a
-    budget: without all of them). Exits 1 when prune.target_latency_ms is set and every round of the student,
+    budget: whole and without all of them). Exits 1 when prune.target_latency_ms is set and every round of the student,
     unpruned and at its floor, is over it (less prune.search_margin): that student meets the budget neither unpruned
     nor at its floor.
     """

@@ -12,9 +12,10 @@ above zero (on the Xeon of BENCHMARKS.md CIFAR-10's resnet8 measured 0.10-0.15 m
 search prunes; this says so before the training (`edgeforge floor`, and `floor_check` before a run trains).
 
 With prune.drop_blocks N, each student is measured with its first N droppable residual blocks removed (as many as
-it has; with auto and a budget, all of them: the deepest cut the stage may try; never the teacher, whose latency
-the budget is a fraction of). Which N the prune stage removes is chosen on validation after training, and at equal
-MACs the earlier blocks run on larger maps, so this is a guide's best case, not a promise.
+it has; never the teacher, whose latency the budget is a fraction of). With auto and a budget, each student with
+such blocks is measured whole and without all of them: the first depth the stage tries and the deepest it may.
+Which N the prune stage removes is chosen on validation after training, and at equal MACs the earlier blocks run
+on larger maps, so this is a guide's best case, not a promise.
 
 Every model and form is measured in interleaved rounds (prune.search_repeats of them): a 2-core VM drifts by up to
 1.4x over seconds (the same session, 0.066 or 0.090 ms), so back-to-back measurements of one model and then
@@ -31,7 +32,7 @@ import numpy as np
 from pipeline.datasets.artifact import Dataset
 from pipeline.errors import ConfigError
 from pipeline.models.cifar import STRIDED_STEM
-from pipeline.models.depth import blocks_asked, drop_blocks, droppable_blocks
+from pipeline.models.depth import AUTO, blocks_asked, drop_blocks, droppable_blocks
 from pipeline.models.factory import build_model, check_model_name, published_width
 from pipeline.search import prune_budget, prune_candidates
 from pipeline.search.prune_layer_table import prunable_groups
@@ -68,13 +69,28 @@ def students(teacher: Any, distill: Any, extra: tuple[str, ...]) -> list[tuple[s
     return rows
 
 
-def measured_student(role: str, name: str, width: int | None, dataset: Dataset, prune: Any):
+def measured_models(models: list[tuple[str, str, int | None]], dataset: Dataset, prune: Any) -> list:
+    """measured_student of each of `models`; under auto, a student whose blocks may go is measured whole first."""
+    measured = []
+    for model in models:
+        deepest = measured_student(*model, dataset, prune)
+        if prune.drop_blocks == AUTO and deepest[0]["dropped_blocks"]:
+            measured.append(measured_student(*model, dataset, prune, dropped=[]))
+        measured.append(deepest)
+    return measured
+
+
+def measured_student(
+    role: str, name: str, width: int | None, dataset: Dataset, prune: Any, dropped: list[str] | None = None
+):
     """(the row of one model, its candidates measurer, {form: prune setting}); the floor has every prunable group
-    at the fewest channels the prune search may leave it (its candidate counts' last)."""
+    at the fewest channels the prune search may leave it (its candidate counts' last). `dropped`: the residual
+    blocks removed; by default those prune.drop_blocks asks for (none from the teacher)."""
     spec = spec_for(dataset, name, width)
     model = build_model(spec).eval()
-    asked = blocks_asked(prune.drop_blocks, droppable_blocks(model), prune.target_latency_ms)
-    dropped = asked if role != "teacher" else []
+    if dropped is None:
+        asked = blocks_asked(prune.drop_blocks, droppable_blocks(model), prune.target_latency_ms)
+        dropped = asked if role != "teacher" else []
     drop_blocks(model, dropped)
     groups = prunable_groups(model, spec, prune)
     floor = {group.name: group.counts[-1] for group in groups}
@@ -111,8 +127,7 @@ def timed_rounds(measured: list, forms: tuple[str, ...], rounds: int) -> list[di
 def measure(dataset: Dataset, models: list[tuple[str, str, int | None]], prune: Any) -> dict[str, Any]:
     """{"rows": one per model of `models` (students') with its unpruned and floor latencies (median and range over
     the rounds), "method", "budget_ms", "verdict"}; nothing is trained or written."""
-    measured = [measured_student(*model, dataset, prune) for model in models]
-    rows = timed_rounds(measured, FORMS, prune.search_repeats)
+    rows = timed_rounds(measured_models(models, dataset, prune), FORMS, prune.search_repeats)
     budget = prune.target_latency_ms
     return {
         "rows": rows,
@@ -128,17 +143,27 @@ def verdict(rows: list[dict[str, Any]], budget_ms: float, margin: float) -> dict
     <= budget * (1 - margin)): {"reachable": bool, "message": one line, "faster": the other models that can}.
 
     Unreachable means every round of the student, unpruned and at its floor, measured over the limit. This VM's
-    drift (up to 1.4x over seconds) can put a median over it that a quieter moment meets; that is said, not failed."""
+    drift (up to 1.4x over seconds) can put a median over it that a quieter moment meets; that is said, not failed.
+    Under auto the student has two rows, whole and without its blocks; the verdict speaks of the shallower that
+    reaches the budget by its median, else by its fastest round, else of the deepest."""
     limit = search_limit(budget_ms, margin)
-    student = rows[0]
-    can = [row for row in rows[1:] if row["role"] != "teacher" and row["fastest_ms"] <= limit]
+    mine = [row for row in rows if row["role"] == "student"]
+    student = next((row for row in mine if min(row["unpruned_ms"], row["floor_ms"]) <= limit), None) or next(
+        (row for row in mine if row["fastest_ms"] <= limit), mine[-1]
+    )
+    can = [row for row in rows if row["role"] not in ("student", "teacher") and row["fastest_ms"] <= limit]
     others = ", ".join(
         f"{row['model']} (floor {row['floor_ms']:.4f} ms, {row['fastest_ms']:.4f} fastest)" for row in can
     )
     floor = f"its floor measured {student['floor_ms']:.4f} ms ({student['floor_fastest_ms']:.4f} in its fastest round)"
-    if student["unpruned_ms"] <= limit:
+    if student["unpruned_ms"] <= limit and student is not mine[0]:
+        message = (
+            f"{student['model']} meets it unpruned ({student['unpruned_ms']:.4f} ms), the whole student does not: "
+            "prune.drop_blocks auto tries each depth"
+        )
+    elif student["unpruned_ms"] <= limit:
         message = f"{student['model']} meets it unpruned ({student['unpruned_ms']:.4f} ms): a larger student may fit"
-        larger = [row for row in rows[1:] if row["unpruned_macs"] > student["unpruned_macs"]]
+        larger = [row for row in rows if row["role"] != "student" and row["unpruned_macs"] > student["unpruned_macs"]]
         fits = [f"{row['model']} ({row['unpruned_ms']:.4f} ms)" for row in larger if row["unpruned_ms"] <= limit]
         message += f"; these larger ones meet it unpruned: {', '.join(fits)}" if fits else ""
     elif student["floor_ms"] <= limit:

@@ -117,6 +117,23 @@ def test_the_verdict_applies_the_search_margin_and_names_the_students_that_reach
     assert none["faster"] == [] and "these reach it" not in none["message"]
 
 
+def test_under_auto_the_verdict_speaks_of_the_shallowest_depth_that_reaches_the_budget():
+    whole, other, teacher = rows(0.2, 0.15, 0.03)
+    cut = {**whole, "model": "resnet8 x16 -1 block", "unpruned_ms": 0.08, "floor_ms": 0.06, "fastest_ms": 0.06}
+    said = student_floor.verdict([whole, cut, other, teacher], budget_ms=0.1, margin=0.1)
+    assert said["reachable"] and said["message"] == (
+        "resnet8 x16 -1 block meets it unpruned (0.0800 ms), the whole student does not: prune.drop_blocks auto tries "
+        "each depth"
+    )
+    pruned = {**whole, "floor_ms": 0.085, "fastest_ms": 0.085}  # the whole student reaches it by pruning: it speaks
+    said = student_floor.verdict([pruned, cut, other, teacher], budget_ms=0.1, margin=0.1)
+    assert said["message"].startswith("resnet8 x16 reaches it by pruning: its floor measured 0.0850 ms")
+    over = {**cut, "unpruned_ms": 0.2, "floor_ms": 0.095, "fastest_ms": 0.095}  # neither: the deepest is named
+    said = student_floor.verdict([whole, over, other, teacher], budget_ms=0.1, margin=0.1)
+    assert not said["reachable"] and said["message"].startswith("resnet8 x16 -1 block cannot reach it: its floor")
+    assert said["faster"] == ["resnet8_s2 x16"]
+
+
 def test_a_student_faster_unpruned_than_at_its_floor_reaches_the_budget_unpruned():
     # Small models can run slower at their floor: on digits the cnn x8 measured 0.0154 ms there, 0.0145 unpruned.
     said = student_floor.verdict(rows(0.085, 0.095, 0.095), budget_ms=0.1, margin=0.1)
@@ -186,6 +203,13 @@ def test_with_drop_blocks_each_model_is_measured_without_its_first_droppable_blo
     )
     deepest, _, _ = student_floor.measured_student("student", "resnet14", 4, dataset, auto)
     assert deepest["model"] == "resnet14 x4 -4 blocks" and deepest["droppable"] == 0
+    # `edgeforge floor` shows each such student whole as well: the first depth auto tries. Not the teacher, nor a
+    # model without such blocks.
+    models = [("student", "resnet14", 4), ("asked", "cnn", 4), ("teacher", "resnet8", 4)]
+    measured = student_floor.measured_models(models, dataset, auto)
+    assert [row["model"] for row, _, _ in measured] == ["resnet14 x4", "resnet14 x4 -4 blocks", "cnn x4", "resnet8 x4"]
+    for _, candidates, _ in measured:
+        candidates.close()
     # Without a budget auto removes no block in the prune stage, and the floor is the whole student's.
     _, _, unbudgeted = sections("distill.model=resnet14", "distill.width=4", "prune.drop_blocks=auto")
     whole, _, _ = student_floor.measured_student("student", "resnet14", 4, dataset, unbudgeted)

@@ -5,8 +5,10 @@ which prunes the student both ways at that budget, fine-tunes both the same way 
 stage (prune.uniform_baseline). This reads every run's report.json and writes a Markdown table and a PNG plot:
 each arm's test accuracy against the p50 at batch 1 its fine-tuned model measured in that stage (the latency its
 choice was made on; latencies of different runs are different measurements), each point labelled with its run's
-budget, each budget as a vertical line, and the teacher and the unpruned student as the first run's bench measured
-them. Runs that share an artifacts folder overwrite its release: copy release/report.json away after each run.
+budget, each budget as a vertical line, the teacher as the first run's bench measured it and each distinct student
+(distill.model) unpruned as the first run with it measured it. An arm that removed residual blocks
+(prune.drop_blocks) says which. Runs that share an artifacts folder overwrite its release: copy release/report.json
+away after each run.
 
     python benchmarks/frontier.py runs/*/report.json --out benchmarks/frontier.png
 """
@@ -43,8 +45,10 @@ def arms(report: dict, path: Path) -> list[dict]:
     return [
         {
             "budget_ms": search["budget_ms"],
+            "student": report["config"]["distill"]["model"],
             "arm": name,
             "removed": arm["ratio"],
+            "blocks": arm.get("dropped_blocks") or [],
             "macs": arm["finetuned"]["macs"],
             "latency_ms": arm["achieved"]["latency_ms"],
             "format": arm["achieved"]["format"],
@@ -56,25 +60,34 @@ def arms(report: dict, path: Path) -> list[dict]:
     ]
 
 
-def references(report: dict) -> list[dict]:
-    """The teacher and the unpruned distilled student as this run's bench measured them (batch 1, the CPU)."""
-    return [
-        {"name": model["name"], "latency_ms": latency["p50_ms"], "test": model["accuracy"]}
-        for model in report["models"]
-        if model["name"] in ("teacher", "student") and (latency := latency_at(model, "1"))
-    ]
+def references(reports: list[dict]) -> list[dict]:
+    """The teacher as the first run's bench measured it, and each distinct student unpruned as the first run with it
+    measured it (batch 1, the CPU)."""
+    found = {}
+    for report in reports:
+        student = f"student {report['config']['distill']['model']}"
+        for model in report["models"]:
+            name = {"teacher": "teacher", "student": student}.get(model["name"])
+            if name and name not in found and (latency := latency_at(model, "1")):
+                found[name] = {"name": name, "latency_ms": latency["p50_ms"], "test": model["accuracy"]}
+    return list(found.values())
+
+
+def removed(row: dict) -> str:
+    blocks = f" and block{'s' * (len(row['blocks']) > 1)} {', '.join(row['blocks'])}" if row["blocks"] else ""
+    return f"{row['removed']:.1%}{blocks}"
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| budget (ms) | arm | channels removed | MACs | p50 after fine-tune (ms), against the budget | form "
+        "| budget (ms) | student | arm | channels removed | MACs | p50 after fine-tune (ms), against the budget | form "
         "| validation | test | ships |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         met = "met" if r["latency_ms"] <= r["budget_ms"] else "over"
         lines.append(
-            f"| {r['budget_ms']:.4g} | {r['arm']} | {r['removed']:.1%} | {r['macs'] / 1e6:.2f} M "
+            f"| {r['budget_ms']:.4g} | {r['student']} | {r['arm']} | {removed(r)} | {r['macs'] / 1e6:.2f} M "
             f"| {r['latency_ms']:.4f}, {met} | {r['format']} | {r['validation']:.4f} | {r['test']:.4f} "
             f"| {'**yes**' if r['shipped'] else 'no'} |"
         )
@@ -90,7 +103,8 @@ def plot(rows: list[dict], refs: list[dict], machine: str, out: Path) -> None:
         ax.scatter([r["latency_ms"] for r in mine], [r["test"] for r in mine], marker=marker, color=color, s=50,
                    label=f"{arm} search, fine-tuned", zorder=3)  # fmt: skip
         for r in mine:
-            ax.annotate(f"{r['budget_ms']:.4g}", (r["latency_ms"], r["test"]), xytext=(6, -10),
+            blocks = f", -{len(r['blocks'])} block{'s' * (len(r['blocks']) > 1)}" if r["blocks"] else ""
+            ax.annotate(f"{r['budget_ms']:.4g}{blocks}", (r["latency_ms"], r["test"]), xytext=(6, -10),
                         textcoords="offset points", fontsize=7, color=color)  # fmt: skip
     shipped = [(r["latency_ms"], r["test"]) for r in rows if r["shipped"]]
     ax.scatter(*zip(*shipped, strict=True), s=260, facecolors="none", edgecolors="#b8860b", label="shipped", zorder=4)
@@ -133,7 +147,7 @@ def main() -> None:
     first = next(iter(reports.values()))
     machine = first["machine"]  # pipeline/runtime/environment.py identity(): the CPU's name and its family/model
     cpu = f"{machine['cpu']}, family/model/stepping {'/'.join(map(str, machine['cpu_family_model_stepping']))}"
-    plot(rows, references(first), cpu, args.out)
+    plot(rows, references(list(reports.values())), cpu, args.out)
     print(table(rows))
     print(f"\nwrote {args.out}")
 

@@ -52,8 +52,8 @@ def recheck_signoff(report: dict[str, Any], params_class: type, source: str = "r
         mismatches.append(
             {"name": "edge_model", "fields": ["name"], "stored": report["edge_model"], "recomputed": edge["name"]}
         )
-    failing = {"passed": passed, "failed_by_model": gates_each_model_fails(models, params)}
-    closest = nearest_text({"models": models, "signoff": failing})
+    signoff = {"passed": passed, "failed_by_model": gates_each_model_fails(models, params)}
+    closest = nearest_text({"models": models, "signoff": signoff})
     return {"passed": passed, "edge_model": edge["name"], "gates": gates, "closest": closest, "mismatches": mismatches}
 
 

@@ -73,9 +73,12 @@ def references(reports: list[dict]) -> list[dict]:
     return list(found.values())
 
 
+def blocks_text(blocks: list[str]) -> str:
+    return f"block{'s' * (len(blocks) > 1)} {', '.join(blocks)}"
+
+
 def removed(row: dict) -> str:
-    blocks = f" and block{'s' * (len(row['blocks']) > 1)} {', '.join(row['blocks'])}" if row["blocks"] else ""
-    return f"{row['removed']:.1%}{blocks}"
+    return f"{row['removed']:.1%}" + (f" and {blocks_text(row['blocks'])}" if row["blocks"] else "")
 
 
 def table(rows: list[dict]) -> str:
@@ -103,7 +106,7 @@ def plot(rows: list[dict], refs: list[dict], machine: str, out: Path) -> None:
         ax.scatter([r["latency_ms"] for r in mine], [r["test"] for r in mine], marker=marker, color=color, s=50,
                    label=f"{arm} search, fine-tuned", zorder=3)  # fmt: skip
         for r in mine:
-            blocks = f", -{len(r['blocks'])} block{'s' * (len(r['blocks']) > 1)}" if r["blocks"] else ""
+            blocks = f", without {blocks_text(r['blocks'])}" if r["blocks"] else ""
             ax.annotate(f"{r['budget_ms']:.4g}{blocks}", (r["latency_ms"], r["test"]), xytext=(6, -10),
                         textcoords="offset points", fontsize=7, color=color)  # fmt: skip
     shipped = [(r["latency_ms"], r["test"]) for r in rows if r["shipped"]]

@@ -29,7 +29,7 @@ from pipeline.reporting.plots import PROVIDER, STATS, latency_at
 from pipeline.reporting.search_sections import QUANTIZATION_AWARE_HEADER, quantization_aware_rows
 from pipeline.reporting.signoff_section import HEADER as FAILING_HEADER
 from pipeline.reporting.signoff_section import INTRO as FAILING_INTRO
-from pipeline.reporting.signoff_section import failing_rows
+from pipeline.reporting.signoff_section import failing_rows, gate_number
 from pipeline.reporting.targets_section import target_descriptions, target_rows
 
 CSS = """
@@ -183,9 +183,7 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def _gate_number(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"  # byte counts: 20,000 rather than 2e+04
-    return _fmt(value, ".4g")
+    return "–" if value is None else _e(gate_number(value))
 
 
 def _gates_table(report: dict) -> str:

@@ -15,11 +15,8 @@ INTRO = (
 HEADER = ["model", "validation", "test", "gates failed (value against limit)"]
 
 
-def failed_gate_text(gate: dict[str, Any]) -> str:
-    return f"{gate['name']} {_number(gate['value'])} against {_number(gate['limit'])}"
-
-
-def _number(value: Any) -> str:
+def gate_number(value: Any) -> str:
+    """A gate's limit or value as the report writes it (report.html's gates table too; None: not measured)."""
     if value is None:
         return "not measured"
     if isinstance(value, int) and not isinstance(value, bool):
@@ -27,10 +24,19 @@ def _number(value: Any) -> str:
     return f"{value:.4g}"
 
 
+def failed_gate_text(gate: dict[str, Any]) -> str:
+    return f"{gate['name']} {gate_number(gate['value'])} against {gate_number(gate['limit'])}"
+
+
+def _failing(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """signoff.failed_by_model of a failed sign-off ({} when it passed, or the report predates the record)."""
+    return {} if report["signoff"]["passed"] else report["signoff"].get("failed_by_model") or {}
+
+
 def failing_rows(report: dict[str, Any]) -> list[list[str]]:
     """A row per model, fewest failed gates first ([] when the sign-off passed or the report predates the record)."""
-    failing = report["signoff"].get("failed_by_model")
-    if report["signoff"]["passed"] or not failing:
+    failing = _failing(report)
+    if not failing:
         return []
     models = sorted(report["models"], key=lambda m: len(failing[m["name"]]))
     return [
@@ -47,8 +53,8 @@ def failing_rows(report: dict[str, Any]) -> list[list[str]]:
 def nearest_text(report: dict[str, Any]) -> str:
     """The models that fail the fewest gates, each with those gates, for the stage's summary and the run's error line
     ('' when the sign-off passed)."""
-    failing = report["signoff"].get("failed_by_model")
-    if report["signoff"]["passed"] or not failing:
+    failing = _failing(report)
+    if not failing:
         return ""
     fewest = min(len(gates) for gates in failing.values())
     nearest = [

@@ -31,6 +31,7 @@ from pipeline.search.prune_plateau import (
     interleaved,
     setting,
     setting_key,
+    shipping,
 )
 
 
@@ -93,7 +94,4 @@ def confirmed(decision: dict[str, Any], retime: Retime, prefer: Callable[[list[E
         f"({medians[picked]:.4g} ms; its first repeats {first}), so it is used instead of the {chosen['ratio']:.1%} "
         "the search chose"
     )
-    update = {"ratio": pick["ratio"], "predicted_ms": medians[picked], "confirmed": record}
-    if "channels" in pick:
-        update |= {"channels": pick["channels"], "model_ms": pick["model_ms"]}
-    return {**decision, **update}
+    return {**decision, **shipping(pick, medians[picked]), "confirmed": record}

@@ -42,6 +42,15 @@ def setting_key(entry: Entry) -> str:
     return json.dumps(setting(entry), sort_keys=True)
 
 
+def shipping(entry: Entry, predicted_ms: float) -> dict[str, Any]:
+    """The fields of a decision that name the configuration it ships: `entry`'s, measured at `predicted_ms`; for the
+    per-layer searches its channels and the latency model's prediction too. Shared by settled and prune_confirm."""
+    fields = {"ratio": entry["ratio"], "predicted_ms": predicted_ms}
+    if "channels" in entry:
+        fields |= {"channels": entry["channels"], "model_ms": entry["model_ms"]}
+    return fields
+
+
 def best_run(entry: Entry) -> float:
     """A configuration's fastest repeat (prune.search_repeats), or its one measurement."""
     return min(entry.get("latency_runs_ms") or [entry["latency_ms"]])
@@ -130,7 +139,4 @@ def settled(decision: dict[str, Any], retime: Retime, prefer: Callable[[list[Ent
             f"{decision['message']}; {how}, so the {preferred} of those is used: {chosen['ratio']:.1%} of channels "
             f"removed, {median_ms:.4g} ms in those rounds"
         )
-    update = {"ratio": chosen["ratio"], "predicted_ms": chosen["latency_ms"], "plateau": record, "message": message}
-    if "channels" in chosen:
-        update |= {"channels": chosen["channels"], "model_ms": chosen["model_ms"]}
-    return {**decision, **update}
+    return {**decision, **shipping(chosen, chosen["latency_ms"]), "plateau": record, "message": message}

@@ -94,9 +94,12 @@ def _check_depth(sections: dict[str, Any]) -> None:
 
 def _check_onnx_teacher(sections: dict[str, Any]) -> None:
     """Feature distillation reads the teacher's intermediate layers, which an ONNX teacher does not expose."""
-    teacher, distill = sections["teacher"], sections["distill"]
-    if teacher.onnx is not None and distill.feature_loss != "none":
-        raise ConfigError(
-            f"distill.feature_loss={distill.feature_loss!r} needs the teacher's intermediate layers, which an ONNX "
-            "teacher (teacher.onnx) does not expose: set distill.feature_loss=none"
-        )
+    teacher, distill, prune = sections["teacher"], sections["distill"], sections["prune"]
+    if teacher.onnx is None:
+        return
+    for key, kind in (("distill.feature_loss", distill.feature_loss), ("prune.feature_loss", prune.feature_loss)):
+        if kind not in ("none", "distill"):  # prune's "distill" follows distill.feature_loss, checked first
+            raise ConfigError(
+                f"{key}={kind!r} needs the teacher's intermediate layers, which an ONNX teacher (teacher.onnx) does "
+                f"not expose: set {key}=none"
+            )

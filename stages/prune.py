@@ -39,7 +39,7 @@ from pipeline.models.storage import load_model, save_model
 from pipeline.runtime import targets
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider
 from pipeline.search import prune_budget, prune_candidates, prune_depth, prune_layers
-from pipeline.training import prune_arms
+from pipeline.training import features, prune_arms
 from pipeline.training.onnx_teacher import load_teacher
 from pipeline.training.prune_finetune import prune_and_finetune, scratch_baseline
 from pipeline.training.recipes import check_recipe_params, model_label
@@ -56,13 +56,15 @@ SECTION = "prune"
 #     chosen one in interleaved rounds, and the least pruned that meets it there ships ("confirmed")
 # 15: auto fine-tunes a depth only when its search measured within the budget (or, none doing so, the fastest)
 # 16: the uniform arm's plateau rounds are kept in the search's record (uniform_baseline.plateau)
-VERSION = 16
+# 17: the fine-tunes distil the distill stage's feature loss too (prune.feature_loss), and so does the scratch baseline
+VERSION = 17
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
 IMPORTANCES = ("l1", "l2")
 SEARCHES = ("uniform", "per_layer", "sampled")
 SEARCH_SCORES = ("magnitude", "validation")
+DISTILL_FEATURES = "distill"  # prune.feature_loss: the distill stage's feature loss, weight and layers
 FINETUNED, FROM_SCRATCH = "fine-tuned", "from scratch"  # which of the two models of the pruned architecture ships
 LATENCY_MODEL_NAMES = tuple(prune_layers.LATENCY_MODELS)
 DROP_BLOCKS_EXPECTED = "an integer >= 0 (0: keep every block), or auto (each depth tried against the budget)"
@@ -104,6 +106,11 @@ class Params:
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
     temperature: float = 4.0
     alpha: float = 0.9
+    # Feature distillation in the fine-tune beside the logit loss: distill (the distill stage's, its weight and layers:
+    # the student goes on learning what it was trained on), none, hint or attention (pipeline/training/features.py)
+    feature_loss: str = "distill"
+    feature_weight: float | None = None  # null: distill's with feature_loss distill, else the method's default (1)
+    feature_layers: tuple[str, ...] | None = None  # null: distill's with feature_loss distill, else stage boundaries
     # Also train the pruned architecture from scratch (fresh weights, distillation with distill's recipe) for as
     # many epochs as distill and this fine-tune together: what pruning bought over choosing that network directly.
     scratch_baseline: bool = True
@@ -157,6 +164,14 @@ class Params:
             DROP_BLOCKS_EXPECTED,
         )
         require(self.importance in IMPORTANCES, "prune.importance", self.importance, " or ".join(IMPORTANCES))
+        kinds = (DISTILL_FEATURES, *features.KINDS)
+        require(self.feature_loss in kinds, "prune.feature_loss", self.feature_loss, ", ".join(kinds))
+        require(
+            self.feature_weight is None or self.feature_weight > 0,
+            "prune.feature_weight",
+            self.feature_weight,
+            "a number > 0, or null",
+        )
         require(self.finetune_epochs >= 0, "prune.finetune_epochs", self.finetune_epochs, "an integer >= 0")
         require(self.round_to >= 0, "prune.round_to", self.round_to, "an integer >= 0 (0: no rounding)")
         require(
@@ -224,6 +239,7 @@ def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
 
 
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
+    params = with_distill_features(params, inputs["distill"].manifest["params"])
     dataset = load_dataset(inputs["data"])
     teacher = load_teacher(inputs["teacher"].path)
     whole, spec = load_model(inputs["distill"].path)
@@ -277,6 +293,13 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "history": training,
         "scratch": scratch,
         "shipped": shipped,
+        "finetune_features": None
+        if params.feature_loss == "none"
+        else {
+            "kind": params.feature_loss,
+            "weight": params.feature_weight or features.DEFAULT_WEIGHTS[params.feature_loss],
+            "layers": list(params.feature_layers or ()),
+        },
         "summary": prune_budget.search_summary(search)
         + prune_arms.summary(depth)
         + prune_depth.summary(depth, dropped)
@@ -289,3 +312,16 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
             + (", the one trained from scratch ships" if shipped == FROM_SCRATCH else "")
         ),
     }
+
+
+def with_distill_features(params: Params, distill_params: dict[str, Any]) -> Params:
+    """`params` with feature_loss distill resolved to the distill stage's kind, weight and layers (where unset)."""
+    if params.feature_loss != DISTILL_FEATURES:
+        return params
+    layers = params.feature_layers or distill_params.get("feature_layers")
+    return dataclasses.replace(
+        params,
+        feature_loss=distill_params.get("feature_loss", "none"),
+        feature_weight=params.feature_weight or distill_params.get("feature_weight"),
+        feature_layers=tuple(layers) if layers else None,
+    )

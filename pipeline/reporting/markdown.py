@@ -179,6 +179,14 @@ def _both(scores: dict[str, Any] | None) -> str:
     )
 
 
+def _finetune_features_text(features: dict[str, Any] | None) -> str:
+    """What the prune fine-tune distilled beside the logits (prune.feature_loss), or nothing for logits alone."""
+    if not features:
+        return ""
+    layers = f" on {', '.join(features['layers'])}" if features["layers"] else " on the stage boundaries"
+    return f" (with the {features['kind']} feature loss ×{features['weight']:g}{layers})"
+
+
 def steps_section(report: dict[str, Any]) -> list[str]:
     distill, prune = report["distillation"], report["pruning"]
     features = distill.get("feature_distillation")
@@ -201,7 +209,8 @@ def steps_section(report: dict[str, Any]) -> list[str]:
         *depth_lines(prune.get("depth")),
         f"- Pruning ({prune['ratio']:.1%} of channels): params {prune['params_before']:,} → {prune['params']:,}, "
         f"MACs {prune['macs_before']:,} → {prune['macs']:,}; right after pruning {_both(prune['before_finetune'])}; "
-        f"after the distillation fine-tune {_both(prune['after_finetune'])}" + _gradual_text(prune["steps"]) + ".",
+        f"after the distillation fine-tune{_finetune_features_text(prune.get('finetune_features'))} "
+        f"{_both(prune['after_finetune'])}" + _gradual_text(prune["steps"]) + ".",
         "- The pruned architecture trained from scratch with distillation "
         + (
             "was not trained (prune.scratch_baseline: false)."

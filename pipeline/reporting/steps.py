@@ -88,6 +88,8 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
                 sizes,
             ),
             "shipped": prune_metrics["shipped"],  # "fine-tuned" or "from scratch" (prune.scratch_baseline)
+            # prune.feature_loss as resolved ({kind, weight, layers} or None); absent in entries from before it
+            "finetune_features": prune_metrics.get("finetune_features"),
             "depth": _depth(prune_metrics.get("depth")),  # prune.drop_blocks; None in entries from before it
             "steps": [
                 {

@@ -21,6 +21,7 @@ from pipeline.models.group_pruning import GroupPruner
 from pipeline.models.pruning import make_pruner, schedule
 from pipeline.models.storage import architecture, replay_pruning
 from pipeline.search import prune_layers
+from pipeline.training import features
 from pipeline.training.loop import fit
 from pipeline.training.recipes import recipe_for, scored
 
@@ -57,9 +58,8 @@ def prune_and_finetune(
         macs, n_params = count_macs_and_params(student, spec)
         before = scored(student, dataset)
         checkpoint = "finetune.pt" if len(plan) == 1 else f"finetune-{step['step']}.pt"
-        training += finetune(
-            student, teacher, dataset, params, step["epochs"], out_dir / CHECKPOINTS / (prefix + checkpoint), name
-        )
+        checkpoint_path = out_dir / CHECKPOINTS / (prefix + checkpoint)
+        training += finetune(student, teacher, spec, dataset, params, step["epochs"], checkpoint_path, name)
         step.update(macs=macs, params=n_params, before_finetune=before, after_finetune=scored(student, dataset))
     return (pruner.pruning_history() if pruner is not None else []), plan, training
 
@@ -67,19 +67,25 @@ def prune_and_finetune(
 def finetune(
     student: torch.nn.Module,
     teacher: torch.nn.Module,
+    spec,
     dataset: Dataset,
     params: Any,
     epochs: int,
     checkpoint: Path,
     name: str = "prune",
 ) -> list:
-    """`epochs` of distillation fine-tune of the pruned student (in place); its per-epoch history."""
+    """`epochs` of distillation fine-tune of the pruned student (in place), with prune.feature_loss (resolved: the
+    stage replaced "distill" by the distill stage's kind); its per-epoch history."""
     if epochs == 0:
         return []
     recipe = recipe_for(params, epochs, params.temperature, params.alpha)
     images, labels = dataset.train_images, dataset.train_labels
     validation = dataset.val_images, dataset.val_labels
-    return fit(student, images, labels, dataset.norm, recipe, teacher, name, checkpoint, None, validation)
+    # Built against the model as pruned now: the layer pairs are found again after blocks or channels went.
+    matching = features.build(
+        params.feature_loss, params.feature_weight, params.feature_layers or (), teacher, student, spec.example_input()
+    )
+    return fit(student, images, labels, dataset.norm, recipe, teacher, name, checkpoint, matching, validation)
 
 
 def scratch_baseline(
@@ -104,10 +110,19 @@ def scratch_baseline(
     epochs = params.scratch_epochs or distill_params["epochs"] + params.finetune_epochs
     teaching = SimpleNamespace(**distill_params)
     recipe = recipe_for(teaching, epochs, teaching.temperature, teaching.alpha)
+    matching = features.build(
+        teaching.feature_loss,
+        teaching.feature_weight,
+        tuple(teaching.feature_layers or ()),
+        teacher,
+        model,
+        spec.example_input(),
+    )
     images, labels = dataset.train_images, dataset.train_labels
     validation = dataset.val_images, dataset.val_labels
     checkpoint = out_dir / CHECKPOINTS / "scratch.pt"
-    history = fit(model, images, labels, dataset.norm, recipe, teacher, "prune scratch", checkpoint, None, validation)
+    name = "prune scratch"
+    history = fit(model, images, labels, dataset.norm, recipe, teacher, name, checkpoint, matching, validation)
     return model, {
         "epochs": epochs,
         **scored(model, dataset),

@@ -204,6 +204,11 @@ def test_the_wrong_layout_names_the_right_one(foreign):
             r"^distill.feature_loss='hint' needs the teacher's intermediate layers, which an ONNX teacher "
             r"\(teacher.onnx\) does not expose: set distill.feature_loss=none$",
         ),
+        (
+            ("prune.feature_loss=attention",),
+            r"^prune.feature_loss='attention' needs the teacher's intermediate layers, which an ONNX teacher "
+            r"\(teacher.onnx\) does not expose: set prune.feature_loss=none$",
+        ),
         (("teacher.onnx_layout=hwc",), r"^teacher.onnx_layout='hwc' is not allowed: expected nchw or nhwc$"),
         (
             ("teacher.onnx_output=softmax",),

@@ -469,3 +469,37 @@ def test_drop_blocks_auto_tries_each_depth_and_keeps_the_most_accurate_within_th
     model_json = json.loads(prune.artifact.file("model.json").read_text())
     assert model_json.get("dropped_blocks", []) == chosen["blocks"] == chosen["order"][: chosen["chosen"]]
     assert prune.artifact.metrics["validation_accuracy"] == max(scores)
+
+
+def test_the_fine_tune_and_the_scratch_baseline_distil_the_distill_stages_feature_loss(tmp_path):
+    """prune.feature_loss distill (the default): the fine-tune adds distill's attention loss, and the scratch
+    baseline, trained by distill's recipe, does too; none leaves the fine-tune on logits, not the baseline."""
+    from pipeline.cache import ArtifactStore
+    from pipeline.runner import load_config, run_pipeline
+    from tests.conftest import FAST
+
+    store = ArtifactStore(tmp_path)
+    sets = [*FAST, "distill.feature_loss=attention", "distill.epochs=1", "prune.scratch_baseline=true"]
+    inherited = run_pipeline(load_config(overrides=sets), store, target="prune")[-1].artifact.metrics
+    assert inherited["finetune_features"] == {"kind": "attention", "weight": 1.0, "layers": []}
+    assert inherited["history"] and all(row["feature"] > 0 for row in inherited["history"])
+    assert all(row["feature"] > 0 for row in inherited["scratch"]["history"])
+
+    logits_only = [*sets, "prune.feature_loss=none"]
+    alone = run_pipeline(load_config(overrides=logits_only), store, target="prune")[-1].artifact.metrics
+    assert alone["finetune_features"] is None
+    assert alone["history"] and all(row["feature"] == 0 for row in alone["history"])
+    assert all(row["feature"] > 0 for row in alone["scratch"]["history"])  # still distill's recipe
+
+
+def test_prune_feature_loss_distill_takes_the_distill_stages_kind_weight_and_layers():
+    from stages.prune import Params, with_distill_features
+
+    distill = {"feature_loss": "hint", "feature_weight": 2.0, "feature_layers": ["3:2"]}
+    assert with_distill_features(Params(), distill) == Params(
+        feature_loss="hint", feature_weight=2.0, feature_layers=("3:2",)
+    )
+    assert with_distill_features(Params(feature_weight=5.0), distill).feature_weight == 5.0  # set here: kept
+    assert with_distill_features(Params(), {"feature_loss": "none"}).feature_loss == "none"
+    attention = Params(feature_loss="attention")
+    assert with_distill_features(attention, distill) == attention  # named here: distill's is not read

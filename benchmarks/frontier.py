@@ -7,8 +7,9 @@ each arm's test accuracy against the p50 at batch 1 its fine-tuned model measure
 choice was made on; latencies of different runs are different measurements), each point labelled with its run's
 budget, each budget as a vertical line, the teacher as the first run's bench measured it and each distinct student
 (distill.model) unpruned as the first run with it measured it. An arm that removed residual blocks
-(prune.drop_blocks) says which. Runs that share an artifacts folder overwrite its release: copy release/report.json
-away after each run.
+(prune.drop_blocks) says which. With prune.scratch_baseline, the shipped arm's architecture trained from scratch is
+a row too, at that arm's latency (the same architecture), and "ships" says which of the two shipped. Runs that
+share an artifacts folder overwrite its release: copy release/report.json away after each run.
 
     python benchmarks/frontier.py runs/*/report.json --out benchmarks/frontier.png
 """
@@ -23,7 +24,14 @@ from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from pipeline.reporting.plots import latency_at, new_figure
 
-ARM_STYLE = {"uniform": ("#2ca02c", "^"), "per_layer": ("#1f77b4", "o"), "sampled": ("#1f77b4", "o")}
+SCRATCH = "from scratch"  # the shipped arm's architecture trained from fresh weights
+ARM_STYLE = {
+    "uniform": ("#2ca02c", "^"),
+    "per_layer": ("#1f77b4", "o"),
+    "sampled": ("#1f77b4", "o"),
+    SCRATCH: ("#d62728", "s"),
+}
+ARM_LABELS = {SCRATCH: "shipped arm's architecture, from scratch"}
 
 
 def read_report(path: Path) -> dict:
@@ -42,7 +50,7 @@ def arms(report: dict, path: Path) -> list[dict]:
             f"error: {path}: the run had no latency search with its uniform baseline; run it with "
             "--set prune.target_latency_ms=BUDGET --set prune.search=sampled (or per_layer)"
         )
-    return [
+    rows = [
         {
             "budget_ms": search["budget_ms"],
             "student": report["config"]["distill"]["model"],
@@ -58,6 +66,19 @@ def arms(report: dict, path: Path) -> list[dict]:
         }
         for name, arm in ((search["search"], search), ("uniform", search["uniform_baseline"]))
     ]
+    return rows + scratch_rows(report, rows)
+
+
+def scratch_rows(report: dict, rows: list[dict]) -> list[dict]:
+    """The shipped arm's architecture trained from scratch (prune.scratch_baseline), at that arm's latency (the same
+    architecture); when it was the more accurate on validation, it is what shipped instead of the fine-tune."""
+    scratch, shipped = report["pruning"].get("scratch"), [row for row in rows if row["shipped"]]
+    if not scratch or not shipped:
+        return []
+    arm = shipped[0]
+    arm["shipped"] = report["pruning"]["shipped"] != "from scratch"
+    scores = {"validation": scratch["validation_accuracy"], "test": scratch["test_accuracy"]}
+    return [{**arm, "arm": SCRATCH, **scores, "shipped": not arm["shipped"]}]
 
 
 def references(reports: list[dict]) -> list[dict]:
@@ -104,7 +125,7 @@ def plot(rows: list[dict], refs: list[dict], machine: str, out: Path) -> None:
         color, marker = ARM_STYLE.get(arm, ("#8172b3", "s"))
         mine = [r for r in rows if r["arm"] == arm]  # one point per budget: runs apart, so not joined by a line
         ax.scatter([r["latency_ms"] for r in mine], [r["test"] for r in mine], marker=marker, color=color, s=50,
-                   label=f"{arm} search, fine-tuned", zorder=3)  # fmt: skip
+                   label=ARM_LABELS.get(arm, f"{arm} search, fine-tuned"), zorder=3)  # fmt: skip
         for r in mine:
             blocks = f", without {blocks_text(r['blocks'])}" if r["blocks"] else ""
             ax.annotate(f"{r['budget_ms']:.4g}{blocks}", (r["latency_ms"], r["test"]), xytext=(6, -10),

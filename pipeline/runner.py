@@ -146,15 +146,19 @@ def run_pipeline(
 def check_student_floor(config: Config, store: ArtifactStore, plan: dict, artifacts: dict, forced: set) -> None:
     """A run that will distill a student and prune it for prune.target_latency_ms first times the student's floor
     (pipeline/search/student_floor.py) and fails in one line, before any training, when no round of it is within
-    the budget: the prune stage would find the same after the teacher and the student had trained."""
+    the budget: the prune stage would find the same after the teacher and the student had trained. When the student
+    meets the budget only pruned and its stride-2 variant unpruned, it warns (student_floor.variant_advice)."""
     prune = config.section("prune")
     if prune.target_latency_ms is None or not {"data", "distill", "prune"} <= plan.keys():
         return
     if "distill" not in forced and store.lookup("distill", plan["distill"][0]) is not None:
         return  # trained already: nothing to save, the prune stage measures it
-    failure = student_floor.floor_check(load_dataset(artifacts["data"]), config.section("distill"), prune)
+    dataset, distill = load_dataset(artifacts["data"]), config.section("distill")
+    failure = student_floor.floor_check(dataset, distill, prune)
     if failure is not None:
         raise StageError(failure)
+    if (advice := student_floor.variant_advice(dataset, distill, prune)) is not None:
+        log.warning("floor check: %s", advice)
 
 
 def _lead_stage(

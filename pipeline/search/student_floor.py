@@ -210,6 +210,32 @@ def floor_check(dataset: Dataset, distill: Any, prune: Any) -> str | None:
     )
 
 
+def variant_advice(dataset: Dataset, distill: Any, prune: Any) -> str | None:
+    """Before a student is trained for prune.target_latency_ms that it meets only pruned: its stride-2 variant
+    (when it has one), timed unpruned beside it in interleaved rounds; one line when the variant meets the budget
+    with every channel and the whole student does not, else None. A warning, not a failure: the student is the
+    user's choice. At half resnet8's latency on an Intel Xeon with AMX, resnet8 pruned to it (a block and 69% of
+    its channels) kept 0.66 test accuracy where its stride-2 variant needs no pruning (BENCHMARKS.md, "Half the
+    student on a CPU with AMX")."""
+    if distill.model not in STRIDED_STEM:
+        return None
+    limit = search_limit(prune.target_latency_ms, prune.search_margin)
+    models = (("student", distill.model), ("stride-2 variant", f"{distill.model}_s2"))
+    measured = [measured_student(role, name, distill.width, dataset, prune, dropped=[]) for role, name in models]
+    student, variant = timed_rounds(measured, ("unpruned",), prune.search_repeats)
+    for row in (student, variant):
+        runs = ", ".join(f"{ms:.4f}" for ms in row["runs"]["unpruned"])
+        log.info("floor check: %s unpruned measured %s ms against %.4f ms", row["model"], runs, limit)
+    if student["unpruned_ms"] <= limit or variant["unpruned_ms"] > limit:
+        return None
+    return (
+        f"prune.target_latency_ms={prune.target_latency_ms}: {student['model']} meets it only pruned (unpruned "
+        f"{student['unpruned_ms']:.4f} ms against {limit:.4f} ms after prune.search_margin), its stride-2 variant "
+        f"{variant['model']} with every channel ({variant['unpruned_ms']:.4f} ms): --set "
+        f"distill.model={variant['name']} may keep more accuracy than pruning (`edgeforge floor` measures both)"
+    )
+
+
 def format_floors(result: dict[str, Any]) -> str:
     """The table and verdict `edgeforge floor` prints."""
     method = result["method"]

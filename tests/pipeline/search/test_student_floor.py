@@ -247,3 +247,31 @@ def test_the_floor_check_is_skipped_without_a_budget_or_without_pruning(tmp_path
     assert sized == []
     help_text = CliRunner().invoke(cli, ["run", "--help"]).output
     assert "--skip-floor-check" in help_text
+
+
+def test_a_student_that_meets_the_budget_only_pruned_is_told_of_its_stride_2_variant(tmp_path, monkeypatch):
+    """The rounds alternate student, variant (both unpruned): the advice reads the medians of each."""
+    timed = []
+
+    def p50(self, path):
+        timed.append(path)
+        return times[(len(timed) - 1) % 2], "fixed"
+
+    monkeypatch.setattr(prune_candidates.Candidates, "p50", p50)
+    dataset = digits(tmp_path)
+    _, distill, prune = sections(
+        "distill.model=resnet8", "distill.width=4", "prune.search_repeats=3", "prune.target_latency_ms=0.1"
+    )
+    times = (0.2, 0.05)  # the student over the 0.09 ms limit, the variant within
+    advice = student_floor.variant_advice(dataset, distill, prune)
+    assert advice == (
+        "prune.target_latency_ms=0.1: resnet8 x4 meets it only pruned (unpruned 0.2000 ms against 0.0900 ms after "
+        "prune.search_margin), its stride-2 variant resnet8_s2 x4 with every channel (0.0500 ms): --set "
+        "distill.model=resnet8_s2 may keep more accuracy than pruning (`edgeforge floor` measures both)"
+    )
+    assert len(timed) == 6  # 3 interleaved rounds of two models
+    for times in ((0.05, 0.04), (0.2, 0.095)):  # the student meets it unpruned; the variant does not either
+        assert student_floor.variant_advice(dataset, distill, prune) is None
+    timed.clear()
+    _, cnn, prune = sections("distill.model=cnn", "distill.width=4", "prune.target_latency_ms=0.1")
+    assert student_floor.variant_advice(dataset, cnn, prune) is None and timed == []  # no variant: nothing timed

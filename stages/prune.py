@@ -56,7 +56,7 @@ SECTION = "prune"
 #     chosen one in interleaved rounds, and the least pruned that meets it there ships ("confirmed")
 # 15: auto fine-tunes a depth only when its search measured within the budget (or, none doing so, the fastest)
 # 16: the uniform arm's plateau rounds are kept in the search's record (uniform_baseline.plateau)
-# 17: the fine-tunes distil the distill stage's feature loss too (prune.feature_loss), and so does the scratch baseline
+# 17: the scratch baseline distils distill's feature loss too, and the fine-tunes can (prune.feature_loss)
 VERSION = 17
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
@@ -106,9 +106,11 @@ class Params:
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
     temperature: float = 4.0
     alpha: float = 0.9
-    # Feature distillation in the fine-tune beside the logit loss: distill (the distill stage's, its weight and layers:
-    # the student goes on learning what it was trained on), none, hint or attention (pipeline/training/features.py)
-    feature_loss: str = "distill"
+    # Feature distillation in the fine-tune beside the logit loss: none, distill (the distill stage's, its weight and
+    # layers), hint or attention (pipeline/training/features.py). none: on CIFAR-10 distill's attention loss in the
+    # 5-epoch fine-tune lost 0.66 and 0.44 validation points at two fixed prunes (BENCHMARKS.md, "Half the student on
+    # a CPU with AMX"), where in distillation from scratch it gained 1.1.
+    feature_loss: str = "none"
     feature_weight: float | None = None  # null: distill's with feature_loss distill, else the method's default (1)
     feature_layers: tuple[str, ...] | None = None  # null: distill's with feature_loss distill, else stage boundaries
     # Also train the pruned architecture from scratch (fresh weights, distillation with distill's recipe) for as

@@ -472,21 +472,21 @@ def test_drop_blocks_auto_tries_each_depth_and_keeps_the_most_accurate_within_th
 
 
 def test_the_fine_tune_and_the_scratch_baseline_distil_the_distill_stages_feature_loss(tmp_path):
-    """prune.feature_loss distill (the default): the fine-tune adds distill's attention loss, and the scratch
-    baseline, trained by distill's recipe, does too; none leaves the fine-tune on logits, not the baseline."""
+    """prune.feature_loss distill: the fine-tune adds distill's attention loss, and the scratch baseline, trained by
+    distill's recipe, does too; none (the default) leaves the fine-tune on logits, not the baseline."""
     from pipeline.cache import ArtifactStore
     from pipeline.runner import load_config, run_pipeline
     from tests.conftest import FAST
 
     store = ArtifactStore(tmp_path)
     sets = [*FAST, "distill.feature_loss=attention", "distill.epochs=1", "prune.scratch_baseline=true"]
-    inherited = run_pipeline(load_config(overrides=sets), store, target="prune")[-1].artifact.metrics
+    inheriting = [*sets, "prune.feature_loss=distill"]
+    inherited = run_pipeline(load_config(overrides=inheriting), store, target="prune")[-1].artifact.metrics
     assert inherited["finetune_features"] == {"kind": "attention", "weight": 1.0, "layers": []}
     assert inherited["history"] and all(row["feature"] > 0 for row in inherited["history"])
     assert all(row["feature"] > 0 for row in inherited["scratch"]["history"])
 
-    logits_only = [*sets, "prune.feature_loss=none"]
-    alone = run_pipeline(load_config(overrides=logits_only), store, target="prune")[-1].artifact.metrics
+    alone = run_pipeline(load_config(overrides=sets), store, target="prune")[-1].artifact.metrics
     assert alone["finetune_features"] is None
     assert alone["history"] and all(row["feature"] == 0 for row in alone["history"])
     assert all(row["feature"] > 0 for row in alone["scratch"]["history"])  # still distill's recipe
@@ -496,10 +496,12 @@ def test_prune_feature_loss_distill_takes_the_distill_stages_kind_weight_and_lay
     from stages.prune import Params, with_distill_features
 
     distill = {"feature_loss": "hint", "feature_weight": 2.0, "feature_layers": ["3:2"]}
-    assert with_distill_features(Params(), distill) == Params(
+    inherit = Params(feature_loss="distill")
+    assert with_distill_features(inherit, distill) == Params(
         feature_loss="hint", feature_weight=2.0, feature_layers=("3:2",)
     )
-    assert with_distill_features(Params(feature_weight=5.0), distill).feature_weight == 5.0  # set here: kept
-    assert with_distill_features(Params(), {"feature_loss": "none"}).feature_loss == "none"
-    attention = Params(feature_loss="attention")
-    assert with_distill_features(attention, distill) == attention  # named here: distill's is not read
+    weighted = Params(feature_loss="distill", feature_weight=5.0)
+    assert with_distill_features(weighted, distill).feature_weight == 5.0  # set here: kept
+    assert with_distill_features(inherit, {"feature_loss": "none"}).feature_loss == "none"
+    for named in (Params(feature_loss="attention"), Params()):  # named here, or none (the default): distill's unread
+        assert with_distill_features(named, distill) == named

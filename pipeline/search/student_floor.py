@@ -215,8 +215,8 @@ def variant_advice(dataset: Dataset, distill: Any, prune: Any) -> str | None:
     (when it has one), timed unpruned beside it in interleaved rounds; one line when the variant meets the budget
     with every channel and the whole student does not, else None. A warning, not a failure: the student is the
     user's choice. At half resnet8's latency on an Intel Xeon with AMX, resnet8 pruned to it (a block and 69% of
-    its channels) kept 0.66 test accuracy where its stride-2 variant needs no pruning (BENCHMARKS.md, "Half the
-    student on a CPU with AMX")."""
+    its channels) left 0.64 test accuracy fine-tuned (0.66 trained from scratch) where its stride-2 variant needs
+    no pruning (BENCHMARKS.md, "Half the student on a CPU with AMX")."""
     if distill.model not in STRIDED_STEM:
         return None
     limit = search_limit(prune.target_latency_ms, prune.search_margin)

@@ -108,8 +108,8 @@ class Params:
     alpha: float = 0.9
     # Feature distillation in the fine-tune beside the logit loss: none, distill (the distill stage's, its weight and
     # layers), hint or attention (pipeline/training/features.py). none: on CIFAR-10 distill's attention loss in the
-    # 5-epoch fine-tune lost 0.66 and 0.44 validation points at two fixed prunes (BENCHMARKS.md, "Half the student on
-    # a CPU with AMX"), where in distillation from scratch it gained 1.1.
+    # 5-epoch fine-tune lost 0.22-0.66 validation points at two fixed prunes in two seeds each (BENCHMARKS.md, "Half
+    # the student on a CPU with AMX"), where in distillation from scratch it gained 1.1.
     feature_loss: str = "none"
     feature_weight: float | None = None  # null: distill's with feature_loss distill, else the method's default (1)
     feature_layers: tuple[str, ...] | None = None  # null: distill's with feature_loss distill, else stage boundaries

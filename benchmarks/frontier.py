@@ -50,6 +50,7 @@ def arms(report: dict, path: Path) -> list[dict]:
             f"error: {path}: the run had no latency search with its uniform baseline; run it with "
             "--set prune.target_latency_ms=BUDGET --set prune.search=sampled (or per_layer)"
         )
+    scratch_shipped = report["pruning"]["shipped"] == "from scratch"
     rows = [
         {
             "budget_ms": search["budget_ms"],
@@ -62,23 +63,17 @@ def arms(report: dict, path: Path) -> list[dict]:
             "format": arm["achieved"]["format"],
             "validation": arm["finetuned"]["validation_accuracy"],
             "test": arm["finetuned"]["test_accuracy"],
-            "shipped": search["shipped"] == name,
+            "shipped": search["shipped"] == name and not scratch_shipped,
+            "search_kept": search["shipped"] == name,  # this arm's architecture is the one that shipped
         }
         for name, arm in ((search["search"], search), ("uniform", search["uniform_baseline"]))
     ]
-    return rows + scratch_rows(report, rows)
-
-
-def scratch_rows(report: dict, rows: list[dict]) -> list[dict]:
-    """The shipped arm's architecture trained from scratch (prune.scratch_baseline), at that arm's latency (the same
-    architecture); when it was the more accurate on validation, it is what shipped instead of the fine-tune."""
-    scratch, shipped = report["pruning"].get("scratch"), [row for row in rows if row["shipped"]]
-    if not scratch or not shipped:
-        return []
-    arm = shipped[0]
-    arm["shipped"] = report["pruning"]["shipped"] != "from scratch"
-    scores = {"validation": scratch["validation_accuracy"], "test": scratch["test_accuracy"]}
-    return [{**arm, "arm": SCRATCH, **scores, "shipped": not arm["shipped"]}]
+    # With prune.scratch_baseline, the kept arm's architecture trained from fresh weights, at that arm's latency (the
+    # same architecture); when it was the more accurate on validation, it shipped instead of the fine-tune.
+    scratch = report["pruning"].get("scratch")
+    kept = [{**row, "arm": SCRATCH, "validation": scratch["validation_accuracy"], "test": scratch["test_accuracy"],
+             "shipped": scratch_shipped} for row in rows if scratch and row["search_kept"]]  # fmt: skip
+    return rows + kept
 
 
 def references(reports: list[dict]) -> list[dict]:

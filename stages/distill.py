@@ -101,9 +101,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     student = build_model(spec)
     start = start_from(student, spec, SECTION, params)
     example = spec.example_input()
-    matching = features.build(
-        params.feature_loss, params.feature_weight, params.feature_layers or (), teacher, student, example
-    )
+    matching = features.build_for(params, teacher, student, example)
     recipe = recipe_for(params, params.epochs, params.temperature, params.alpha)
     checkpoint = out_dir / CHECKPOINTS / "student.pt"
     history = fit(student, images, labels, dataset.norm, recipe, teacher, NAME, checkpoint, matching, validation)

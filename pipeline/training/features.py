@@ -192,6 +192,12 @@ def build(
     return FeatureDistillation(kind, weight, pairs, channels["teacher"], channels["student"])
 
 
+def build_for(section, teacher: nn.Module, student: nn.Module, example: torch.Tensor) -> FeatureDistillation | None:
+    """`build` from a config section's (or a recorded one's) feature_loss, feature_weight and feature_layers."""
+    layers = tuple(section.feature_layers or ())
+    return build(section.feature_loss, section.feature_weight, layers, teacher, student, example)
+
+
 def _output_shapes(model: nn.Module, example: torch.Tensor, names: list[str]) -> list[torch.Size]:
     modules, shapes = dict(model.named_modules()), {}
 

@@ -82,9 +82,7 @@ def finetune(
     images, labels = dataset.train_images, dataset.train_labels
     validation = dataset.val_images, dataset.val_labels
     # Built against the model as pruned now: the layer pairs are found again after blocks or channels went.
-    matching = features.build(
-        params.feature_loss, params.feature_weight, params.feature_layers or (), teacher, student, spec.example_input()
-    )
+    matching = features.build_for(params, teacher, student, spec.example_input())
     return fit(student, images, labels, dataset.norm, recipe, teacher, name, checkpoint, matching, validation)
 
 
@@ -110,14 +108,7 @@ def scratch_baseline(
     epochs = params.scratch_epochs or distill_params["epochs"] + params.finetune_epochs
     teaching = SimpleNamespace(**distill_params)
     recipe = recipe_for(teaching, epochs, teaching.temperature, teaching.alpha)
-    matching = features.build(
-        teaching.feature_loss,
-        teaching.feature_weight,
-        tuple(teaching.feature_layers or ()),
-        teacher,
-        model,
-        spec.example_input(),
-    )
+    matching = features.build_for(teaching, teacher, model, spec.example_input())
     images, labels = dataset.train_images, dataset.train_labels
     validation = dataset.val_images, dataset.val_labels
     checkpoint = out_dir / CHECKPOINTS / "scratch.pt"

@@ -21,7 +21,8 @@ from pipeline.config import Config, params_to_dict
 from pipeline.datasets.artifact import load_dataset
 from pipeline.errors import ConfigError, SignoffFailed, StageError
 from pipeline.search import student_floor
-from pipeline.training import distributed
+from pipeline.training import distributed, prune_alternatives
+from pipeline.training.recipes import model_label
 from stages import SECTIONS, STAGE_NAMES, STAGES, check_sections
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,9 @@ def check_student_floor(config: Config, store: ArtifactStore, plan: dict, artifa
     """A run that will distill a student and prune it for prune.target_latency_ms first times the student's floor
     (pipeline/search/student_floor.py) and fails in one line, before any training, when no round of it is within
     the budget: the prune stage would find the same after the teacher and the student had trained. When the student
-    meets the budget only pruned and its stride-2 variant unpruned, it warns (student_floor.variant_advice)."""
+    meets the budget only pruned and its stride-2 variant unpruned, it warns (student_floor.variant_advice) unless
+    prune.alternatives trains that variant; a student that cannot reach it passes with a warning when one of
+    prune.alternatives measured within it whole (the prune stage trains that one)."""
     prune = config.section("prune")
     if prune.target_latency_ms is None or not {"data", "distill", "prune"} <= plan.keys():
         return
@@ -156,7 +159,20 @@ def check_student_floor(config: Config, store: ArtifactStore, plan: dict, artifa
     dataset, distill = load_dataset(artifacts["data"]), config.section("distill")
     failure = student_floor.floor_check(dataset, distill, prune)
     if failure is not None:
-        raise StageError(failure)
+        within = student_floor.alternatives_within(dataset, distill, prune)
+        if not within:
+            raise StageError(failure)
+        log.warning(
+            "floor check: %s cannot reach prune.target_latency_ms=%g pruned; prune.alternatives measured within it "
+            "whole: %s; the prune stage trains them and ships the most accurate within it",
+            model_label(distill.model, distill.width),
+            prune.target_latency_ms,
+            ", ".join(within),
+        )
+        return
+    variant = (f"{distill.model}_s2", distill.width)  # prune.alternatives trains it: no advice needed
+    if variant in prune_alternatives.resolve(prune.alternatives, distill.model, distill.width):
+        return
     if (advice := student_floor.variant_advice(dataset, distill, prune)) is not None:
         log.warning("floor check: %s", advice)
 

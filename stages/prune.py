@@ -16,7 +16,9 @@ prune_candidates.py). Candidates are measured before fine-tuning, the chosen one
 uniform search's ratio at the same budget and fine-tuned the same way; the more accurate of the two on validation
 within the budget ships, and both are recorded (pipeline/search/prune_budget.py: versus_uniform).
 With `prune.scratch_baseline` the chosen architecture is also trained from fresh weights with distillation; of the
-two models (same architecture, same latency) the more accurate on validation ships, the fine-tune on a tie.
+two models (same architecture, same latency) the more accurate on validation ships, the fine-tune on a tie. With a
+budget and `prune.alternatives`, other networks (by default the student's stride-2 variant) are trained whole the
+same way where they meet it, and ship when more accurate on validation (pipeline/training/prune_alternatives.py).
 With `prune.drop_blocks` N, N whole residual blocks go first, chosen on validation (pipeline/search/prune_depth.py),
 and the channels are pruned from the shallower model; the uniform baseline stays the simple path: the whole student,
 channels only. With auto, the default, and a budget, the search and the fine-tune run at 0, 1, 2... blocks removed,
@@ -39,7 +41,7 @@ from pipeline.models.storage import load_model, save_model
 from pipeline.runtime import targets
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider
 from pipeline.search import prune_budget, prune_candidates, prune_depth, prune_layers
-from pipeline.training import features, prune_arms
+from pipeline.training import features, prune_alternatives, prune_arms
 from pipeline.training.onnx_teacher import load_teacher
 from pipeline.training.prune_finetune import prune_and_finetune, scratch_baseline
 from pipeline.training.recipes import check_recipe_params, model_label
@@ -57,7 +59,9 @@ SECTION = "prune"
 # 15: auto fine-tunes a depth only when its search measured within the budget (or, none doing so, the fastest)
 # 16: the uniform arm's plateau rounds are kept in the search's record (uniform_baseline.plateau)
 # 17: the scratch baseline distils distill's feature loss too, and the fine-tunes can (prune.feature_loss)
-VERSION = 17
+# 18: prune.alternatives: with a budget, the student's stride-2 variant (or named networks) trained whole and shipped
+#     when more accurate on validation within the budget ("shipped": "alternative")
+VERSION = 18
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
@@ -65,7 +69,8 @@ IMPORTANCES = ("l1", "l2")
 SEARCHES = ("uniform", "per_layer", "sampled")
 SEARCH_SCORES = ("magnitude", "validation")
 DISTILL_FEATURES = "distill"  # prune.feature_loss: the distill stage's feature loss, weight and layers
-FINETUNED, FROM_SCRATCH = "fine-tuned", "from scratch"  # which of the two models of the pruned architecture ships
+# Which model ships: the pruned architecture fine-tuned or trained from scratch, or one of prune.alternatives.
+FINETUNED, FROM_SCRATCH, ALTERNATIVE = "fine-tuned", "from scratch", "alternative"
 LATENCY_MODEL_NAMES = tuple(prune_layers.LATENCY_MODELS)
 DROP_BLOCKS_EXPECTED = "an integer >= 0 (0: keep every block), or auto (each depth tried against the budget)"
 
@@ -117,6 +122,14 @@ class Params:
     # many epochs as distill and this fine-tune together: what pruning bought over choosing that network directly.
     scratch_baseline: bool = True
     scratch_epochs: int | None = None  # null: distill.epochs + prune.finetune_epochs
+    # With target_latency_ms, other networks trained whole from fresh weights by distill's recipe (for scratch_epochs)
+    # where their deployed form, timed untrained, meets the budget; the most accurate on validation within it ships,
+    # the pruned student on a tie (pipeline/training/prune_alternatives.py). auto: the student's stride-2 variant
+    # (resnet8 -> resnet8_s2 at distill.width) when it has one; NAME or NAME@WIDTH: a built-in model; null: none. At
+    # half resnet8's latency on a Xeon with AMX, resnet8 pruned to it kept 0.64 test accuracy, resnet8_s2 whole 0.77.
+    alternatives: tuple[str, ...] | None = dataclasses.field(
+        default=(AUTO,), metadata={"expects": prune_alternatives.EXPECTED}
+    )
     # Latency budget instead of a ratio: the least pruning whose measured latency meets it (null: use `ratio`).
     target_latency_ms: float | None = None  # p50 in ms at target_batch on target_provider, deployed form
     target_batch: int = 1
@@ -203,6 +216,8 @@ class Params:
             self.target_latency_ms,
             "a number of milliseconds > 0, or null to prune by prune.ratio",
         )
+        for entry in self.alternatives or ():
+            prune_alternatives.parse(entry)  # a one-line error naming a bad entry
         require(self.target_batch >= 1, "prune.target_batch", self.target_batch, "an integer >= 1")
         require(is_provider(self.target_provider), "prune.target_provider", self.target_provider, PROVIDER_NAMES)
         require(
@@ -241,7 +256,8 @@ def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
 
 
 def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str, Any]:
-    params = with_distill_features(params, inputs["distill"].manifest["params"])
+    distill_params = inputs["distill"].manifest["params"]
+    params = with_distill_features(params, distill_params)
     dataset = load_dataset(inputs["data"])
     teacher = load_teacher(inputs["teacher"].path)
     whole, spec = load_model(inputs["distill"].path)
@@ -270,7 +286,6 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     in_steps = f" in {len(steps)} steps" if len(steps) > 1 else ""
     scratch, shipped = None, FINETUNED
     if params.scratch_baseline:
-        distill_params = inputs["distill"].manifest["params"]
         trained, scratch = scratch_baseline(
             student, spec, dropped, history, teacher, dataset, params, distill_params, out_dir
         )
@@ -278,7 +293,17 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         if scratch["validation_accuracy"] > shipped_scores["validation_accuracy"]:
             student, shipped = trained, FROM_SCRATCH
             shipped_scores = {key: scratch[key] for key in ("validation_accuracy", "test_accuracy")}
-    save_model(student, spec, out_dir, pruning_history=history, dropped_blocks=dropped)
+    # With a budget, networks fast by construction, trained whole, against the pruned model: the best ships.
+    alternatives, best = prune_alternatives.against_pruned(
+        search, spec, shipped_scores["validation_accuracy"], teacher, dataset, params, distill_params, out_dir
+    )
+    if best is None:
+        save_model(student, spec, out_dir, pruning_history=history, dropped_blocks=dropped)
+        shipped_size = {"macs": macs_after, "params": params_after}
+    else:  # a network of its own: no pruning to replay, no blocks removed
+        save_model(best.model, best.spec, out_dir, pruning_history=[], dropped_blocks=[])
+        shipped, shipped_size = ALTERNATIVE, {key: best.record[key] for key in ("macs", "params")}
+        shipped_scores = {key: best.record[key] for key in ("validation_accuracy", "test_accuracy")}
     return {
         "ratio": ratio,
         # "shipped": the depth arm's model, not the uniform baseline's (which keeps every block)
@@ -289,11 +314,12 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "validation_accuracy_before_finetune": before_finetune["validation_accuracy"],
         "test_accuracy_before_finetune": before_finetune["test_accuracy"],
         "params_before": params_before,
-        "params": params_after,
+        "params": shipped_size["params"],  # the shipped model's, as "macs"
         "macs_before": macs_before,
-        "macs": macs_after,
+        "macs": shipped_size["macs"],
         "history": training,
         "scratch": scratch,
+        "alternatives": None if alternatives is None else [a.record for a in alternatives],
         "shipped": shipped,
         "finetune_features": None
         if params.feature_loss == "none"
@@ -305,6 +331,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "summary": prune_budget.search_summary(search)
         + prune_arms.summary(depth)
         + prune_depth.summary(depth, dropped)
+        + prune_alternatives.summary(alternatives)
         + (
             f"{ratio:.1%} of channels removed{in_steps}: MACs {macs_before:,} -> {macs_after:,}, "
             f"params {params_before:,} -> {params_after:,}, validation accuracy "

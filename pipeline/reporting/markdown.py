@@ -207,8 +207,9 @@ def steps_section(report: dict[str, Any]) -> list[str]:
         + (" (distill.baseline: false)" if distill["baseline"] is None else "")
         + f"; distilled {_both(distill['student'])}.",
         *depth_lines(prune.get("depth")),
-        f"- Pruning ({prune['ratio']:.1%} of channels): params {prune['params_before']:,} → {prune['params']:,}, "
-        f"MACs {prune['macs_before']:,} → {prune['macs']:,}; right after pruning {_both(prune['before_finetune'])}; "
+        f"- Pruning ({prune['ratio']:.1%} of channels): params {prune['params_before']:,} → "
+        f"{prune['steps'][-1]['params']:,}, MACs {prune['macs_before']:,} → {prune['steps'][-1]['macs']:,}; right "
+        f"after pruning {_both(prune['before_finetune'])}; "
         f"after the distillation fine-tune{_finetune_features_text(prune.get('finetune_features'))} "
         f"{_both(prune['after_finetune'])}" + _gradual_text(prune["steps"]) + ".",
         "- The pruned architecture trained from scratch with distillation "
@@ -222,12 +223,38 @@ def steps_section(report: dict[str, Any]) -> list[str]:
                 else "."
             )
         ),
+        *_alternatives_lines(prune.get("alternatives")),
         "- Quantization arguments (onnxruntime quantize_static): "
         + ", ".join(f"{k}={v}" for k, v in report["quantization"].items())
         + ".",
         f"- Export check: onnxruntime vs PyTorch within atol {report['export_tolerance']['atol']}, "
         f"rtol {report['export_tolerance']['rtol']} at batch 1 and N"
         + (" (not the teacher: it is the ONNX file it was given, copied)." if report.get("teacher_onnx") else "."),
+    ]
+
+
+def _alternatives_lines(alternatives: list[dict[str, Any]] | None) -> list[str]:
+    """report.md's line on prune.alternatives: each network, trained whole or over the budget untrained."""
+    if not alternatives:
+        return []
+    said = []
+    for row in alternatives:
+        if not row["trained"]:
+            said.append(f"{row['model']} measured {row['untrained_ms']:.4f} ms untrained, over the budget: not trained")
+            continue
+        said.append(
+            f"{row['model']} ({row['params']:,} params, {row['macs']:,} MACs) trained for {row['epochs']} epochs "
+            f"measured {row['achieved_ms']:.4f} ms {row['format']}: {_both(row)}"
+            + (
+                ", the most accurate on validation within the budget, so it is the pruned model that ships"
+                if row["shipped"]
+                else ""
+            )
+        )
+    return [
+        "- Other networks trained whole from fresh weights with distillation, as the student was (prune.alternatives): "
+        + "; ".join(said)
+        + "."
     ]
 
 

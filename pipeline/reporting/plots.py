@@ -116,7 +116,7 @@ def baselines(report: dict) -> list[tuple[str, str, float | None]]:
     found = []
     if distill.get("baseline"):
         found.append(("student without teacher", "student", distill["baseline"]["validation_accuracy"]))
-    if pruning.get("scratch"):
+    if pruning.get("scratch") and pruning.get("shipped") != "alternative":  # else "pruned" has another architecture
         found.append(("pruned architecture from scratch", "pruned", pruning["scratch"]["validation_accuracy"]))
     return found
 

@@ -39,6 +39,11 @@ CHOICES = [
         "split": "validation",
         "by": "the same architecture: the more accurate, the fine-tune on a tie",
     },
+    {
+        "choice": "the pruned model or another network trained whole (prune.alternatives)",
+        "split": "validation",
+        "by": "within the budget, the most accurate; the pruned model on a tie",
+    },
     {"choice": "accuracy gates of the edge choice", "split": "validation", "by": "signoff.accuracy_basis"},
     {"choice": "sign-off gates", "split": "test", "by": "the report's verdict, after every choice was made"},
 ]
@@ -54,6 +59,23 @@ def _depth(depth: dict[str, Any] | None) -> dict[str, Any] | None:
     auto = {key: depth[key] for key in ("arms", "chosen", "stopped") if key in depth}
     kept = {key: depth[key] for key in ("droppable", "before", "shipped")}
     return {"blocks": chosen, **kept, **auto}
+
+
+def _alternatives(records: list[dict[str, Any]] | None, sizes: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Each of prune.alternatives: its size, its latency untrained and (trained) after training, and its accuracies
+    with intervals; "trained" false when it measured over the budget whole."""
+    if records is None:
+        return None
+    shown = []
+    for record in records:
+        row = {key: record[key] for key in ("model", "macs", "params", "trained", "shipped")}
+        row["untrained_ms"] = record["untrained"]["latency_ms"]
+        if record["trained"]:
+            row.update(epochs=record["epochs"], achieved_ms=record["achieved"]["latency_ms"])
+            row["format"] = record["achieved"]["format"]
+            row.update(accuracies_with_intervals(record["validation_accuracy"], record["test_accuracy"], sizes))
+        shown.append(row)
+    return shown
 
 
 def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
@@ -87,7 +109,8 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
                 ),
                 sizes,
             ),
-            "shipped": prune_metrics["shipped"],  # "fine-tuned" or "from scratch" (prune.scratch_baseline)
+            # "fine-tuned" or "from scratch" (prune.scratch_baseline), or "alternative" (prune.alternatives)
+            "shipped": prune_metrics["shipped"],
             # prune.feature_loss as resolved ({kind, weight, layers} or None); absent in entries from before it
             "finetune_features": prune_metrics.get("finetune_features"),
             "depth": _depth(prune_metrics.get("depth")),  # prune.drop_blocks; None in entries from before it
@@ -109,6 +132,8 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
                 "epochs": scratch["epochs"],
                 **accuracies_with_intervals(scratch["validation_accuracy"], scratch["test_accuracy"], sizes),
             },
+            # prune.alternatives; None without a budget or in entries from before it
+            "alternatives": _alternatives(prune_metrics.get("alternatives"), sizes),
         },
         "quantization": quantize_metrics["arguments"],
         "quantization_search": {name: m["search"] for name, m in quantize_metrics["models"].items() if m["search"]},
@@ -121,6 +146,11 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
             "student_without_teacher": distill["baseline_history"],
             "pruned_finetune": prune_metrics["history"],
             "pruned_from_scratch": None if scratch is None else scratch["history"],
+            **{
+                f"alternative {record['model']}": record["history"]
+                for record in prune_metrics.get("alternatives") or ()
+                if record["trained"]
+            },
         },
         "export_tolerance": inputs["export"].metrics["tolerance"],
     }

@@ -190,10 +190,20 @@ def shipped_arm(arms: dict[str, tuple[float, float]], budget_ms: float) -> str:
     return max(within, key=lambda name: arms[name][1])
 
 
+def shipped_search(search: dict) -> dict:
+    """The search (with its achieved latency) whose model ships: the uniform baseline's, or the search's own."""
+    return search["uniform_baseline"] if search.get("shipped") == "uniform" else search
+
+
+def shipped_latency_ms(search: dict) -> float:
+    """The achieved p50 (ms) of the model the searches' arms ship."""
+    return shipped_search(search)["achieved"]["latency_ms"]
+
+
 def search_summary(search: dict | None) -> str:
     if search is None:
         return ""
-    shipped = search["uniform_baseline"] if search.get("shipped") == "uniform" else search
+    shipped = shipped_search(search)
     achieved_ms = shipped["achieved"]["latency_ms"]
     verdict = "NOT met"
     if achieved_ms <= search["budget_ms"]:

@@ -38,6 +38,7 @@ from pipeline.search import prune_budget, prune_candidates
 from pipeline.search.prune_layer_table import prunable_groups
 from pipeline.search.prune_layers import full_channels, share_removed
 from pipeline.search.prune_ratio import search_limit
+from pipeline.training import prune_alternatives
 from pipeline.training.recipes import model_label, spec_for
 
 FORMS = ("unpruned", "floor")
@@ -234,6 +235,20 @@ def variant_advice(dataset: Dataset, distill: Any, prune: Any) -> str | None:
         f"{variant['model']} with every channel ({variant['unpruned_ms']:.4f} ms): --set "
         f"distill.model={variant['name']} may keep more accuracy than pruning (`edgeforge floor` measures both)"
     )
+
+
+def alternatives_within(dataset: Dataset, distill: Any, prune: Any) -> list[str]:
+    """prune.alternatives (resolved against the student) whose deployed form, untrained, measured within
+    prune.target_latency_ms in at least one of prune.search_repeats interleaved rounds, as 'MODEL (ms)': the prune
+    stage trains those whole (pipeline/training/prune_alternatives.py), so a student that cannot reach the budget
+    need not fail the run."""
+    models = prune_alternatives.resolve(prune.alternatives, distill.model, distill.width)
+    if not models:
+        return []
+    measured = [measured_student("alternative", name, width, dataset, prune, dropped=[]) for name, width in models]
+    rows = timed_rounds(measured, ("unpruned",), prune.search_repeats)
+    budget_ms = prune.target_latency_ms
+    return [f"{row['model']} ({row['fastest_ms']:.4f} ms)" for row in rows if row["fastest_ms"] <= budget_ms]
 
 
 def format_floors(result: dict[str, Any]) -> str:

@@ -105,18 +105,31 @@ def scratch_baseline(
     replay_pruning(model, spec, pruning_history)
     if architecture(model) != architecture(pruned):
         raise StageError("prune: the from-scratch baseline does not have the pruned architecture (replay failed)")
+    trained = train_from_scratch(model, spec, teacher, dataset, params, distill_params, out_dir, "scratch")
+    return model, {**trained, "architecture": architecture(model)}
+
+
+def train_from_scratch(
+    model: torch.nn.Module,
+    spec,
+    teacher: torch.nn.Module,
+    dataset: Dataset,
+    params: Any,
+    distill_params: dict[str, Any],
+    out_dir: Path,
+    name: str,
+) -> dict[str, Any]:
+    """Train `model` (fresh weights) in place by the distill stage's recipe, its feature loss too, for distill.epochs
+    + prune.finetune_epochs (or prune.scratch_epochs): as long as the student trained in distill and the fine-tune.
+    `name` names its log lines and its checkpoint, so a resumed run finds its own. {epochs, accuracies, history}."""
     epochs = params.scratch_epochs or distill_params["epochs"] + params.finetune_epochs
     teaching = SimpleNamespace(**distill_params)
     recipe = recipe_for(teaching, epochs, teaching.temperature, teaching.alpha)
     matching = features.build_for(teaching, teacher, model, spec.example_input())
     images, labels = dataset.train_images, dataset.train_labels
     validation = dataset.val_images, dataset.val_labels
-    checkpoint = out_dir / CHECKPOINTS / "scratch.pt"
-    name = "prune scratch"
-    history = fit(model, images, labels, dataset.norm, recipe, teacher, name, checkpoint, matching, validation)
-    return model, {
-        "epochs": epochs,
-        **scored(model, dataset),
-        "architecture": architecture(model),
-        "history": history,
-    }
+    checkpoint = out_dir / CHECKPOINTS / f"{name}.pt"
+    history = fit(
+        model, images, labels, dataset.norm, recipe, teacher, f"prune {name}", checkpoint, matching, validation
+    )
+    return {"epochs": epochs, **scored(model, dataset), "history": history}

@@ -9,6 +9,9 @@ from pipeline.models.pruning import prune_channels
 from pipeline.models.spec import ModelSpec
 from pipeline.models.storage import load_model, save_model
 from stages.prune import Params
+from tests.stages.prune_runs import run_prune
+
+pytestmark = pytest.mark.usefixtures("short_search_timing")
 
 
 def test_pruning_removes_channels_and_the_model_still_works():
@@ -97,40 +100,6 @@ def test_the_pruned_architecture_trained_from_scratch_ships_when_it_is_more_accu
     assert "the one trained from scratch ships" in metrics["summary"]
     markdown = results["report"].artifact.file("report.md").read_text()
     assert "so it is the pruned model that ships" in markdown
-
-
-@pytest.fixture(autouse=True)
-def short_search_timing(monkeypatch):
-    """Candidates timed briefly: these tests check the search's logic and records, not the latencies."""
-    from pipeline.search import prune_candidates
-
-    fast = dict(warmup_runs=2, warmup_seconds=0, min_runs=20, min_seconds=0)
-    monkeypatch.setattr(prune_candidates, "SEARCH_TIMING", (fast, fast))
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One artifact store for the budget tests: they share data, teacher and distill, and differ in prune."""
-    from pipeline.cache import ArtifactStore
-
-    return ArtifactStore(tmp_path_factory.mktemp("artifacts"))
-
-
-def run_prune(store, *sets, target="prune"):
-    """The prune stage's result, or with another target every stage's result by name."""
-    from pipeline.runner import load_config, run_pipeline
-
-    fast = ["teacher.width=8", "teacher.epochs=2", "distill.epochs=2", "distill.baseline=false"]
-    # Fixed session settings and no memory probe: these tests read the search and the report, not the bench.
-    bench = ["bench.batch_sizes=[1]", "bench.warmup_runs=2", "bench.min_runs=20", "bench.min_seconds=0"]
-    bench += ["bench.tune=false", "bench.memory=false"]
-    # The uniform search unless a test names another (the default per-layer one measures a latency table first).
-    basics = [*fast, "prune.finetune_epochs=1", "quantize.calibration_samples=64", "prune.search=uniform"]
-    config = load_config(overrides=[*basics, *bench, *sets])
-    # These tests exercise the prune stage's own handling of budgets, unreachable ones included; the run's floor
-    # check before training (tests/pipeline/search/test_student_floor.py) would stop those first.
-    results = run_pipeline(config, store, target=target, check_floor=False)
-    return results[-1] if target == "prune" else {r.name: r for r in results}
 
 
 @pytest.mark.slow

@@ -1,0 +1,159 @@
+"""The prune stage's other networks (prune.alternatives): with a latency budget, a network that is fast by
+construction, trained whole, may keep more accuracy than the student cut down to the budget.
+
+Pruning removes channels and blocks and keeps every operator and every feature map's size; a stride-2 stem runs
+every layer after it on a quarter of the pixels. At half resnet8's latency on an Intel Xeon with AMX (BENCHMARKS.md,
+"Half the student on a CPU with AMX"), resnet8 pruned to it (a block and 69% of its channels) kept 0.64 test accuracy,
+0.66 with its architecture trained from scratch, where resnet8_s2, distilled whole, met the same budget at 0.77. At
+0.09 ms the pruned resnet8 was the more accurate. So which ships is measured, not assumed:
+- each alternative is built and its deployed form timed as the search times its candidates (prune.target_*
+  settings), untrained: weights do not change latency. One over the budget whole is not trained (pruning it is a run
+  of its own: distill.model), and the record says what it measured;
+- one within it is trained from fresh weights by the distill stage's recipe, feature loss included, for as many
+  epochs as the student had in distill and the fine-tune (prune.scratch_epochs when set), then timed again;
+- of the pruned model and the trained alternatives, the most accurate on validation among those that measured
+  within the budget ships, the pruned model on a tie (prune_budget.shipped_arm, as for the searches' arms).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.datasets.artifact import Dataset
+from pipeline.errors import ConfigError
+from pipeline.models.cifar import STRIDED_STEM
+from pipeline.models.depth import AUTO
+from pipeline.models.factory import MODELS, build_model, count_macs_and_params, published_width
+from pipeline.search import prune_budget
+from pipeline.training.prune_finetune import train_from_scratch
+from pipeline.training.recipes import model_label, spec_for
+
+PRUNED = "pruned"  # the pruned student's arm in the shipping decision
+EXPECTED = "auto (the student's stride-2 variant), or built-in models as NAME or NAME@WIDTH, or null (none)"
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Alternative:
+    """One alternative network: its record (what the report shows) and, once trained, the model and its spec."""
+
+    record: dict[str, Any]
+    model: torch.nn.Module | None = None
+    spec: Any = None
+
+
+def parse(entry: str) -> tuple[str, int | None] | None:
+    """'auto' -> None (resolved against the student: `resolve`), 'NAME' or 'NAME@WIDTH' -> (name, width), else a
+    one-line ConfigError naming the entry."""
+    if entry == AUTO:
+        return None
+    name, at, width = entry.partition("@")
+    if name not in MODELS or at and not (width.isdigit() and int(width) >= 1):
+        raise ConfigError(
+            f"prune.alternatives: {entry!r} is not one; expected {EXPECTED} (built-in: {', '.join(MODELS)})"
+        )
+    return name, int(width) if at else published_width(name)
+
+
+def resolve(entries: tuple[str, ...] | None, student: str, student_width: int | None) -> list[tuple[str, int | None]]:
+    """(name, width) of each alternative: auto is the student's stride-2 variant at the student's width (nothing for
+    a student without one); repeats and the student itself are left out."""
+    found: list[tuple[str, int | None]] = []
+    for entry in entries or ():
+        parsed = parse(entry)
+        if parsed is None and student in STRIDED_STEM:
+            parsed = (f"{student}_s2", student_width)
+        if parsed is not None and parsed not in found and parsed != (student, student_width):
+            found.append(parsed)
+    return found
+
+
+def against_pruned(
+    search: dict[str, Any] | None,
+    spec,
+    pruned_validation: float,
+    teacher: torch.nn.Module,
+    dataset: Dataset,
+    params: Any,
+    distill_params: dict[str, Any],
+    out_dir: Path,
+) -> tuple[list[Alternative] | None, Alternative | None]:
+    """With a budget (`search`, the searches' decision) and prune.alternatives: each alternative of the student
+    (`spec`) timed, trained when within the budget, and the one that ships over the pruned model (validation accuracy
+    `pruned_validation`), or None. Without either: (None, None)."""
+    models = resolve(params.alternatives, spec.name, spec.width)
+    if search is None or not models:
+        return None, None
+    alternatives = trained_within_budget(models, teacher, dataset, params, distill_params, out_dir)
+    pruned_ms = prune_budget.shipped_latency_ms(search)
+    return alternatives, more_accurate(alternatives, pruned_ms, pruned_validation, search["budget_ms"])
+
+
+def trained_within_budget(
+    models: list[tuple[str, int | None]],
+    teacher: torch.nn.Module,
+    dataset: Dataset,
+    params: Any,
+    distill_params: dict[str, Any],
+    out_dir: Path,
+) -> list[Alternative]:
+    """Each of `models` timed untrained against params.target_latency_ms and, within it, trained and timed again."""
+    budget_ms, found = params.target_latency_ms, []
+    for index, (name, width) in enumerate(models):
+        spec = spec_for(dataset, name, width)
+        torch.manual_seed(distill_params["seed"])
+        model = build_model(spec)
+        untrained = prune_budget.achieved(model, spec, dataset, params)
+        macs, n_params = count_macs_and_params(model, spec)
+        record = {"model": model_label(name, width), "name": name, "width": width, "macs": macs, "params": n_params}
+        record.update(untrained=untrained, trained=untrained["latency_ms"] <= budget_ms, shipped=False)
+        log.info(
+            "prune: alternative %s untrained measured %.4f ms against %g",
+            record["model"],
+            untrained["latency_ms"],
+            budget_ms,
+        )
+        if not record["trained"]:
+            found.append(Alternative(record))
+            continue
+        record.update(
+            train_from_scratch(model, spec, teacher, dataset, params, distill_params, out_dir, f"alternative-{index}")
+        )
+        record["achieved"] = prune_budget.achieved(model, spec, dataset, params)
+        found.append(Alternative(record, model, spec))
+    return found
+
+
+def more_accurate(alternatives: list[Alternative], pruned_ms: float, pruned_validation: float, budget_ms: float):
+    """The alternative that ships over the pruned model (`pruned_ms`, `pruned_validation`: its achieved latency and
+    validation accuracy), or None: the most accurate on validation within the budget, the pruned model on a tie."""
+    trained = {a.record["model"]: a for a in alternatives if a.model is not None}
+    arms = {PRUNED: (pruned_ms, pruned_validation)}
+    arms |= {
+        label: (a.record["achieved"]["latency_ms"], a.record["validation_accuracy"]) for label, a in trained.items()
+    }
+    shipped = prune_budget.shipped_arm(arms, budget_ms)
+    if shipped == PRUNED:
+        return None
+    trained[shipped].record["shipped"] = True
+    return trained[shipped]
+
+
+def summary(alternatives: list[Alternative] | None) -> str:
+    """What the stage line says of the alternatives, "" without any."""
+    said = []
+    for a in alternatives or ():
+        r = a.record
+        if not r["trained"]:
+            said.append(f"{r['model']} not trained ({r['untrained']['latency_ms']:.4f} ms untrained, over the budget)")
+        else:
+            ships = ", ships" if r["shipped"] else ""
+            achieved_ms, validation = r["achieved"]["latency_ms"], r["validation_accuracy"]
+            said.append(f"{r['model']} whole {achieved_ms:.4f} ms, {validation:.4f} validation{ships}")
+    return f"alternatives: {'; '.join(said)}; " if said else ""

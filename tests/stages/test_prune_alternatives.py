@@ -1,0 +1,117 @@
+"""prune.alternatives in the prune stage: the student's stride-2 variant trained whole beside the pruned student, and
+the more accurate on validation within the budget shipped (pipeline/training/prune_alternatives.py)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from pipeline.models.factory import count_macs_and_params
+from pipeline.models.storage import load_model
+from pipeline.search import prune_budget
+from pipeline.training import prune_alternatives
+from tests.stages.prune_runs import run_prune
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("short_search_timing")]
+
+RESNET = ["distill.model=resnet8", "distill.width=4", "prune.scratch_baseline=false", "prune.target_format=fp32"]
+
+
+def test_the_stride_2_variant_is_trained_whole_by_distills_recipe_and_the_more_accurate_ships(store):
+    results = run_prune(store, *RESNET, "prune.target_latency_ms=1000", target="report")
+    metrics = results["prune"].artifact.metrics
+    (record,) = metrics["alternatives"]
+    assert record["model"] == "resnet8_s2 x4" and record["trained"]
+    assert record["untrained"]["latency_ms"] <= 1000 and record["achieved"]["latency_ms"] <= 1000
+    distill = results["distill"].artifact.manifest["params"]
+    assert record["epochs"] == distill["epochs"] + 1  # as long as distill and the fine-tune (prune.finetune_epochs 1)
+    assert len(record["history"]) == record["epochs"] and all(row["kd"] > 0 for row in record["history"])
+    pruned = metrics["steps"][-1]["after_finetune"]["validation_accuracy"]
+    ships = record["validation_accuracy"] > pruned  # both within the budget: the more accurate, the pruned on a tie
+    assert record["shipped"] is ships and metrics["shipped"] == ("alternative" if ships else "fine-tuned")
+    model, spec = load_model(results["prune"].artifact.path)
+    assert spec.name == ("resnet8_s2" if ships else "resnet8")
+    assert (metrics["macs"], metrics["params"]) == count_macs_and_params(model, spec)
+    assert "alternatives: resnet8_s2 x4 whole" in metrics["summary"]
+    markdown = results["report"].artifact.file("report.md").read_text()
+    assert "(prune.alternatives): resnet8_s2 x4 (" in markdown
+    assert "| the pruned model or another network trained whole (prune.alternatives) | validation |" in markdown
+
+
+def test_a_more_accurate_alternative_ships_in_place_of_the_pruned_model_down_to_its_onnx_file(store, monkeypatch):
+    """Its training is stubbed to a perfect validation score: what is asserted is what ships, and how it is said."""
+
+    def perfect(model, spec, teacher, dataset, params, distill_params, out_dir, name):
+        return {"epochs": 1, "validation_accuracy": 1.0, "test_accuracy": 0.5, "history": []}
+
+    monkeypatch.setattr(prune_alternatives, "train_from_scratch", perfect)
+    results = run_prune(store, *RESNET, "prune.target_latency_ms=999", target="report")
+    metrics = results["prune"].artifact.metrics
+    assert metrics["shipped"] == "alternative" and metrics["alternatives"][0]["shipped"]
+    assert (metrics["validation_accuracy"], metrics["test_accuracy"]) == (1.0, 0.5)
+    model, spec = load_model(results["prune"].artifact.path)
+    assert spec.name == "resnet8_s2" and model[0][0].stride == (2, 2)  # the stride-2 stem, no pruning replayed
+    exported = results["export"].artifact.metrics["models"]["pruned"]
+    assert (exported["macs"], exported["params"]) == (metrics["macs"], metrics["params"])
+    assert metrics["macs"] < metrics["macs_before"] / 3  # a quarter of the pixels after the stem
+    assert "resnet8_s2 x4 whole" in metrics["summary"] and metrics["summary"].count(", ships") == 1
+    markdown = results["report"].artifact.file("report.md").read_text()
+    assert "the most accurate on validation within the budget, so it is the pruned model that ships" in markdown
+
+
+def test_an_alternative_over_the_budget_whole_is_measured_not_trained(store, monkeypatch):
+    real, trained = prune_budget.achieved, []
+
+    def slow_variant(model, spec, dataset, params):
+        measured = real(model, spec, dataset, params)
+        return {**measured, "latency_ms": 2 * params.target_latency_ms} if spec.name.endswith("_s2") else measured
+
+    monkeypatch.setattr(prune_budget, "achieved", slow_variant)
+    monkeypatch.setattr(prune_alternatives, "train_from_scratch", lambda *args: trained.append(args))
+    metrics = run_prune(store, *RESNET, "prune.target_latency_ms=998").artifact.metrics
+    (record,) = metrics["alternatives"]
+    assert record["trained"] is False and record["untrained"]["latency_ms"] == 1996 and trained == []
+    assert metrics["shipped"] == "fine-tuned" and "resnet8_s2 x4 not trained (1996.0000 ms" in metrics["summary"]
+    # Without a budget, or with prune.alternatives null, nothing else is built.
+    assert run_prune(store, *RESNET).artifact.metrics["alternatives"] is None
+    assert (
+        run_prune(store, *RESNET, "prune.target_latency_ms=997", "prune.alternatives=null").artifact.metrics[
+            "alternatives"
+        ]
+        is None
+    )
+
+
+def test_a_student_that_cannot_reach_the_budget_does_not_stop_a_run_whose_alternative_meets_it(
+    tmp_path, monkeypatch, caplog
+):
+    """The floor check before training: the student (0.2 ms a round) cannot reach 0.1 ms, its stride-2 variant
+    (0.05 ms) can; the run goes on to train (the teacher stage, stubbed to stop there) and says why."""
+    from pipeline.cache import ArtifactStore
+    from pipeline.errors import StageError
+    from pipeline.runner import load_config, run_pipeline
+    from pipeline.search import prune_candidates
+    from stages import teacher
+
+    class Trained(Exception):
+        pass
+
+    def p50(self, path):
+        return (0.05 if self.spec.name.endswith("_s2") else 0.2), "fixed"
+
+    def stop(*args):
+        raise Trained
+
+    monkeypatch.setattr(prune_candidates.Candidates, "p50", p50)
+    monkeypatch.setattr(teacher, "run", stop)
+    budget = [*RESNET, "prune.search=uniform", "prune.search_repeats=2", "prune.target_latency_ms=0.1"]
+    store = ArtifactStore(tmp_path / "artifacts")
+    with caplog.at_level(logging.WARNING), pytest.raises(Trained):
+        run_pipeline(load_config(overrides=budget), store, target="prune")
+    assert (
+        "floor check: resnet8 x4 cannot reach prune.target_latency_ms=0.1 pruned; prune.alternatives measured within "
+        "it whole: resnet8_s2 x4 (0.0500 ms); the prune stage trains them" in caplog.text
+    )
+    with pytest.raises(StageError, match=r"^prune.target_latency_ms=0.1: resnet8 x4 -1 block cannot reach it"):
+        run_pipeline(load_config(overrides=[*budget, "prune.alternatives=null"]), store, target="prune")

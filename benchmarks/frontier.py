@@ -8,7 +8,8 @@ choice was made on; latencies of different runs are different measurements), eac
 budget, each budget as a vertical line, the teacher as the first run's bench measured it and each distinct student
 (distill.model) unpruned as the first run with it measured it. An arm that removed residual blocks
 (prune.drop_blocks) says which. With prune.scratch_baseline, the shipped arm's architecture trained from scratch is
-a row too, at that arm's latency (the same architecture), and "ships" says which of the two shipped. Runs that
+a row too, at that arm's latency (the same architecture), and "ships" says which of the two shipped; with
+prune.alternatives, each other network trained whole is a row at its own measured latency ("whole"). Runs that
 share an artifacts folder overwrite its release: copy release/report.json away after each run.
 
     python benchmarks/frontier.py runs/*/report.json --out benchmarks/frontier.png
@@ -25,13 +26,18 @@ from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 from pipeline.reporting.plots import latency_at, new_figure
 
 SCRATCH = "from scratch"  # the shipped arm's architecture trained from fresh weights
+ALTERNATIVE = "whole"  # a network of prune.alternatives, trained whole
 ARM_STYLE = {
     "uniform": ("#2ca02c", "^"),
     "per_layer": ("#1f77b4", "o"),
     "sampled": ("#1f77b4", "o"),
     SCRATCH: ("#d62728", "s"),
+    ALTERNATIVE: ("#9467bd", "D"),
 }
-ARM_LABELS = {SCRATCH: "shipped arm's architecture, from scratch"}
+ARM_LABELS = {
+    SCRATCH: "shipped arm's architecture, from scratch",
+    ALTERNATIVE: "another network whole (prune.alternatives)",
+}
 
 
 def read_report(path: Path) -> dict:
@@ -50,7 +56,7 @@ def arms(report: dict, path: Path) -> list[dict]:
             f"error: {path}: the run had no latency search with its uniform baseline; run it with "
             "--set prune.target_latency_ms=BUDGET --set prune.search=sampled (or per_layer)"
         )
-    scratch_shipped = report["pruning"]["shipped"] == "from scratch"
+    shipped_from = report["pruning"]["shipped"]  # "fine-tuned", "from scratch" or "alternative"
     rows = [
         {
             "budget_ms": search["budget_ms"],
@@ -63,7 +69,7 @@ def arms(report: dict, path: Path) -> list[dict]:
             "format": arm["achieved"]["format"],
             "validation": arm["finetuned"]["validation_accuracy"],
             "test": arm["finetuned"]["test_accuracy"],
-            "shipped": search["shipped"] == name and not scratch_shipped,
+            "shipped": search["shipped"] == name and shipped_from == "fine-tuned",
             "search_kept": search["shipped"] == name,  # this arm's architecture is the one that shipped
         }
         for name, arm in ((search["search"], search), ("uniform", search["uniform_baseline"]))
@@ -72,8 +78,16 @@ def arms(report: dict, path: Path) -> list[dict]:
     # same architecture); when it was the more accurate on validation, it shipped instead of the fine-tune.
     scratch = report["pruning"].get("scratch")
     kept = [{**row, "arm": SCRATCH, "validation": scratch["validation_accuracy"], "test": scratch["test_accuracy"],
-             "shipped": scratch_shipped} for row in rows if scratch and row["search_kept"]]  # fmt: skip
-    return rows + kept
+             "shipped": shipped_from == "from scratch"} for row in rows if scratch and row["search_kept"]]  # fmt: skip
+    # With prune.alternatives, each other network trained whole (untrained over the budget: not trained, no row).
+    whole = [
+        {"budget_ms": search["budget_ms"], "student": row["model"], "arm": ALTERNATIVE, "removed": 0.0, "blocks": [],
+         "macs": row["macs"], "latency_ms": row["achieved_ms"], "format": row["format"],
+         "validation": row["validation_accuracy"], "test": row["test_accuracy"], "shipped": row["shipped"],
+         "search_kept": False}
+        for row in report["pruning"].get("alternatives") or () if row["trained"]
+    ]  # fmt: skip
+    return rows + kept + whole
 
 
 def references(reports: list[dict]) -> list[dict]:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pipeline.reporting import plots
+from pipeline.reporting.alternatives_section import alternatives_section
 from pipeline.reporting.html_figures import (
     caption_distributions,
     caption_pareto,
@@ -75,6 +76,7 @@ def render_html(report: dict[str, Any]) -> str:
         remeasured_section(report),
         uniform_baseline_section(report),
         depth_section(report),
+        alternatives_section(report),
         _quantization_aware(report),
         training_section(report),
         per_class_section(report),

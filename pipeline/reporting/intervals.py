@@ -110,3 +110,8 @@ def accuracies_with_intervals(
         intervals[f"{split}_accuracy"] = value
         intervals[f"{split}_interval"] = list(wilson(round(value * count), count))
     return intervals
+
+
+def accuracy_text(value: float, interval: list[float] | None) -> str:
+    """An accuracy with its 95% interval: 0.9471 [0.9203, 0.9661]."""
+    return f"{value:.4f}" if not interval else f"{value:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.reporting.alternatives_section import alternatives_lines
 from pipeline.reporting.depth_section import depth_lines
+from pipeline.reporting.intervals import accuracy_text
 from pipeline.reporting.search_sections import search_sections
 from pipeline.reporting.signoff_section import failing_lines
 from pipeline.reporting.targets_section import target_descriptions, target_rows
-
-
-def accuracy_text(value: float, interval: list[float] | None) -> str:
-    """An accuracy with its 95% interval: 0.9471 [0.9203, 0.9661]."""
-    return f"{value:.4f}" if not interval else f"{value:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -223,38 +220,13 @@ def steps_section(report: dict[str, Any]) -> list[str]:
                 else "."
             )
         ),
-        *_alternatives_lines(prune.get("alternatives")),
+        *alternatives_lines(prune.get("alternatives")),
         "- Quantization arguments (onnxruntime quantize_static): "
         + ", ".join(f"{k}={v}" for k, v in report["quantization"].items())
         + ".",
         f"- Export check: onnxruntime vs PyTorch within atol {report['export_tolerance']['atol']}, "
         f"rtol {report['export_tolerance']['rtol']} at batch 1 and N"
         + (" (not the teacher: it is the ONNX file it was given, copied)." if report.get("teacher_onnx") else "."),
-    ]
-
-
-def _alternatives_lines(alternatives: list[dict[str, Any]] | None) -> list[str]:
-    """report.md's line on prune.alternatives: each network, trained whole or over the budget untrained."""
-    if not alternatives:
-        return []
-    said = []
-    for row in alternatives:
-        if not row["trained"]:
-            said.append(f"{row['model']} measured {row['untrained_ms']:.4f} ms untrained, over the budget: not trained")
-            continue
-        said.append(
-            f"{row['model']} ({row['params']:,} params, {row['macs']:,} MACs) trained for {row['epochs']} epochs "
-            f"measured {row['achieved_ms']:.4f} ms {row['format']}: {_both(row)}"
-            + (
-                ", the most accurate on validation within the budget, so it is the pruned model that ships"
-                if row["shipped"]
-                else ""
-            )
-        )
-    return [
-        "- Other networks trained whole from fresh weights with distillation, as the student was (prune.alternatives): "
-        + "; ".join(said)
-        + "."
     ]
 
 

@@ -1,0 +1,93 @@
+"""The report's words and table on prune.alternatives: each other network trained whole beside the pruned student
+(pipeline/training/prune_alternatives.py), the pruned model's row beside them, and which shipped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.reporting.html_figures import escape as _e
+from pipeline.reporting.html_figures import table, table_rows
+from pipeline.reporting.intervals import accuracy_text
+
+ALTERNATIVES_HEADER = ["network", "params", "MACs", "p50 ms untrained", "p50 ms trained", "validation", "test", "ships"]
+
+
+def _scores(row: dict[str, Any]) -> str:
+    return (
+        f"validation {accuracy_text(row['validation_accuracy'], row['validation_interval'])}, "
+        f"test {accuracy_text(row['test_accuracy'], row['test_interval'])}"
+    )
+
+
+def alternatives_lines(alternatives: list[dict[str, Any]] | None) -> list[str]:
+    """report.md's line in "What each step bought": each network, trained whole or over the budget untrained."""
+    if not alternatives:
+        return []
+    said = []
+    for row in alternatives:
+        if not row["trained"]:
+            said.append(f"{row['model']} measured {row['untrained_ms']:.4f} ms untrained, over the budget: not trained")
+            continue
+        ships = ", the most accurate on validation within the budget, so it is the pruned model that ships"
+        said.append(
+            f"{row['model']} ({row['params']:,} params, {row['macs']:,} MACs) trained for {row['epochs']} epochs "
+            f"measured {row['achieved_ms']:.4f} ms {row['format']}: {_scores(row)}" + (ships if row["shipped"] else "")
+        )
+    return [
+        "- Other networks trained whole from fresh weights with distillation, as the student was (prune.alternatives): "
+        + "; ".join(said)
+        + "."
+    ]
+
+
+def alternatives_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The pruned student's row (the searches' model as it shipped from its architecture), then each alternative's."""
+    pruning, search = report["pruning"], report.get("latency_search") or {}
+    kept = search["uniform_baseline"] if search.get("shipped") == "uniform" else search
+    step = pruning["steps"][-1]
+    finetuned, scratch = pruning["after_finetune"], pruning["scratch"]
+    # Of the pruned architecture's two models the more accurate on validation, as the stage chose (the fine-tune on
+    # a tie), whatever shipped in the end.
+    from_scratch = scratch is not None and scratch["validation_accuracy"] > finetuned["validation_accuracy"]
+    scores = scratch if from_scratch else finetuned
+    rows = [
+        [
+            f"the student pruned ({'from scratch' if from_scratch else 'fine-tuned'})",
+            f"{step['params']:,}",
+            f"{step['macs']:,}",
+            "",
+            f"{kept['achieved']['latency_ms']:.4f}",
+            accuracy_text(scores["validation_accuracy"], scores["validation_interval"]),
+            accuracy_text(scores["test_accuracy"], scores["test_interval"]),
+            "no" if pruning["shipped"] == "alternative" else "**yes**",
+        ]
+    ]
+    for row in pruning["alternatives"]:
+        trained = row["trained"]
+        rows.append(
+            [
+                row["model"],
+                f"{row['params']:,}",
+                f"{row['macs']:,}",
+                f"{row['untrained_ms']:.4f}",
+                f"{row['achieved_ms']:.4f}" if trained else "over the budget: not trained",
+                accuracy_text(row["validation_accuracy"], row["validation_interval"]) if trained else "",
+                accuracy_text(row["test_accuracy"], row["test_interval"]) if trained else "",
+                "**yes**" if row["shipped"] else "no",
+            ]
+        )
+    return rows
+
+
+def alternatives_section(report: dict[str, Any]) -> str:
+    """report.html's table of the pruned student against prune.alternatives at the budget."""
+    if not (report.get("pruning") or {}).get("alternatives"):
+        return ""
+    budget_ms = report["latency_search"]["budget_ms"]
+    return (
+        "<h2>The pruned student against other networks trained whole</h2>"
+        f"<p>{_e(f'At the budget of {budget_ms:g} ms')}: each network of prune.alternatives is timed untrained "
+        "(weights do not change latency), trained from fresh weights by the distill stage's recipe where it meets "
+        "the budget, and timed again; the most accurate on validation within the budget ships, the pruned student "
+        "on a tie.</p>" + table(ALTERNATIVES_HEADER, table_rows(alternatives_rows(report)))
+    )

@@ -27,6 +27,7 @@ from pipeline.reporting.plots import latency_at, new_figure
 
 SCRATCH = "from scratch"  # the shipped arm's architecture trained from fresh weights
 ALTERNATIVE = "whole"  # a network of prune.alternatives, trained whole
+ACCURACIES = ("validation_accuracy", "test_accuracy")
 ARM_STYLE = {
     "uniform": ("#2ca02c", "^"),
     "per_layer": ("#1f77b4", "o"),
@@ -49,13 +50,17 @@ def read_report(path: Path) -> dict:
 
 
 def arms(report: dict, path: Path) -> list[dict]:
-    """Both arms of a run's prune stage at its budget: what each kept, measured and scored after its fine-tune."""
+    """The arms of a run's prune stage at its budget (the search's, and the uniform baseline's when it ran): what each
+    kept, measured and scored after its fine-tune."""
     search = report.get("latency_search")
-    if not search or "uniform_baseline" not in search:
+    if not search:
         raise SystemExit(
-            f"error: {path}: the run had no latency search with its uniform baseline; run it with "
-            "--set prune.target_latency_ms=BUDGET --set prune.search=sampled (or per_layer)"
+            f"error: {path}: the run had no latency search; run it with --set prune.target_latency_ms=BUDGET"
         )
+    if "uniform_baseline" not in search:  # prune.uniform_baseline false: the search's arm is the fine-tuned model
+        step = report["pruning"]["steps"][-1]
+        finetuned = {"macs": step["macs"], **{key: step["after_finetune"][key] for key in ACCURACIES}}
+        search = {**search, "finetuned": finetuned, "shipped": search["search"]}
     shipped_from = report["pruning"]["shipped"]  # "fine-tuned", "from scratch" or "alternative"
     rows = [
         {
@@ -72,7 +77,8 @@ def arms(report: dict, path: Path) -> list[dict]:
             "shipped": search["shipped"] == name and shipped_from == "fine-tuned",
             "search_kept": search["shipped"] == name,  # this arm's architecture is the one that shipped
         }
-        for name, arm in ((search["search"], search), ("uniform", search["uniform_baseline"]))
+        for name, arm in ((search["search"], search), ("uniform", search.get("uniform_baseline")))
+        if arm is not None
     ]
     # With prune.scratch_baseline, the kept arm's architecture trained from fresh weights, at that arm's latency (the
     # same architecture); when it was the more accurate on validation, it shipped instead of the fine-tune.

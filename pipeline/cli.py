@@ -92,7 +92,7 @@ skip_floor_check_option = click.option(
     is_flag=True,
     help="Train the student even when prune.target_latency_ms is under its floor of pruning (by default the run "
     "times the untrained student at its floor, and unpruned if that misses, before training, and fails if every "
-    "round is over the budget).",
+    "round is over the budget, unless one of prune.alternatives measures within it whole).",
 )
 
 

@@ -44,7 +44,9 @@ SECTION = "signoff"
 # 20: report.html shows the candidates each search timed again in interleaved rounds (plateau, confirmed), as
 #     report.md does; report.md's uniform arm shows its plateau rounds too
 # 21: on a failed sign-off, every model against the gates (signoff.failed_by_model) and the closest in the summary
-VERSION = 21
+# 22: prune.alternatives: each network in report.md and report.html, the choice in the choices table, and a "Pruned:"
+#     sentence under the models table when the model called pruned is one of them
+VERSION = 22
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")

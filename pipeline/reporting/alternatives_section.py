@@ -19,6 +19,22 @@ def _scores(row: dict[str, Any]) -> str:
     )
 
 
+def pruned_is_alternative(report: dict[str, Any]) -> str:
+    """One sentence under the models table when the model called "pruned" is one of prune.alternatives, not the
+    student pruned ("" otherwise): the table's names say where each model came from, and that one did not."""
+    pruning = report.get("pruning") or {}
+    if pruning.get("shipped") != "alternative":
+        return ""
+    shipped = next(row for row in pruning["alternatives"] if row["shipped"])
+    finetuned, scratch = pruning["after_finetune"], pruning["scratch"]
+    best = max(finetuned["validation_accuracy"], scratch["validation_accuracy"] if scratch else 0.0)
+    return (
+        f"Pruned: {shipped['model']} trained whole from fresh weights with distillation (prune.alternatives), not the "
+        f"student pruned: more accurate on validation within the budget ({shipped['validation_accuracy']:.4f} against "
+        f"{best:.4f} for the student pruned to it)."
+    )
+
+
 def alternatives_lines(alternatives: list[dict[str, Any]] | None) -> list[str]:
     """report.md's line in "What each step bought": each network, trained whole or over the budget untrained."""
     if not alternatives:

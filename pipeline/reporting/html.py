@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from pipeline.reporting import plots
-from pipeline.reporting.alternatives_section import alternatives_section
+from pipeline.reporting.alternatives_section import alternatives_section, pruned_is_alternative
 from pipeline.reporting.html_figures import (
     caption_distributions,
     caption_pareto,
@@ -167,6 +167,7 @@ def _models_table(report: dict) -> str:
         f"model at the session settings measured fastest for it ({_e(settings or 'not recorded')}).</p>\n"
         + _table(header, rows)
         + _onnx_teacher(report.get("teacher_onnx"))
+        + (f"\n<p>{_e(sentence)}</p>" if (sentence := pruned_is_alternative(report)) else "")
     )
 
 

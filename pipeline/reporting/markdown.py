@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.reporting.alternatives_section import alternatives_lines
+from pipeline.reporting.alternatives_section import alternatives_lines, pruned_is_alternative
 from pipeline.reporting.depth_section import depth_lines
 from pipeline.reporting.intervals import accuracy_text
 from pipeline.reporting.search_sections import search_sections
@@ -97,6 +97,7 @@ def models_section(report: dict[str, Any]) -> list[str]:
     ]
     lines += _table(header, rows)
     lines += teacher_lines(report)
+    lines += ["", sentence] if (sentence := pruned_is_alternative(report)) else []
     for provider in report["models"][0]["latency"]:  # one latency table per provider measured
         lines += ["", f"Latency on {provider} (p50 / p90 / p99 ms; p90's 95% interval where measured):", ""]
         lines += _latency_table(report["models"], provider)

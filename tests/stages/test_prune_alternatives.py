@@ -58,7 +58,10 @@ def test_a_more_accurate_alternative_ships_in_place_of_the_pruned_model_down_to_
     assert "resnet8_s2 x4 whole" in metrics["summary"] and metrics["summary"].count(", ships") == 1
     markdown = results["report"].artifact.file("report.md").read_text()
     assert "the most accurate on validation within the budget, so it is the pruned model that ships" in markdown
+    pruned_is = "Pruned: resnet8_s2 x4 trained whole from fresh weights with distillation (prune.alternatives), not"
+    assert f"{pruned_is} the student pruned: more accurate on validation within the budget (1.0000 against" in markdown
     html = results["report"].artifact.file("report.html").read_text()
+    assert f"<p>{pruned_is}" in html
     assert "<h2>The pruned student against other networks trained whole</h2><p>At the budget of 999 ms" in html
     assert "<tr><td>resnet8_s2 x4</td>" in html and "<td>1.0000" in html
     assert html.count("<td><strong>yes</strong></td>") == 1 and "<td>the student pruned (fine-tuned)</td>" in html

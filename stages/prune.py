@@ -27,7 +27,6 @@ and the most accurate on validation within the budget is the search's arm (pipel
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from pipeline.runtime.timing import PROVIDER_NAMES, is_provider
 from pipeline.search import prune_budget, prune_candidates, prune_depth, prune_layers
 from pipeline.training import features, prune_alternatives, prune_arms
 from pipeline.training.onnx_teacher import load_teacher
-from pipeline.training.prune_finetune import prune_and_finetune, scratch_baseline
+from pipeline.training.prune_finetune import scratch_baseline
 from pipeline.training.recipes import check_recipe_params, model_label
 
 NAME = "prune"
@@ -268,19 +267,9 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     else:
         dropped = depth["blocks"] if depth is not None else []
         arm = prune_arms.finetuned_arm(whole, dropped, teacher, spec, dataset, params, out_dir)
+    arm = prune_arms.versus_uniform(arm, whole, teacher, spec, dataset, params, out_dir)  # prune.uniform_baseline
     student, dropped, search, ratio = arm.student, arm.dropped, arm.search, arm.ratio
     history, steps, training = arm.history, arm.steps, arm.training
-    uniform = prune_budget.uniform_baseline_decision(whole, spec, dataset, params, out_dir)
-    # Both searches keeping every channel (and block) is one model: it is fine-tuned and measured once, for both arms.
-    if uniform is not None and prune_budget.both_unpruned(search, uniform):  # it knows the search's blocks
-        search = prune_budget.versus_uniform(search, steps, {**uniform, "achieved": search["achieved"]}, steps)
-    elif uniform is not None:  # the whole student pruned to the uniform search's ratio, fine-tuned the same way
-        unpruned = copy.deepcopy(whole)
-        base = prune_and_finetune(unpruned, teacher, spec, dataset, params, uniform["ratio"], out_dir, arm="uniform")
-        uniform = {**uniform, "achieved": prune_budget.achieved(unpruned, spec, dataset, params)}
-        search = prune_budget.versus_uniform(search, steps, uniform, base[1])
-        if search["shipped"] == "uniform":
-            student, (history, steps, training), ratio, dropped = unpruned, base, uniform["ratio"], []
     macs_after, params_after = steps[-1]["macs"], steps[-1]["params"]
     before_finetune, shipped_scores = steps[0]["before_finetune"], steps[-1]["after_finetune"]
     in_steps = f" in {len(steps)} steps" if len(steps) > 1 else ""

@@ -212,6 +212,29 @@ def stop_reason(records: list[dict[str, Any]], budget_ms: float) -> str | None:
     return None
 
 
+def versus_uniform(
+    arm: Arm, whole: torch.nn.Module, teacher: torch.nn.Module, spec, dataset: Dataset, params: Any, out_dir: Path
+) -> Arm:
+    """`arm` with prune.uniform_baseline beside it (a per-layer or sampled search with a budget): the whole student
+    pruned to the uniform search's ratio at the same budget and fine-tuned the same way, in the arm's search record
+    (prune_budget.versus_uniform); the uniform model's arm when it is the one that ships. Unchanged without one."""
+    uniform = prune_budget.uniform_baseline_decision(whole, spec, dataset, params, out_dir)
+    if uniform is None:
+        return arm
+    if prune_budget.both_unpruned(arm.search, uniform):  # one model: fine-tuned and measured once, for both arms
+        same = {**uniform, "achieved": arm.search["achieved"]}
+        return dataclasses.replace(arm, search=prune_budget.versus_uniform(arm.search, arm.steps, same, arm.steps))
+    unpruned = copy.deepcopy(whole)
+    history, steps, training = prune_and_finetune(
+        unpruned, teacher, spec, dataset, params, uniform["ratio"], out_dir, arm="uniform"
+    )
+    uniform = {**uniform, "achieved": prune_budget.achieved(unpruned, spec, dataset, params)}
+    search = prune_budget.versus_uniform(arm.search, arm.steps, uniform, steps)
+    if search["shipped"] != "uniform":
+        return dataclasses.replace(arm, search=search)
+    return Arm([], unpruned, search, uniform["ratio"], history, steps, training)  # every block kept
+
+
 def summary(depth: dict[str, Any] | None) -> str:
     """The stage line's words for auto's arms ("" without them)."""
     if depth is None or "arms" not in depth:

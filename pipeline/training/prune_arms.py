@@ -1,6 +1,7 @@
 """The prune stage's arms: the student, with some residual blocks removed, searched against the latency budget,
 pruned, fine-tuned and measured again (finetuned_arm); with `prune.drop_blocks: auto`, one such arm per depth
-(best_depth).
+(best_depth); with `prune.uniform_baseline`, the whole student pruned to the uniform search's ratio beside the
+kept arm (versus_uniform).
 
 Auto goes 0, 1, 2... blocks deep, in the order pipeline/search/prune_depth.py chose on validation; each depth gets
 its own per-layer search and fine-tune, and the most accurate on validation of the arms within the budget is the

@@ -17,8 +17,8 @@ uniform search's ratio at the same budget and fine-tuned the same way; the more 
 within the budget ships, and both are recorded (pipeline/search/prune_budget.py: versus_uniform).
 With `prune.scratch_baseline` the chosen architecture is also trained from fresh weights with distillation; of the
 two models (same architecture, same latency) the more accurate on validation ships, the fine-tune on a tie. With a
-budget and `prune.alternatives`, other networks (by default the student's stride-2 variant) are trained whole the
-same way where they meet it, and ship when more accurate on validation (pipeline/training/prune_alternatives.py).
+budget, `prune.alternatives` (the student's stride-2 variant) are trained whole where they meet it, and ship when
+more accurate on validation (pipeline/training/prune_alternatives.py).
 With `prune.drop_blocks` N, N whole residual blocks go first, chosen on validation (pipeline/search/prune_depth.py),
 and the channels are pruned from the shallower model; the uniform baseline stays the simple path: the whole student,
 channels only. With auto, the default, and a budget, the search and the fine-tune run at 0, 1, 2... blocks removed,
@@ -41,6 +41,7 @@ from pipeline.runtime import targets
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider
 from pipeline.search import prune_budget, prune_candidates, prune_depth, prune_layers
 from pipeline.training import features, prune_alternatives, prune_arms
+from pipeline.training.features import with_distill_features
 from pipeline.training.onnx_teacher import load_teacher
 from pipeline.training.prune_finetune import scratch_baseline
 from pipeline.training.recipes import check_recipe_params, model_label
@@ -67,7 +68,6 @@ OUTPUTS = ("model.pt", "model.json")
 IMPORTANCES = ("l1", "l2")
 SEARCHES = ("uniform", "per_layer", "sampled")
 SEARCH_SCORES = ("magnitude", "validation")
-DISTILL_FEATURES = "distill"  # prune.feature_loss: the distill stage's feature loss, weight and layers
 # Which model ships: the pruned architecture fine-tuned or trained from scratch, or one of prune.alternatives.
 FINETUNED, FROM_SCRATCH, ALTERNATIVE = "fine-tuned", "from scratch", "alternative"
 LATENCY_MODEL_NAMES = tuple(prune_layers.LATENCY_MODELS)
@@ -121,11 +121,9 @@ class Params:
     # many epochs as distill and this fine-tune together: what pruning bought over choosing that network directly.
     scratch_baseline: bool = True
     scratch_epochs: int | None = None  # null: distill.epochs + prune.finetune_epochs
-    # With target_latency_ms, other networks trained whole from fresh weights by distill's recipe (for scratch_epochs)
-    # where their deployed form, timed untrained, meets the budget; the most accurate on validation within it ships,
-    # the pruned student on a tie (pipeline/training/prune_alternatives.py). auto: the student's stride-2 variant
-    # (resnet8 -> resnet8_s2 at distill.width) when it has one; NAME or NAME@WIDTH: a built-in model; null: none. At
-    # half resnet8's latency on a Xeon with AMX, resnet8 pruned to it kept 0.64 test accuracy, resnet8_s2 whole 0.77.
+    # With target_latency_ms, networks timed untrained and, within the budget, trained whole by distill's recipe; the
+    # most accurate on validation within it ships (pipeline/training/prune_alternatives.py). auto: the student's
+    # stride-2 variant. At half resnet8's latency (Xeon, AMX) resnet8 pruned kept 0.66 test, resnet8_s2 whole 0.78.
     alternatives: tuple[str, ...] | None = dataclasses.field(
         default=(AUTO,), metadata={"expects": prune_alternatives.EXPECTED}
     )
@@ -178,7 +176,7 @@ class Params:
             DROP_BLOCKS_EXPECTED,
         )
         require(self.importance in IMPORTANCES, "prune.importance", self.importance, " or ".join(IMPORTANCES))
-        kinds = (DISTILL_FEATURES, *features.KINDS)
+        kinds = (features.DISTILL, *features.KINDS)
         require(self.feature_loss in kinds, "prune.feature_loss", self.feature_loss, ", ".join(kinds))
         require(
             self.feature_weight is None or self.feature_weight > 0,
@@ -270,9 +268,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     arm = prune_arms.versus_uniform(arm, whole, teacher, spec, dataset, params, out_dir)  # prune.uniform_baseline
     student, dropped, search, ratio = arm.student, arm.dropped, arm.search, arm.ratio
     history, steps, training = arm.history, arm.steps, arm.training
-    macs_after, params_after = steps[-1]["macs"], steps[-1]["params"]
     before_finetune, shipped_scores = steps[0]["before_finetune"], steps[-1]["after_finetune"]
-    in_steps = f" in {len(steps)} steps" if len(steps) > 1 else ""
     scratch, shipped = None, FINETUNED
     if params.scratch_baseline:
         trained, scratch = scratch_baseline(
@@ -288,7 +284,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     )
     if best is None:
         save_model(student, spec, out_dir, pruning_history=history, dropped_blocks=dropped)
-        shipped_size = {"macs": macs_after, "params": params_after}
+        shipped_size = {key: steps[-1][key] for key in ("macs", "params")}
     else:  # a network of its own: no pruning to replay, no blocks removed
         save_model(best.model, best.spec, out_dir, pruning_history=[], dropped_blocks=[])
         shipped, shipped_size = ALTERNATIVE, {key: best.record[key] for key in ("macs", "params")}
@@ -310,36 +306,10 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "scratch": scratch,
         "alternatives": None if alternatives is None else [a.record for a in alternatives],
         "shipped": shipped,
-        "finetune_features": None
-        if params.feature_loss == "none"
-        else {
-            "kind": params.feature_loss,
-            "weight": params.feature_weight or features.DEFAULT_WEIGHTS[params.feature_loss],
-            "layers": list(params.feature_layers or ()),
-        },
+        "finetune_features": features.described(params.feature_loss, params.feature_weight, params.feature_layers),
         "summary": prune_budget.search_summary(search)
         + prune_arms.summary(depth)
         + prune_depth.summary(depth, dropped)
         + prune_alternatives.summary(alternatives)
-        + (
-            f"{ratio:.1%} of channels removed{in_steps}: MACs {macs_before:,} -> {macs_after:,}, "
-            f"params {params_before:,} -> {params_after:,}, validation accuracy "
-            f"{before_finetune['validation_accuracy']:.4f} -> {steps[-1]['after_finetune']['validation_accuracy']:.4f} "
-            "after fine-tune"
-            + ("" if scratch is None else f" ({scratch['validation_accuracy']:.4f} trained from scratch)")
-            + (", the one trained from scratch ships" if shipped == FROM_SCRATCH else "")
-        ),
+        + prune_arms.channels_summary(ratio, steps, macs_before, params_before, scratch, shipped == FROM_SCRATCH),
     }
-
-
-def with_distill_features(params: Params, distill_params: dict[str, Any]) -> Params:
-    """`params` with feature_loss distill resolved to the distill stage's kind, weight and layers (where unset)."""
-    if params.feature_loss != DISTILL_FEATURES:
-        return params
-    layers = params.feature_layers or distill_params.get("feature_layers")
-    return dataclasses.replace(
-        params,
-        feature_loss=distill_params.get("feature_loss", "none"),
-        feature_weight=params.feature_weight or distill_params.get("feature_weight"),
-        feature_layers=tuple(layers) if layers else None,
-    )

@@ -7,16 +7,19 @@ from typing import Any
 
 from pipeline.reporting.html_figures import escape as _e
 from pipeline.reporting.html_figures import table, table_rows
-from pipeline.reporting.intervals import accuracy_text
+from pipeline.reporting.intervals import accuracy_text, both_splits_text
+from pipeline.search import prune_budget
 
 ALTERNATIVES_HEADER = ["network", "params", "MACs", "p50 ms untrained", "p50 ms trained", "validation", "test", "ships"]
 
 
-def _scores(row: dict[str, Any]) -> str:
-    return (
-        f"validation {accuracy_text(row['validation_accuracy'], row['validation_interval'])}, "
-        f"test {accuracy_text(row['test_accuracy'], row['test_interval'])}"
-    )
+def pruned_architecture_best(pruning: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Of the pruned architecture's two models, the one the stage kept ("fine-tuned" or "from scratch": the more
+    accurate on validation, the fine-tune on a tie) and its accuracies, whatever shipped in the end."""
+    finetuned, scratch = pruning["after_finetune"], pruning["scratch"]
+    if scratch is not None and scratch["validation_accuracy"] > finetuned["validation_accuracy"]:
+        return "from scratch", scratch
+    return "fine-tuned", finetuned
 
 
 def pruned_is_alternative(report: dict[str, Any]) -> str:
@@ -26,8 +29,7 @@ def pruned_is_alternative(report: dict[str, Any]) -> str:
     if pruning.get("shipped") != "alternative":
         return ""
     shipped = next(row for row in pruning["alternatives"] if row["shipped"])
-    finetuned, scratch = pruning["after_finetune"], pruning["scratch"]
-    best = max(finetuned["validation_accuracy"], scratch["validation_accuracy"] if scratch else 0.0)
+    best = pruned_architecture_best(pruning)[1]["validation_accuracy"]
     return (
         f"Pruned: {shipped['model']} trained whole from fresh weights with distillation (prune.alternatives), not the "
         f"student pruned: more accurate on validation within the budget ({shipped['validation_accuracy']:.4f} against "
@@ -47,7 +49,8 @@ def alternatives_lines(alternatives: list[dict[str, Any]] | None) -> list[str]:
         ships = ", the most accurate on validation within the budget, so it is the pruned model that ships"
         said.append(
             f"{row['model']} ({row['params']:,} params, {row['macs']:,} MACs) trained for {row['epochs']} epochs "
-            f"measured {row['achieved_ms']:.4f} ms {row['format']}: {_scores(row)}" + (ships if row["shipped"] else "")
+            f"measured {row['achieved_ms']:.4f} ms {row['format']}: {both_splits_text(row)}"
+            + (ships if row["shipped"] else "")
         )
     return [
         "- Other networks trained whole from fresh weights with distillation, as the student was (prune.alternatives): "
@@ -59,20 +62,15 @@ def alternatives_lines(alternatives: list[dict[str, Any]] | None) -> list[str]:
 def alternatives_rows(report: dict[str, Any]) -> list[list[str]]:
     """The pruned student's row (the searches' model as it shipped from its architecture), then each alternative's."""
     pruning, search = report["pruning"], report.get("latency_search") or {}
-    kept = search["uniform_baseline"] if search.get("shipped") == "uniform" else search
+    how, scores = pruned_architecture_best(pruning)
     step = pruning["steps"][-1]
-    finetuned, scratch = pruning["after_finetune"], pruning["scratch"]
-    # Of the pruned architecture's two models the more accurate on validation, as the stage chose (the fine-tune on
-    # a tie), whatever shipped in the end.
-    from_scratch = scratch is not None and scratch["validation_accuracy"] > finetuned["validation_accuracy"]
-    scores = scratch if from_scratch else finetuned
     rows = [
         [
-            f"the student pruned ({'from scratch' if from_scratch else 'fine-tuned'})",
+            f"the student pruned ({how})",
             f"{step['params']:,}",
             f"{step['macs']:,}",
             "",
-            f"{kept['achieved']['latency_ms']:.4f}",
+            f"{prune_budget.shipped_latency_ms(search):.4f}",
             accuracy_text(scores["validation_accuracy"], scores["validation_interval"]),
             accuracy_text(scores["test_accuracy"], scores["test_interval"]),
             "no" if pruning["shipped"] == "alternative" else "**yes**",

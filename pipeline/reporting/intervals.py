@@ -115,3 +115,13 @@ def accuracies_with_intervals(
 def accuracy_text(value: float, interval: list[float] | None) -> str:
     """An accuracy with its 95% interval: 0.9471 [0.9203, 0.9661]."""
     return f"{value:.4f}" if not interval else f"{value:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"
+
+
+def both_splits_text(scores: dict[str, Any] | None) -> str:
+    """'validation 0.7974 [0.7860, 0.8083], test 0.7800 [...]' of accuracies_with_intervals' dict; 'not trained'."""
+    if scores is None:
+        return "not trained"
+    return (
+        f"validation {accuracy_text(scores['validation_accuracy'], scores['validation_interval'])}, "
+        f"test {accuracy_text(scores['test_accuracy'], scores['test_interval'])}"
+    )

@@ -6,7 +6,7 @@ from typing import Any
 
 from pipeline.reporting.alternatives_section import alternatives_lines, pruned_is_alternative
 from pipeline.reporting.depth_section import depth_lines
-from pipeline.reporting.intervals import accuracy_text
+from pipeline.reporting.intervals import accuracy_text, both_splits_text
 from pipeline.reporting.search_sections import search_sections
 from pipeline.reporting.signoff_section import failing_lines
 from pipeline.reporting.targets_section import target_descriptions, target_rows
@@ -168,15 +168,6 @@ def _gradual_text(steps: list[dict[str, Any]]) -> str:
     )
 
 
-def _both(scores: dict[str, Any] | None) -> str:
-    if scores is None:
-        return "not trained"
-    return (
-        f"validation {accuracy_text(scores['validation_accuracy'], scores['validation_interval'])}, "
-        f"test {accuracy_text(scores['test_accuracy'], scores['test_interval'])}"
-    )
-
-
 def _finetune_features_text(features: dict[str, Any] | None) -> str:
     """What the prune fine-tune distilled beside the logits (prune.feature_loss), or nothing for logits alone."""
     if not features:
@@ -201,20 +192,21 @@ def steps_section(report: dict[str, Any]) -> list[str]:
         "",
         "PyTorch accuracies of the training stages, with 95% intervals:",
         "",
-        f"- Distillation ({how}): the student without the teacher {_both(distill['baseline'])}"
+        f"- Distillation ({how}): the student without the teacher {both_splits_text(distill['baseline'])}"
         + (" (distill.baseline: false)" if distill["baseline"] is None else "")
-        + f"; distilled {_both(distill['student'])}.",
+        + f"; distilled {both_splits_text(distill['student'])}.",
         *depth_lines(prune.get("depth")),
         f"- Pruning ({prune['ratio']:.1%} of channels): params {prune['params_before']:,} → "
         f"{prune['steps'][-1]['params']:,}, MACs {prune['macs_before']:,} → {prune['steps'][-1]['macs']:,}; right "
-        f"after pruning {_both(prune['before_finetune'])}; "
+        f"after pruning {both_splits_text(prune['before_finetune'])}; "
         f"after the distillation fine-tune{_finetune_features_text(prune.get('finetune_features'))} "
-        f"{_both(prune['after_finetune'])}" + _gradual_text(prune["steps"]) + ".",
+        f"{both_splits_text(prune['after_finetune'])}" + _gradual_text(prune["steps"]) + ".",
         "- The pruned architecture trained from scratch with distillation "
         + (
             "was not trained (prune.scratch_baseline: false)."
             if scratch is None
-            else f"for {scratch['epochs']} epochs (as many as distill and the fine-tune together): {_both(scratch)}"
+            else f"for {scratch['epochs']} epochs (as many as distill and the fine-tune together): "
+            + both_splits_text(scratch)
             + (
                 "; more accurate on validation than the fine-tune, so it is the pruned model that ships."
                 if prune.get("shipped") == "from scratch"

@@ -20,6 +20,9 @@ boundary of the student with the k-th deepest of the teacher.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,6 +31,7 @@ from pipeline.errors import ConfigError
 
 KINDS = ("none", "hint", "attention")
 DEFAULT_WEIGHTS = {"hint": 1.0, "attention": 1.0}
+DISTILL = "distill"  # prune.feature_loss: the distill stage's feature loss, weight and layers
 
 
 def stage_boundaries(model: nn.Module, example: torch.Tensor) -> list[str]:
@@ -238,3 +242,23 @@ def _run_with_hooks(model: nn.Module, example: torch.Tensor, hooks: list[tuple[n
         model.train(was_training)
         for handle in handles:
             handle.remove()
+
+
+def with_distill_features(params: Any, distill_params: dict[str, Any]) -> Any:
+    """`params` with feature_loss distill resolved to the distill stage's kind, weight and layers (where unset)."""
+    if params.feature_loss != DISTILL:
+        return params
+    layers = params.feature_layers or distill_params.get("feature_layers")
+    return dataclasses.replace(
+        params,
+        feature_loss=distill_params.get("feature_loss", "none"),
+        feature_weight=params.feature_weight or distill_params.get("feature_weight"),
+        feature_layers=tuple(layers) if layers else None,
+    )
+
+
+def described(kind: str, weight: float | None, layers: tuple[str, ...] | None) -> dict[str, Any] | None:
+    """A fine-tune's feature loss as its record shows it ({kind, weight, layers}), None without one."""
+    if kind == "none":
+        return None
+    return {"kind": kind, "weight": weight or DEFAULT_WEIGHTS[kind], "layers": list(layers or ())}

@@ -236,6 +236,22 @@ def versus_uniform(
     return Arm([], unpruned, search, uniform["ratio"], history, steps, training)  # every block kept
 
 
+def channels_summary(
+    ratio: float, steps: list[dict], macs_before: int, params_before: int, scratch: dict | None, from_scratch: bool
+) -> str:
+    """The prune stage line's end: the channels the kept arm removed, its size, and its accuracy before and after the
+    fine-tune (and trained from scratch)."""
+    in_steps = f" in {len(steps)} steps" if len(steps) > 1 else ""
+    before, after = steps[0]["before_finetune"], steps[-1]["after_finetune"]
+    return (
+        f"{ratio:.1%} of channels removed{in_steps}: MACs {macs_before:,} -> {steps[-1]['macs']:,}, "
+        f"params {params_before:,} -> {steps[-1]['params']:,}, validation accuracy "
+        f"{before['validation_accuracy']:.4f} -> {after['validation_accuracy']:.4f} after fine-tune"
+        + ("" if scratch is None else f" ({scratch['validation_accuracy']:.4f} trained from scratch)")
+        + (", the one trained from scratch ships" if from_scratch else "")
+    )
+
+
 def summary(depth: dict[str, Any] | None) -> str:
     """The stage line's words for auto's arms ("" without them)."""
     if depth is None or "arms" not in depth:

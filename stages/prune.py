@@ -6,23 +6,18 @@ is stored as state_dict plus pruning history: loading replays the history on a f
 With `prune.steps` > 1 the channels go gradually, each step followed by its share of the fine-tune
 (pipeline/models/pruning.py); the schedule and each step's accuracies are in the metrics and the report.
 
-The channels to remove are either `prune.ratio` of every layer's, or, with `prune.target_latency_ms`, what a search
-against that budget measured in onnxruntime (pipeline/search/prune_budget.py). By default (`prune.search:
-per_layer`) each dependency group gets its own channel count, greedily, from a latency table measured once per
-machine (pipeline/search/prune_layers.py, prune_layer_table.py); `sampled` ranks whole configurations on validation
-instead (prune_sampled.py); `uniform` is the least single ratio whose latency meets the budget (prune_ratio.py,
-prune_candidates.py). Candidates are measured before fine-tuning, the chosen one is fine-tuned, then measured again
-(predicted vs achieved). With a per-layer search and `prune.uniform_baseline` the student is also pruned to the
-uniform search's ratio at the same budget and fine-tuned the same way; the more accurate of the two on validation
-within the budget ships, and both are recorded (pipeline/search/prune_budget.py: versus_uniform).
-With `prune.scratch_baseline` the chosen architecture is also trained from fresh weights with distillation; of the
-two models (same architecture, same latency) the more accurate on validation ships, the fine-tune on a tie. With a
-budget, `prune.alternatives` (the student's stride-2 variant) are trained whole where they meet it, and ship when
-more accurate on validation (pipeline/training/prune_alternatives.py).
-With `prune.drop_blocks` N, N whole residual blocks go first, chosen on validation (pipeline/search/prune_depth.py),
-and the channels are pruned from the shallower model; the uniform baseline stays the simple path: the whole student,
-channels only. With auto, the default, and a budget, the search and the fine-tune run at 0, 1, 2... blocks removed,
-and the most accurate on validation within the budget is the search's arm (pipeline/training/prune_arms.py).
+The channels to remove are `prune.ratio` of every layer's, or, with `prune.target_latency_ms`, what a search against
+that budget measured in onnxruntime (pipeline/search/prune_budget.py): per layer by default, each dependency group's
+channel count set greedily from a latency table measured once per machine (prune_layers.py, prune_layer_table.py);
+`sampled` ranks whole configurations on validation (prune_sampled.py); `uniform` is the least single ratio that meets
+the budget (prune_ratio.py, prune_candidates.py). Candidates are measured before fine-tuning, the chosen one again
+after it (predicted vs achieved). With `prune.drop_blocks` N, N residual blocks go first, chosen on validation
+(prune_depth.py); auto, with a budget, searches and fine-tunes at 0, 1, 2... blocks removed and keeps the most
+accurate on validation within the budget (pipeline/training/prune_arms.py). Then challengers, each shipping only
+when more accurate on validation within the budget: with `prune.uniform_baseline` the whole student pruned to the
+uniform search's ratio (prune_arms.versus_uniform); with `prune.scratch_baseline` the chosen architecture trained
+from fresh weights (prune_finetune.versus_scratch); with a budget, `prune.alternatives` (the student's stride-2
+variant) trained whole (pipeline/training/prune_alternatives.py).
 """
 
 from __future__ import annotations
@@ -43,7 +38,7 @@ from pipeline.search import prune_budget, prune_candidates, prune_depth, prune_l
 from pipeline.training import features, prune_alternatives, prune_arms
 from pipeline.training.features import with_distill_features
 from pipeline.training.onnx_teacher import load_teacher
-from pipeline.training.prune_finetune import scratch_baseline
+from pipeline.training.prune_finetune import versus_scratch
 from pipeline.training.recipes import check_recipe_params, model_label
 
 NAME = "prune"
@@ -269,15 +264,10 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     student, dropped, search, ratio = arm.student, arm.dropped, arm.search, arm.ratio
     history, steps, training = arm.history, arm.steps, arm.training
     before_finetune, shipped_scores = steps[0]["before_finetune"], steps[-1]["after_finetune"]
-    scratch, shipped = None, FINETUNED
-    if params.scratch_baseline:
-        trained, scratch = scratch_baseline(
-            student, spec, dropped, history, teacher, dataset, params, distill_params, out_dir
-        )
-        # The same architecture, so the same latency: the more accurate on validation ships (a tie: the fine-tune).
-        if scratch["validation_accuracy"] > shipped_scores["validation_accuracy"]:
-            student, shipped = trained, FROM_SCRATCH
-            shipped_scores = {key: scratch[key] for key in ("validation_accuracy", "test_accuracy")}
+    student, shipped_scores, scratch, from_scratch = versus_scratch(
+        student, shipped_scores, spec, dropped, history, teacher, dataset, params, distill_params, out_dir
+    )  # prune.scratch_baseline
+    shipped = FROM_SCRATCH if from_scratch else FINETUNED
     # With a budget, networks fast by construction, trained whole, against the pruned model: the best ships.
     alternatives, best = prune_alternatives.against_pruned(
         search, spec, shipped_scores["validation_accuracy"], teacher, dataset, params, distill_params, out_dir

@@ -2,7 +2,7 @@
 `prune.steps` steps, each followed by its share of the distillation fine-tune. The stage runs it once for the model
 it ships and, with a per-layer search and `prune.uniform_baseline`, once more for the uniform search's ratio at the
 same budget (the same schedule, under other checkpoint names). With `prune.scratch_baseline`, the pruned
-architecture trained from fresh weights (scratch_baseline)."""
+architecture also trained from fresh weights, and the more accurate on validation ships (versus_scratch)."""
 
 from __future__ import annotations
 
@@ -86,8 +86,9 @@ def finetune(
     return fit(student, images, labels, dataset.norm, recipe, teacher, name, checkpoint, matching, validation)
 
 
-def scratch_baseline(
+def versus_scratch(
     pruned: torch.nn.Module,
+    scores: dict[str, float],
     spec,
     dropped_blocks: list[str],
     pruning_history: list,
@@ -96,9 +97,14 @@ def scratch_baseline(
     params: Any,
     distill_params: dict[str, Any],
     out_dir: Path,
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The pruned architecture with fresh weights, trained with distillation by the distill stage's recipe for
-    distill.epochs + prune.finetune_epochs (or prune.scratch_epochs): what pruning bought. (The model, its record.)"""
+) -> tuple[torch.nn.Module, dict[str, float], dict[str, Any] | None, bool]:
+    """With prune.scratch_baseline, the pruned architecture also built with fresh weights and trained with
+    distillation by the distill stage's recipe (train_from_scratch): what pruning bought. The same architecture has
+    the same latency, so the more accurate on validation ships; a tie: the fine-tune, `pruned` with its `scores`.
+    (The model that ships, its validation and test accuracy, the scratch record or None without the baseline,
+    whether the scratch model ships.)"""
+    if not params.scratch_baseline:
+        return pruned, scores, None, False
     torch.manual_seed(distill_params["seed"])
     model = build_model(spec)
     drop_blocks(model, dropped_blocks)
@@ -106,7 +112,10 @@ def scratch_baseline(
     if architecture(model) != architecture(pruned):
         raise StageError("prune: the from-scratch baseline does not have the pruned architecture (replay failed)")
     trained = train_from_scratch(model, spec, teacher, dataset, params, distill_params, out_dir, "scratch")
-    return model, {**trained, "architecture": architecture(model)}
+    scratch = {**trained, "architecture": architecture(model)}
+    if scratch["validation_accuracy"] <= scores["validation_accuracy"]:
+        return pruned, scores, scratch, False
+    return model, {key: scratch[key] for key in ("validation_accuracy", "test_accuracy")}, scratch, True
 
 
 def train_from_scratch(

@@ -170,8 +170,10 @@ def check_student_floor(config: Config, store: ArtifactStore, plan: dict, artifa
             ", ".join(within),
         )
         return
-    variant = (f"{distill.model}_s2", distill.width)  # prune.alternatives trains it: no advice needed
-    if variant in prune_alternatives.resolve(prune.alternatives, distill.model, distill.width):
+    # prune.alternatives times the stride-2 variant at the student's width (auto: beside others): no advice needed
+    variant, width = f"{distill.model}_s2", distill.width
+    networks = prune_alternatives.resolve(prune.alternatives, distill.model, width, prune.round_to)
+    if any(name == variant and width in widths for name, widths in networks):
         return
     if (advice := student_floor.variant_advice(dataset, distill, prune)) is not None:
         log.warning("floor check: %s", advice)

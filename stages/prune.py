@@ -56,7 +56,9 @@ SECTION = "prune"
 # 17: the scratch baseline distils distill's feature loss too, and the fine-tunes can (prune.feature_loss)
 # 18: prune.alternatives: with a budget, the student's stride-2 variant (or named networks) trained whole and shipped
 #     when more accurate on validation within the budget ("shipped": "alternative")
-VERSION = 18
+# 19: auto alternatives time the stride-2 variant at widths from twice the student's to half and train the widest
+#     within the search's limit (the record's "widths")
+VERSION = 19
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
@@ -118,7 +120,8 @@ class Params:
     scratch_epochs: int | None = None  # null: distill.epochs + prune.finetune_epochs
     # With target_latency_ms, networks timed untrained and, within the budget, trained whole by distill's recipe; the
     # most accurate on validation within it ships (pipeline/training/prune_alternatives.py). auto: the student's
-    # stride-2 variant. At half resnet8's latency (Xeon, AMX) resnet8 pruned kept 0.66 test, resnet8_s2 whole 0.78.
+    # stride-2 variant at the widest of 2x to 0.5x the student's width within the search's limit. At half resnet8's
+    # latency (Xeon, AMX) resnet8 pruned kept 0.66 test, resnet8_s2 whole 0.78.
     alternatives: tuple[str, ...] | None = dataclasses.field(
         default=(AUTO,), metadata={"expects": prune_alternatives.EXPECTED}
     )

@@ -46,7 +46,8 @@ SECTION = "signoff"
 # 21: on a failed sign-off, every model against the gates (signoff.failed_by_model) and the closest in the summary
 # 22: prune.alternatives: each network in report.md and report.html, the choice in the choices table, and a "Pruned:"
 #     sentence under the models table when the model called pruned is one of them
-VERSION = 22
+# 23: auto's widths of the stride-2 variant, each timed untrained, beside its row and line
+VERSION = 23
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")

@@ -37,6 +37,14 @@ def pruned_is_alternative(report: dict[str, Any]) -> str:
     )
 
 
+def widths_text(row: dict[str, Any]) -> str:
+    """ " (auto: ...)" naming each width auto timed untrained, widest first, "" for a named network."""
+    if not row.get("widths"):
+        return ""
+    timed = ", ".join(f"x{entry['width']} {entry['latency_ms']:.4f} ms" for entry in row["widths"])
+    return f" (auto, the widest within the search's limit, else the budget, timed untrained: {timed})"
+
+
 def alternatives_lines(alternatives: list[dict[str, Any]] | None) -> list[str]:
     """report.md's line in "What each step bought": each network, trained whole or over the budget untrained."""
     if not alternatives:
@@ -44,11 +52,15 @@ def alternatives_lines(alternatives: list[dict[str, Any]] | None) -> list[str]:
     said = []
     for row in alternatives:
         if not row["trained"]:
-            said.append(f"{row['model']} measured {row['untrained_ms']:.4f} ms untrained, over the budget: not trained")
+            said.append(
+                f"{row['model']}{widths_text(row)} measured {row['untrained_ms']:.4f} ms untrained, over the budget: "
+                "not trained"
+            )
             continue
         ships = ", the most accurate on validation within the budget, so it is the pruned model that ships"
         said.append(
-            f"{row['model']} ({row['params']:,} params, {row['macs']:,} MACs) trained for {row['epochs']} epochs "
+            f"{row['model']}{widths_text(row)} ({row['params']:,} params, {row['macs']:,} MACs) trained for "
+            f"{row['epochs']} epochs "
             f"measured {row['achieved_ms']:.4f} ms {row['format']}: {both_splits_text(row)}"
             + (ships if row["shipped"] else "")
         )
@@ -80,7 +92,7 @@ def alternatives_rows(report: dict[str, Any]) -> list[list[str]]:
         trained = row["trained"]
         rows.append(
             [
-                row["model"],
+                row["model"] + widths_text(row),
                 f"{row['params']:,}",
                 f"{row['macs']:,}",
                 f"{row['untrained_ms']:.4f}",

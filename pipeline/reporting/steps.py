@@ -70,6 +70,7 @@ def _alternatives(records: list[dict[str, Any]] | None, sizes: dict[str, Any]) -
     for record in records:
         row = {key: record[key] for key in ("model", "macs", "params", "trained", "shipped")}
         row["untrained_ms"] = record["untrained"]["latency_ms"]
+        row["widths"] = record.get("widths")  # auto's widths timed untrained (prune VERSION 19)
         if record["trained"]:
             row.update(epochs=record["epochs"], achieved_ms=record["achieved"]["latency_ms"])
             row["format"] = record["achieved"]["format"]

@@ -242,10 +242,11 @@ def alternatives_within(dataset: Dataset, distill: Any, prune: Any) -> list[str]
     prune.target_latency_ms in at least one of prune.search_repeats interleaved rounds, as 'MODEL (ms)': the prune
     stage trains those whole (pipeline/training/prune_alternatives.py), so a student that cannot reach the budget
     need not fail the run."""
-    models = prune_alternatives.resolve(prune.alternatives, distill.model, distill.width)
+    models = prune_alternatives.resolve(prune.alternatives, distill.model, distill.width, prune.round_to)
     if not models:
         return []
-    measured = [measured_student("alternative", name, width, dataset, prune, dropped=[]) for name, width in models]
+    # Of a network's widths (auto's several) the narrowest, the fastest: whether any of them can be trained.
+    measured = [measured_student("alternative", name, widths[-1], dataset, prune, []) for name, widths in models]
     rows = timed_rounds(measured, ("unpruned",), prune.search_repeats)
     budget_ms = prune.target_latency_ms
     return [f"{row['model']} ({row['fastest_ms']:.4f} ms)" for row in rows if row["fastest_ms"] <= budget_ms]

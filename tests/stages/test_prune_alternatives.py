@@ -22,7 +22,9 @@ def test_the_stride_2_variant_is_trained_whole_by_distills_recipe_and_the_more_a
     results = run_prune(store, *RESNET, "prune.target_latency_ms=1000", target="report")
     metrics = results["prune"].artifact.metrics
     (record,) = metrics["alternatives"]
-    assert record["model"] == "resnet8_s2 x4" and record["trained"]
+    # auto: resnet8_s2 at 8, 6, 4, 3 and 2 channels (twice the student's to half); 8, the widest, is within the limit
+    assert record["model"] == "resnet8_s2 x8" and record["trained"]
+    assert record["widths"] == [{"width": 8, "latency_ms": record["untrained"]["latency_ms"]}]
     assert record["untrained"]["latency_ms"] <= 1000 and record["achieved"]["latency_ms"] <= 1000
     distill = results["distill"].artifact.manifest["params"]
     assert record["epochs"] == distill["epochs"] + 1  # as long as distill and the fine-tune (prune.finetune_epochs 1)
@@ -33,9 +35,10 @@ def test_the_stride_2_variant_is_trained_whole_by_distills_recipe_and_the_more_a
     model, spec = load_model(results["prune"].artifact.path)
     assert spec.name == ("resnet8_s2" if ships else "resnet8")
     assert (metrics["macs"], metrics["params"]) == count_macs_and_params(model, spec)
-    assert "alternatives: resnet8_s2 x4 whole" in metrics["summary"]
+    assert "alternatives: resnet8_s2 x8 whole" in metrics["summary"]
     markdown = results["report"].artifact.file("report.md").read_text()
-    assert "(prune.alternatives): resnet8_s2 x4 (" in markdown
+    auto = "(auto, the widest within the search's limit, else the budget, timed untrained: x8 "
+    assert f"(prune.alternatives): resnet8_s2 x8 {auto}" in markdown
     assert "| the pruned model or another network trained whole (prune.alternatives) | validation |" in markdown
 
 
@@ -54,16 +57,17 @@ def test_a_more_accurate_alternative_ships_in_place_of_the_pruned_model_down_to_
     assert spec.name == "resnet8_s2" and model[0][0].stride == (2, 2)  # the stride-2 stem, no pruning replayed
     exported = results["export"].artifact.metrics["models"]["pruned"]
     assert (exported["macs"], exported["params"]) == (metrics["macs"], metrics["params"])
-    assert metrics["macs"] < metrics["macs_before"] / 3  # a quarter of the pixels after the stem
-    assert "resnet8_s2 x4 whole" in metrics["summary"] and metrics["summary"].count(", ships") == 1
+    # Twice the student's width on a quarter of its pixels after the stem: the variant's MACs, not the student's
+    assert metrics["macs"] == metrics["alternatives"][0]["macs"] != metrics["macs_before"]
+    assert "resnet8_s2 x8 whole" in metrics["summary"] and metrics["summary"].count(", ships") == 1
     markdown = results["report"].artifact.file("report.md").read_text()
     assert "the most accurate on validation within the budget, so it is the pruned model that ships" in markdown
-    pruned_is = "Pruned: resnet8_s2 x4 trained whole from fresh weights with distillation (prune.alternatives), not"
+    pruned_is = "Pruned: resnet8_s2 x8 trained whole from fresh weights with distillation (prune.alternatives), not"
     assert f"{pruned_is} the student pruned: more accurate on validation within the budget (1.0000 against" in markdown
     html = results["report"].artifact.file("report.html").read_text()
     assert f"<p>{pruned_is}" in html
     assert "<h2>The pruned student against other networks trained whole</h2><p>At the budget of 999 ms" in html
-    assert "<tr><td>resnet8_s2 x4</td>" in html and "<td>1.0000" in html
+    assert "<tr><td>resnet8_s2 x8 (auto, the widest within the search&#x27;s limit" in html and "<td>1.0000" in html
     assert html.count("<td><strong>yes</strong></td>") == 1 and "<td>the student pruned (fine-tuned)</td>" in html
 
 
@@ -79,7 +83,8 @@ def test_an_alternative_over_the_budget_whole_is_measured_not_trained(store, mon
     metrics = run_prune(store, *RESNET, "prune.target_latency_ms=998").artifact.metrics
     (record,) = metrics["alternatives"]
     assert record["trained"] is False and record["untrained"]["latency_ms"] == 1996 and trained == []
-    assert metrics["shipped"] == "fine-tuned" and "resnet8_s2 x4 not trained (1996.0000 ms" in metrics["summary"]
+    assert [entry["width"] for entry in record["widths"]] == [8, 6, 4, 3, 2]  # every width over: the narrowest
+    assert metrics["shipped"] == "fine-tuned" and "resnet8_s2 x2 not trained (1996.0000 ms" in metrics["summary"]
     # Without a budget, or with prune.alternatives null, nothing else is built.
     assert run_prune(store, *RESNET).artifact.metrics["alternatives"] is None
     assert (
@@ -118,7 +123,7 @@ def test_a_student_that_cannot_reach_the_budget_does_not_stop_a_run_whose_altern
         run_pipeline(load_config(overrides=budget), store, target="prune")
     assert (
         "floor check: resnet8 x4 cannot reach prune.target_latency_ms=0.1 pruned; prune.alternatives measured within "
-        "it whole: resnet8_s2 x4 (0.0500 ms); the prune stage trains them" in caplog.text
+        "it whole: resnet8_s2 x2 (0.0500 ms); the prune stage trains them" in caplog.text
     )
     with pytest.raises(StageError, match=r"^prune.target_latency_ms=0.1: resnet8 x4 -1 block cannot reach it"):
         run_pipeline(load_config(overrides=[*budget, "prune.alternatives=null"]), store, target="prune")

@@ -2,24 +2,73 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.runner import load_config
-from pipeline.training.prune_alternatives import Alternative, more_accurate, parse, resolve, summary
+from pipeline.search import prune_budget
+from pipeline.training.prune_alternatives import (
+    Alternative,
+    auto_widths,
+    more_accurate,
+    parse,
+    resolve,
+    summary,
+    widest_within,
+)
 
 
-def test_auto_is_the_students_stride_2_variant_at_its_width_and_nothing_for_a_student_without_one():
-    assert resolve(("auto",), "resnet8", 4) == [("resnet8_s2", 4)]
-    assert resolve(("auto",), "resnet20", 16) == [("resnet20_s2", 16)]
-    assert resolve(("auto",), "cnn", 8) == []
-    assert resolve(None, "resnet8", 4) == []
+def test_auto_is_the_students_stride_2_variant_at_widths_around_its_own_and_nothing_for_a_student_without_one():
+    assert resolve(("auto",), "resnet8", 4, 0) == [("resnet8_s2", (8, 6, 4, 3, 2))]
+    assert resolve(("auto",), "resnet20", 16, 8) == [("resnet20_s2", (32, 24, 16, 8))]
+    assert resolve(("auto",), "cnn", 8, 0) == []
+    assert resolve(None, "resnet8", 4, 0) == []
+
+
+@pytest.mark.parametrize(
+    ("width", "round_to", "widths"),
+    [(16, 0, (32, 24, 16, 12, 8)), (16, 8, (32, 24, 16, 8)), (16, 16, (32, 16)), (4, 8, (8,)), (3, 0, (6, 4, 3, 2))],
+)
+def test_auto_widths_run_from_twice_the_students_to_half_in_multiples_of_round_to_and_never_under_one(
+    width, round_to, widths
+):
+    assert auto_widths(width, round_to) == widths
 
 
 def test_named_networks_take_their_published_width_or_one_after_at_and_repeats_and_the_student_go():
     assert parse("resnet8_s2") == ("resnet8_s2", 16) and parse("resnet14@8") == ("resnet14", 8)
-    entries = ("auto", "resnet8_s2@4", "resnet14@8", "resnet8@4", "resnet14@8")
-    assert resolve(entries, "resnet8", 4) == [("resnet8_s2", 4), ("resnet14", 8)]
+    entries = ("auto", "resnet8_s2@4", "resnet14@8", "resnet8@4", "resnet14@8", "auto")
+    assert resolve(entries, "resnet8", 4, 0) == [
+        ("resnet8_s2", (8, 6, 4, 3, 2)),
+        ("resnet8_s2", (4,)),
+        ("resnet14", (8,)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("latencies", "budget_ms", "chosen", "timed"),
+    [
+        ({32: 3.2, 24: 2.4, 16: 1.6, 8: 0.8}, 2.0, 16, [32, 24, 16]),  # the widest within the limit (1.8 ms)
+        ({32: 3.2, 24: 2.4, 16: 1.6, 8: 0.8}, 9.0, 32, [32]),  # the widest of all: nothing more timed
+        ({32: 3.2, 24: 0.84, 16: 1.6, 8: 0.9}, 0.85, 24, [32, 24, 16, 8]),  # none within 0.765: the widest within
+        ({32: 3.2, 24: 2.4, 16: 1.6, 8: 0.9}, 0.85, 8, [32, 24, 16, 8]),  # none within the budget: the narrowest
+    ],
+)
+def test_auto_trains_the_widest_within_the_searchs_limit_else_the_widest_within_the_budget(
+    monkeypatch, latencies, budget_ms, chosen, timed
+):
+    monkeypatch.setattr(
+        prune_budget, "achieved", lambda model, spec, dataset, params: {"latency_ms": latencies[spec.width]}
+    )
+    dataset = SimpleNamespace(train_images=np.zeros((1, 3, 8, 8), np.float32), class_names=["a", "b"])
+    params = SimpleNamespace(target_latency_ms=budget_ms, search_margin=0.1)
+    model, spec, untrained, widths = widest_within("resnet8_s2", (32, 24, 16, 8), dataset, params, seed=0)
+    assert spec.width == chosen and untrained == {"latency_ms": latencies[chosen]}
+    assert model[0][0].out_channels == chosen and model[0][0].stride == (2, 2)  # built at that width
+    assert widths == [{"width": width, "latency_ms": latencies[width]} for width in timed]
 
 
 @pytest.mark.parametrize("entry", ["nosuch", "resnet8@0", "resnet8@x", "torchvision:resnet18", "pkg.mod:build"])

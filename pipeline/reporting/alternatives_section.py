@@ -42,7 +42,7 @@ def widths_text(row: dict[str, Any]) -> str:
     if not row.get("widths"):
         return ""
     timed = ", ".join(f"x{entry['width']} {entry['latency_ms']:.4f} ms" for entry in row["widths"])
-    return f" (auto, the widest within the search's limit, else the budget, timed untrained: {timed})"
+    return f" (auto, the widest within the budget, timed untrained: {timed})"
 
 
 def alternatives_lines(alternatives: list[dict[str, Any]] | None) -> list[str]:

@@ -10,9 +10,10 @@ every layer after it on a quarter of the pixels. At half resnet8's latency on an
   settings), untrained: weights do not change latency. One over the budget whole is not trained (pruning it is a run
   of its own: distill.model), and the record says what it measured;
 - auto, the student's stride-2 variant, is timed at widths from twice the student's down to half of it (multiples of
-  prune.round_to), and the widest within the search's limit (the budget less prune.search_margin; else within the
-  budget) is the one trained: at equal training a wider network keeps more accuracy (on CIFAR-10, resnet8_s2
-  distilled 10 epochs: 0.8168 validation at width 32, 0.7974 at 16), and a narrower one reaches tighter budgets;
+  prune.round_to), and the widest within the budget is the one trained: at equal training a wider network keeps
+  more accuracy (on CIFAR-10, resnet8_s2 distilled 10 epochs: 0.8168 validation at width 32, 0.7974 at 16), and a
+  narrower one reaches tighter budgets. The budget, not the search's limit under prune.search_margin: the student's
+  width is among auto's, so auto never trains a network narrower than one at the student's width within the budget;
 - one within it is trained from fresh weights by the distill stage's recipe, feature loss included, for as many
   epochs as the student had in distill and the fine-tune (prune.scratch_epochs when set), then timed again;
 - of the pruned model and the trained alternatives, the most accurate on validation among those that measured
@@ -125,8 +126,8 @@ def trained_within_budget(
     distill_params: dict[str, Any],
     out_dir: Path,
 ) -> list[Alternative]:
-    """Each of `models` timed untrained (at each of its widths, widest first, until one is within the search's
-    limit: `widest_within`) against params.target_latency_ms and, within it, trained and timed again."""
+    """Each of `models` timed untrained (at each of its widths, widest first, until one is within the budget:
+    `widest_within`) against params.target_latency_ms and, within it, trained and timed again."""
     budget_ms, found = params.target_latency_ms, []
     for index, (name, widths) in enumerate(models):
         model, spec, untrained, timed = widest_within(name, widths, dataset, params, distill_params["seed"])
@@ -147,12 +148,9 @@ def trained_within_budget(
 
 def widest_within(name: str, widths: tuple[int | None, ...], dataset: Dataset, params: Any, seed: int):
     """`name` built (fresh weights, `seed`) and timed untrained at each of `widths` (widest first) until one
-    measures within the search's limit (the budget less prune.search_margin: the headroom its candidates get); none
-    within it: the widest within the budget, else the narrowest. (Model, spec, its measurement, [{width,
-    latency_ms}] of every width timed.)"""
-    budget_ms = params.target_latency_ms
-    limit_ms = budget_ms * (1 - params.search_margin)
-    built, timed = [], []
+    measures within params.target_latency_ms; none within it: the narrowest. (Model, spec, its measurement,
+    [{width, latency_ms}] of every width timed.)"""
+    budget_ms, timed = params.target_latency_ms, []
     for width in widths:
         spec = spec_for(dataset, name, width)
         torch.manual_seed(seed)
@@ -164,12 +162,10 @@ def widest_within(name: str, widths: tuple[int | None, ...], dataset: Dataset, p
             untrained["latency_ms"],
             budget_ms,
         )
-        built.append((model, spec, untrained))
         timed.append({"width": width, "latency_ms": untrained["latency_ms"]})
-        if untrained["latency_ms"] <= limit_ms:
-            return model, spec, untrained, timed
-    within = [entry for entry in built if entry[2]["latency_ms"] <= budget_ms]
-    return (*(within[0] if within else built[-1]), timed)
+        if untrained["latency_ms"] <= budget_ms:
+            break
+    return model, spec, untrained, timed
 
 
 def more_accurate(alternatives: list[Alternative], pruned_ms: float, pruned_validation: float, budget_ms: float):

@@ -37,7 +37,7 @@ def test_the_stride_2_variant_is_trained_whole_by_distills_recipe_and_the_more_a
     assert (metrics["macs"], metrics["params"]) == count_macs_and_params(model, spec)
     assert "alternatives: resnet8_s2 x8 whole" in metrics["summary"]
     markdown = results["report"].artifact.file("report.md").read_text()
-    auto = "(auto, the widest within the search's limit, else the budget, timed untrained: x8 "
+    auto = "(auto, the widest within the budget, timed untrained: x8 "
     assert f"(prune.alternatives): resnet8_s2 x8 {auto}" in markdown
     assert "| the pruned model or another network trained whole (prune.alternatives) | validation |" in markdown
 
@@ -67,7 +67,7 @@ def test_a_more_accurate_alternative_ships_in_place_of_the_pruned_model_down_to_
     html = results["report"].artifact.file("report.html").read_text()
     assert f"<p>{pruned_is}" in html
     assert "<h2>The pruned student against other networks trained whole</h2><p>At the budget of 999 ms" in html
-    assert "<tr><td>resnet8_s2 x8 (auto, the widest within the search&#x27;s limit" in html and "<td>1.0000" in html
+    assert "<tr><td>resnet8_s2 x8 (auto, the widest within the budget, timed" in html and "<td>1.0000" in html
     assert html.count("<td><strong>yes</strong></td>") == 1 and "<td>the student pruned (fine-tuned)</td>" in html
 
 
@@ -127,3 +127,33 @@ def test_a_student_that_cannot_reach_the_budget_does_not_stop_a_run_whose_altern
     )
     with pytest.raises(StageError, match=r"^prune.target_latency_ms=0.1: resnet8 x4 -1 block cannot reach it"):
         run_pipeline(load_config(overrides=[*budget, "prune.alternatives=null"]), store, target="prune")
+
+
+@pytest.mark.parametrize(
+    ("alternatives", "advised"),
+    [("auto", False), ("[resnet8_s2@4]", False), ("[resnet8_s2@8]", True), ("null", True)],
+)
+def test_the_run_advises_the_stride_2_variant_only_when_no_alternative_times_it_at_the_students_width(
+    tmp_path, monkeypatch, alternatives, advised
+):
+    """The student (resnet8 x4) reaches the budget (floor check stubbed); auto times resnet8_s2 at 8, 6, 4, 3 and 2
+    channels, so 4 among them: the prune stage trains what the advice would say, and it is not given."""
+    from pipeline.cache import ArtifactStore
+    from pipeline.runner import load_config, run_pipeline
+    from pipeline.search import student_floor
+    from stages import teacher
+
+    class Trained(Exception):
+        pass
+
+    def stop(*args):
+        raise Trained
+
+    asked = []
+    monkeypatch.setattr(student_floor, "floor_check", lambda *args: None)
+    monkeypatch.setattr(student_floor, "variant_advice", lambda *args: asked.append(args))
+    monkeypatch.setattr(teacher, "run", stop)
+    budget = [*RESNET, "prune.target_latency_ms=0.1", f"prune.alternatives={alternatives}"]
+    with pytest.raises(Trained):
+        run_pipeline(load_config(overrides=budget), ArtifactStore(tmp_path / "artifacts"), target="prune")
+    assert bool(asked) is advised

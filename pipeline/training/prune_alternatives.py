@@ -90,11 +90,7 @@ def resolve(
             found.append((f"{student}_s2", auto_widths(width, round_to)))
         elif parsed is not None and parsed != (student, student_width):
             found.append((parsed[0], (parsed[1],)))
-    unique = []
-    for network in found:
-        if network not in unique:
-            unique.append(network)
-    return unique
+    return list(dict.fromkeys(found))  # repeats go, the first's place kept
 
 
 def against_pruned(

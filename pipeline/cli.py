@@ -230,15 +230,17 @@ def status(store: ArtifactStore, config_file, overrides, as_json) -> None:
     "models",
     multiple=True,
     metavar="NAME[@WIDTH]",
-    help="Also measure this student (repeatable); when none is given, the student's stride-2 variant if it has one.",
+    help="Also measure this student (repeatable); when none is given, prune.alternatives at each width the prune "
+    "stage may time them (auto: the student's stride-2 variant at 2x to 0.5x its width).",
 )
 @json_option
 @click.pass_obj
 def floor(store: ArtifactStore, config_file, overrides, models, as_json) -> None:
     """How fast could the student run on the target? Measured in a minute or two, before anything trains.
 
-    Builds the student (distill.model, distill.width), each --model and the teacher with untrained weights (weights
-    do not change latency), for the data stage's images. Each is exported and timed unpruned and at its floor (every
+    Builds the student (distill.model, distill.width), each --model (none given: prune.alternatives at each width
+    the prune stage may time them) and the teacher with untrained weights (weights do not change latency), for the
+    data stage's images. Each is exported and timed unpruned and at its floor (every
     prunable group at its fewest channels under prune.round_to) as the prune search times its candidates
     (prune.target_device, target_provider, target_batch, target_format), in prune.search_repeats interleaved
     rounds. With prune.drop_blocks N, each student without its first N droppable residual blocks (auto with a

@@ -42,6 +42,7 @@ from pipeline.training import prune_alternatives
 from pipeline.training.recipes import model_label, spec_for
 
 FORMS = ("unpruned", "floor")
+ALTERNATIVE = "alternative"  # the role of prune.alternatives' rows
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,17 @@ def parse_model(text: str) -> tuple[str, int | None]:
     return name, int(width)
 
 
-def students(teacher: Any, distill: Any, extra: tuple[str, ...]) -> list[tuple[str, str, int | None]]:
+def students(teacher: Any, distill: Any, prune: Any, extra: tuple[str, ...]) -> list[tuple[str, str, int | None]]:
     """(role, model, width) of every model to measure: the student, then each --model, then the teacher (the
-    budget as a fraction of it); the student's stride-2 variant when it has one and no --model is given."""
+    budget as a fraction of it). With no --model: prune.alternatives at every width the prune stage may time them
+    (auto: the stride-2 variant from twice the student's width to half of it), so the table shows which one a
+    budget trains; without alternatives, the student's stride-2 variant when it has one."""
     rows = [("student", distill.model, distill.width)]
     rows += [("asked", *parse_model(text)) for text in extra]
-    if not extra and distill.model in STRIDED_STEM:
+    alternatives = prune_alternatives.resolve(prune.alternatives, distill.model, distill.width, prune.round_to)
+    if not extra and alternatives:
+        rows += [(ALTERNATIVE, name, width) for name, widths in alternatives for width in widths]
+    elif not extra and distill.model in STRIDED_STEM:
         rows.append(("stride-2 variant", f"{distill.model}_s2", distill.width))
     if teacher.onnx is None:
         rows.append(("teacher", teacher.model, teacher.width))
@@ -71,9 +77,13 @@ def students(teacher: Any, distill: Any, extra: tuple[str, ...]) -> list[tuple[s
 
 
 def measured_models(models: list[tuple[str, str, int | None]], dataset: Dataset, prune: Any) -> list:
-    """measured_student of each of `models`; under auto, a student whose blocks may go is measured whole first."""
+    """measured_student of each of `models`; under auto, a student whose blocks may go is measured whole first.
+    An alternative only whole: the prune stage trains it whole."""
     measured = []
     for model in models:
+        if model[0] == ALTERNATIVE:
+            measured.append(measured_student(*model, dataset, prune, dropped=[]))
+            continue
         deepest = measured_student(*model, dataset, prune)
         if prune.drop_blocks == AUTO and deepest[0]["dropped_blocks"]:
             measured.append(measured_student(*model, dataset, prune, dropped=[]))
@@ -179,7 +189,20 @@ def verdict(rows: list[dict[str, Any]], budget_ms: float, margin: float) -> dict
             + (f"; these reach it: {others}" if others else "")
         )
     reachable = student["fastest_ms"] <= limit
-    return {"reachable": reachable, "limit_ms": limit, "message": message, "faster": [row["model"] for row in can]}
+    # As the prune stage decides (prune_alternatives.widest_within): of each alternative's widths, timed widest first,
+    # the first within the budget itself, not the search's limit, is trained.
+    trains: dict[str, str] = {}
+    for row in rows:
+        if row["role"] == ALTERNATIVE and row["unpruned_ms"] <= budget_ms:
+            trains.setdefault(row["name"], row["model"])
+    faster = [row["model"] for row in can]
+    return {
+        "reachable": reachable,
+        "limit_ms": limit,
+        "message": message,
+        "faster": faster,
+        "trains": list(trains.values()),
+    }
 
 
 def floor_check(dataset: Dataset, distill: Any, prune: Any) -> str | None:
@@ -271,6 +294,9 @@ def format_floors(result: dict[str, Any]) -> str:
         # Out of reach, the command's error line says why; the table does not say it twice.
         verdict_text = said["message"] if said["reachable"] else "out of reach"
         lines.append(f"budget {budget} ms ({said['limit_ms']:.4f} after prune.search_margin): {verdict_text}")
+        if any(row["role"] == ALTERNATIVE for row in result["rows"]):
+            trains = ", ".join(said["trains"]) or "none (none of them measured within the budget unpruned)"
+            lines.append(f"prune.alternatives the prune stage would train (the widest within the budget): {trains}")
     else:
         lines.append("no prune.target_latency_ms set: nothing to check against")
     return "\n".join(lines) + "\n"

@@ -43,19 +43,26 @@ def test_model_names_take_an_optional_width_and_bad_ones_are_one_line():
             student_floor.parse_model(text)
 
 
-def test_the_stride_2_variant_and_the_teacher_are_measured_beside_the_student():
-    roles = student_floor.students(*sections("distill.model=resnet8")[:2], ())
-    assert [(role, model) for role, model, _ in roles] == [
-        ("student", "resnet8"),
-        ("stride-2 variant", "resnet8_s2"),
-        ("teacher", "cnn"),
+def test_the_alternatives_at_each_width_and_the_teacher_are_measured_beside_the_student():
+    # auto's widths (2x to 0.5x the student's 16, multiples of 8): the widths the prune stage may time, widest first.
+    roles = student_floor.students(*sections("distill.model=resnet8", "prune.round_to=8")[:3], ())
+    assert [(role, model, width) for role, model, width in roles] == [
+        ("student", "resnet8", 16),
+        *[("alternative", "resnet8_s2", width) for width in (32, 24, 16, 8)],
+        ("teacher", "cnn", 32),
     ]
-    asked = student_floor.students(*sections("distill.model=resnet8")[:2], ("mlp@64",))
-    assert [(role, model, width) for role, model, width in asked][:2] == [
+    named = student_floor.students(*sections("distill.model=resnet8", "prune.alternatives=[resnet14_s2@8]")[:3], ())
+    assert [(role, model, width) for role, model, width in named][1] == ("alternative", "resnet14_s2", 8)
+    # Without alternatives, the stride-2 variant at the student's width; a --model replaces them.
+    bare = student_floor.students(*sections("distill.model=resnet8", "prune.alternatives=null")[:3], ())
+    assert [(role, model, width) for role, model, width in bare][1] == ("stride-2 variant", "resnet8_s2", 16)
+    asked = student_floor.students(*sections("distill.model=resnet8")[:3], ("mlp@64",))
+    assert [(role, model, width) for role, model, width in asked] == [
         ("student", "resnet8", 16),
         ("asked", "mlp", 64),
+        ("teacher", "cnn", 32),
     ]
-    assert [role for role, _, _ in student_floor.students(*sections()[:2], ())] == ["student", "teacher"]
+    assert [role for role, _, _ in student_floor.students(*sections()[:3], ())] == ["student", "teacher"]
 
 
 def digits(tmp_path):
@@ -72,7 +79,7 @@ def digits(tmp_path):
 def test_each_model_is_measured_unpruned_and_at_its_floor_in_interleaved_rounds(tmp_path, sized):
     dataset = digits(tmp_path)
     teacher, distill, prune = sections("prune.search_repeats=2", "prune.target_latency_ms=1")
-    result = student_floor.measure(dataset, student_floor.students(teacher, distill, ("mlp@32",)), prune)
+    result = student_floor.measure(dataset, student_floor.students(teacher, distill, prune, ("mlp@32",)), prune)
     assert [row["model"] for row in result["rows"]] == ["cnn x8", "mlp x32", "cnn x32"]
     # Round by round, every model and form once: three models, two forms, two rounds.
     assert [name for name, _ in sized] == ["cnn", "cnn", "mlp", "mlp", "cnn", "cnn"] * 2
@@ -115,6 +122,23 @@ def test_the_verdict_applies_the_search_margin_and_names_the_students_that_reach
     assert out["message"].endswith("; these reach it: resnet8_s2 x16 (floor 0.0300 ms, 0.0300 fastest)")
     none = student_floor.verdict(rows(0.2, 0.095, 0.095), budget_ms=0.1, margin=0.1)
     assert none["faster"] == [] and "these reach it" not in none["message"]
+
+
+def test_the_verdict_names_the_widest_alternative_within_the_budget_as_the_prune_stage_trains_it():
+    student, variant, teacher = rows(0.2, 0.15, 0.03)
+
+    def alternative(width, ms):
+        timed = {"unpruned_ms": ms, "floor_ms": ms / 2, "fastest_ms": ms / 2, "runs": {"unpruned": [ms], "floor": [ms]}}
+        return {**variant, **timed, "role": "alternative", "model": f"resnet8_s2 x{width}"}
+
+    widths = [alternative(32, 0.12), alternative(24, 0.095), alternative(16, 0.06)]
+    said = student_floor.verdict([student, *widths, teacher], budget_ms=0.1, margin=0.1)
+    assert said["trains"] == ["resnet8_s2 x24"]  # within the budget (0.1 ms), though over the search's limit (0.09)
+    assert student_floor.verdict([student, widths[0], teacher], budget_ms=0.1, margin=0.1)["trains"] == []
+    formats = {"unpruned_format": "int8", "floor_format": "int8", "runs": {"unpruned": [0.2], "floor": [0.1]}}
+    table = {"rows": [{**row, **formats} for row in (student, *widths)], "budget_ms": 0.1, "verdict": said,
+             "method": {"device": "local", "provider": "cpu", "batch": 1, "settings": "tuned", "rounds": 1}}  # fmt: skip
+    assert "would train (the widest within the budget): resnet8_s2 x24\n" in student_floor.format_floors(table)
 
 
 def test_under_auto_the_verdict_speaks_of_the_shallowest_depth_that_reaches_the_budget():

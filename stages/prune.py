@@ -43,17 +43,8 @@ from pipeline.training.recipes import check_recipe_params, model_label
 
 NAME = "prune"
 SECTION = "prune"
-# 9: the pruned architecture trained from scratch ships when it is more accurate on validation than the fine-tune
-# 10: a search candidate's repeats are timed at the session settings its first measurement chose
-# 11: a missed budget ships the least pruned of the candidates as fast as the fastest in interleaved rounds
-# 12: prune.drop_blocks removes whole residual blocks before the channels (model.json and the search's arm list
-#     them); a search that missed its limit but whose model measured within the budget says "met after the fine-tune"
-# 13: prune.drop_blocks auto (an arm per depth, "arms" in the depth record); a missed budget's arm warns "(uniform arm)"
-# 14: a met budget's less pruned candidates that missed with a repeat under the limit are timed again beside the
-#     chosen one in interleaved rounds, and the least pruned that meets it there ships ("confirmed")
-# 15: auto fine-tunes a depth only when its search measured within the budget (or, none doing so, the fastest)
-# 16: the uniform arm's plateau rounds are kept in the search's record (uniform_baseline.plateau)
-# 17: the scratch baseline distils distill's feature loss too, and the fine-tunes can (prune.feature_loss)
+# 9-17: scratch baseline, repeats at the first settings, misses, whole blocks, auto depth, confirmed rounds,
+#     the uniform arm's plateau, feature losses (each step's why: `git log -p stages/prune.py`)
 # 18: prune.alternatives: with a budget, the student's stride-2 variant (or named networks) trained whole and shipped
 #     when more accurate on validation within the budget ("shipped": "alternative")
 # 19: auto alternatives time the stride-2 variant at widths from twice the student's to half and train the widest

@@ -236,7 +236,7 @@ def status(store: ArtifactStore, config_file, overrides, as_json) -> None:
 @json_option
 @click.pass_obj
 def floor(store: ArtifactStore, config_file, overrides, models, as_json) -> None:
-    """How fast could the student run on the target? Measured in a minute or two, before anything trains.
+    """How fast could the student run on the target? Measured in a few minutes, before anything trains.
 
     Builds the student (distill.model, distill.width), each --model (none given: prune.alternatives at each width
     the prune stage may time them) and the teacher with untrained weights (weights do not change latency), for the

@@ -314,6 +314,7 @@ def student_floors(config: Config, store: ArtifactStore, models: Sequence[str] =
     """`edgeforge floor`: the data stage (reused or run: the models are built for its images), then how fast the
     student could run on the prune stage's target, unpruned and at its floor, before anything trains."""
     teacher, distill, prune = (config.section(name) for name in ("teacher", "distill", "prune"))
-    measured = student_floor.students(teacher, distill, prune, tuple(models))  # a bad --model fails before the data stage
+    # A bad --model fails before the data stage.
+    measured = student_floor.students(teacher, distill, prune, tuple(models))
     data = run_pipeline(config, store, target="data")[-1].artifact
     return student_floor.measure(load_dataset(data), measured, prune)

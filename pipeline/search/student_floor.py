@@ -2,7 +2,7 @@
 
 Weights do not change latency, architecture does; so an untrained student, exported and timed as the prune
 search times its candidates (pipeline/search/prune_candidates.py: deployed form, prune.target_* settings), tells in
-a minute or two what the prune stage learns only after the teacher and the student have trained:
+a few minutes what the prune stage learns only after the teacher and the student have trained:
 - unpruned: the student as distill.model and distill.width build it;
 - floor: every prunable group at its fewest channels (prune.round_to), the fastest any pruning of it reaches.
 

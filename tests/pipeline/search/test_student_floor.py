@@ -136,8 +136,9 @@ def test_the_verdict_names_the_widest_alternative_within_the_budget_as_the_prune
     assert said["trains"] == ["resnet8_s2 x24"]  # within the budget (0.1 ms), though over the search's limit (0.09)
     assert student_floor.verdict([student, widths[0], teacher], budget_ms=0.1, margin=0.1)["trains"] == []
     formats = {"unpruned_format": "int8", "floor_format": "int8", "runs": {"unpruned": [0.2], "floor": [0.1]}}
-    table = {"rows": [{**row, **formats} for row in (student, *widths)], "budget_ms": 0.1, "verdict": said,
-             "method": {"device": "local", "provider": "cpu", "batch": 1, "settings": "tuned", "rounds": 1}}  # fmt: skip
+    method = {"device": "local", "provider": "cpu", "batch": 1, "settings": "tuned", "rounds": 1}
+    table = {"rows": [{**row, **formats} for row in (student, *widths)], "budget_ms": 0.1, "verdict": said}
+    table["method"] = method
     assert "would train (the widest within the budget): resnet8_s2 x24\n" in student_floor.format_floors(table)
 
 

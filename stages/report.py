@@ -47,7 +47,8 @@ SECTION = "signoff"
 # 22: prune.alternatives: each network in report.md and report.html, the choice in the choices table, and a "Pruned:"
 #     sentence under the models table when the model called pruned is one of them
 # 23: auto's widths of the stride-2 variant, each timed untrained, beside its row and line
-VERSION = 23
+# 24: the prune fine-tune's epochs beside the scratch baseline's, and what those were set against
+VERSION = 24
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")

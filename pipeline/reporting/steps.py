@@ -94,6 +94,7 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
             ),
             "temperature": distill_params["temperature"],
             "alpha": distill_params["alpha"],
+            "epochs": distill_params["epochs"],  # what the scratch baseline's epochs are set against
             "feature_distillation": distill["feature_distillation"],
         },
         "pruning": {

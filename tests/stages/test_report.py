@@ -5,6 +5,7 @@ import pytest
 
 from pipeline.reporting.gates import choose_edge_model, edge_reason, signoff_gates
 from pipeline.reporting.intervals import accuracy_with_interval
+from pipeline.reporting.markdown import scratch_epochs_text
 from stages.bench import PROVIDER
 from stages.report import Params
 
@@ -127,6 +128,16 @@ def test_report_files_follow_the_schema(tiny_run):
     assert "| min_accuracy | 0.8 |" in markdown
     assert report["teacher_origin"]["summary"].startswith("cnn x16 fresh weights, trained 8 epoch(s)")
     assert f"Teacher: {report['teacher_origin']['summary']}." in markdown
+    # TINY: distill 8 epochs, fine-tune 4, the scratch baseline's default 12: each said beside the other.
+    assert "after the 4-epoch distillation fine-tune" in markdown
+    assert "from scratch with distillation for 12 epochs (as many as distill's 8 and the fine-tune's 4 together)" in (
+        markdown
+    )
+
+
+def test_the_scratch_baselines_epochs_say_what_they_were_set_against():
+    assert scratch_epochs_text(25, 10, 15) == "25 epochs (as many as distill's 10 and the fine-tune's 15 together)"
+    assert scratch_epochs_text(15, 10, 15) == "15 epochs (prune.scratch_epochs; distill 10, the fine-tune 15)"
 
 
 def test_reproduce_command_lists_every_non_default_value(tiny_run):

@@ -176,11 +176,12 @@ def _finetune_features_text(features: dict[str, Any] | None) -> str:
     return f" (with the {features['kind']} feature loss ×{features['weight']:g}{layers})"
 
 
-def scratch_epochs_text(scratch: int, distill: int, finetune: int) -> str:
-    """The scratch baseline's epochs, and what they were set against. Said beside the fine-tune's own: a short
-    fine-tune against a long scratch run decides the comparison (on CIFAR-10, 5 fine-tune epochs lost to 15 from
-    scratch where 15 tied 25; BENCHMARKS.md, "How long the fine-tune runs")."""
-    if scratch == distill + finetune:
+def scratch_epochs_text(scratch: int, distill: int, finetune: int, configured: int | None) -> str:
+    """The scratch baseline's epochs, and what set them: prune.scratch_epochs (`configured`), or when that is null
+    distill's epochs plus prune.finetune_epochs (`finetune`), as train_from_scratch sets them. Said beside the
+    fine-tune's own: a short fine-tune against a long scratch run decides the comparison (on CIFAR-10, 5 fine-tune
+    epochs lost to 15 from scratch where 15 tied 25; BENCHMARKS.md, "How long the fine-tune runs")."""
+    if configured is None:
         return f"{scratch} epochs (as many as distill's {distill} and the fine-tune's {finetune} together)"
     return f"{scratch} epochs (prune.scratch_epochs; distill {distill}, the fine-tune {finetune})"
 
@@ -195,7 +196,15 @@ def steps_section(report: dict[str, Any]) -> list[str]:
         else ""
     )
     scratch = prune.get("scratch")
-    finetune_epochs = sum(step["epochs"] for step in prune["steps"])
+    finetune_epochs = sum(step["epochs"] for step in prune["steps"])  # with prune.step_epochs, more than the setting
+    settings = report["config"]["prune"]
+    scratch_epochs = (
+        None
+        if scratch is None
+        else scratch_epochs_text(
+            scratch["epochs"], distill["epochs"], settings["finetune_epochs"], settings["scratch_epochs"]
+        )
+    )
     finetune_features = _finetune_features_text(prune.get("finetune_features"))
     return [
         "",
@@ -216,7 +225,7 @@ def steps_section(report: dict[str, Any]) -> list[str]:
         + (
             "was not trained (prune.scratch_baseline: false)."
             if scratch is None
-            else f"for {scratch_epochs_text(scratch['epochs'], distill['epochs'], finetune_epochs)}: "
+            else f"for {scratch_epochs}: "
             + both_splits_text(scratch)
             + (
                 "; more accurate on validation than the fine-tune, so it is the pruned model that ships."

@@ -66,11 +66,11 @@ def students(teacher: Any, distill: Any, prune: Any, extra: tuple[str, ...]) -> 
     budget trains; without alternatives, the student's stride-2 variant when it has one."""
     rows = [("student", distill.model, distill.width)]
     rows += [("asked", *parse_model(text)) for text in extra]
-    alternatives = prune_alternatives.resolve(prune.alternatives, distill.model, distill.width, prune.round_to)
-    if not extra and alternatives:
+    if not extra:
+        alternatives = prune_alternatives.resolve(prune.alternatives, distill.model, distill.width, prune.round_to)
         rows += [(ALTERNATIVE, name, width) for name, widths in alternatives for width in widths]
-    elif not extra and distill.model in STRIDED_STEM:
-        rows.append(("stride-2 variant", f"{distill.model}_s2", distill.width))
+        if not alternatives and distill.model in STRIDED_STEM:
+            rows.append(("stride-2 variant", f"{distill.model}_s2", distill.width))
     if teacher.onnx is None:
         rows.append(("teacher", teacher.model, teacher.width))
     return rows
@@ -81,10 +81,7 @@ def measured_models(models: list[tuple[str, str, int | None]], dataset: Dataset,
     An alternative only whole: the prune stage trains it whole."""
     measured = []
     for model in models:
-        if model[0] == ALTERNATIVE:
-            measured.append(measured_student(*model, dataset, prune, dropped=[]))
-            continue
-        deepest = measured_student(*model, dataset, prune)
+        deepest = measured_student(*model, dataset, prune, dropped=[] if model[0] == ALTERNATIVE else None)
         if prune.drop_blocks == AUTO and deepest[0]["dropped_blocks"]:
             measured.append(measured_student(*model, dataset, prune, dropped=[]))
         measured.append(deepest)

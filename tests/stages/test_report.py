@@ -136,8 +136,10 @@ def test_report_files_follow_the_schema(tiny_run):
 
 
 def test_the_scratch_baselines_epochs_say_what_they_were_set_against():
-    assert scratch_epochs_text(25, 10, 15) == "25 epochs (as many as distill's 10 and the fine-tune's 15 together)"
-    assert scratch_epochs_text(15, 10, 15) == "15 epochs (prune.scratch_epochs; distill 10, the fine-tune 15)"
+    assert (
+        scratch_epochs_text(25, 10, 15, None) == "25 epochs (as many as distill's 10 and the fine-tune's 15 together)"
+    )
+    assert scratch_epochs_text(15, 10, 15, 15) == "15 epochs (prune.scratch_epochs; distill 10, the fine-tune 15)"
 
 
 def test_reproduce_command_lists_every_non_default_value(tiny_run):

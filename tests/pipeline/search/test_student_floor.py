@@ -300,3 +300,14 @@ def test_a_student_that_meets_the_budget_only_pruned_is_told_of_its_stride_2_var
     timed.clear()
     _, cnn, prune = sections("distill.model=cnn", "distill.width=4", "prune.target_latency_ms=0.1")
     assert student_floor.variant_advice(dataset, cnn, prune) is None and timed == []  # no variant: nothing timed
+
+
+def test_under_auto_a_student_is_measured_at_both_depths_and_an_alternative_whole_only(tmp_path):
+    dataset = digits(tmp_path)
+    _, _, prune = sections("distill.model=resnet8", "distill.width=4", "prune.target_latency_ms=1")
+    models = [("student", "resnet8", 4), ("alternative", "resnet8_s2", 4)]
+    measured = student_floor.measured_models(models, dataset, prune)
+    for _, candidates, _ in measured:
+        candidates.close()
+    # The prune stage trains an alternative whole: its blocks are never removed, so it is not measured without them.
+    assert [row["model"] for row, _, _ in measured] == ["resnet8 x4", "resnet8 x4 -1 block", "resnet8_s2 x4"]

@@ -159,7 +159,8 @@ def verdict(rows: list[dict[str, Any]], budget_ms: float, margin: float) -> dict
     student = next((row for row in mine if min(row["unpruned_ms"], row["floor_ms"]) <= limit), None) or next(
         (row for row in mine if row["fastest_ms"] <= limit), mine[-1]
     )
-    can = [row for row in rows if row["role"] not in ("student", "teacher") and row["fastest_ms"] <= limit]
+    offered = [row for row in rows if row["role"] not in ("student", "teacher")]  # the students one could train instead
+    can = [row for row in offered if row["fastest_ms"] <= limit]
     others = ", ".join(
         f"{row['model']} (floor {row['floor_ms']:.4f} ms, {row['fastest_ms']:.4f} fastest)" for row in can
     )
@@ -171,9 +172,12 @@ def verdict(rows: list[dict[str, Any]], budget_ms: float, margin: float) -> dict
         )
     elif student["unpruned_ms"] <= limit:
         message = f"{student['model']} meets it unpruned ({student['unpruned_ms']:.4f} ms): a larger student may fit"
-        larger = [row for row in rows if row["role"] != "student" and row["unpruned_macs"] > student["unpruned_macs"]]
+        larger = [row for row in offered if row["unpruned_macs"] > student["unpruned_macs"]]
         fits = [f"{row['model']} ({row['unpruned_ms']:.4f} ms)" for row in larger if row["unpruned_ms"] <= limit]
         message += f"; these larger ones meet it unpruned: {', '.join(fits)}" if fits else ""
+        # The teacher is no student to offer, but a budget it meets asks for no compression: say so.
+        teacher = next((row for row in rows if row["role"] == "teacher" and row["unpruned_ms"] <= limit), None)
+        message += f"; the teacher itself meets it ({teacher['unpruned_ms']:.4f} ms)" if teacher else ""
     elif student["floor_ms"] <= limit:
         message = (
             f"{student['model']} reaches it by pruning: {floor}, {student['floor_removed']:.0%} of the channels removed"

@@ -111,7 +111,11 @@ def test_the_verdict_applies_the_search_margin_and_names_the_students_that_reach
         "meets it unpruned (0.0900 ms): a larger student may fit"
     )
     roomy = student_floor.verdict(rows(0.09, 0.05, 0.03), budget_ms=1, margin=0.1)  # the teacher fits, s2 is smaller
-    assert roomy["message"].endswith("; these larger ones meet it unpruned: resnet20 x16 (0.5000 ms)")
+    assert roomy["message"].endswith("may fit; the teacher itself meets it (0.5000 ms)")  # not among the students
+    wide = rows(0.09, 0.05, 0.03) + [{**rows(0.09, 0.05, 0.03)[1], "model": "resnet8_s2 x32", "unpruned_macs": 20}]
+    assert student_floor.verdict(wide, budget_ms=1, margin=0.1)["message"].endswith(
+        "; these larger ones meet it unpruned: resnet8_s2 x32 (0.0600 ms); the teacher itself meets it (0.5000 ms)"
+    )
     by_pruning = student_floor.verdict(rows(0.095, 0.05, 0.03), budget_ms=0.1, margin=0.1)  # 0.095 > 0.09
     assert by_pruning["reachable"] and "reaches it by pruning: its floor measured 0.0500 ms" in by_pruning["message"]
     out = student_floor.verdict(rows(0.2, 0.095, 0.03), budget_ms=0.1, margin=0.1)

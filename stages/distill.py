@@ -2,10 +2,11 @@
 
 With `distill.feature_loss` (hint or attention, pipeline/training/features.py) the student's intermediate feature
 maps also learn from the teacher's. Also trains the same student, same seed and budget, on labels alone (alpha =
-0, no feature loss), so the report can show what distillation bought. Set `distill.baseline: false` to skip that
-second run. Accuracies are measured on the validation split (what choices read) and the test split (reported).
-The student can start from weights (`distill.weights`, or a library's with `distill.pretrained`); so does its
-baseline, so the two differ only in what they learn from.
+0, no feature loss), so the report can show what distillation bought; the prune stage does the same for each network
+of prune.alternatives it trains. Set `distill.baseline: false` to skip those runs. Accuracies are measured on the
+validation split (what choices read) and the test split (reported). The student can start from weights
+(`distill.weights`, or a library's with `distill.pretrained`); so does its baseline, so the two differ only in what
+they learn from.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Params:
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
     temperature: float = 4.0  # T: softens both distributions; the KD term is scaled by T^2
     alpha: float = 0.9  # weight of the KD term; 0 trains on labels only
-    baseline: bool = True  # also train the student without the teacher, for the report
+    baseline: bool = True  # also train the student (and each trained prune.alternatives) without the teacher
     feature_loss: str = "none"  # none; hint (FitNets: 1x1 adapter + MSE) or attention (attention transfer)
     feature_weight: float | None = None  # weight of the feature loss; null: 1 for either
     # Layer pairs "TEACHER_LAYER:STUDENT_LAYER" (model.named_modules() names); null: both networks' stage boundaries

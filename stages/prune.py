@@ -47,10 +47,10 @@ SECTION = "prune"
 #     the uniform arm's plateau, feature losses (each step's why: `git log -p stages/prune.py`)
 # 18: prune.alternatives: with a budget, the student's stride-2 variant (or named networks) trained whole and shipped
 #     when more accurate on validation within the budget ("shipped": "alternative")
-# 19: auto alternatives time the stride-2 variant at widths from twice the student's to half and train the widest
-#     within the search's limit (the record's "widths")
-# 20: auto trains the widest within the budget, not the search's limit (the student's width, when within it, or wider)
-VERSION = 20
+# 19-20: auto alternatives time the stride-2 variant at widths from twice the student's to half ("widths") and train
+#     the widest within the budget
+# 21: with distill.baseline, each trained alternative also from the same weights on labels alone (without_teacher)
+VERSION = 21
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")

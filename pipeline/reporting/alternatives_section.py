@@ -58,11 +58,13 @@ def alternatives_lines(alternatives: list[dict[str, Any]] | None) -> list[str]:
             )
             continue
         ships = ", the most accurate on validation within the budget, so it is the pruned model that ships"
+        labels = row.get("without_teacher")  # distill.baseline: what the teacher bought it
         said.append(
             f"{row['model']}{widths_text(row)} ({row['params']:,} params, {row['macs']:,} MACs) trained for "
             f"{row['epochs']} epochs "
             f"measured {row['achieved_ms']:.4f} ms {row['format']}: {both_splits_text(row)}"
             + (ships if row["shipped"] else "")
+            + (f"; on labels alone (no teacher, as many epochs) {both_splits_text(labels)}" if labels else "")
         )
     return [
         "- Other networks trained whole from fresh weights with distillation, as the student was (prune.alternatives): "
@@ -102,6 +104,16 @@ def alternatives_rows(report: dict[str, Any]) -> list[list[str]]:
                 "**yes**" if row["shipped"] else "no",
             ]
         )
+        if labels := row.get("without_teacher"):  # distill.baseline: the same network on labels alone
+            rows.append(
+                [
+                    f"{row['model']} on labels alone (no teacher)",
+                    *[""] * 4,
+                    accuracy_text(labels["validation_accuracy"], labels["validation_interval"]),
+                    accuracy_text(labels["test_accuracy"], labels["test_interval"]),
+                    "no (a baseline)",
+                ]
+            )
     return rows
 
 

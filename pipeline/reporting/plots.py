@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import math
 import re
 from typing import Any
@@ -252,7 +253,8 @@ def short(value: float) -> str:
 def training_curves(stages: dict[str, list[dict]]) -> Figure:
     """Per-epoch training loss and accuracy of every training stage."""
     fig, axes = new_figure(9, 3.6, ncols=2)
-    palette = iter(["#4c72b0", "#dd8452", "#8c8c8c", "#55a868", *OTHER_COLORS])
+    # Cycled: each trained prune.alternatives adds a curve (two with distill.baseline), more than there are colours
+    palette = itertools.cycle(["#4c72b0", "#dd8452", "#8c8c8c", "#55a868", *OTHER_COLORS])
     for name, history in stages.items():
         color, text = next(palette), TRAINING_LABELS.get(name, name)
         epochs = [h["epoch"] for h in history]

@@ -75,6 +75,10 @@ def _alternatives(records: list[dict[str, Any]] | None, sizes: dict[str, Any]) -
             row.update(epochs=record["epochs"], achieved_ms=record["achieved"]["latency_ms"])
             row["format"] = record["achieved"]["format"]
             row.update(accuracies_with_intervals(record["validation_accuracy"], record["test_accuracy"], sizes))
+            labels = record.get("without_teacher")  # distill.baseline (prune VERSION 21)
+            row["without_teacher"] = labels and accuracies_with_intervals(
+                labels["validation_accuracy"], labels["test_accuracy"], sizes
+            )
         shown.append(row)
     return shown
 
@@ -152,6 +156,11 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
                 f"alternative {record['model']}": record["history"]
                 for record in prune_metrics.get("alternatives") or ()
                 if record["trained"]
+            },
+            **{
+                f"alternative {record['model']} without teacher": record["without_teacher"]["history"]
+                for record in prune_metrics.get("alternatives") or ()
+                if record.get("without_teacher")
             },
         },
         "export_tolerance": inputs["export"].metrics["tolerance"],

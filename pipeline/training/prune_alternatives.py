@@ -15,7 +15,8 @@ every layer after it on a quarter of the pixels. At half resnet8's latency on an
   narrower one reaches tighter budgets. The budget, not the search's limit under prune.search_margin: the student's
   width is among auto's, so auto never trains a network narrower than one at the student's width within the budget;
 - one within it is trained from fresh weights by the distill stage's recipe, feature loss included, for as many
-  epochs as the student had in distill and the fine-tune (prune.scratch_epochs when set), then timed again;
+  epochs as the student had in distill and the fine-tune (prune.scratch_epochs when set), then timed again; with
+  distill.baseline, also from the same weights on labels alone, so the report says what the teacher bought it;
 - of the pruned model and the trained alternatives, the most accurate on validation among those that measured
   within the budget ships, the pruned model on a tie (prune_budget.shipped_arm, as for the searches' arms).
 """
@@ -138,8 +139,29 @@ def trained_within_budget(
             train_from_scratch(model, spec, teacher, dataset, params, distill_params, out_dir, f"alternative-{index}")
         )
         record["achieved"] = prune_budget.achieved(model, spec, dataset, params)
+        if distill_params["baseline"]:  # what the teacher bought the network that may ship, as for the student
+            record["without_teacher"] = without_teacher(record, spec, dataset, params, distill_params, out_dir, index)
         found.append(Alternative(record, model, spec))
     return found
+
+
+def without_teacher(
+    record: dict[str, Any],
+    spec,
+    dataset: Dataset,
+    params: Any,
+    distill_params: dict[str, Any],
+    out_dir: Path,
+    index: int,
+) -> dict[str, Any]:
+    """The alternative (`record`, trained) from the same fresh weights (distill.seed), trained as many epochs on
+    labels alone: no teacher, no feature loss (distill.baseline's comparison). {epochs, accuracies, history}."""
+    if distill_params["alpha"] == 0 and distill_params["feature_loss"] == "none":  # it learned from labels alone
+        return {key: record[key] for key in ("epochs", "validation_accuracy", "test_accuracy", "history")}
+    torch.manual_seed(distill_params["seed"])
+    model = build_model(spec)
+    labels_only = {**distill_params, "alpha": 0.0, "feature_loss": "none"}
+    return train_from_scratch(model, spec, None, dataset, params, labels_only, out_dir, f"alternative-{index}-labels")
 
 
 def widest_within(name: str, widths: tuple[int | None, ...], dataset: Dataset, params: Any, seed: int):
@@ -189,5 +211,10 @@ def summary(alternatives: list[Alternative] | None) -> str:
         else:
             ships = ", ships" if r["shipped"] else ""
             achieved_ms, validation = r["achieved"]["latency_ms"], r["validation_accuracy"]
-            said.append(f"{r['model']} whole {achieved_ms:.4f} ms, {validation:.4f} validation{ships}")
+            labels = (
+                f" ({r['without_teacher']['validation_accuracy']:.4f} on labels alone)"
+                if "without_teacher" in r
+                else ""
+            )
+            said.append(f"{r['model']} whole {achieved_ms:.4f} ms, {validation:.4f} validation{labels}{ships}")
     return f"alternatives: {'; '.join(said)}; " if said else ""

@@ -121,7 +121,7 @@ def versus_scratch(
 def train_from_scratch(
     model: torch.nn.Module,
     spec,
-    teacher: torch.nn.Module,
+    teacher: torch.nn.Module | None,
     dataset: Dataset,
     params: Any,
     distill_params: dict[str, Any],
@@ -129,8 +129,9 @@ def train_from_scratch(
     name: str,
 ) -> dict[str, Any]:
     """Train `model` (fresh weights) in place by the distill stage's recipe, its feature loss too, for distill.epochs
-    + prune.finetune_epochs (or prune.scratch_epochs): as long as the student trained in distill and the fine-tune.
-    `name` names its log lines and its checkpoint, so a resumed run finds its own. {epochs, accuracies, history}."""
+    + prune.finetune_epochs (or prune.scratch_epochs): as long as the student trained in distill and the fine-tune
+    (teacher None, with alpha 0 and no feature loss: on labels alone). `name` names its log lines and its
+    checkpoint, so a resumed run finds its own. {epochs, accuracies, history}."""
     epochs = params.scratch_epochs or distill_params["epochs"] + params.finetune_epochs
     teaching = SimpleNamespace(**distill_params)
     recipe = recipe_for(teaching, epochs, teaching.temperature, teaching.alpha)

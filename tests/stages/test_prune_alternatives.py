@@ -19,11 +19,14 @@ RESNET = ["distill.model=resnet8", "distill.width=4", "prune.scratch_baseline=fa
 
 
 def test_the_stride_2_variant_is_trained_whole_by_distills_recipe_and_the_more_accurate_ships(store):
-    results = run_prune(store, *RESNET, "prune.target_latency_ms=1000", target="report")
+    results = run_prune(store, *RESNET, "prune.target_latency_ms=1000", "distill.baseline=true", target="report")
     metrics = results["prune"].artifact.metrics
     (record,) = metrics["alternatives"]
     # auto: resnet8_s2 at 8, 6, 4, 3 and 2 channels (twice the student's to half); 8, the widest, is within the limit
     assert record["model"] == "resnet8_s2 x8" and record["trained"]
+    labels = record["without_teacher"]  # distill.baseline: trained again, as long, on labels alone
+    assert labels["epochs"] == record["epochs"] == len(labels["history"])
+    assert all(row["kd"] == 0 for row in labels["history"]) and 0 <= labels["validation_accuracy"] <= 1
     assert record["widths"] == [{"width": 8, "latency_ms": record["untrained"]["latency_ms"]}]
     assert record["untrained"]["latency_ms"] <= 1000 and record["achieved"]["latency_ms"] <= 1000
     distill = results["distill"].artifact.manifest["params"]
@@ -52,6 +55,7 @@ def test_a_more_accurate_alternative_ships_in_place_of_the_pruned_model_down_to_
     results = run_prune(store, *RESNET, "prune.target_latency_ms=999", target="report")
     metrics = results["prune"].artifact.metrics
     assert metrics["shipped"] == "alternative" and metrics["alternatives"][0]["shipped"]
+    assert "without_teacher" not in metrics["alternatives"][0]  # distill.baseline false: not trained on labels alone
     assert (metrics["validation_accuracy"], metrics["test_accuracy"]) == (1.0, 0.5)
     model, spec = load_model(results["prune"].artifact.path)
     assert spec.name == "resnet8_s2" and model[0][0].stride == (2, 2)  # the stride-2 stem, no pruning replayed
@@ -69,6 +73,44 @@ def test_a_more_accurate_alternative_ships_in_place_of_the_pruned_model_down_to_
     assert "<h2>The pruned student against other networks trained whole</h2><p>At the budget of 999 ms" in html
     assert "<tr><td>resnet8_s2 x8 (auto, the widest within the budget, timed" in html and "<td>1.0000" in html
     assert html.count("<td><strong>yes</strong></td>") == 1 and "<td>the student pruned (fine-tuned)</td>" in html
+
+
+def test_with_distill_baseline_each_trained_alternative_is_also_trained_from_its_weights_on_labels_alone(
+    store, monkeypatch
+):
+    """Training stubbed: what is asserted is how the second run is asked for and how its scores are said."""
+    calls = []
+
+    def scored(model, spec, teacher, dataset, params, distill_params, out_dir, name):
+        calls.append((name, teacher, distill_params, next(model.parameters()).detach().clone()))
+        accuracy = 0.75 if teacher is not None else 0.25
+        history = [{"epoch": 1, "loss": 1.0, "train_accuracy": accuracy, "name": name}]
+        return {"epochs": 3, "validation_accuracy": accuracy, "test_accuracy": accuracy / 2, "history": history}
+
+    monkeypatch.setattr(prune_alternatives, "train_from_scratch", scored)
+    sets = [*RESNET, "prune.target_latency_ms=996", "distill.baseline=true", "distill.feature_loss=attention"]
+    results = run_prune(store, *sets, target="report")
+    (record,) = results["prune"].artifact.metrics["alternatives"]
+    (distilled, labels) = calls
+    assert distilled[0] == "alternative-0" and labels[0] == "alternative-0-labels" and labels[1] is None
+    assert labels[2] == {**distilled[2], "alpha": 0.0, "feature_loss": "none"} and distilled[2]["alpha"] > 0
+    assert labels[3].equal(distilled[3])  # the same fresh weights, so the runs differ only in what they learn from
+    assert record["validation_accuracy"] == 0.75 and record["without_teacher"] == {
+        "epochs": 3, "validation_accuracy": 0.25, "test_accuracy": 0.125, "history": [
+            {"epoch": 1, "loss": 1.0, "train_accuracy": 0.25, "name": "alternative-0-labels"}]
+    }  # fmt: skip
+    assert "resnet8_s2 x8 whole " in results["prune"].artifact.metrics["summary"]
+    assert "0.7500 validation (0.2500 on labels alone)" in results["prune"].artifact.metrics["summary"]
+    markdown = results["report"].artifact.file("report.md").read_text()
+    assert "; on labels alone (no teacher, as many epochs) validation 0.2500 [" in markdown
+    html = results["report"].artifact.file("report.html").read_text()
+    assert "<tr><td>resnet8_s2 x8 on labels alone (no teacher)</td>" in html and "<td>no (a baseline)</td>" in html
+    report = results["report"].artifact.file("report.json").read_text()
+    assert '"alternative resnet8_s2 x8 without teacher": [' in report  # its training curve
+    # A run that learns from labels alone already (alpha 0, no feature loss) is not trained twice.
+    calls.clear()
+    plain = run_prune(store, *sets[:-1], "distill.alpha=0").artifact.metrics["alternatives"][0]
+    assert [call[0] for call in calls] == ["alternative-0"] and plain["without_teacher"]["validation_accuracy"] == 0.75
 
 
 def test_an_alternative_over_the_budget_whole_is_measured_not_trained(store, monkeypatch):

@@ -184,3 +184,12 @@ def test_page_renders_in_headless_chromium(tmp_path):
     assert png.exists(), "chromium wrote no screenshot"
     data = png.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+
+
+def test_training_curves_take_more_stages_than_there_are_colours():
+    """Each trained prune.alternatives adds a curve (two with distill.baseline): colours repeat, the page is drawn."""
+    from pipeline.reporting import plots
+
+    history = [{"epoch": epoch, "loss": 1.0 / epoch, "train_accuracy": 0.1 * epoch} for epoch in (1, 2)]
+    figure = plots.training_curves({f"alternative resnet8_s2 x{width}": history for width in range(12)})
+    assert len(figure.axes[0].lines) == 12

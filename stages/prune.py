@@ -49,7 +49,7 @@ SECTION = "prune"
 #     when more accurate on validation within the budget ("shipped": "alternative")
 # 19-20: auto alternatives time the stride-2 variant at widths from twice the student's to half ("widths") and train
 #     the widest within the budget
-# 21: with distill.baseline, each trained alternative also from the same weights on labels alone (without_teacher)
+# 21: with distill.baseline, each trained alternative also on labels alone ("without_teacher"), kept when more accurate
 VERSION = 21
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
@@ -273,7 +273,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     else:  # a network of its own: no pruning to replay, no blocks removed
         save_model(best.model, best.spec, out_dir, pruning_history=[], dropped_blocks=[])
         shipped, shipped_size = ALTERNATIVE, {key: best.record[key] for key in ("macs", "params")}
-        shipped_scores = {key: best.record[key] for key in ("validation_accuracy", "test_accuracy")}
+        shipped_scores = prune_alternatives.kept_scores(best.record)  # distilled, or on labels alone
     return {
         "ratio": ratio,
         # "shipped": the depth arm's model, not the uniform baseline's (which keeps every block)

@@ -49,7 +49,7 @@ SECTION = "signoff"
 # 23: auto's widths of the stride-2 variant, each timed untrained, beside its row and line
 # 24: the prune fine-tune's epochs beside the scratch baseline's, and what those were set against
 # 25: what set the scratch baseline's epochs read from the config (it misread prune.step_epochs runs)
-# 26: each alternative on labels alone beside it (distill.baseline), in report.md's line and report.html's table
+# 26: each alternative on labels alone beside it (distill.baseline), and which of the two is kept
 VERSION = 26
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False

@@ -9,6 +9,7 @@ from pipeline.reporting.html_figures import escape as _e
 from pipeline.reporting.html_figures import table, table_rows
 from pipeline.reporting.intervals import accuracy_text, both_splits_text
 from pipeline.search import prune_budget
+from pipeline.training.prune_alternatives import LABELS_ALONE
 
 ALTERNATIVES_HEADER = ["network", "params", "MACs", "p50 ms untrained", "p50 ms trained", "validation", "test", "ships"]
 
@@ -30,9 +31,12 @@ def pruned_is_alternative(report: dict[str, Any]) -> str:
         return ""
     shipped = next(row for row in pruning["alternatives"] if row["shipped"])
     best = pruned_architecture_best(pruning)[1]["validation_accuracy"]
+    how, kept = "with distillation", shipped
+    if shipped.get("kept") == LABELS_ALONE:
+        how, kept = "on labels alone (more accurate on validation than distilled)", shipped["without_teacher"]
     return (
-        f"Pruned: {shipped['model']} trained whole from fresh weights with distillation (prune.alternatives), not the "
-        f"student pruned: more accurate on validation within the budget ({shipped['validation_accuracy']:.4f} against "
+        f"Pruned: {shipped['model']} trained whole from fresh weights {how} (prune.alternatives), not the "
+        f"student pruned: more accurate on validation within the budget ({kept['validation_accuracy']:.4f} against "
         f"{best:.4f} for the student pruned to it)."
     )
 
@@ -59,12 +63,13 @@ def alternatives_lines(alternatives: list[dict[str, Any]] | None) -> list[str]:
             continue
         ships = ", the most accurate on validation within the budget, so it is the pruned model that ships"
         labels = row.get("without_teacher")  # distill.baseline: what the teacher bought it
+        kept = ", more accurate on validation, so this one is kept" if row.get("kept") == LABELS_ALONE else ""
         said.append(
             f"{row['model']}{widths_text(row)} ({row['params']:,} params, {row['macs']:,} MACs) trained for "
             f"{row['epochs']} epochs "
             f"measured {row['achieved_ms']:.4f} ms {row['format']}: {both_splits_text(row)}"
+            + (f"; on labels alone (no teacher, as many epochs) {both_splits_text(labels)}{kept}" if labels else "")
             + (ships if row["shipped"] else "")
-            + (f"; on labels alone (no teacher, as many epochs) {both_splits_text(labels)}" if labels else "")
         )
     return [
         "- Other networks trained whole from fresh weights with distillation, as the student was (prune.alternatives): "
@@ -101,7 +106,7 @@ def alternatives_rows(report: dict[str, Any]) -> list[list[str]]:
                 f"{row['achieved_ms']:.4f}" if trained else "over the budget: not trained",
                 accuracy_text(row["validation_accuracy"], row["validation_interval"]) if trained else "",
                 accuracy_text(row["test_accuracy"], row["test_interval"]) if trained else "",
-                "**yes**" if row["shipped"] else "no",
+                "**yes**" if row["shipped"] and row.get("kept") != LABELS_ALONE else "no",
             ]
         )
         if labels := row.get("without_teacher"):  # distill.baseline: the same network on labels alone
@@ -111,7 +116,7 @@ def alternatives_rows(report: dict[str, Any]) -> list[list[str]]:
                     *[""] * 4,
                     accuracy_text(labels["validation_accuracy"], labels["validation_interval"]),
                     accuracy_text(labels["test_accuracy"], labels["test_interval"]),
-                    "no (a baseline)",
+                    "**yes**" if row["shipped"] and row["kept"] == LABELS_ALONE else "no",
                 ]
             )
     return rows

@@ -75,10 +75,11 @@ def _alternatives(records: list[dict[str, Any]] | None, sizes: dict[str, Any]) -
             row.update(epochs=record["epochs"], achieved_ms=record["achieved"]["latency_ms"])
             row["format"] = record["achieved"]["format"]
             row.update(accuracies_with_intervals(record["validation_accuracy"], record["test_accuracy"], sizes))
-            labels = record.get("without_teacher")  # distill.baseline (prune VERSION 21)
+            labels = record.get("without_teacher")  # distill.baseline (prune VERSION 21), and which of the two is kept
             row["without_teacher"] = labels and accuracies_with_intervals(
                 labels["validation_accuracy"], labels["test_accuracy"], sizes
             )
+            row["kept"] = record.get("kept", "distilled")
         shown.append(row)
     return shown
 

@@ -27,13 +27,17 @@ def test_the_stride_2_variant_is_trained_whole_by_distills_recipe_and_the_more_a
     labels = record["without_teacher"]  # distill.baseline: trained again, as long, on labels alone
     assert labels["epochs"] == record["epochs"] == len(labels["history"])
     assert all(row["kd"] == 0 for row in labels["history"]) and 0 <= labels["validation_accuracy"] <= 1
+    won = labels["validation_accuracy"] > record["validation_accuracy"]  # the more accurate, the distilled on a tie
+    assert record["kept"] == ("labels alone" if won else "distilled")
     assert record["widths"] == [{"width": 8, "latency_ms": record["untrained"]["latency_ms"]}]
     assert record["untrained"]["latency_ms"] <= 1000 and record["achieved"]["latency_ms"] <= 1000
     distill = results["distill"].artifact.manifest["params"]
     assert record["epochs"] == distill["epochs"] + 1  # as long as distill and the fine-tune (prune.finetune_epochs 1)
     assert len(record["history"]) == record["epochs"] and all(row["kd"] > 0 for row in record["history"])
     pruned = metrics["steps"][-1]["after_finetune"]["validation_accuracy"]
-    ships = record["validation_accuracy"] > pruned  # both within the budget: the more accurate, the pruned on a tie
+    ships = (
+        prune_alternatives.kept_scores(record)["validation_accuracy"] > pruned
+    )  # both within the budget: the more accurate, the pruned on a tie
     assert record["shipped"] is ships and metrics["shipped"] == ("alternative" if ships else "fine-tuned")
     model, spec = load_model(results["prune"].artifact.path)
     assert spec.name == ("resnet8_s2" if ships else "resnet8")
@@ -75,42 +79,54 @@ def test_a_more_accurate_alternative_ships_in_place_of_the_pruned_model_down_to_
     assert html.count("<td><strong>yes</strong></td>") == 1 and "<td>the student pruned (fine-tuned)</td>" in html
 
 
-def test_with_distill_baseline_each_trained_alternative_is_also_trained_from_its_weights_on_labels_alone(
+def test_with_distill_baseline_each_alternative_is_also_trained_on_labels_alone_and_the_more_accurate_is_kept(
     store, monkeypatch
 ):
-    """Training stubbed: what is asserted is how the second run is asked for and how its scores are said."""
+    """Training stubbed (labels alone scores 1.0, distilled 0.5, and marks its weights): what is asserted is how the
+    second run is asked for, that the more accurate on validation is the model that ships, and how it is said."""
     calls = []
 
     def scored(model, spec, teacher, dataset, params, distill_params, out_dir, name):
         calls.append((name, teacher, distill_params, next(model.parameters()).detach().clone()))
-        accuracy = 0.75 if teacher is not None else 0.25
+        accuracy = 0.5 if teacher is not None else 1.0
+        if teacher is None:
+            next(model.parameters()).data.fill_(0.125)  # which of the two models ships is read from its weights
         history = [{"epoch": 1, "loss": 1.0, "train_accuracy": accuracy, "name": name}]
         return {"epochs": 3, "validation_accuracy": accuracy, "test_accuracy": accuracy / 2, "history": history}
 
     monkeypatch.setattr(prune_alternatives, "train_from_scratch", scored)
     sets = [*RESNET, "prune.target_latency_ms=996", "distill.baseline=true", "distill.feature_loss=attention"]
     results = run_prune(store, *sets, target="report")
-    (record,) = results["prune"].artifact.metrics["alternatives"]
+    metrics = results["prune"].artifact.metrics
+    (record,) = metrics["alternatives"]
     (distilled, labels) = calls
     assert distilled[0] == "alternative-0" and labels[0] == "alternative-0-labels" and labels[1] is None
     assert labels[2] == {**distilled[2], "alpha": 0.0, "feature_loss": "none"} and distilled[2]["alpha"] > 0
     assert labels[3].equal(distilled[3])  # the same fresh weights, so the runs differ only in what they learn from
-    assert record["validation_accuracy"] == 0.75 and record["without_teacher"] == {
-        "epochs": 3, "validation_accuracy": 0.25, "test_accuracy": 0.125, "history": [
-            {"epoch": 1, "loss": 1.0, "train_accuracy": 0.25, "name": "alternative-0-labels"}]
+    assert record["validation_accuracy"] == 0.5 and record["without_teacher"] == {
+        "epochs": 3, "validation_accuracy": 1.0, "test_accuracy": 0.5, "history": [
+            {"epoch": 1, "loss": 1.0, "train_accuracy": 1.0, "name": "alternative-0-labels"}]
     }  # fmt: skip
-    assert "resnet8_s2 x8 whole " in results["prune"].artifact.metrics["summary"]
-    assert "0.7500 validation (0.2500 on labels alone)" in results["prune"].artifact.metrics["summary"]
+    assert record["kept"] == "labels alone" and record["shipped"] and metrics["shipped"] == "alternative"
+    assert (metrics["validation_accuracy"], metrics["test_accuracy"]) == (1.0, 0.5)
+    model, spec = load_model(results["prune"].artifact.path)
+    assert spec.name == "resnet8_s2" and bool((next(model.parameters()) == 0.125).all())
+    assert "resnet8_s2 x8 whole " in metrics["summary"]
+    assert "0.5000 validation (1.0000 on labels alone, kept), ships" in metrics["summary"]
     markdown = results["report"].artifact.file("report.md").read_text()
-    assert "; on labels alone (no teacher, as many epochs) validation 0.2500 [" in markdown
+    kept = "; on labels alone (no teacher, as many epochs) validation 1.0000 ["
+    assert kept in markdown and "more accurate on validation, so this one is kept, the most accurate" in markdown
+    assert "Pruned: resnet8_s2 x8 trained whole from fresh weights on labels alone (more accurate on" in markdown
     html = results["report"].artifact.file("report.html").read_text()
-    assert "<tr><td>resnet8_s2 x8 on labels alone (no teacher)</td>" in html and "<td>no (a baseline)</td>" in html
+    assert "<tr><td>resnet8_s2 x8 on labels alone (no teacher)</td>" in html
+    assert html.count("<td><strong>yes</strong></td>") == 1 and "</td><td>no</td></tr><tr><td>resnet8_s2 x8 on" in html
     report = results["report"].artifact.file("report.json").read_text()
     assert '"alternative resnet8_s2 x8 without teacher": [' in report  # its training curve
     # A run that learns from labels alone already (alpha 0, no feature loss) is not trained twice.
     calls.clear()
     plain = run_prune(store, *sets[:-1], "distill.alpha=0").artifact.metrics["alternatives"][0]
-    assert [call[0] for call in calls] == ["alternative-0"] and plain["without_teacher"]["validation_accuracy"] == 0.75
+    assert [call[0] for call in calls] == ["alternative-0"] and plain["without_teacher"]["validation_accuracy"] == 0.5
+    assert plain["kept"] == "distilled"  # a tie keeps the distilled run
 
 
 def test_an_alternative_over_the_budget_whole_is_measured_not_trained(store, monkeypatch):

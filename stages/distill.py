@@ -64,7 +64,9 @@ class Params:
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
     temperature: float = 4.0  # T: softens both distributions; the KD term is scaled by T^2
     alpha: float = 0.9  # weight of the KD term; 0 trains on labels only
-    baseline: bool = True  # also train the student (and each trained prune.alternatives) without the teacher
+    # Also train the student without the teacher, for the report; and each network prune.alternatives trains, whose
+    # more accurate run on validation is kept (pipeline/training/prune_alternatives.py).
+    baseline: bool = True
     feature_loss: str = "none"  # none; hint (FitNets: 1x1 adapter + MSE) or attention (attention transfer)
     feature_weight: float | None = None  # weight of the feature loss; null: 1 for either
     # Layer pairs "TEACHER_LAYER:STUDENT_LAYER" (model.named_modules() names); null: both networks' stage boundaries

@@ -40,6 +40,11 @@ CHOICES = [
         "by": "the same architecture: the more accurate, the fine-tune on a tie",
     },
     {
+        "choice": "another network distilled or trained on labels alone (prune.alternatives, distill.baseline)",
+        "split": "validation",
+        "by": "the same network: the more accurate, the distilled on a tie",
+    },
+    {
         "choice": "the pruned model or another network trained whole (prune.alternatives)",
         "split": "validation",
         "by": "within the budget, the most accurate; the pruned model on a tie",

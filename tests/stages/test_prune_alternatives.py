@@ -117,6 +117,7 @@ def test_with_distill_baseline_each_alternative_is_also_trained_on_labels_alone_
     kept = "; on labels alone (no teacher, as many epochs) validation 1.0000 ["
     assert kept in markdown and "more accurate on validation, so this one is kept, the most accurate" in markdown
     assert "Pruned: resnet8_s2 x8 trained whole from fresh weights on labels alone (more accurate on" in markdown
+    assert "| another network distilled or trained on labels alone (prune.alternatives, distill.baseline) |" in markdown
     html = results["report"].artifact.file("report.html").read_text()
     assert "<tr><td>resnet8_s2 x8 on labels alone (no teacher)</td>" in html
     assert html.count("<td><strong>yes</strong></td>") == 1 and "</td><td>no</td></tr><tr><td>resnet8_s2 x8 on" in html

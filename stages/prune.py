@@ -47,8 +47,7 @@ SECTION = "prune"
 #     the uniform arm's plateau, feature losses (each step's why: `git log -p stages/prune.py`)
 # 18: prune.alternatives: with a budget, the student's stride-2 variant (or named networks) trained whole and shipped
 #     when more accurate on validation within the budget ("shipped": "alternative")
-# 19-20: auto alternatives time the stride-2 variant at widths from twice the student's to half ("widths") and train
-#     the widest within the budget
+# 19-20: auto times the stride-2 variant from twice the student's width to half ("widths"), trains the widest within it
 # 21: with distill.baseline, each trained alternative also on labels alone ("without_teacher"), kept when more accurate
 VERSION = 21
 INPUTS = ("data", "teacher", "distill")
@@ -273,7 +272,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     else:  # a network of its own: no pruning to replay, no blocks removed
         save_model(best.model, best.spec, out_dir, pruning_history=[], dropped_blocks=[])
         shipped, shipped_size = ALTERNATIVE, {key: best.record[key] for key in ("macs", "params")}
-        shipped_scores = prune_alternatives.kept_scores(best.record)  # distilled, or on labels alone
+        kept = prune_alternatives.kept_run(best.record)  # distilled, or on labels alone
+        shipped_scores = {key: kept[key] for key in ("validation_accuracy", "test_accuracy")}
     return {
         "ratio": ratio,
         # "shipped": the depth arm's model, not the uniform baseline's (which keeps every block)

@@ -154,10 +154,9 @@ def trained_within_budget(
     return found
 
 
-def kept_scores(record: dict[str, Any]) -> dict[str, Any]:
-    """A trained alternative's validation and test accuracy as kept: distilled, or on labels alone when that won."""
-    kept = record["without_teacher"] if record.get("kept") == LABELS_ALONE else record
-    return {key: kept[key] for key in ("validation_accuracy", "test_accuracy")}
+def kept_run(record: dict[str, Any]) -> dict[str, Any]:
+    """Of a trained alternative's runs, the one kept (its accuracies): distilled, or on labels alone when that won."""
+    return record["without_teacher"] if record.get("kept") == LABELS_ALONE else record
 
 
 def without_teacher(
@@ -210,7 +209,7 @@ def more_accurate(alternatives: list[Alternative], pruned_ms: float, pruned_vali
     trained = {a.record["model"]: a for a in alternatives if a.model is not None}
     arms = {PRUNED: (pruned_ms, pruned_validation)}
     arms |= {
-        label: (a.record["achieved"]["latency_ms"], kept_scores(a.record)["validation_accuracy"])
+        label: (a.record["achieved"]["latency_ms"], kept_run(a.record)["validation_accuracy"])
         for label, a in trained.items()
     }
     shipped = prune_budget.shipped_arm(arms, budget_ms)

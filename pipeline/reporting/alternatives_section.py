@@ -9,7 +9,7 @@ from pipeline.reporting.html_figures import escape as _e
 from pipeline.reporting.html_figures import table, table_rows
 from pipeline.reporting.intervals import accuracy_text, both_splits_text
 from pipeline.search import prune_budget
-from pipeline.training.prune_alternatives import LABELS_ALONE
+from pipeline.training.prune_alternatives import LABELS_ALONE, kept_run
 
 ALTERNATIVES_HEADER = ["network", "params", "MACs", "p50 ms untrained", "p50 ms trained", "validation", "test", "ships"]
 
@@ -31,9 +31,9 @@ def pruned_is_alternative(report: dict[str, Any]) -> str:
         return ""
     shipped = next(row for row in pruning["alternatives"] if row["shipped"])
     best = pruned_architecture_best(pruning)[1]["validation_accuracy"]
-    how, kept = "with distillation", shipped
-    if shipped.get("kept") == LABELS_ALONE:
-        how, kept = "on labels alone (more accurate on validation than distilled)", shipped["without_teacher"]
+    kept = kept_run(shipped)  # the report's row has the record's shape
+    labels = shipped["kept"] == LABELS_ALONE
+    how = "on labels alone (more accurate on validation than distilled)" if labels else "with distillation"
     return (
         f"Pruned: {shipped['model']} trained whole from fresh weights {how} (prune.alternatives), not the "
         f"student pruned: more accurate on validation within the budget ({kept['validation_accuracy']:.4f} against "

@@ -8,6 +8,7 @@ from typing import Any
 
 from pipeline.cache import Artifact
 from pipeline.reporting.intervals import accuracies_with_intervals
+from pipeline.training.prune_alternatives import DISTILLED
 
 # Every choice the pipeline makes and the data it reads: the test split decides nothing.
 CHOICES = [
@@ -84,7 +85,7 @@ def _alternatives(records: list[dict[str, Any]] | None, sizes: dict[str, Any]) -
             row["without_teacher"] = labels and accuracies_with_intervals(
                 labels["validation_accuracy"], labels["test_accuracy"], sizes
             )
-            row["kept"] = record.get("kept", "distilled")
+            row["kept"] = record.get("kept", DISTILLED)
         shown.append(row)
     return shown
 
@@ -166,7 +167,7 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
             **{
                 f"alternative {record['model']} without teacher": record["without_teacher"]["history"]
                 for record in prune_metrics.get("alternatives") or ()
-                if record.get("without_teacher")
+                if (record.get("without_teacher") or {}).get("history")
             },
         },
         "export_tolerance": inputs["export"].metrics["tolerance"],

@@ -173,7 +173,11 @@ def without_teacher(
     epochs on labels alone: no teacher, no feature loss (distill.baseline's comparison). (The model, {epochs,
     accuracies, history}.)"""
     if distill_params["alpha"] == 0 and distill_params["feature_loss"] == "none":  # it learned from labels alone
-        return distilled, {key: record[key] for key in ("epochs", "validation_accuracy", "test_accuracy", "history")}
+        # Its scores, not a second copy of its curve (distill's baseline_history is None alike)
+        return distilled, {
+            **{key: record[key] for key in ("epochs", "validation_accuracy", "test_accuracy")},
+            "history": None,
+        }
     torch.manual_seed(distill_params["seed"])
     model = build_model(spec)
     labels_only = {**distill_params, "alpha": 0.0, "feature_loss": "none"}

@@ -50,7 +50,8 @@ SECTION = "signoff"
 # 24: the prune fine-tune's epochs beside the scratch baseline's, and what those were set against
 # 25: what set the scratch baseline's epochs read from the config (it misread prune.step_epochs runs)
 # 26: each alternative on labels alone beside it (distill.baseline), and which of the two is kept
-VERSION = 26
+# 27: which of the student's runs is the student (distill VERSION 3: "kept"), in the models' intro and the steps
+VERSION = 27
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")

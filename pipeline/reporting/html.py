@@ -25,7 +25,7 @@ from pipeline.reporting.html_figures import (
 )
 from pipeline.reporting.html_figures import table as _table
 from pipeline.reporting.html_search import depth_section, remeasured_section, uniform_baseline_section
-from pipeline.reporting.markdown import onnx_teacher_sentence
+from pipeline.reporting.markdown import onnx_teacher_sentence, student_run
 from pipeline.reporting.plots import PROVIDER, STATS, latency_at
 from pipeline.reporting.search_sections import QUANTIZATION_AWARE_HEADER, quantization_aware_rows
 from pipeline.reporting.signoff_section import HEADER as FAILING_HEADER
@@ -161,10 +161,11 @@ def _models_table(report: dict) -> str:
         rows.append(f'<tr class="{"edge" if edge else ""}">{cells}</tr>')
     settings = "; ".join(f"{m['name']}: {m['settings_label']}" for m in report["models"] if "settings_label" in m)
     return (
-        "<h2>Models</h2>\n<p>Teacher → student (distilled) → pruned → int8 (of pruned); student_int8 is int8 of the "
-        "student. Accuracy computed in onnxruntime with its 95% Wilson interval, on the validation split (every "
-        f"choice reads it) and the test split (reported only); latency on {_e(PROVIDER)} in milliseconds, each "
-        f"model at the session settings measured fastest for it ({_e(settings or 'not recorded')}).</p>\n"
+        f"<h2>Models</h2>\n<p>Teacher → student ({_e(student_run(report))}) → pruned → int8 (of pruned); "
+        "student_int8 is int8 of the student. Accuracy computed in onnxruntime with its 95% Wilson interval, on the "
+        "validation split (every choice reads it) and the test split (reported only); latency on "
+        f"{_e(PROVIDER)} in milliseconds, each model at the session settings measured fastest for it "
+        f"({_e(settings or 'not recorded')}).</p>\n"
         + _table(header, rows)
         + _onnx_teacher(report.get("teacher_onnx"))
         + (f"\n<p>{_e(sentence)}</p>" if (sentence := pruned_is_alternative(report)) else "")

@@ -10,6 +10,7 @@ from pipeline.reporting.intervals import accuracy_text, both_splits_text
 from pipeline.reporting.search_sections import search_sections
 from pipeline.reporting.signoff_section import failing_lines
 from pipeline.reporting.targets_section import target_descriptions, target_rows
+from pipeline.training.recipes import LABELS_ALONE
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -74,7 +75,8 @@ def models_section(report: dict[str, Any]) -> list[str]:
     target = (report.get("latency_target") or {}).get("name", "this machine")
     lines = [
         "",
-        "## Models (teacher → student → pruned → int8 of pruned; student_int8: int8 of the student)",
+        f"## Models (teacher → student, {student_run(report)} → pruned → int8 of pruned; student_int8: int8 of the "
+        "student)",
         "",
         f"Accuracy computed in onnxruntime, with its 95% Wilson interval, on the validation split "
         f"({split['validation']['images']} images held out of training: every choice reads it) and on the test split "
@@ -103,6 +105,13 @@ def models_section(report: dict[str, Any]) -> list[str]:
         lines += _latency_table(report["models"], provider)
     skipped = report.get("skipped_providers") or {}
     return lines + ([""] if skipped else []) + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
+
+
+def student_run(report: dict[str, Any]) -> str:
+    """How the student the later stages start from was trained (distill.baseline keeps the better run)."""
+    if (report.get("distillation") or {}).get("kept") == LABELS_ALONE:
+        return "on labels alone (more accurate on validation than distilled)"
+    return "distilled"
 
 
 def teacher_lines(report: dict[str, Any]) -> list[str]:
@@ -214,7 +223,13 @@ def steps_section(report: dict[str, Any]) -> list[str]:
         "",
         f"- Distillation ({how}): the student without the teacher {both_splits_text(distill['baseline'])}"
         + (" (distill.baseline: false)" if distill["baseline"] is None else "")
-        + f"; distilled {both_splits_text(distill['student'])}.",
+        + f"; distilled {both_splits_text(distill['student'])}"
+        + (
+            ". On labels alone it was more accurate on validation, so that run is the student the later stages start "
+            "from (a teacher little better than the student holds it back)."
+            if distill.get("kept") == LABELS_ALONE
+            else "."
+        ),
         *depth_lines(prune.get("depth")),
         f"- Pruning ({prune['ratio']:.1%} of channels): params {prune['params_before']:,} → "
         f"{prune['steps'][-1]['params']:,}, MACs {prune['macs_before']:,} → {prune['steps'][-1]['macs']:,}; right "

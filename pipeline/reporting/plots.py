@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from pipeline.reporting.gates import pareto_front
 from pipeline.search.prune_sampled import configuration
+from pipeline.training.recipes import LABELS_ALONE
 
 PROVIDER = "CPUExecutionProvider"  # where the plots' latencies are read
 COLORS = {"teacher": "#4c72b0", "student": "#dd8452", "pruned": "#55a868", "int8": "#c44e52", "student_int8": "#8172b3"}
@@ -115,8 +116,11 @@ def baselines(report: dict) -> list[tuple[str, str, float | None]]:
     """(label, the measured model whose architecture it has, its validation accuracy) of the report's baselines."""
     distill, pruning = report.get("distillation") or {}, report.get("pruning") or {}
     found = []
-    if distill.get("baseline"):
-        found.append(("student without teacher", "student", distill["baseline"]["validation_accuracy"]))
+    if distill.get("baseline"):  # the student's other run: on labels alone, or distilled when labels alone was kept
+        other = ("student distilled", "student", distill["student"]["validation_accuracy"])
+        if distill.get("kept") != LABELS_ALONE:
+            other = ("student without teacher", "student", distill["baseline"]["validation_accuracy"])
+        found.append(other)
     if pruning.get("scratch") and pruning.get("shipped") != "alternative":  # else "pruned" has another architecture
         found.append(("pruned architecture from scratch", "pruned", pruning["scratch"]["validation_accuracy"]))
     return found

@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.cache import Artifact
 from pipeline.reporting.intervals import accuracies_with_intervals
-from pipeline.training.prune_alternatives import DISTILLED
+from pipeline.training.recipes import DISTILLED
 
 # Every choice the pipeline makes and the data it reads: the test split decides nothing.
 CHOICES = [
@@ -39,6 +39,11 @@ CHOICES = [
         "choice": "pruned model fine-tuned or trained from scratch (prune.scratch_baseline)",
         "split": "validation",
         "by": "the same architecture: the more accurate, the fine-tune on a tie",
+    },
+    {
+        "choice": "the student distilled or trained on labels alone (distill.baseline)",
+        "split": "validation",
+        "by": "the same network: the more accurate, the distilled on a tie",
     },
     {
         "choice": "another network distilled or trained on labels alone (prune.alternatives, distill.baseline)",
@@ -107,6 +112,7 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
             "alpha": distill_params["alpha"],
             "epochs": distill_params["epochs"],  # what the scratch baseline's epochs are set against
             "feature_distillation": distill["feature_distillation"],
+            "kept": distill.get("kept", DISTILLED),  # the run the later stages start from (distill VERSION 3)
         },
         "pruning": {
             **{key: prune_metrics[key] for key in ("ratio", "params_before", "params", "macs_before", "macs")},

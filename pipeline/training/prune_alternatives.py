@@ -39,12 +39,11 @@ from pipeline.models.depth import AUTO
 from pipeline.models.factory import MODELS, build_model, count_macs_and_params, published_width
 from pipeline.search import prune_budget
 from pipeline.training.prune_finetune import train_from_scratch
-from pipeline.training.recipes import model_label, spec_for
+from pipeline.training.recipes import DISTILLED, LABELS_ALONE, model_label, spec_for
 
 PRUNED = "pruned"  # the pruned student's arm in the shipping decision
 EXPECTED = "auto (the student's stride-2 variant), or built-in models as NAME or NAME@WIDTH, or null (none)"
 AUTO_WIDTH_FACTORS = (2.0, 1.5, 1.0, 0.75, 0.5)  # auto's widths, times the student's, widest first
-DISTILLED, LABELS_ALONE = "distilled", "labels alone"  # which training run of an alternative is kept ("kept")
 
 log = logging.getLogger(__name__)
 

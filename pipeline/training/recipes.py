@@ -18,6 +18,9 @@ from pipeline.models.weights import SUFFIXES, load_checked, read_state_dict
 from pipeline.training.augment import AUGMENTATIONS
 from pipeline.training.loop import Recipe, accuracy
 
+# Which of a network's two training runs is kept (distill.baseline): with the teacher, or on labels alone
+DISTILLED, LABELS_ALONE = "distilled", "labels alone"
+
 
 def resolve_width(params: Any) -> None:
     """A width the config left unset (None) becomes the published width of `params.model` (in place: called from

@@ -83,3 +83,75 @@ def test_the_student_starts_from_a_state_dict_with_a_new_head(tmp_path):
     artifact = run_pipeline(load_config(overrides=sets), ArtifactStore(tmp_path / "a"), target="distill")[-1].artifact
     assert artifact.metrics["start"] == "from student.pt" and "cnn x8 from student.pt" in artifact.metrics["summary"]
     assert artifact.metrics["baseline_validation_accuracy"] is not None
+
+
+@pytest.mark.parametrize(("labels_alone", "kept"), [(1.0, "labels alone"), (0.5, "distilled"), (0.25, "distilled")])
+def test_with_distill_baseline_the_more_accurate_run_on_validation_is_the_student_saved(
+    tmp_path, monkeypatch, labels_alone, kept
+):
+    """Training stubbed: the labels-alone run marks its weights and scores `labels_alone` on validation, the distilled
+    one 0.5. The more accurate is saved as model.pt, the distilled on a tie, and the record and report say which."""
+    import stages.distill
+    from pipeline.cache import ArtifactStore
+    from pipeline.models.storage import load_model
+    from pipeline.runner import load_config, run_pipeline
+    from tests.conftest import FAST
+
+    def fit(model, images, labels, norm, recipe, teacher, name, *args):
+        if teacher is None:
+            next(model.parameters()).data.fill_(0.125)
+        return [{"epoch": 1, "loss": 1.0, "ce": 1.0, "kd": 0.0 if teacher is None else 1.0, "feature": 0.0}]
+
+    def scored(model, dataset):
+        validation = labels_alone if bool((next(model.parameters()) == 0.125).all()) else 0.5
+        return {"validation_accuracy": validation, "test_accuracy": validation / 2}
+
+    monkeypatch.setattr(stages.distill, "fit", fit)
+    monkeypatch.setattr(stages.distill, "scored", scored)
+    sets = [*FAST, "distill.baseline=true"]
+    results = {r.name: r for r in run_pipeline(load_config(overrides=sets), ArtifactStore(tmp_path), target="distill")}
+    metrics = results["distill"].artifact.metrics
+    assert metrics["kept"] == kept and (metrics["validation_accuracy"], metrics["test_accuracy"]) == (0.5, 0.25)
+    assert (metrics["baseline_validation_accuracy"], metrics["baseline_test_accuracy"]) == (
+        labels_alone,
+        labels_alone / 2,
+    )
+    model, _ = load_model(results["distill"].artifact.path)
+    assert bool((next(model.parameters()) == 0.125).all()) == (kept == "labels alone")
+    assert metrics["summary"].endswith(
+        f"(without teacher {labels_alone:.4f}{', kept' if kept == 'labels alone' else ''})"
+    )
+
+
+def test_the_report_says_which_run_is_the_student(tiny_run):
+    """The tiny run's report, with the distilled run kept and with the labels-alone run kept."""
+    import json
+
+    from pipeline.reporting import plots
+    from pipeline.reporting.html import render_html
+    from pipeline.reporting.markdown import render_markdown
+
+    _, results = tiny_run
+    report = json.loads(results["report"].artifact.file("report.json").read_text())
+    assert report["distillation"]["kept"] in ("distilled", "labels alone")  # distill VERSION 3 records it
+    report["distillation"]["kept"] = "distilled"
+    assert "## Models (teacher → student, distilled → pruned" in render_markdown(report)
+    assert "<p>Teacher → student (distilled) → pruned" in render_html(report)
+    baseline = {"validation_accuracy": 0.9, "validation_interval": [0.8, 0.95], "test_accuracy": 0.85}
+    baseline["test_interval"] = [0.8, 0.9]
+    report["distillation"].update(kept="labels alone", baseline=baseline)
+    markdown = render_markdown(report)
+    assert "## Models (teacher → student, on labels alone (more accurate on validation than distilled) → pruned" in (
+        markdown
+    )
+    assert ". On labels alone it was more accurate on validation, so that run is the student the later stages" in (
+        markdown
+    )
+    assert "| the student distilled or trained on labels alone (distill.baseline) | validation |" in markdown
+    assert "<p>Teacher → student (on labels alone (more accurate on validation than distilled)) → pruned" in (
+        render_html(report)
+    )
+    student = report["distillation"]["student"]["validation_accuracy"]
+    assert ("student distilled", "student", student) in plots.baselines(report)
+    report["distillation"]["kept"] = "distilled"
+    assert ("student without teacher", "student", 0.9) in plots.baselines(report)

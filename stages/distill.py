@@ -71,8 +71,8 @@ class Params:
     device: str = "auto"  # auto (CUDA when present), cpu or cuda
     temperature: float = 4.0  # T: softens both distributions; the KD term is scaled by T^2
     alpha: float = 0.9  # weight of the KD term; 0 trains on labels only
-    # Also train the student without the teacher, for the report; and each network prune.alternatives trains, whose
-    # more accurate run on validation is kept (pipeline/training/prune_alternatives.py).
+    # Also train the student without the teacher, and each network prune.alternatives trains: of each network's two
+    # runs the more accurate on validation is kept (pipeline/training/prune_alternatives.py for the alternatives).
     baseline: bool = True
     feature_loss: str = "none"  # none; hint (FitNets: 1x1 adapter + MSE) or attention (attention transfer)
     feature_weight: float | None = None  # weight of the feature loss; null: 1 for either

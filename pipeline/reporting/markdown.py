@@ -10,7 +10,7 @@ from pipeline.reporting.intervals import accuracy_text, both_splits_text
 from pipeline.reporting.search_sections import search_sections
 from pipeline.reporting.signoff_section import failing_lines
 from pipeline.reporting.targets_section import target_descriptions, target_rows
-from pipeline.training.recipes import LABELS_ALONE
+from pipeline.training.recipes import DISTILLED, LABELS_ALONE
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -73,10 +73,12 @@ def models_section(report: dict[str, Any]) -> list[str]:
     """A row per model, then a latency table per provider measured and the providers skipped."""
     split = report["dataset"]["split"]
     target = (report.get("latency_target") or {}).get("name", "this machine")
+    trained = student_run(report)
     lines = [
         "",
-        f"## Models (teacher → student, {student_run(report)} → pruned → int8 of pruned; student_int8: int8 of the "
-        "student)",
+        "## Models (teacher → student → pruned → int8 of pruned; student_int8: int8 of the student"
+        + ("" if trained == DISTILLED else f"; the student {trained}")
+        + ")",
         "",
         f"Accuracy computed in onnxruntime, with its 95% Wilson interval, on the validation split "
         f"({split['validation']['images']} images held out of training: every choice reads it) and on the test split "
@@ -110,8 +112,8 @@ def models_section(report: dict[str, Any]) -> list[str]:
 def student_run(report: dict[str, Any]) -> str:
     """How the student the later stages start from was trained (distill.baseline keeps the better run)."""
     if (report.get("distillation") or {}).get("kept") == LABELS_ALONE:
-        return "on labels alone (more accurate on validation than distilled)"
-    return "distilled"
+        return "on labels alone: more accurate on validation than distilled"
+    return DISTILLED
 
 
 def teacher_lines(report: dict[str, Any]) -> list[str]:
@@ -226,7 +228,7 @@ def steps_section(report: dict[str, Any]) -> list[str]:
         + f"; distilled {both_splits_text(distill['student'])}"
         + (
             ". On labels alone it was more accurate on validation, so that run is the student the later stages start "
-            "from (a teacher little better than the student holds it back)."
+            "from (a teacher little better than the student can hold it back)."
             if distill.get("kept") == LABELS_ALONE
             else "."
         ),

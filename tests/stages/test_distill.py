@@ -135,20 +135,20 @@ def test_the_report_says_which_run_is_the_student(tiny_run):
     report = json.loads(results["report"].artifact.file("report.json").read_text())
     assert report["distillation"]["kept"] in ("distilled", "labels alone")  # distill VERSION 3 records it
     report["distillation"]["kept"] = "distilled"
-    assert "## Models (teacher → student, distilled → pruned" in render_markdown(report)
+    assert "## Models (teacher → student → pruned → int8 of pruned; student_int8: int8 of the student)" in (
+        render_markdown(report)
+    )
     assert "<p>Teacher → student (distilled) → pruned" in render_html(report)
     baseline = {"validation_accuracy": 0.9, "validation_interval": [0.8, 0.95], "test_accuracy": 0.85}
     baseline["test_interval"] = [0.8, 0.9]
     report["distillation"].update(kept="labels alone", baseline=baseline)
     markdown = render_markdown(report)
-    assert "## Models (teacher → student, on labels alone (more accurate on validation than distilled) → pruned" in (
-        markdown
-    )
+    assert "int8 of the student; the student on labels alone: more accurate on validation than distilled)" in markdown
     assert ". On labels alone it was more accurate on validation, so that run is the student the later stages" in (
         markdown
     )
     assert "| the student distilled or trained on labels alone (distill.baseline) | validation |" in markdown
-    assert "<p>Teacher → student (on labels alone (more accurate on validation than distilled)) → pruned" in (
+    assert "<p>Teacher → student (on labels alone: more accurate on validation than distilled) → pruned" in (
         render_html(report)
     )
     student = report["distillation"]["student"]["validation_accuracy"]

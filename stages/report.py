@@ -63,7 +63,7 @@ class Params:
     # test split. point: they compare accuracies; bound: the end of each 95% interval that is worst for the model.
     min_accuracy: float = 0.9  # accuracy the edge model must reach
     max_drop_vs_teacher: float = 0.03  # largest accuracy loss allowed against the teacher
-    max_drop_vs_student: float = 0.02  # ...and against the fp32 distilled student
+    max_drop_vs_student: float = 0.02  # ...and against the fp32 student (distill stage)
     accuracy_basis: str = "point"  # point or bound
     latency_batch: int = 1  # batch size at which models are compared and latency gated (one of bench.batch_sizes)
     latency_provider: str = "cpu"  # execution provider at which models are compared: cpu, cuda, openvino, ...

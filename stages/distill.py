@@ -33,6 +33,7 @@ from pipeline.training.recipes import (
     DISTILLED,
     LABELS_ALONE,
     check_training_params,
+    kept_run_name,
     model_inputs,
     model_label,
     recipe_for,
@@ -121,9 +122,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         baseline = scores
     elif params.baseline:
         labels_model, baseline, baseline_history = train_baseline(params, spec, dataset, out_dir)
-        # The same network, so the same latency: the more accurate on validation is kept, the distilled on a tie
-        if baseline["validation_accuracy"] > scores["validation_accuracy"]:
-            student, kept = labels_model, LABELS_ALONE
+        kept = kept_run_name(scores["validation_accuracy"], baseline["validation_accuracy"])
+        student = labels_model if kept == LABELS_ALONE else student
     save_model(student, spec, out_dir)
     macs, n_params = count_macs_and_params(student, spec)
     gain = ""

@@ -117,10 +117,10 @@ def baselines(report: dict) -> list[tuple[str, str, float | None]]:
     distill, pruning = report.get("distillation") or {}, report.get("pruning") or {}
     found = []
     if distill.get("baseline"):  # the student's other run: on labels alone, or distilled when labels alone was kept
-        other = ("student distilled", "student", distill["student"]["validation_accuracy"])
-        if distill.get("kept") != LABELS_ALONE:
-            other = ("student without teacher", "student", distill["baseline"]["validation_accuracy"])
-        found.append(other)
+        if distill.get("kept") == LABELS_ALONE:
+            found.append(("student distilled", "student", distill["student"]["validation_accuracy"]))
+        else:
+            found.append(("student without teacher", "student", distill["baseline"]["validation_accuracy"]))
     if pruning.get("scratch") and pruning.get("shipped") != "alternative":  # else "pruned" has another architecture
         found.append(("pruned architecture from scratch", "pruned", pruning["scratch"]["validation_accuracy"]))
     return found

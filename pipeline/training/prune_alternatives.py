@@ -39,7 +39,7 @@ from pipeline.models.depth import AUTO
 from pipeline.models.factory import MODELS, build_model, count_macs_and_params, published_width
 from pipeline.search import prune_budget
 from pipeline.training.prune_finetune import train_from_scratch
-from pipeline.training.recipes import DISTILLED, LABELS_ALONE, model_label, spec_for
+from pipeline.training.recipes import DISTILLED, LABELS_ALONE, kept_run_name, model_label, spec_for
 
 PRUNED = "pruned"  # the pruned student's arm in the shipping decision
 EXPECTED = "auto (the student's stride-2 variant), or built-in models as NAME or NAME@WIDTH, or null (none)"
@@ -145,10 +145,10 @@ def trained_within_budget(
             labels_model, record["without_teacher"] = without_teacher(
                 record, model, spec, dataset, params, distill_params, out_dir, index
             )
-            # The same network, so the same latency: the more accurate on validation is kept, the distilled on a tie
             # (on CIFAR-10 with the shortened profile's teacher, labels alone won at 25 epochs: BENCHMARKS.md)
-            if record["without_teacher"]["validation_accuracy"] > record["validation_accuracy"]:
-                model, record["kept"] = labels_model, LABELS_ALONE
+            labels_validation = record["without_teacher"]["validation_accuracy"]
+            record["kept"] = kept_run_name(record["validation_accuracy"], labels_validation)
+            model = labels_model if record["kept"] == LABELS_ALONE else model
         found.append(Alternative(record, model, spec))
     return found
 

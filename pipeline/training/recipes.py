@@ -22,6 +22,12 @@ from pipeline.training.loop import Recipe, accuracy
 DISTILLED, LABELS_ALONE = "distilled", "labels alone"
 
 
+def kept_run_name(distilled_validation: float, labels_validation: float) -> str:
+    """Which of one network's two runs is kept: the same network, so the same latency, and the more accurate on
+    validation wins, the distilled on a tie (a teacher little better than the network can hold it back)."""
+    return LABELS_ALONE if labels_validation > distilled_validation else DISTILLED
+
+
 def resolve_width(params: Any) -> None:
     """A width the config left unset (None) becomes the published width of `params.model` (in place: called from
     a frozen params dataclass's __post_init__, so the stored params and cache keys hold the resolved number)."""

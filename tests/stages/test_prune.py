@@ -409,7 +409,9 @@ def test_drop_blocks_auto_tries_each_depth_and_keeps_the_most_accurate_within_th
     from pipeline.training import prune_arms
 
     depth = ["distill.model=resnet14", "distill.width=4", "prune.scratch_baseline=false", "prune.target_format=fp32"]
-    auto = [*depth, "prune.target_latency_ms=1000", "prune.drop_blocks=auto"]
+    # No alternatives: within 1000 ms resnet14_s2 is trained whole too, and whether it outscores every depth (it did
+    # in one process, not under xdist) is not what this test is about.
+    auto = [*depth, "prune.target_latency_ms=1000", "prune.drop_blocks=auto", "prune.alternatives=null"]
     # The whole student fits the budget with every channel: no deeper cut is tried, and the per-layer search's arm is
     # the uniform one's model (one fine-tune for both).
     results = run_prune(store, *auto, "prune.search=per_layer", "prune.max_ratio=0.25", target="report")

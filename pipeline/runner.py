@@ -301,7 +301,8 @@ def check_signoff(report: Artifact) -> None:
         names = ", ".join(failed) if failed else "no model passed the accuracy gates"
         closest = report.metrics["closest_to_passing"]
         closest = f"; closest to passing: {closest}" if closest else ""
-        raise SignoffFailed(f"sign-off failed: {names}{closest} (see release/report.md)")
+        hint = f"; {report.metrics['budget_hint']}" if report.metrics["budget_hint"] else ""
+        raise SignoffFailed(f"sign-off failed: {names}{closest}{hint} (see release/report.md)")
 
 
 def stage_status(config: Config, store: ArtifactStore) -> list[dict[str, Any]]:

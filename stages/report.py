@@ -30,7 +30,7 @@ from pipeline.reporting.gates import (
     signoff_gates,
 )
 from pipeline.reporting.markdown import render_markdown
-from pipeline.reporting.signoff_section import nearest_text
+from pipeline.reporting.signoff_section import budget_hint, nearest_text
 from pipeline.reporting.steps import CHOICES, what_each_step_did
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, provider_name
 
@@ -51,7 +51,7 @@ SECTION = "signoff"
 # 25: what set the scratch baseline's epochs read from the config (it misread prune.step_epochs runs)
 # 26: each alternative on labels alone beside it (distill.baseline), and which of the two is kept
 # 27: which of the student's runs is the student (distill VERSION 3: "kept"), in the models' intro and the steps
-VERSION = 27
+VERSION = 28
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")
@@ -203,6 +203,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "failed_gates": [g["name"] for g in gates if not g["passed"]],
         # on a failed sign-off, the models that fail the fewest gates, with those gates: the run's error line says it
         "closest_to_passing": nearest_text(report),
+        "budget_hint": budget_hint(report),  # a failed speed-up gate and no prune budget: the budget to search for
         "summary": f"edge model {edge['name']} (validation {edge['validation_accuracy']:.4f}, test "
         f"{edge['accuracy']:.4f}); sign-off {verdict}",
     }

@@ -30,7 +30,7 @@ from pipeline.reporting.plots import PROVIDER, STATS, latency_at
 from pipeline.reporting.search_sections import QUANTIZATION_AWARE_HEADER, quantization_aware_rows
 from pipeline.reporting.signoff_section import HEADER as FAILING_HEADER
 from pipeline.reporting.signoff_section import INTRO as FAILING_INTRO
-from pipeline.reporting.signoff_section import failing_rows, gate_number
+from pipeline.reporting.signoff_section import budget_hint, failing_rows, gate_number
 from pipeline.reporting.targets_section import target_descriptions, target_rows
 
 CSS = """
@@ -204,6 +204,8 @@ def _gates_table(report: dict) -> str:
         html += f"<h3>Every model against the gates</h3><p>{_e(FAILING_INTRO)}</p>" + _table(
             FAILING_HEADER, table_rows(failing)
         )
+        hint = budget_hint(report)
+        html += f"<p>{_e(hint)}</p>" if hint else ""
     return html
 
 

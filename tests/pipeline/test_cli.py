@@ -87,6 +87,19 @@ def test_a_failed_gate_exits_1_after_writing_the_report(tiny_run):
     assert edgeforge(store.root, "report").exit_code == 1
 
 
+def test_a_failed_speedup_gate_without_a_budget_names_the_budget_from_the_teachers_p50(tiny_run):
+    store, _ = tiny_run
+    result = edgeforge(store.root, "run", *SETS, "--set", "signoff.min_speedup_vs_teacher=1000")
+    assert result.exit_code == 1
+    report = json.loads((store.root / "release" / "report.json").read_text())
+    teacher = next(m for m in report["models"] if m["name"] == "teacher")
+    budget_ms = teacher["latency"]["CPUExecutionProvider"]["1"]["p50_ms"] / 1000
+    hint = f"--set prune.target_latency_ms={budget_ms:.4g} (the teacher's p50 / signoff.min_speedup_vs_teacher)"
+    assert hint in result.stderr.strip().splitlines()[-1]
+    assert hint in (store.root / "release" / "report.md").read_text()
+    assert hint in (store.root / "release" / "report.html").read_text().replace("&#x27;", "'")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -278,3 +279,38 @@ def test_a_failed_signoff_shows_what_each_model_lacks_and_names_the_closest():
     )
     passed = {**report, "signoff": {**report["signoff"], "passed": True}}
     assert failing_lines(passed) == [] and nearest_text(passed) == ""
+
+
+@pytest.mark.parametrize(
+    "prune, speedup, hinted",
+    [
+        ({}, 5.0, True),  # no budget searched for, the speed-up gate failed: a fifth of the teacher's p50
+        ({"target_latency_ms": 0.5}, 5.0, False),  # a budget was searched for: the gate and the budget disagree
+        ({"target_batch": 64}, 5.0, False),  # the prune stage times another batch than the gate's
+        ({"target_device": "ssh://board"}, 5.0, False),  # ... or another device
+        ({}, 1.5, False),  # the speed-up gate passed (the student is 3.3x the teacher)
+    ],
+)
+def test_a_failed_speedup_gate_without_a_budget_names_the_budget_to_search_for(prune, speedup, hinted):
+    from pipeline.reporting.gates import gates_each_model_fails
+    from pipeline.reporting.signoff_section import budget_hint, failing_lines
+
+    # The pruned model (0.2 ms, 5x the 1 ms teacher) loses too much accuracy, so the student ships at 3.3x and the
+    # speed-up gate fails.
+    params = Params(max_drop_vs_student=0.005, min_speedup_vs_teacher=speedup)
+    edge, _, _ = choose_edge_model(MODELS, params)
+    gates = signoff_gates(edge, MODELS, params)
+    prune = {"target_latency_ms": None, "target_batch": 1, "target_provider": "cpu", "target_device": "local", **prune}
+    report = {
+        "config": {"prune": prune, "signoff": dataclasses.asdict(params)},
+        "latency_target": {"name": "local"},
+        "models": MODELS,
+        "signoff": {"passed": False, "gates": gates, "failed_by_model": gates_each_model_fails(MODELS, params)},
+    }
+    expected = (
+        "no latency budget was searched for: --set prune.target_latency_ms=0.2 (the teacher's p50 / "
+        "signoff.min_speedup_vs_teacher) has the prune stage search for a model that fast"
+    )
+    assert edge["name"] == "student"
+    assert budget_hint(report) == (expected if hinted else "")
+    assert (failing_lines(report)[-1] == expected) is hinted

@@ -34,6 +34,7 @@ SPLITS = {
     "validation": ("validation_accuracy", "validation_interval", "validation_correct"),
 }  # split -> keys of a report's model
 
+SPEEDUP_GATE = "min_speedup_vs_teacher_batch_"  # + the batch: the speed-up gate's name
 LATENCY_LIMIT = re.compile(r"^([A-Za-z]\w*):(\d+):(p50|p90|p95|p99)<=(\d+(?:\.\d*)?(?:e-?\d+)?)$")
 
 
@@ -188,7 +189,7 @@ def signoff_gates(edge: dict, models: list[dict], params: Any) -> list[dict[str,
         value = p(by_name["teacher"], batch, "p50_ms", provider) / p(edge, batch, "p50_ms", provider)
         gates.append(
             gate(
-                f"min_speedup_vs_teacher_batch_{batch}",
+                f"{SPEEDUP_GATE}{batch}",
                 params.min_speedup_vs_teacher,
                 value,
                 value >= params.min_speedup_vs_teacher,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.reporting.gates import p
+from pipeline.reporting.gates import SPEEDUP_GATE, p
 from pipeline.reporting.latency_search_sections import table
 
 INTRO = (
@@ -70,8 +70,8 @@ def budget_hint(report: dict[str, Any]) -> str:
     """On a sign-off failed by its speed-up gate when the prune stage had no latency budget, the budget that has it
     search for a model that fast on the same target ('' otherwise). A fixed prune.ratio promises no speed-up: the
     CIFAR-10 profile's 25% prune measured 5.64x the teacher on one CPU and 3.73x on another (BENCHMARKS.md)."""
-    gates = report["signoff"]["gates"]
-    if not any(not g["passed"] and g["name"].startswith("min_speedup_vs_teacher") for g in gates):
+    failed = [g for g in report["signoff"]["gates"] if g["name"].startswith(SPEEDUP_GATE) and not g["passed"]]
+    if not failed:
         return ""
     prune, signoff = report["config"]["prune"], report["config"]["signoff"]
     if prune["target_latency_ms"] is not None:  # a budget was searched for: the gate and the budget disagree
@@ -81,7 +81,7 @@ def budget_hint(report: dict[str, Any]) -> str:
     if (prune["target_batch"], prune["target_provider"], prune["target_device"]) != gate_target:
         return ""  # the prune stage times another target than the gate's: a budget for it would be a guess
     teacher = next(m for m in report["models"] if m["name"] == "teacher")
-    budget_ms = p(teacher, batch, "p50_ms", provider) / signoff["min_speedup_vs_teacher"]
+    budget_ms = p(teacher, batch, "p50_ms", provider) / failed[0]["limit"]
     return (
         f"no latency budget was searched for: --set prune.target_latency_ms={budget_ms:.4g} (the teacher's p50 / "
         "signoff.min_speedup_vs_teacher) has the prune stage search for a model that fast"

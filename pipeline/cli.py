@@ -15,6 +15,7 @@ from pipeline.cache import ArtifactStore
 from pipeline.cli_tools import json_option
 from pipeline.errors import EdgeforgeError
 from pipeline.runner import load_config
+from pipeline.search import teacher_budget
 from pipeline.search.student_floor import format_floors
 from pipeline.training import distributed
 from stages import STAGE_NAMES
@@ -246,12 +247,16 @@ def floor(store: ArtifactStore, config_file, overrides, models, as_json) -> None
     rounds. With prune.drop_blocks N, each student without its first N droppable residual blocks (auto with a
     budget: whole and without all of them). Exits 1 when prune.target_latency_ms is set and every round of the student,
     unpruned and at its floor, is over it (less prune.search_margin): that student meets the budget neither unpruned
-    nor at its floor.
+    nor at its floor. With prune.target_speedup_vs_teacher the budget is the teacher's p50 over it, the teacher timed
+    untrained in fp32 as the prune stage times it trained (an ONNX teacher: the teacher stage's file).
     """
     result = runner.student_floors(load_config(config_file, overrides), store, models)
     click.echo(json.dumps(result, indent=2) if as_json else format_floors(result), nl=False)
     if result["verdict"] is not None and not result["verdict"]["reachable"]:
-        raise EdgeforgeError(f"prune.target_latency_ms={result['budget_ms']}: {result['verdict']['message']}")
+        source = teacher_budget.summary(result["budget_from_teacher"])
+        raise EdgeforgeError(
+            f"{source}prune.target_latency_ms={result['budget_ms']:.4g}: {result['verdict']['message']}"
+        )
 
 
 @cli.command()

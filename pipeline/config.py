@@ -57,16 +57,25 @@ def load_config(
 
     A field with `metadata={"follows": OTHER}` (a model's width follows the model) is reset to None, which its
     dataclass resolves, when a config sets OTHER but not the field itself: choosing another architecture must not
-    keep the default architecture's width. A field with `metadata={"expects": TEXT}` names what it takes in a type
-    error, where the annotation alone cannot (`int | str` for "a count or auto").
+    keep the default architecture's width. A field with `metadata={"replaces": OTHER}` is one of two ways to say one
+    thing (a latency budget in ms or as a speed-up): set by an override, it drops OTHER as the YAML file set it, so
+    `--set prune.target_latency_ms=0.05` on a profile that asks for a speed-up means the budget in ms (both set in
+    one layer stay an error of the dataclass). A field with `metadata={"expects": TEXT}` names what it takes in a
+    type error, where the annotation alone cannot (`int | str` for "a count or auto").
     """
     values: dict[str, dict[str, Any]] = {name: {} for name in sections}
     if path is not None:
         for section, key, value in _read_yaml(path, sections):
             values[section][key] = _resolve_path(section, sections[section], key, value, path.parent)
+    overridden = set()
     for item in overrides:
         section, key, value = _parse_override(item, sections)
         values[section][key] = _resolve_path(section, sections[section], key, value, Path.cwd())
+        overridden.add((section, key))
+    for section, key in overridden:
+        replaced = {field.name: field.metadata.get("replaces") for field in dataclasses.fields(sections[section])}
+        if replaced[key] is not None and (section, replaced[key]) not in overridden:
+            values[section].pop(replaced[key], None)
     built = {}
     for name, cls in sections.items():
         for field in dataclasses.fields(cls):

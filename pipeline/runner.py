@@ -20,10 +20,11 @@ from pipeline.cache import CHECKPOINTS, Artifact, ArtifactStore, library_version
 from pipeline.config import Config, params_to_dict
 from pipeline.datasets.artifact import load_dataset
 from pipeline.errors import ConfigError, SignoffFailed, StageError
-from pipeline.search import student_floor
+from pipeline.search import student_floor, teacher_budget
 from pipeline.training import distributed, prune_alternatives
 from pipeline.training.recipes import model_label
 from stages import SECTIONS, STAGE_NAMES, STAGES, check_sections
+from stages.prune import has_budget
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +124,8 @@ def run_pipeline(
     results = []
     for stage in stages:
         key, external = plan[stage.NAME]
-        if leader and check_floor and stage.TRAINS:
-            check_student_floor(config, store, plan, artifacts, forced)
-            check_floor = False  # once, before the first training stage
+        if leader and check_floor and stage.TRAINS:  # once, before the first training stage it can be checked at
+            check_floor = not check_student_floor(config, store, plan, artifacts, forced)
         started = time.perf_counter()
         reuse = stage.NAME not in forced
         upstream = {name: artifacts[name] for name in stage.INPUTS}
@@ -144,24 +144,32 @@ def run_pipeline(
     return results
 
 
-def check_student_floor(config: Config, store: ArtifactStore, plan: dict, artifacts: dict, forced: set) -> None:
+def check_student_floor(config: Config, store: ArtifactStore, plan: dict, artifacts: dict, forced: set) -> bool:
     """A run that will distill a student and prune it for prune.target_latency_ms first times the student's floor
     (pipeline/search/student_floor.py) and fails in one line, before any training, when no round of it is within
-    the budget: the prune stage would find the same after the teacher and the student had trained. When the student
+    the budget: the prune stage would find the same after the teacher and the student had trained. With
+    prune.target_speedup_vs_teacher the budget is the teacher's p50 over it, so the check waits for the teacher
+    (False: not checked yet) and times it as the prune stage will. When the student
     meets the budget only pruned and its stride-2 variant unpruned, it warns (student_floor.variant_advice) unless
     prune.alternatives trains that variant; a student that cannot reach it passes with a warning when one of
     prune.alternatives measured within it whole (the prune stage trains that one)."""
     prune = config.section("prune")
-    if prune.target_latency_ms is None or not {"data", "distill", "prune"} <= plan.keys():
-        return
+    if not has_budget(prune) or not {"data", "distill", "prune"} <= plan.keys():
+        return True
     if "distill" not in forced and store.lookup("distill", plan["distill"][0]) is not None:
-        return  # trained already: nothing to save, the prune stage measures it
+        return True  # trained already: nothing to save, the prune stage measures it
+    if prune.target_speedup_vs_teacher is not None and "teacher" not in artifacts:
+        return False
     dataset, distill = load_dataset(artifacts["data"]), config.section("distill")
+    teacher = None
+    if prune.target_speedup_vs_teacher is not None:
+        teacher = teacher_budget.of_artifact(artifacts["teacher"].path, dataset, prune)
+        prune = teacher_budget.resolved(prune, teacher)
     failure = student_floor.floor_check(dataset, distill, prune)
     if failure is not None:
         within = student_floor.alternatives_within(dataset, distill, prune)
         if not within:
-            raise StageError(failure)
+            raise StageError(teacher_budget.summary(teacher) + failure)
         log.warning(
             "floor check: %s cannot reach prune.target_latency_ms=%g pruned; prune.alternatives measured within it "
             "whole: %s; the prune stage trains them and ships the most accurate within it",
@@ -169,14 +177,15 @@ def check_student_floor(config: Config, store: ArtifactStore, plan: dict, artifa
             prune.target_latency_ms,
             ", ".join(within),
         )
-        return
+        return True
     # prune.alternatives times the stride-2 variant at the student's width (auto: beside others): no advice needed
     variant, width = f"{distill.model}_s2", distill.width
     networks = prune_alternatives.resolve(prune.alternatives, distill.model, width, prune.round_to)
     if any(name == variant and width in widths for name, widths in networks):
-        return
+        return True
     if (advice := student_floor.variant_advice(dataset, distill, prune)) is not None:
         log.warning("floor check: %s", advice)
+    return True
 
 
 def _lead_stage(
@@ -317,5 +326,12 @@ def student_floors(config: Config, store: ArtifactStore, models: Sequence[str] =
     teacher, distill, prune = (config.section(name) for name in ("teacher", "distill", "prune"))
     # A bad --model fails before the data stage.
     measured = student_floor.students(teacher, distill, prune, tuple(models))
-    data = run_pipeline(config, store, target="data")[-1].artifact
-    return student_floor.measure(load_dataset(data), measured, prune)
+    dataset = load_dataset(run_pipeline(config, store, target="data")[-1].artifact)
+    from_teacher = None  # prune.target_speedup_vs_teacher: the budget from the teacher, timed here
+    if prune.target_speedup_vs_teacher is not None and teacher.onnx is None:
+        from_teacher = teacher_budget.untrained(teacher, dataset, prune)
+    elif prune.target_speedup_vs_teacher is not None:  # the teacher stage's file: a wrap of the user's, no training
+        teacher_dir = run_pipeline(config, store, target="teacher")[-1].artifact.path
+        from_teacher = teacher_budget.of_artifact(teacher_dir, dataset, prune)
+    result = student_floor.measure(dataset, measured, teacher_budget.resolved(prune, from_teacher))
+    return {**result, "budget_from_teacher": from_teacher}

@@ -62,7 +62,7 @@ def _check_search(sections: dict[str, Any]) -> None:
             f"quantize.search_device={quantize_params.search_device!r} is not benchmarked: add it to bench.targets "
             f"(now {list(bench_params.targets)})"
         )
-    if prune_params.target_latency_ms is None:
+    if not prune.has_budget(prune_params):
         return
     target = signoff.latency_target or bench_params.targets[0]
     if prune_params.target_device != target:

@@ -6,18 +6,19 @@ is stored as state_dict plus pruning history: loading replays the history on a f
 With `prune.steps` > 1 the channels go gradually, each step followed by its share of the fine-tune
 (pipeline/models/pruning.py); the schedule and each step's accuracies are in the metrics and the report.
 
-The channels to remove are `prune.ratio` of every layer's, or, with `prune.target_latency_ms`, what a search against
-that budget measured in onnxruntime (pipeline/search/prune_budget.py): per layer by default, each dependency group's
-channel count set greedily from a latency table measured once per machine (prune_layers.py, prune_layer_table.py);
-`sampled` ranks whole configurations on validation (prune_sampled.py); `uniform` is the least single ratio that meets
-the budget (prune_ratio.py, prune_candidates.py). Candidates are measured before fine-tuning, the chosen one again
-after it (predicted vs achieved). With `prune.drop_blocks` N, N residual blocks go first, chosen on validation
-(prune_depth.py); auto, with a budget, searches and fine-tunes at 0, 1, 2... blocks removed and keeps the most
-accurate on validation within the budget (pipeline/training/prune_arms.py). Then challengers, each shipping only
+The channels to remove are `prune.ratio` of every layer's, or, with `prune.target_latency_ms` (or
+`prune.target_speedup_vs_teacher`: the budget from the teacher timed here, pipeline/search/teacher_budget.py), what a
+search against that budget measured in onnxruntime (pipeline/search/prune_budget.py): per layer by default, each
+dependency group's channel count set greedily from a latency table measured once per machine (prune_layers.py,
+prune_layer_table.py); `sampled` ranks whole configurations on validation (prune_sampled.py); `uniform` is the least
+single ratio that meets the budget (prune_ratio.py, prune_candidates.py). Candidates are measured before fine-tuning,
+the chosen one again after it (predicted vs achieved). With `prune.drop_blocks` N, N residual blocks go first, chosen on
+validation (prune_depth.py); auto, with a budget, searches and fine-tunes at 0, 1, 2... blocks removed and keeps the
+most accurate on validation within the budget (pipeline/training/prune_arms.py). Then challengers, each shipping only
 when more accurate on validation within the budget: with `prune.uniform_baseline` the whole student pruned to the
-uniform search's ratio (prune_arms.versus_uniform); with `prune.scratch_baseline` the chosen architecture trained
-from fresh weights (prune_finetune.versus_scratch); with a budget, `prune.alternatives` (the student's stride-2
-variant) trained whole (pipeline/training/prune_alternatives.py).
+uniform search's ratio (prune_arms.versus_uniform); with `prune.scratch_baseline` the chosen architecture trained from
+fresh weights (prune_finetune.versus_scratch); with a budget, `prune.alternatives` (the student's stride-2 variant)
+trained whole (pipeline/training/prune_alternatives.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pipeline.models.factory import count_macs_and_params
 from pipeline.models.storage import load_model, save_model
 from pipeline.runtime import targets
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider
-from pipeline.search import prune_budget, prune_candidates, prune_depth, prune_layers
+from pipeline.search import prune_budget, prune_candidates, prune_depth, prune_layers, teacher_budget
 from pipeline.training import features, prune_alternatives, prune_arms
 from pipeline.training.features import with_distill_features
 from pipeline.training.onnx_teacher import load_teacher
@@ -49,7 +50,8 @@ SECTION = "prune"
 #     when more accurate on validation within the budget ("shipped": "alternative")
 # 19-20: auto times the stride-2 variant from twice the student's width to half ("widths"), trains the widest within it
 # 21: with distill.baseline, each trained alternative also on labels alone ("without_teacher"), kept when more accurate
-VERSION = 21
+# 22: prune.target_speedup_vs_teacher: the budget from the teacher timed here ("budget_from_teacher")
+VERSION = 22
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
@@ -117,7 +119,16 @@ class Params:
         default=(AUTO,), metadata={"expects": prune_alternatives.EXPECTED}
     )
     # Latency budget instead of a ratio: the least pruning whose measured latency meets it (null: use `ratio`).
-    target_latency_ms: float | None = None  # p50 in ms at target_batch on target_provider, deployed form
+    # p50 in ms at target_batch on target_provider, deployed form. Either budget set by --set replaces the other as
+    # the YAML file set it (pipeline/config.py, "replaces").
+    target_latency_ms: float | None = dataclasses.field(
+        default=None, metadata={"replaces": "target_speedup_vs_teacher"}
+    )
+    # Or the budget as the teacher's p50 there (fp32, as the speed-up gate times it) over this factor, measured by
+    # this stage on this machine (pipeline/search/teacher_budget.py): a budget in ms holds for one CPU only.
+    target_speedup_vs_teacher: float | None = dataclasses.field(
+        default=None, metadata={"replaces": "target_latency_ms"}
+    )
     target_batch: int = 1
     target_provider: str = "cpu"  # onnxruntime execution provider: cpu, cuda, tensorrt, openvino, ...
     target_threads: int | None = None  # null: each candidate at its own fastest session settings; else fixed threads
@@ -202,6 +213,18 @@ class Params:
             self.target_latency_ms,
             "a number of milliseconds > 0, or null to prune by prune.ratio",
         )
+        require(
+            self.target_speedup_vs_teacher is None or self.target_speedup_vs_teacher > 0,
+            "prune.target_speedup_vs_teacher",
+            self.target_speedup_vs_teacher,
+            "a factor > 0 (the budget is the teacher's p50 over it), or null",
+        )
+        require(
+            self.target_latency_ms is None or self.target_speedup_vs_teacher is None,
+            "prune.target_speedup_vs_teacher",
+            self.target_speedup_vs_teacher,
+            f"null while prune.target_latency_ms is set ({self.target_latency_ms}): one budget, in ms or as a speed-up",
+        )
         for entry in self.alternatives or ():
             prune_alternatives.parse(entry)  # a one-line error naming a bad entry
         require(self.target_batch >= 1, "prune.target_batch", self.target_batch, "an integer >= 1")
@@ -234,9 +257,14 @@ class Params:
         require(self.search_budget_s > 0, "prune.search_budget_s", self.search_budget_s, "a number of seconds > 0")
 
 
+def has_budget(params: Params) -> bool:
+    """Whether the channels are set by a latency search: a budget in ms, or as a speed-up over the teacher."""
+    return params.target_latency_ms is not None or params.target_speedup_vs_teacher is not None
+
+
 def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
     """With a latency budget the decision rests on measurements: they are the measuring device's."""
-    if params.target_latency_ms is None:
+    if not has_budget(params):
         return {}
     return {"machine": targets.identity(params.target_device, targets.TIMEOUT_S)}
 
@@ -245,6 +273,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     distill_params = inputs["distill"].manifest["params"]
     params = with_distill_features(params, distill_params)
     dataset = load_dataset(inputs["data"])
+    # prune.target_speedup_vs_teacher: the budget in ms from the teacher timed here (None without it)
+    params, from_teacher = teacher_budget.applied(params, inputs["teacher"].path, dataset)
     teacher = load_teacher(inputs["teacher"].path)
     whole, spec = load_model(inputs["distill"].path)
     macs_before, params_before = count_macs_and_params(whole, spec)
@@ -280,6 +310,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "depth": None if depth is None else {**depth, "shipped": search is None or search.get("shipped") != "uniform"},
         "steps": steps,
         "latency_search": search,
+        "budget_from_teacher": from_teacher,
         **shipped_scores,
         "validation_accuracy_before_finetune": before_finetune["validation_accuracy"],
         "test_accuracy_before_finetune": before_finetune["test_accuracy"],
@@ -292,7 +323,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "alternatives": None if alternatives is None else [a.record for a in alternatives],
         "shipped": shipped,
         "finetune_features": features.described(params.feature_loss, params.feature_weight, params.feature_layers),
-        "summary": prune_budget.search_summary(search)
+        "summary": teacher_budget.summary(from_teacher)
+        + prune_budget.search_summary(search)
         + prune_arms.summary(depth)
         + prune_depth.summary(depth, dropped)
         + prune_alternatives.summary(alternatives)

@@ -51,7 +51,9 @@ SECTION = "signoff"
 # 25: what set the scratch baseline's epochs read from the config (it misread prune.step_epochs runs)
 # 26: each alternative on labels alone beside it (distill.baseline), and which of the two is kept
 # 27: which of the student's runs is the student (distill VERSION 3: "kept"), in the models' intro and the steps
-VERSION = 28
+# 28: a failed speed-up gate with no prune budget names the budget to search for
+# 29: prune.target_speedup_vs_teacher: its budget gated from the prune stage's metrics, the teacher's p50 said
+VERSION = 29
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")
@@ -130,11 +132,14 @@ class Params:
         )
 
 
-def with_budget_gate(params: Params, prune: dict[str, Any]) -> Params:
-    """The latency budget the prune stage searched for, as one more latency gate on the edge model."""
-    if prune.get("target_latency_ms") is None:
+def with_budget_gate(params: Params, prune: dict[str, Any], prune_metrics: dict[str, Any]) -> Params:
+    """The latency budget the prune stage searched for (set in ms, or from the teacher's p50 it timed), as one more
+    latency gate on the edge model."""
+    from_teacher = prune_metrics.get("budget_from_teacher")
+    budget_ms = prune.get("target_latency_ms") if from_teacher is None else from_teacher["budget_ms"]
+    if budget_ms is None:
         return params
-    limit = f"{prune['target_provider']}:{prune['target_batch']}:p50<={prune['target_latency_ms']!r}"
+    limit = f"{prune['target_provider']}:{prune['target_batch']}:p50<={budget_ms!r}"
     return (
         params
         if limit in params.latency_limits
@@ -178,7 +183,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     bench = inputs["bench"].metrics
     target = latency_target(params, bench)
     models = [{**on_target(m, target), "path": f"cache/{m['stage']}/{m['key']}/{m['file']}"} for m in bench["models"]]
-    params = with_budget_gate(params, inputs["prune"].manifest["params"])
+    params = with_budget_gate(params, inputs["prune"].manifest["params"], inputs["prune"].metrics)
     check_measured(models, params, bench, target)
     edge, passing, tied = choose_edge_model(models, params)
     gates = signoff_gates(edge, models, params)

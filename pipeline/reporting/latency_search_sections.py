@@ -94,22 +94,38 @@ def confirmed_lines(search: dict[str, Any]) -> list[str]:
     return as_lines(confirmed_parts(search))
 
 
-def latency_search_section(search: dict[str, Any] | None) -> list[str]:
+def budget_source(from_teacher: dict[str, Any] | None) -> str:
+    """How the prune stage set its budget from the teacher (prune.target_speedup_vs_teacher), '' without it."""
+    if from_teacher is None:
+        return ""
+    runs = ", ".join(f"{run:.4f}" for run in from_teacher["runs_ms"])
+    return (
+        f" The budget is the teacher's fp32 p50 here, {from_teacher['p50_ms']:.4f} ms (the median of {runs} ms at "
+        f"{from_teacher['settings']}), over prune.target_speedup_vs_teacher {from_teacher['speedup']:g}."
+    )
+
+
+def budget_key(from_teacher: dict[str, Any] | None) -> str:
+    return "prune.target_latency_ms" if from_teacher is None else "prune.target_speedup_vs_teacher"
+
+
+def latency_search_section(search: dict[str, Any] | None, from_teacher: dict[str, Any] | None = None) -> list[str]:
+    """`from_teacher`: the prune stage's budget_from_teacher (None: the budget was set in ms)."""
     if search is None:
         return []
     if search.get("search") in ("per_layer", "sampled"):
-        return per_layer_search_section(search)
+        return per_layer_search_section(search, from_teacher)
     method, achieved = search["method"], search["achieved"]
     lines = [
         "",
-        "## Latency-budget search (prune.target_latency_ms)",
+        f"## Latency-budget search ({budget_key(from_teacher)})",
         "",
         f"Budget {search['budget_ms']:g} ms p50 at batch {method['batch']} on {method['provider']} "
         f"({method.get('settings', method.get('threads'))}), deployed form measured: "
         f"{' or '.join(method['formats'])}; a candidate must "
         f"measure ≤ {search['limit_ms']:.4g} ms (margin {search['margin']:g}). Candidates were pruned copies of the "
         f"student, exported and timed before any fine-tuning, each {method.get('repeats', 1)} time(s), the median "
-        f"counting ({len(search['trace'])} in {search['seconds']:.1f} s).",
+        f"counting ({len(search['trace'])} in {search['seconds']:.1f} s).{budget_source(from_teacher)}",
         "",
         f"Chosen ratio **{search['ratio']:g}**: predicted {search['predicted_ms']:.4f} ms, achieved after the "
         f"fine-tune {achieved['latency_ms']:.4f} ms ({achieved['format']}).",
@@ -132,7 +148,7 @@ def latency_search_section(search: dict[str, Any] | None) -> list[str]:
     return lines + table(["ratio", "fp32 p50 ms", "int8 p50 ms", "deployed ms", "MACs", "meets limit"], rows)
 
 
-def per_layer_search_section(search: dict[str, Any]) -> list[str]:
+def per_layer_search_section(search: dict[str, Any], from_teacher: dict[str, Any] | None = None) -> list[str]:
     """A per-layer search (pipeline/search/prune_layers.py, prune_sampled.py): each group's chosen count, predicted
     vs achieved, the configurations measured and (sampled) those scored."""
     method, achieved, latencies = search["method"], search["achieved"], search["table"]
@@ -140,7 +156,7 @@ def per_layer_search_section(search: dict[str, Any]) -> list[str]:
     sampled = search["search"] == "sampled"
     lines = [
         "",
-        f"## Latency-budget search (prune.target_latency_ms, per layer{', sampled' if sampled else ''})",
+        f"## Latency-budget search ({budget_key(from_teacher)}, per layer{', sampled' if sampled else ''})",
         "",
         f"Budget {search['budget_ms']:g} ms p50 at batch {method['batch']} on {method['provider']} "
         f"({method['settings']}), deployed form measured: {' or '.join(method['formats'])}; a configuration must "
@@ -148,7 +164,7 @@ def per_layer_search_section(search: dict[str, Any]) -> list[str]:
         f"of the student, each with one group reduced ({method['table']} for this machine and architecture in "
         f"{method.get('table_seconds', 0):.1f} s); "
         f"configurations {how_chosen(search)}, then measured "
-        f"({len(search['trace'])} in {search['seconds']:.1f} s).",
+        f"({len(search['trace'])} in {search['seconds']:.1f} s).{budget_source(from_teacher)}",
         "",
         f"Chosen: **{search['ratio']:.1%}** of the groups' channels removed; {method['latency_model']} prediction "
         f"{search['model_ms']:.4f} ms, measured before the fine-tune {search['predicted_ms']:.4f} ms, achieved "

@@ -68,23 +68,28 @@ def nearest_text(report: dict[str, Any]) -> str:
 
 def budget_hint(report: dict[str, Any]) -> str:
     """On a sign-off failed by its speed-up gate when the prune stage had no latency budget, the budget that has it
-    search for a model that fast on the same target ('' otherwise). A fixed prune.ratio promises no speed-up: the
+    search for a model that fast on the same target, as a speed-up (the prune stage times the teacher on the machine
+    it runs on) with what it comes to here in ms ('' otherwise). A fixed prune.ratio promises no speed-up: the
     CIFAR-10 profile's 25% prune measured 5.64x the teacher on one CPU and 3.73x on another (BENCHMARKS.md)."""
     failed = [g for g in report["signoff"]["gates"] if g["name"].startswith(SPEEDUP_GATE) and not g["passed"]]
     if not failed:
         return ""
     prune, signoff = report["config"]["prune"], report["config"]["signoff"]
-    if prune["target_latency_ms"] is not None:  # a budget was searched for: the gate and the budget disagree
+    # A budget was searched for (in ms, or as a speed-up, absent from reports made before it): the gate and the
+    # budget disagree, or the search missed it; the report's search section says which.
+    if prune["target_latency_ms"] is not None or prune.get("target_speedup_vs_teacher") is not None:
         return ""
     batch, provider = signoff["latency_batch"], signoff["latency_provider"]
     gate_target = (batch, provider, report["latency_target"]["name"])
     if (prune["target_batch"], prune["target_provider"], prune["target_device"]) != gate_target:
         return ""  # the prune stage times another target than the gate's: a budget for it would be a guess
     teacher = next(m for m in report["models"] if m["name"] == "teacher")
-    budget_ms = p(teacher, batch, "p50_ms", provider) / failed[0]["limit"]
+    speedup = failed[0]["limit"]
+    budget_ms = p(teacher, batch, "p50_ms", provider) / speedup
     return (
-        f"no latency budget was searched for: --set prune.target_latency_ms={budget_ms:.4g} (the teacher's p50 / "
-        "signoff.min_speedup_vs_teacher) has the prune stage search for a model that fast"
+        f"no latency budget was searched for: --set prune.target_speedup_vs_teacher={speedup:g} has the prune stage "
+        f"time the teacher and search for a model that fast (here {budget_ms:.4g} ms, the teacher's p50 / "
+        f"{speedup:g}; prune.target_latency_ms sets it in ms)"
     )
 
 

@@ -294,10 +294,18 @@ def format_floors(result: dict[str, Any]) -> str:
         said, budget = result["verdict"], result["budget_ms"]
         # Out of reach, the command's error line says why; the table does not say it twice.
         verdict_text = said["message"] if said["reachable"] else "out of reach"
-        lines.append(f"budget {budget} ms ({said['limit_ms']:.4f} after prune.search_margin): {verdict_text}")
+        from_teacher = result.get("budget_from_teacher")
+        source = (
+            ""
+            if from_teacher is None
+            else f", the teacher's p50 {from_teacher['p50_ms']:.4f} ms / {from_teacher['speedup']:g}"
+        )
+        lines.append(
+            f"budget {budget:.4g} ms ({said['limit_ms']:.4f} after prune.search_margin{source}): {verdict_text}"
+        )
         if any(row["role"] == ALTERNATIVE for row in result["rows"]):
             trains = ", ".join(said["trains"]) or "none (none of them measured within the budget unpruned)"
             lines.append(f"prune.alternatives the prune stage would train (the widest within the budget): {trains}")
     else:
-        lines.append("no prune.target_latency_ms set: nothing to check against")
+        lines.append("no prune.target_latency_ms or target_speedup_vs_teacher set: nothing to check against")
     return "\n".join(lines) + "\n"

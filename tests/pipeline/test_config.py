@@ -186,6 +186,24 @@ def test_a_width_set_in_the_config_file_survives_a_model_set_on_the_command_line
     assert config.section("distill").width == 16  # the file chose resnet14 without a width: the published 16
 
 
+def test_a_budget_set_on_the_command_line_replaces_the_other_kind_the_config_file_set(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("prune:\n  target_speedup_vs_teacher: 6\n")
+    prune = load_config(path, ["prune.target_latency_ms=0.05"]).section("prune")
+    assert (prune.target_latency_ms, prune.target_speedup_vs_teacher) == (0.05, None)
+    assert load_config(path).section("prune").target_speedup_vs_teacher == 6
+    path.write_text("prune:\n  target_latency_ms: 0.05\n")
+    prune = load_config(path, ["prune.target_speedup_vs_teacher=5"]).section("prune")
+    assert (prune.target_latency_ms, prune.target_speedup_vs_teacher) == (None, 5)
+    # Both in one layer is no replacement: one budget, said in one line.
+    both = r"^prune.target_speedup_vs_teacher=5.0 is not allowed: expected null while prune.target_latency_ms is set"
+    with pytest.raises(ConfigError, match=both):
+        load_config(path, ["prune.target_speedup_vs_teacher=5", "prune.target_latency_ms=0.05"])
+    path.write_text("prune:\n  target_latency_ms: 0.05\n  target_speedup_vs_teacher: 5\n")
+    with pytest.raises(ConfigError, match=both):
+        load_config(path)
+
+
 def test_a_yaml_boolean_word_for_a_text_key_says_to_quote_it():
     with pytest.raises(ConfigError, match=r"^quantize.qat=False has the wrong type; expected a string \(YAML reads on"):
         load_config(overrides=["quantize.qat=off"])

@@ -1,6 +1,7 @@
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -165,6 +166,32 @@ def test_latency_budget_met_unpruned_keeps_every_channel_and_is_gated_in_the_rep
     assert (
         "Latency-budget search: every candidate measured" in results["report"].artifact.file("report.html").read_text()
     )
+
+
+@pytest.mark.slow
+def test_a_speedup_budget_is_the_teachers_p50_timed_by_the_stage_and_gated_in_the_report(store):
+    from pipeline.reporting.recheck import recheck_signoff
+    from stages.report import Params as SignoffParams
+
+    # A thousandth of a speed-up: a budget a thousand times the teacher's p50, which the student meets unpruned.
+    results = run_prune(store, "prune.target_speedup_vs_teacher=0.001", "prune.search_repeats=2", target="report")
+    prune = results["prune"].artifact
+    from_teacher, search = prune.metrics["budget_from_teacher"], prune.metrics["latency_search"]
+    assert len(from_teacher["runs_ms"]) == 2 and from_teacher["p50_ms"] == np.median(from_teacher["runs_ms"]) > 0
+    assert from_teacher["speedup"] == 0.001 and from_teacher["budget_ms"] == from_teacher["p50_ms"] / 0.001
+    assert search["budget_ms"] == from_teacher["budget_ms"] and search["met"] and prune.metrics["ratio"] == 0.0
+    assert prune.metrics["summary"].startswith(f"budget {from_teacher['budget_ms']:.4g} ms: the teacher's p50 ")
+    assert prune.manifest["params"]["target_latency_ms"] is None  # the config as asked; the budget is the metrics'
+    report = json.loads(results["report"].artifact.file("report.json").read_text())
+    gate = next(g for g in report["signoff"]["gates"] if g["name"] == "max_latency_ms_p50_cpu_batch_1")
+    assert gate["limit"] == from_teacher["budget_ms"] and gate["passed"]
+    assert report["budget_from_teacher"] == from_teacher
+    assert recheck_signoff(report, SignoffParams)["mismatches"] == []  # re-checkable from the report alone
+    said = f"The budget is the teacher's fp32 p50 here, {from_teacher['p50_ms']:.4f} ms (the median of "
+    markdown = results["report"].artifact.file("report.md").read_text()
+    assert "## Latency-budget search (prune.target_speedup_vs_teacher)" in markdown and said in markdown
+    assert "over prune.target_speedup_vs_teacher 0.001." in markdown
+    assert said in results["report"].artifact.file("report.html").read_text().replace("&#x27;", "'")
 
 
 @pytest.mark.parametrize(

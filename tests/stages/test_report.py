@@ -182,12 +182,16 @@ def test_edge_model_is_chosen_on_the_latency_provider():
     assert choose_edge_model(models, Params(latency_tie=0))[0]["name"] == "student_int8"
     assert choose_edge_model(models, Params(latency_tie=0, latency_provider="cuda"))[0]["name"] == "student"
     budget = {"target_latency_ms": 0.15, "target_batch": 1, "target_provider": "cpu"}
-    params = with_budget_gate(Params(latency_tie=0), budget)
+    params = with_budget_gate(Params(latency_tie=0), budget, {})
     assert params.latency_limits == ("cpu:1:p50<=0.15",)
-    assert with_budget_gate(params, budget) == params  # a report re-checked from its own config adds nothing
+    assert with_budget_gate(params, budget, {}) == params  # a report re-checked from its own config adds nothing
     gates = {g["name"]: g for g in signoff_gates(models[2], models, params)}
     assert gates["max_latency_ms_p50_cpu_batch_1"]["passed"] is False  # 0.2 ms > 0.15 ms
-    assert with_budget_gate(Params(), {"target_latency_ms": None}) == Params()
+    assert with_budget_gate(Params(), {"target_latency_ms": None}, {"budget_from_teacher": None}) == Params()
+    # prune.target_speedup_vs_teacher: the budget the prune stage resolved from the teacher it timed
+    speedup = {**budget, "target_latency_ms": None, "target_speedup_vs_teacher": 6.0}
+    resolved = with_budget_gate(Params(), speedup, {"budget_from_teacher": {"budget_ms": 0.0561, "speedup": 6.0}})
+    assert resolved.latency_limits == ("cpu:1:p50<=0.0561",)
 
 
 def test_budget_must_be_where_the_edge_model_is_chosen():
@@ -286,6 +290,7 @@ def test_a_failed_signoff_shows_what_each_model_lacks_and_names_the_closest():
     [
         ({}, 5.0, True),  # no budget searched for, the speed-up gate failed: a fifth of the teacher's p50
         ({"target_latency_ms": 0.5}, 5.0, False),  # a budget was searched for: the gate and the budget disagree
+        ({"target_speedup_vs_teacher": 5.0}, 5.0, False),  # ... as a speed-up over the teacher
         ({"target_batch": 64}, 5.0, False),  # the prune stage times another batch than the gate's
         ({"target_device": "ssh://board"}, 5.0, False),  # ... or another device
         ({}, 1.5, False),  # the speed-up gate passed (the student is 3.3x the teacher)
@@ -308,8 +313,9 @@ def test_a_failed_speedup_gate_without_a_budget_names_the_budget_to_search_for(p
         "signoff": {"passed": False, "gates": gates, "failed_by_model": gates_each_model_fails(MODELS, params)},
     }
     expected = (
-        "no latency budget was searched for: --set prune.target_latency_ms=0.2 (the teacher's p50 / "
-        "signoff.min_speedup_vs_teacher) has the prune stage search for a model that fast"
+        "no latency budget was searched for: --set prune.target_speedup_vs_teacher=5 has the prune stage time the "
+        "teacher and search for a model that fast (here 0.2 ms, the teacher's p50 / 5; prune.target_latency_ms "
+        "sets it in ms)"
     )
     assert edge["name"] == "student"
     assert budget_hint(report) == (expected if hinted else "")

@@ -1,0 +1,90 @@
+"""prune.target_speedup_vs_teacher: the latency budget as the teacher's p50 on the prune target divided by a factor,
+measured on the machine that runs the search, so a profile can ask for "5x the teacher" on any CPU. A budget in
+milliseconds holds for one machine: the CIFAR-10 profile's fixed 25% prune measured 5.64x the teacher on an AMD
+EPYC and 3.73x on a Xeon (BENCHMARKS.md), and its 5x sign-off gate failed on the second.
+
+The teacher is timed as the bench stage times it for signoff.min_speedup_vs_teacher: its fp32 ONNX at its own
+fastest session settings (or prune.target_threads), at prune.target_batch on prune.target_provider and
+prune.target_device, the median of prune.search_repeats measurements. The budget is then
+teacher p50 / target_speedup_vs_teacher, and everything downstream (the search, its margin, the report's budget
+gate) reads it as if prune.target_latency_ms had been set to it. Weights do not change latency: `edgeforge floor`
+times an untrained teacher, before anything trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from pipeline.datasets.artifact import Dataset
+from pipeline.models.factory import build_model
+from pipeline.models.spec import ModelSpec
+from pipeline.models.storage import load_model
+from pipeline.search import prune_budget
+from pipeline.training import distributed, onnx_teacher
+from pipeline.training.recipes import spec_for
+
+
+def measured(model: nn.Module | None, spec: ModelSpec | None, onnx_path: Path | None, dataset: Dataset, prune: Any):
+    """{"p50_ms", "runs_ms", "settings", "speedup", "budget_ms"}: the teacher (a PyTorch `model` with its `spec`,
+    exported here, or the ONNX file at `onnx_path`) timed in fp32 and the budget it gives."""
+    fp32 = dataclasses.replace(prune, target_format="fp32")  # the teacher is benched in fp32 only
+    measure = prune_budget.candidates(model, spec, dataset, fp32)
+    try:
+        exported = measure.export(model) if onnx_path is None else {"paths": {"fp32": onnx_path}}
+        # The first measurement searches the session settings; the others re-time the file at those.
+        runs = [measure.time({"macs": None, "params": None, **exported}) for _ in range(prune.search_repeats)]
+    finally:
+        measure.close()
+    p50_ms = float(np.median([run["fp32_ms"] for run in runs]))
+    return {
+        "p50_ms": p50_ms,
+        "runs_ms": [run["fp32_ms"] for run in runs],
+        "settings": runs[0]["fp32_settings"],
+        "speedup": prune.target_speedup_vs_teacher,
+        "budget_ms": p50_ms / prune.target_speedup_vs_teacher,
+    }
+
+
+def of_artifact(teacher_dir: Path, dataset: Dataset, prune: Any) -> dict[str, Any]:
+    """measured() for the teacher stage's model: its PyTorch model, or its ONNX file (teacher.onnx)."""
+    if onnx_teacher.is_onnx_teacher(teacher_dir):
+        return measured(None, None, Path(teacher_dir) / onnx_teacher.FILE, dataset, prune)
+    return measured(*load_model(teacher_dir), None, dataset, prune)
+
+
+def untrained(teacher: Any, dataset: Dataset, prune: Any) -> dict[str, Any]:
+    """measured() for the teacher the teacher section builds, with untrained weights: `edgeforge floor`'s budget,
+    before anything trains (an ONNX teacher is the teacher stage's file: see runner.student_floors)."""
+    spec = spec_for(dataset, teacher.model, teacher.width)
+    return {**measured(build_model(spec), spec, None, dataset, prune), "weights": "untrained"}
+
+
+def applied(prune: Any, teacher_dir: Path, dataset: Dataset) -> tuple[Any, dict[str, Any] | None]:
+    """The prune stage's params with a speed-up target resolved to milliseconds, and the teacher's measurement (None
+    without one). Under torchrun the leader times the teacher (ranks timing at once would slow each other)."""
+    if prune.target_speedup_vs_teacher is None:
+        return prune, None
+    teacher = distributed.broadcast_json(of_artifact(teacher_dir, dataset, prune) if distributed.is_leader() else None)
+    return resolved(prune, teacher), teacher
+
+
+def resolved(prune: Any, teacher: dict[str, Any] | None) -> Any:
+    """The prune params with the budget in milliseconds that `teacher` (measured()) gave, as if the user had set it;
+    unchanged without a speed-up target (teacher None)."""
+    if teacher is None:
+        return prune
+    return dataclasses.replace(prune, target_latency_ms=teacher["budget_ms"], target_speedup_vs_teacher=None)
+
+
+def summary(teacher: dict[str, Any] | None) -> str:
+    if teacher is None:
+        return ""
+    return (
+        f"budget {teacher['budget_ms']:.4g} ms: the teacher's p50 {teacher['p50_ms']:.4g} ms / "
+        f"prune.target_speedup_vs_teacher {teacher['speedup']:g}; "
+    )

@@ -1,0 +1,121 @@
+"""prune.target_speedup_vs_teacher: the budget as the teacher's p50 over a factor, measured where the search runs.
+
+The models are built and exported for real; their "latency" is the ONNX file's size in MB (Candidates.p50 patched),
+so what is asserted is which file is timed, how often, and what budget follows, never this machine's timings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.errors import ConfigError
+from pipeline.runner import load_config
+from pipeline.search import prune_candidates, teacher_budget
+from stages.prune import Params, fingerprint
+from tests.pipeline.search.test_student_floor import digits
+
+
+@pytest.fixture
+def sized(monkeypatch):
+    """Every file timed 'measures' its size in MB; each call is logged (the path)."""
+    timed = []
+
+    def p50(self, path):
+        timed.append(path)
+        return path.stat().st_size / 1e6, "size"
+
+    monkeypatch.setattr(prune_candidates.Candidates, "p50", p50)
+    return timed
+
+
+def test_the_budget_is_the_teachers_fp32_p50_over_the_factor_from_a_model_or_its_onnx_file(tmp_path, sized):
+    from pipeline.models.factory import build_model
+    from pipeline.runtime.onnx_export import export_onnx
+    from pipeline.training.recipes import spec_for
+
+    dataset = digits(tmp_path)
+    spec = spec_for(dataset, "cnn", 8)
+    teacher = build_model(spec)
+    # target_format fastest would time an int8 form too (a smaller file here): the teacher is benched in fp32 only.
+    prune = Params(target_speedup_vs_teacher=4.0, search_repeats=3, target_format="fastest")
+    measured = teacher_budget.measured(teacher, spec, None, dataset, prune)
+    assert len(sized) == 3 and all(path.name.endswith(".onnx") and "int8" not in path.name for path in sized)
+    size_mb = measured["runs_ms"][0]
+    assert measured["runs_ms"] == [size_mb] * 3 and measured["p50_ms"] == size_mb and measured["speedup"] == 4.0
+    assert measured["budget_ms"] == pytest.approx(size_mb / 4)
+    # The same network as an ONNX file (a teacher from another framework) is timed as it is.
+    path = tmp_path / "teacher.onnx"
+    export_onnx(teacher, spec, path, prune_candidates.EXPORT_OPSET)
+    from_file = teacher_budget.measured(None, None, path, dataset, prune)
+    assert sized[-1] == path and from_file["p50_ms"] == path.stat().st_size / 1e6 == pytest.approx(size_mb)
+    # Resolved, it is a budget in ms as if the user had set it; without a speed-up nothing changes.
+    resolved = teacher_budget.resolved(prune, measured)
+    assert resolved.target_latency_ms == measured["budget_ms"] and resolved.target_speedup_vs_teacher is None
+    assert resolved == dataclasses.replace(
+        prune, target_latency_ms=measured["budget_ms"], target_speedup_vs_teacher=None
+    )
+    assert teacher_budget.resolved(prune, None) is prune
+    assert teacher_budget.summary(measured).startswith(f"budget {size_mb / 4:.4g} ms: the teacher's p50 {size_mb:.4g}")
+
+
+def test_a_speedup_budget_is_one_of_two_ways_to_set_it_and_keys_the_decision_by_the_machine(tmp_path):
+    with pytest.raises(ConfigError, match=r"prune.target_speedup_vs_teacher=0 is not allowed: expected a factor > 0"):
+        Params(target_speedup_vs_teacher=0)
+    both = r"prune.target_speedup_vs_teacher=5.0 is not allowed: expected null while prune.target_latency_ms is set "
+    both += r"\(0.1\): one budget"
+    with pytest.raises(ConfigError, match=both):
+        load_config(overrides=["prune.target_latency_ms=0.1", "prune.target_speedup_vs_teacher=5"])
+    assert fingerprint(Params(), tmp_path) == {}
+    assert set(fingerprint(Params(target_speedup_vs_teacher=5), tmp_path)) == {"machine"}
+    # Where it is measured must be where the edge model is gated, as for a budget in ms.
+    with pytest.raises(ConfigError, match=r"prune.target_batch=32 and prune.target_provider='cpu' must be where"):
+        load_config(overrides=["prune.target_speedup_vs_teacher=5", "prune.target_batch=32"])
+
+
+def test_edgeforge_floor_times_the_untrained_teacher_for_a_speedup_budget(tmp_path, sized):
+    def floor(*sets):
+        args = [
+            arg for item in ("prune.target_format=fp32", "prune.search_repeats=1", *sets) for arg in ("--set", item)
+        ]
+        return CliRunner().invoke(cli, ["--artifacts", str(tmp_path), "floor", *args])
+
+    out = floor("prune.target_speedup_vs_teacher=1000000")  # MB of ONNX file: no student is a millionth of a teacher
+    assert out.exit_code == 1
+    error = out.output.strip().splitlines()[-1]
+    assert error.startswith("error: budget ") and "ms: the teacher's p50 " in error
+    assert "/ prune.target_speedup_vs_teacher 1e+06; prune.target_latency_ms=" in error and "cannot reach" in error
+    met = floor("prune.target_speedup_vs_teacher=0.5")  # twice the teacher's size: the student is smaller
+    assert met.exit_code == 0, met.output
+    budget_line = met.output.strip().splitlines()[-1]
+    assert budget_line.startswith("budget ") and ", the teacher's p50 " in budget_line and " / 0.5)" in budget_line
+    # The teacher timed for the budget is its fp32 file, the table's teacher row the same network: the same size.
+    teacher_row = next(line for line in met.output.splitlines() if line.startswith("teacher "))
+    teacher_mb = float(teacher_row.split()[3])
+    assert f"the teacher's p50 {teacher_mb:.4f} ms / 0.5" in budget_line
+    assert np.isclose(float(budget_line.split()[1]), teacher_mb / 0.5, rtol=1e-3)
+
+
+@pytest.mark.slow  # trains the FAST teacher
+def test_a_run_for_a_speedup_budget_checks_the_floor_once_the_teacher_is_trained(tmp_path, sized):
+    from pipeline.cache import ArtifactStore
+    from pipeline.errors import StageError
+    from pipeline.runner import run_pipeline
+    from tests.conftest import FAST
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    sets = ("prune.target_format=fp32", "prune.search=uniform", "prune.search_repeats=2")
+    config = load_config(overrides=(*FAST, *sets, "prune.target_speedup_vs_teacher=1000000"))
+    with pytest.raises(StageError) as failed:
+        run_pipeline(config, store, target="prune")
+    message = str(failed.value)
+    assert message.startswith("budget ") and "/ prune.target_speedup_vs_teacher 1e+06; " in message
+    assert "cnn x8 cannot reach it" in message
+    # The teacher trained (its latency is the budget's) and was timed twice; the student did not train.
+    assert sized[0].name.startswith("candidate-") and len({path.name for path in sized[:2]}) == 1
+    assert [e for e in (store.cache / "teacher").iterdir() if not e.name.startswith(".")]
+    assert not (store.cache / "distill").exists()

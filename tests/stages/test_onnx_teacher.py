@@ -304,3 +304,25 @@ def test_real_keras_and_jax_exports_teach_with_the_files_own_accuracy_and_output
     expected = own if output == "probabilities" else torch.softmax(own, dim=1)
     torch.testing.assert_close(torch.softmax(logits, dim=1), expected, atol=1e-5, rtol=1e-4)
     assert len(results["distill"].artifact.metrics["history"]) == 1  # and a student trained on them
+
+
+def test_a_speedup_budget_for_an_onnx_teacher_times_the_teacher_stages_file(foreign, monkeypatch):
+    from pipeline.runner import student_floors
+    from pipeline.search import prune_candidates
+
+    store, path, _ = foreign
+    timed = []
+
+    def p50(self, file):  # the file's size in MB stands in for its latency
+        timed.append(file)
+        return file.stat().st_size / 1e6, "size"
+
+    monkeypatch.setattr(prune_candidates.Candidates, "p50", p50)
+    budget = ("prune.target_format=fp32", "prune.search_repeats=1", "prune.target_speedup_vs_teacher=0.5")
+    config = load_config(overrides=with_onnx(path, *budget))
+    result = student_floors(config, store)  # `edgeforge floor`: nothing trains; the ONNX teacher is only wrapped
+    wrapped = run_pipeline(config, store, target="teacher")[-1]
+    assert wrapped.cached  # the floor ran the teacher stage: its file is the one timed, as the prune stage times it
+    teacher_file = wrapped.artifact.file("model.onnx")
+    assert teacher_file in timed and result["budget_from_teacher"]["p50_ms"] == teacher_file.stat().st_size / 1e6
+    assert result["budget_ms"] == result["budget_from_teacher"]["budget_ms"] == 2 * teacher_file.stat().st_size / 1e6

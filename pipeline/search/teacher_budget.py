@@ -14,6 +14,7 @@ times an untrained teacher, before anything trains.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from pipeline.models.storage import load_model
 from pipeline.search import prune_budget
 from pipeline.training import distributed, onnx_teacher
 from pipeline.training.recipes import spec_for
+
+log = logging.getLogger(__name__)
 
 
 def measured(model: nn.Module | None, spec: ModelSpec | None, onnx_path: Path | None, dataset: Dataset, prune: Any):
@@ -70,6 +73,7 @@ def applied(prune: Any, teacher_dir: Path, dataset: Dataset) -> tuple[Any, dict[
     if prune.target_speedup_vs_teacher is None:
         return prune, None
     teacher = distributed.broadcast_json(of_artifact(teacher_dir, dataset, prune) if distributed.is_leader() else None)
+    log.info("prune: %s", summary(teacher).removesuffix("; "))  # said before the search: it takes minutes
     return resolved(prune, teacher), teacher
 
 

@@ -169,10 +169,11 @@ def test_latency_budget_met_unpruned_keeps_every_channel_and_is_gated_in_the_rep
 
 
 @pytest.mark.slow
-def test_a_speedup_budget_is_the_teachers_p50_timed_by_the_stage_and_gated_in_the_report(store):
+def test_a_speedup_budget_is_the_teachers_p50_timed_by_the_stage_and_gated_in_the_report(store, caplog):
     from pipeline.reporting.recheck import recheck_signoff
     from stages.report import Params as SignoffParams
 
+    caplog.set_level(logging.INFO, logger="pipeline.search.teacher_budget")
     # A thousandth of a speed-up: a budget a thousand times the teacher's p50, which the student meets unpruned.
     results = run_prune(store, "prune.target_speedup_vs_teacher=0.001", "prune.search_repeats=2", target="report")
     prune = results["prune"].artifact
@@ -181,6 +182,7 @@ def test_a_speedup_budget_is_the_teachers_p50_timed_by_the_stage_and_gated_in_th
     assert from_teacher["speedup"] == 0.001 and from_teacher["budget_ms"] == from_teacher["p50_ms"] / 0.001
     assert search["budget_ms"] == from_teacher["budget_ms"] and search["met"] and prune.metrics["ratio"] == 0.0
     assert prune.metrics["summary"].startswith(f"budget {from_teacher['budget_ms']:.4g} ms: the teacher's p50 ")
+    assert f"prune: budget {from_teacher['budget_ms']:.4g} ms: the teacher's p50 " in caplog.text  # before the search
     assert prune.manifest["params"]["target_latency_ms"] is None  # the config as asked; the budget is the metrics'
     report = json.loads(results["report"].artifact.file("report.json").read_text())
     gate = next(g for g in report["signoff"]["gates"] if g["name"] == "max_latency_ms_p50_cpu_batch_1")

@@ -91,9 +91,10 @@ no_wait_option = click.option(
 skip_floor_check_option = click.option(
     "--skip-floor-check",
     is_flag=True,
-    help="Train the student even when prune.target_latency_ms is under its floor of pruning (by default the run "
-    "times the untrained student at its floor, and unpruned if that misses, before training, and fails if every "
-    "round is over the budget, unless one of prune.alternatives measures within it whole).",
+    help="Train the student even when prune.target_latency_ms (or the teacher's p50 over "
+    "prune.target_speedup_vs_teacher) is under its floor of pruning (by default the run times the untrained student "
+    "at its floor, and unpruned if that misses, before training it, and fails if every round is over the budget, "
+    "unless one of prune.alternatives measures within it whole).",
 )
 
 

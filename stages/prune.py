@@ -34,8 +34,7 @@ from pipeline.models.depth import AUTO
 from pipeline.models.factory import count_macs_and_params
 from pipeline.models.storage import load_model, save_model
 from pipeline.runtime import targets
-from pipeline.runtime.timing import PROVIDER_NAMES, is_provider
-from pipeline.search import prune_budget, prune_candidates, prune_depth, prune_layers, teacher_budget
+from pipeline.search import prune_budget, prune_depth, teacher_budget
 from pipeline.training import features, prune_alternatives, prune_arms
 from pipeline.training.features import with_distill_features
 from pipeline.training.onnx_teacher import load_teacher
@@ -56,11 +55,8 @@ INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
 IMPORTANCES = ("l1", "l2")
-SEARCHES = ("uniform", "per_layer", "sampled")
-SEARCH_SCORES = ("magnitude", "validation")
 # Which model ships: the pruned architecture fine-tuned or trained from scratch, or one of prune.alternatives.
 FINETUNED, FROM_SCRATCH, ALTERNATIVE = "fine-tuned", "from scratch", "alternative"
-LATENCY_MODEL_NAMES = tuple(prune_layers.LATENCY_MODELS)
 DROP_BLOCKS_EXPECTED = "an integer >= 0 (0: keep every block), or auto (each depth tried against the budget)"
 
 
@@ -207,54 +203,9 @@ class Params:
         check_recipe_params("prune", self)
         require(self.temperature > 0, "prune.temperature", self.temperature, "a number > 0")
         require(0 <= self.alpha <= 1, "prune.alpha", self.alpha, "a number in [0, 1]")
-        require(
-            self.target_latency_ms is None or self.target_latency_ms > 0,
-            "prune.target_latency_ms",
-            self.target_latency_ms,
-            "a number of milliseconds > 0, or null to prune by prune.ratio",
-        )
-        require(
-            self.target_speedup_vs_teacher is None or self.target_speedup_vs_teacher > 0,
-            "prune.target_speedup_vs_teacher",
-            self.target_speedup_vs_teacher,
-            "a factor > 0 (the budget is the teacher's p50 over it), or null",
-        )
-        require(
-            self.target_latency_ms is None or self.target_speedup_vs_teacher is None,
-            "prune.target_speedup_vs_teacher",
-            self.target_speedup_vs_teacher,
-            f"null while prune.target_latency_ms is set ({self.target_latency_ms}): one budget, in ms or as a speed-up",
-        )
         for entry in self.alternatives or ():
             prune_alternatives.parse(entry)  # a one-line error naming a bad entry
-        require(self.target_batch >= 1, "prune.target_batch", self.target_batch, "an integer >= 1")
-        require(is_provider(self.target_provider), "prune.target_provider", self.target_provider, PROVIDER_NAMES)
-        require(
-            self.target_threads is None or self.target_threads >= 1,
-            "prune.target_threads",
-            self.target_threads,
-            "null (tuned per candidate) or an integer >= 1",
-        )
-        targets.check(self.target_device)
-        formats = " or ".join(prune_candidates.FORMATS)
-        require(self.target_format in prune_candidates.FORMATS, "prune.target_format", self.target_format, formats)
-        require(self.search in SEARCHES, "prune.search", self.search, " or ".join(SEARCHES))
-        scores = " or ".join(SEARCH_SCORES)
-        require(self.search_score in SEARCH_SCORES, "prune.search_score", self.search_score, scores)
-        models = " or ".join(LATENCY_MODEL_NAMES)
-        require(
-            self.search_latency_model in LATENCY_MODEL_NAMES,
-            "prune.search_latency_model",
-            self.search_latency_model,
-            models,
-        )
-        require(self.search_samples >= 0, "prune.search_samples", self.search_samples, "an integer >= 0")
-        require(0 < self.max_ratio < 1, "prune.max_ratio", self.max_ratio, "a fraction of channels in (0, 1)")
-        require(0 < self.search_step <= self.max_ratio, "prune.search_step", self.search_step, "in (0, max_ratio]")
-        require(self.search_refine >= 0, "prune.search_refine", self.search_refine, "an integer >= 0")
-        require(0 <= self.search_margin < 1, "prune.search_margin", self.search_margin, "a fraction in [0, 1)")
-        require(self.search_repeats >= 1, "prune.search_repeats", self.search_repeats, "an integer >= 1")
-        require(self.search_budget_s > 0, "prune.search_budget_s", self.search_budget_s, "a number of seconds > 0")
+        prune_budget.check_params(self)  # the budget's and its search's settings
 
 
 def has_budget(params: Params) -> bool:

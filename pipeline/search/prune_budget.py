@@ -18,12 +18,15 @@ import torch
 
 from pipeline.cache import CHECKPOINTS
 from pipeline.datasets.artifact import Dataset
+from pipeline.errors import require
 from pipeline.models.cifar import STRIDED_STEM
 from pipeline.models.depth import droppable_blocks
 from pipeline.models.group_pruning import prune_groups
 from pipeline.models.pruning import prune_channels
+from pipeline.runtime import targets
+from pipeline.runtime.timing import PROVIDER_NAMES, is_provider
 from pipeline.search import prune_candidates, prune_confirm, prune_layer_table, prune_plateau
-from pipeline.search.prune_layers import least_pruned
+from pipeline.search.prune_layers import LATENCY_MODELS, least_pruned
 from pipeline.search.prune_ratio import least_ratio
 from pipeline.search.prune_sampled import best_scored
 from pipeline.search.prune_scores import ValidationScores
@@ -32,6 +35,59 @@ from pipeline.training import distributed
 log = logging.getLogger(__name__)
 # prune.search -> which of several configurations it prefers (of those that met the limit, or were as fast)
 PREFERENCES = {"uniform": least_ratio, "per_layer": least_pruned, "sampled": best_scored}
+SEARCHES = tuple(PREFERENCES)  # prune.search
+SEARCH_SCORES = ("magnitude", "validation")  # prune.search_score
+LATENCY_MODEL_NAMES = tuple(LATENCY_MODELS)  # prune.search_latency_model
+
+
+def check_params(params: Any) -> None:
+    """The prune stage's budget settings and its search's, each a one-line ConfigError naming the key."""
+    require(
+        params.target_latency_ms is None or params.target_latency_ms > 0,
+        "prune.target_latency_ms",
+        params.target_latency_ms,
+        "a number of milliseconds > 0, or null to prune by prune.ratio",
+    )
+    require(
+        params.target_speedup_vs_teacher is None or params.target_speedup_vs_teacher > 0,
+        "prune.target_speedup_vs_teacher",
+        params.target_speedup_vs_teacher,
+        "a factor > 0 (the budget is the teacher's p50 over it), or null",
+    )
+    require(
+        params.target_latency_ms is None or params.target_speedup_vs_teacher is None,
+        "prune.target_speedup_vs_teacher",
+        params.target_speedup_vs_teacher,
+        f"null while prune.target_latency_ms is set ({params.target_latency_ms}): one budget, in ms or as a speed-up",
+    )
+    require(params.target_batch >= 1, "prune.target_batch", params.target_batch, "an integer >= 1")
+    require(is_provider(params.target_provider), "prune.target_provider", params.target_provider, PROVIDER_NAMES)
+    require(
+        params.target_threads is None or params.target_threads >= 1,
+        "prune.target_threads",
+        params.target_threads,
+        "null (tuned per candidate) or an integer >= 1",
+    )
+    targets.check(params.target_device)
+    formats = " or ".join(prune_candidates.FORMATS)
+    require(params.target_format in prune_candidates.FORMATS, "prune.target_format", params.target_format, formats)
+    require(params.search in SEARCHES, "prune.search", params.search, " or ".join(SEARCHES))
+    scores = " or ".join(SEARCH_SCORES)
+    require(params.search_score in SEARCH_SCORES, "prune.search_score", params.search_score, scores)
+    models = " or ".join(LATENCY_MODEL_NAMES)
+    require(
+        params.search_latency_model in LATENCY_MODEL_NAMES,
+        "prune.search_latency_model",
+        params.search_latency_model,
+        models,
+    )
+    require(params.search_samples >= 0, "prune.search_samples", params.search_samples, "an integer >= 0")
+    require(0 < params.max_ratio < 1, "prune.max_ratio", params.max_ratio, "a fraction of channels in (0, 1)")
+    require(0 < params.search_step <= params.max_ratio, "prune.search_step", params.search_step, "in (0, max_ratio]")
+    require(params.search_refine >= 0, "prune.search_refine", params.search_refine, "an integer >= 0")
+    require(0 <= params.search_margin < 1, "prune.search_margin", params.search_margin, "a fraction in [0, 1)")
+    require(params.search_repeats >= 1, "prune.search_repeats", params.search_repeats, "an integer >= 1")
+    require(params.search_budget_s > 0, "prune.search_budget_s", params.search_budget_s, "a number of seconds > 0")
 
 
 def pruning(spec, params: Any):

@@ -225,7 +225,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     params = with_distill_features(params, distill_params)
     dataset = load_dataset(inputs["data"])
     # prune.target_speedup_vs_teacher: the budget in ms from the teacher timed here (None without it)
-    params, from_teacher = teacher_budget.applied(params, inputs["teacher"].path, dataset)
+    params, from_teacher = teacher_budget.applied(params, inputs["teacher"].path, dataset, out_dir)
     teacher = load_teacher(inputs["teacher"].path)
     whole, spec = load_model(inputs["distill"].path)
     macs_before, params_before = count_macs_and_params(whole, spec)

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +116,24 @@ def latency_decision(
 ) -> dict:
     """The search's JSON decision, measured once: kept in the work directory (as `name`) so a resumed run re-uses
     it (the fine-tune checkpoint belongs to that architecture). Pure in its inputs, so one rank can decide for all."""
-    saved = out_dir / CHECKPOINTS / name
+    return kept_json(out_dir / CHECKPOINTS / name, lambda: searched(student, spec, dataset, params, out_dir))
+
+
+def kept_json(saved: Path, measured: Callable[[], dict]) -> dict:
+    """What `measured()` returns, measured once: read back from `saved` (in a work directory's checkpoints) when a
+    killed run left it there, else measured and saved for the next one."""
     if saved.is_file():
         return json.loads(saved.read_text())
+    result = measured()
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    temp = saved.with_suffix(".tmp")
+    temp.write_text(json.dumps(result))
+    os.replace(temp, saved)
+    return result
+
+
+def searched(student: torch.nn.Module, spec, dataset: Dataset, params: Any, out_dir: Path) -> dict:
+    """The search's decision as measured now (see latency_decision)."""
     measure = candidates(student, spec, dataset, params)
     try:
         if params.search != "uniform":  # per-layer tables are kept beside the stage's entries, across budgets
@@ -133,10 +149,6 @@ def latency_decision(
             decision = prune_confirm.confirmed(decision, measure.retime, PREFERENCES[params.search])
     finally:
         measure.close()
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    temp = saved.with_suffix(".tmp")
-    temp.write_text(json.dumps(decision))
-    os.replace(temp, saved)
     return decision
 
 

@@ -77,6 +77,31 @@ def test_a_speedup_budget_is_one_of_two_ways_to_set_it_and_keys_the_decision_by_
         load_config(overrides=["prune.target_speedup_vs_teacher=5", "prune.target_batch=32"])
 
 
+def test_a_resumed_prune_stage_keeps_the_teacher_timing_its_saved_searches_were_made_for(tmp_path, monkeypatch, caplog):
+    # Each timing of the teacher comes out slower (this VM's drift between runs: 0.5996 then 0.4094 ms).
+    timings = iter([0.6, 0.4])
+
+    def of_artifact(teacher_dir, dataset, prune):
+        p50_ms = next(timings)
+        return {"p50_ms": p50_ms, "runs_ms": [p50_ms], "settings": {}, "speedup": 6.0, "budget_ms": p50_ms / 6}
+
+    monkeypatch.setattr(teacher_budget, "of_artifact", of_artifact)
+    prune = Params(target_speedup_vs_teacher=6.0)
+    work = tmp_path / "work"
+    caplog.set_level("INFO")
+    first, teacher = teacher_budget.applied(prune, tmp_path / "teacher", None, work)
+    assert first.target_latency_ms == pytest.approx(0.1) and teacher["p50_ms"] == 0.6
+    assert (work / "checkpoints" / teacher_budget.SAVED).is_file()
+    # Killed after its searches, the stage resumes with the budget they answered, not a new timing's.
+    resumed, again = teacher_budget.applied(prune, tmp_path / "teacher", None, work)
+    assert resumed == first and again == teacher
+    assert "the teacher's p50 0.6 ms / prune.target_speedup_vs_teacher 6, as timed before this run was stopped" in (
+        caplog.text
+    )
+    # Another work directory (another key, or after the stage published) times the teacher again.
+    assert teacher_budget.applied(prune, tmp_path / "teacher", None, tmp_path / "other")[1]["p50_ms"] == 0.4
+
+
 def test_edgeforge_floor_times_the_untrained_teacher_for_a_speedup_budget(tmp_path, sized):
     def floor(*sets):
         args = [

@@ -99,9 +99,16 @@ def budget_source(from_teacher: dict[str, Any] | None) -> str:
     if from_teacher is None:
         return ""
     runs = ", ".join(f"{run:.4f}" for run in from_teacher["runs_ms"])
-    return (
+    searched = (
         f" The budget is the teacher's fp32 p50 here, {from_teacher['p50_ms']:.4f} ms (the median of {runs} ms at "
         f"{from_teacher['settings']}), over prune.target_speedup_vs_teacher {from_teacher['speedup']:g}."
+    )
+    if "gate_ms" not in from_teacher:  # the prune stage's record alone (reports before VERSION 30)
+        return searched
+    return searched + (
+        f" The sign-off gates the edge model against the teacher's p50 in the bench, "
+        f"{from_teacher['bench_p50_ms']:.4f} ms, over the same factor: {from_teacher['gate_ms']:.4g} ms, a ratio "
+        "taken in one run."
     )
 
 

@@ -182,16 +182,30 @@ def test_edge_model_is_chosen_on_the_latency_provider():
     assert choose_edge_model(models, Params(latency_tie=0))[0]["name"] == "student_int8"
     assert choose_edge_model(models, Params(latency_tie=0, latency_provider="cuda"))[0]["name"] == "student"
     budget = {"target_latency_ms": 0.15, "target_batch": 1, "target_provider": "cpu"}
-    params = with_budget_gate(Params(latency_tie=0), budget, {})
+    params = with_budget_gate(Params(latency_tie=0), budget, None)
     assert params.latency_limits == ("cpu:1:p50<=0.15",)
-    assert with_budget_gate(params, budget, {}) == params  # a report re-checked from its own config adds nothing
+    assert with_budget_gate(params, budget, None) == params  # a report re-checked from its own config adds nothing
     gates = {g["name"]: g for g in signoff_gates(models[2], models, params)}
     assert gates["max_latency_ms_p50_cpu_batch_1"]["passed"] is False  # 0.2 ms > 0.15 ms
-    assert with_budget_gate(Params(), {"target_latency_ms": None}, {"budget_from_teacher": None}) == Params()
-    # prune.target_speedup_vs_teacher: the budget the prune stage resolved from the teacher it timed
-    speedup = {**budget, "target_latency_ms": None, "target_speedup_vs_teacher": 6.0}
-    resolved = with_budget_gate(Params(), speedup, {"budget_from_teacher": {"budget_ms": 0.0561, "speedup": 6.0}})
-    assert resolved.latency_limits == ("cpu:1:p50<=0.0561",)
+    assert with_budget_gate(Params(), {"target_latency_ms": None}, None) == Params()
+
+
+def test_a_speedup_budget_is_gated_against_the_teacher_timed_in_the_same_bench():
+    from stages.report import in_this_bench, with_budget_gate
+
+    models = [model("teacher", 0.99, 0.5), model("student", 0.985, 0.3), model("student_int8", 0.98, 0.11)]
+    prune = {"target_latency_ms": None, "target_speedup_vs_teacher": 5.0, "target_batch": 1, "target_provider": "cpu"}
+    # The prune stage timed the teacher at 0.4 ms (budget 0.08 ms); in the bench the machine ran 1.25x slower.
+    timed = {"p50_ms": 0.4, "runs_ms": [0.4], "settings": "1 thread", "speedup": 5.0, "budget_ms": 0.08}
+    from_teacher = in_this_bench(timed, prune, models)
+    assert from_teacher == {**timed, "bench_p50_ms": 0.5, "gate_ms": 0.1}
+    params = with_budget_gate(Params(latency_tie=0), prune, from_teacher)
+    assert params.latency_limits == ("cpu:1:p50<=0.1",)
+    # 0.11 ms is 4.5x the teacher of this bench: over the budget, whatever the prune stage's clock said.
+    gates = {g["name"]: g for g in signoff_gates(models[2], models, params)}
+    assert gates["max_latency_ms_p50_cpu_batch_1"]["limit"] == 0.1
+    assert gates["max_latency_ms_p50_cpu_batch_1"]["passed"] is False
+    assert in_this_bench(None, prune, models) is None
 
 
 def test_budget_must_be_where_the_edge_model_is_chosen():

@@ -33,6 +33,7 @@ from pipeline.reporting.gates import (
 from pipeline.reporting.markdown import render_markdown
 from pipeline.reporting.signoff_section import budget_hint, nearest_text
 from pipeline.reporting.steps import CHOICES, what_each_step_did
+from pipeline.reporting.timing_moved import moved_timings
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, provider_name
 
 NAME = "report"
@@ -55,7 +56,8 @@ SECTION = "signoff"
 # 28: a failed speed-up gate with no prune budget names the budget to search for
 # 29: prune.target_speedup_vs_teacher: its budget gated from the prune stage's metrics, the teacher's p50 said
 # 30: the speed-up budget's gate is the teacher's p50 in this bench over the factor (in_this_bench)
-VERSION = 30
+# 31: "timing_moved": models whose settings search and rounds disagree by more than 25%, said in report.md/html
+VERSION = 31
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")
@@ -210,6 +212,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         **edge_decision(edge, passing, tied, gates, models, params),
         **what_each_step_did(inputs),
         "budget_from_teacher": from_teacher,  # the prune stage's timing of the teacher, and this bench's
+        # models the settings search and the rounds timed far apart: ratios against them are as uncertain
+        "timing_moved": moved_timings(models, params.latency_batch, params.latency_provider),
     }
     shutil.copyfile(inputs[edge["stage"]].file(edge["file"]), out_dir / "model.onnx")
     release.write(out_dir, edge, report, inputs["data"].manifest["params"])

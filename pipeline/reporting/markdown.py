@@ -10,6 +10,7 @@ from pipeline.reporting.intervals import accuracy_text, both_splits_text
 from pipeline.reporting.search_sections import search_sections
 from pipeline.reporting.signoff_section import failing_lines
 from pipeline.reporting.targets_section import target_descriptions, target_rows
+from pipeline.reporting.timing_moved import moved_text
 from pipeline.training.recipes import DISTILLED, LABELS_ALONE
 
 
@@ -105,6 +106,7 @@ def models_section(report: dict[str, Any]) -> list[str]:
     for provider in report["models"][0]["latency"]:  # one latency table per provider measured
         lines += ["", f"Latency on {provider} (p50 / p90 / p99 ms; p90's 95% interval where measured):", ""]
         lines += _latency_table(report["models"], provider)
+    lines += ["", f"**{moved}**"] if (moved := moved_text(report.get("timing_moved"))) else []
     skipped = report.get("skipped_providers") or {}
     return lines + ([""] if skipped else []) + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
 

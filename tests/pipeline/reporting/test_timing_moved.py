@@ -1,0 +1,56 @@
+"""A model whose settings search and rounds timed it far apart within one bench is said in the report."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.reporting.timing_moved import MOVED, moved_text, moved_timings
+
+PROVIDER = "CPUExecutionProvider"
+
+
+def measured(name: str, search: tuple[float | None, float | None] | None, rounds_ms: float) -> dict:
+    """A bench model: its chosen settings' (screen, refine) p50s (None: settings not searched), its rounds' p50."""
+    searched = None
+    if search is not None:
+        other = {"chosen": False, "screen_ms": 9.0, "refine_ms": None}  # a slower setting, not the chosen one
+        searched = [other, {"chosen": True, "screen_ms": search[0], "refine_ms": search[1]}]
+    return {"name": name, "settings_search": searched, "latency": {PROVIDER: {"1": {"p50_ms": rounds_ms}}}}
+
+
+def test_the_models_whose_rounds_moved_from_their_settings_search_are_named():
+    models = [
+        measured("teacher", (0.4391, 0.4200), 0.6420),  # the 2-thread teacher of BENCHMARKS.md, +53%
+        measured("student", (0.2076, 0.2079), 0.2092),  # held
+        measured("int8", (0.0588, None), 0.0400),  # one setting, only screened: -32%
+        measured("pruned", None, 0.5),  # fixed settings (bench.tune false): nothing to compare
+    ]
+    moved = moved_timings(models, 1, "cpu")
+    assert [m["name"] for m in moved] == ["teacher", "int8"]
+    assert moved[0] == {"name": "teacher", "search_ms": 0.42, "rounds_ms": 0.642, "change": pytest.approx(0.5286, 1e-3)}
+    assert moved[1]["search_ms"] == 0.0588 and moved[1]["change"] < -MOVED
+    assert moved_timings(models, 64, "cpu") == []  # not measured at that batch
+    text = moved_text(moved)
+    assert text.startswith(
+        "Timing moved within this bench (more than 25%): teacher 0.4200 ms in its settings search, 0.6420 ms in the "
+        "rounds (+53%); int8 0.0588 ms in its settings search, 0.0400 ms in the rounds (-32%)."
+    )
+    assert "the speed-up gate" in text
+    assert moved_text([]) == moved_text(None) == ""  # nothing moved, or a report before the check
+
+
+def test_the_report_says_what_moved_in_markdown_and_html(tiny_run):
+    import json
+
+    from pipeline.reporting.html import render_html
+    from pipeline.reporting.markdown import render_markdown
+
+    _, results = tiny_run
+    report = json.loads(results["report"].artifact.file("report.json").read_text())
+    assert isinstance(report["timing_moved"], list)  # computed by the report stage on every run
+    report["timing_moved"] = [{"name": "teacher", "search_ms": 0.42, "rounds_ms": 0.642, "change": 0.5286}]
+    said = "Timing moved within this bench (more than 25%): teacher 0.4200 ms in its settings search"
+    assert f"**{said}" in render_markdown(report)
+    assert f"<p><strong>{said}" in render_html(report)
+    report["timing_moved"] = []
+    assert "Timing moved" not in render_markdown(report) and "Timing moved" not in render_html(report)

@@ -19,7 +19,10 @@ MOVED = 0.25  # |rounds / search - 1| beyond this is said; the models that held 
 
 def moved_timings(models: list[dict], batch: int, provider: str) -> list[dict[str, Any]]:
     """[{"name", "search_ms", "rounds_ms", "change"}] of the models whose rounds' p50 at `batch` (the settings
-    search's batch) differs from the settings search's p50 of the same settings by more than MOVED."""
+    search's batch) differs from the settings search's p50 of the same settings by more than MOVED. The settings are
+    searched on the CPU provider only: another provider's latencies have nothing to compare with."""
+    if provider_name(provider) != provider_name("cpu"):
+        return []
     moved = []
     for model in models:
         chosen = next((entry for entry in model.get("settings_search") or [] if entry["chosen"]), None)

@@ -30,6 +30,8 @@ def test_the_models_whose_rounds_moved_from_their_settings_search_are_named():
     assert moved[0] == {"name": "teacher", "search_ms": 0.42, "rounds_ms": 0.642, "change": pytest.approx(0.5286, 1e-3)}
     assert moved[1]["search_ms"] == 0.0588 and moved[1]["change"] < -MOVED
     assert moved_timings(models, 64, "cpu") == []  # not measured at that batch
+    models[0]["latency"]["CUDAExecutionProvider"] = {"1": {"p50_ms": 0.05}}
+    assert moved_timings(models, 1, "cuda") == []  # the settings are searched on the CPU provider only
     text = moved_text(moved)
     assert text.startswith(
         "Timing moved within this bench (more than 25%): teacher 0.4200 ms in its settings search, 0.6420 ms in the "

@@ -13,6 +13,7 @@ from typing import Any
 from pipeline.errors import ConfigError
 from pipeline.models.depth import AUTO, built_in_droppable, too_few_blocks
 from pipeline.reporting.gates import parse_latency_limit
+from pipeline.search import prune_budget
 from pipeline.training.recipes import model_label
 from stages import bench, data, distill, export, prune, quantize, report, teacher
 
@@ -62,7 +63,7 @@ def _check_search(sections: dict[str, Any]) -> None:
             f"quantize.search_device={quantize_params.search_device!r} is not benchmarked: add it to bench.targets "
             f"(now {list(bench_params.targets)})"
         )
-    if not prune.has_budget(prune_params):
+    if not prune_budget.has_budget(prune_params):
         return
     target = signoff.latency_target or bench_params.targets[0]
     if prune_params.target_device != target:

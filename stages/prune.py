@@ -208,14 +208,9 @@ class Params:
         prune_budget.check_params(self)  # the budget's and its search's settings
 
 
-def has_budget(params: Params) -> bool:
-    """Whether the channels are set by a latency search: a budget in ms, or as a speed-up over the teacher."""
-    return params.target_latency_ms is not None or params.target_speedup_vs_teacher is not None
-
-
 def fingerprint(params: Params, state_dir: Path) -> dict[str, Any]:
     """With a latency budget the decision rests on measurements: they are the measuring device's."""
-    if not has_budget(params):
+    if not prune_budget.has_budget(params):
         return {}
     return {"machine": targets.identity(params.target_device, targets.TIMEOUT_S)}
 

@@ -211,7 +211,9 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "models": models,
         **edge_decision(edge, passing, tied, gates, models, params),
         **what_each_step_did(inputs),
-        "budget_from_teacher": from_teacher,  # the prune stage's timing of the teacher, and this bench's
+        # prune.target_speedup_vs_teacher: the prune stage's timing of the teacher and this bench's (None: no such
+        # budget)
+        "budget_from_teacher": from_teacher,
         # models the settings search and the rounds timed far apart: ratios against them are as uncertain
         "timing_moved": moved_timings(models, params.latency_batch, params.latency_provider),
     }

@@ -159,8 +159,6 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
         "quantization_aware": {name: m["qat"] for name, m in quantize_metrics["models"].items() if m.get("qat")},
         "int8_sources": {name: m["source"].removesuffix(".onnx") for name, m in quantize_metrics["models"].items()},
         "latency_search": prune_metrics["latency_search"],
-        # prune.target_speedup_vs_teacher: the teacher's p50 the budget came from (None: set in ms, or no budget)
-        "budget_from_teacher": prune_metrics.get("budget_from_teacher"),
         "training": {
             "teacher": inputs["teacher"].metrics["history"],
             "student": distill["history"],

@@ -21,12 +21,13 @@ def moved_timings(models: list[dict], batch: int, provider: str) -> list[dict[st
     """[{"name", "search_ms", "rounds_ms", "change"}] of the models whose rounds' p50 at `batch` (the settings
     search's batch) differs from the settings search's p50 of the same settings by more than MOVED. The settings are
     searched on the CPU provider only: another provider's latencies have nothing to compare with."""
-    if provider_name(provider) != provider_name("cpu"):
+    name = provider_name(provider)
+    if name != provider_name("cpu"):
         return []
     moved = []
     for model in models:
         chosen = next((entry for entry in model.get("settings_search") or [] if entry["chosen"]), None)
-        latency = (model.get("latency") or {}).get(provider_name(provider), {}).get(str(batch))
+        latency = (model.get("latency") or {}).get(name, {}).get(str(batch))
         if chosen is None or latency is None:
             continue  # settings not searched (fixed), or not measured at this batch
         search_ms = chosen["refine_ms"] if chosen["refine_ms"] is not None else chosen["screen_ms"]

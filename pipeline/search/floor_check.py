@@ -10,9 +10,9 @@ from pipeline.config import Config
 from pipeline.datasets.artifact import load_dataset
 from pipeline.errors import StageError
 from pipeline.search import student_floor, teacher_budget
+from pipeline.search.prune_budget import has_budget
 from pipeline.training import prune_alternatives
 from pipeline.training.recipes import model_label
-from stages.prune import has_budget
 
 log = logging.getLogger(__name__)
 

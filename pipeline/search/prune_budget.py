@@ -41,6 +41,12 @@ SEARCH_SCORES = ("magnitude", "validation")  # prune.search_score
 LATENCY_MODEL_NAMES = tuple(LATENCY_MODELS)  # prune.search_latency_model
 
 
+def has_budget(params: Any) -> bool:
+    """Whether the prune stage's channels are set by a latency search: a budget in ms, or as a speed-up over the
+    teacher."""
+    return params.target_latency_ms is not None or params.target_speedup_vs_teacher is not None
+
+
 def check_params(params: Any) -> None:
     """The prune stage's budget settings and its search's, each a one-line ConfigError naming the key."""
     require(

@@ -170,7 +170,7 @@ def _models_table(report: dict) -> str:
         + _table(header, rows)
         + _onnx_teacher(report.get("teacher_onnx"))
         + (f"\n<p>{_e(sentence)}</p>" if (sentence := pruned_is_alternative(report)) else "")
-        + (f"\n<p><strong>{_e(moved)}</strong></p>" if (moved := moved_text(report.get("timing_moved"))) else "")
+        + (f"\n<p><strong>{_e(moved)}</strong></p>" if (moved := moved_text(report)) else "")
     )
 
 
@@ -212,8 +212,8 @@ def _gates_table(report: dict) -> str:
 
 
 def _gate_basis(gate: dict) -> str:
-    """What an accuracy gate compared, on which split ('' for the other gates)."""
-    return _e(f"{gate['compares']} on the {gate['split']} split") if gate.get("split") else ""
+    """What a gate compared, and for an accuracy gate on which split ('' for a gate that does not say)."""
+    return _e(f"{gate['compares']} on the {gate['split']} split" if gate.get("split") else gate.get("compares", ""))
 
 
 def _kv_rows(items: Iterable[tuple[str, Any]]) -> list[str]:

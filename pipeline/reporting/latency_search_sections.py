@@ -105,6 +105,13 @@ def budget_source(from_teacher: dict[str, Any] | None) -> str:
     )
     if "gate_ms" not in from_teacher:  # the prune stage's record alone (reports before VERSION 30)
         return searched
+    if "bench_fastest_ms" in from_teacher:  # signoff.latency_basis: bound
+        return searched + (
+            f" The sign-off gates the edge model's slowest kept round against the teacher's fastest timing in the "
+            f"bench, {from_teacher['bench_fastest_ms']:.4f} ms (p50 {from_teacher['bench_p50_ms']:.4f} ms), over "
+            f"the same factor: {from_teacher['gate_ms']:.4g} ms, a ratio taken in one run at its end worst for the "
+            "edge model."
+        )
     return searched + (
         f" The sign-off gates the edge model against the teacher's p50 in the bench, "
         f"{from_teacher['bench_p50_ms']:.4f} ms, over the same factor: {from_teacher['gate_ms']:.4g} ms, a ratio "

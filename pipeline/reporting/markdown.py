@@ -106,7 +106,7 @@ def models_section(report: dict[str, Any]) -> list[str]:
     for provider in report["models"][0]["latency"]:  # one latency table per provider measured
         lines += ["", f"Latency on {provider} (p50 / p90 / p99 ms; p90's 95% interval where measured):", ""]
         lines += _latency_table(report["models"], provider)
-    lines += ["", f"**{moved}**"] if (moved := moved_text(report.get("timing_moved"))) else []
+    lines += ["", f"**{moved}**"] if (moved := moved_text(report)) else []
     skipped = report.get("skipped_providers") or {}
     return lines + ([""] if skipped else []) + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
 
@@ -268,7 +268,7 @@ def gates_section(gates: list[dict[str, Any]]) -> list[str]:
             g["name"],
             f"{g['limit']:g}",
             "not measured" if g["value"] is None else f"{g['value']:.4g}",
-            f"{g['compares']} on the {g['split']} split" if g.get("split") else "",
+            f"{g['compares']} on the {g['split']} split" if g.get("split") else g.get("compares", ""),
             "pass" if g["passed"] else "**FAIL**",
         ]
         for g in gates

@@ -39,8 +39,9 @@ def moved_timings(models: list[dict], batch: int, provider: str) -> list[dict[st
     return moved
 
 
-def moved_text(moved: list[dict[str, Any]] | None) -> str:
+def moved_text(report: dict[str, Any]) -> str:
     """One sentence for report.md and report.html, '' when nothing moved (or a report before the check)."""
+    moved = report.get("timing_moved")
     if not moved:
         return ""
     each = "; ".join(
@@ -48,7 +49,14 @@ def moved_text(moved: list[dict[str, Any]] | None) -> str:
         f"({m['change']:+.0%})"
         for m in moved
     )
+    if report["config"]["signoff"].get("latency_basis", "point") == "bound":
+        return (
+            f"Timing moved within this bench (more than {MOVED:.0%}): {each}. The gates read the end of these timings "
+            "worst for the edge model (signoff.latency_basis: bound): the teacher's fastest, the settings search's "
+            "among them, and the edge model's slowest kept round."
+        )
     return (
         f"Timing moved within this bench (more than {MOVED:.0%}): {each}. The rounds are what the gates read; a "
-        "ratio against such a model (the speed-up gate, a budget relative to the teacher) is as uncertain as the move."
+        "ratio against such a model (the speed-up gate, a budget relative to the teacher) is as uncertain as the move "
+        "(signoff.latency_basis: bound gates it at the move's end worst for the edge model)."
     )

@@ -32,13 +32,16 @@ def test_the_models_whose_rounds_moved_from_their_settings_search_are_named():
     assert moved_timings(models, 64, "cpu") == []  # not measured at that batch
     models[0]["latency"]["CUDAExecutionProvider"] = {"1": {"p50_ms": 0.05}}
     assert moved_timings(models, 1, "cuda") == []  # the settings are searched on the CPU provider only
-    text = moved_text(moved)
+    report = {"timing_moved": moved, "config": {"signoff": {}}}  # a report before signoff.latency_basis: point
+    text = moved_text(report)
     assert text.startswith(
         "Timing moved within this bench (more than 25%): teacher 0.4200 ms in its settings search, 0.6420 ms in the "
         "rounds (+53%); int8 0.0588 ms in its settings search, 0.0400 ms in the rounds (-32%)."
     )
-    assert "the speed-up gate" in text
-    assert moved_text([]) == moved_text(None) == ""  # nothing moved, or a report before the check
+    assert "The rounds are what the gates read" in text and "the speed-up gate" in text
+    bound = moved_text({**report, "config": {"signoff": {"latency_basis": "bound"}}})
+    assert bound.startswith(text[:60]) and "the teacher's fastest, the settings search's among them" in bound
+    assert moved_text({**report, "timing_moved": []}) == moved_text({}) == ""  # nothing moved, or before the check
 
 
 def test_the_report_says_what_moved_in_markdown_and_html(tiny_run):

@@ -36,7 +36,8 @@ def check_student_floor(config: Config, store: ArtifactStore, plan: dict, artifa
     dataset, distill = load_dataset(artifacts["data"]), config.section("distill")
     teacher = None
     if prune.target_speedup_vs_teacher is not None:
-        teacher = teacher_budget.of_artifact(artifacts["teacher"].path, dataset, prune)
+        # Kept for the prune stage: it searches for the budget this check passes (teacher_budget.kept_for_prune).
+        teacher = teacher_budget.kept_for_prune(store, plan["prune"][0], artifacts["teacher"].path, dataset, prune)
         prune = teacher_budget.resolved(prune, teacher)
     failure = student_floor.floor_check(dataset, distill, prune)
     if failure is not None:

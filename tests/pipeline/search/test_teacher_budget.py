@@ -102,6 +102,34 @@ def test_a_resumed_prune_stage_keeps_the_teacher_timing_its_saved_searches_were_
     assert teacher_budget.applied(prune, tmp_path / "teacher", None, tmp_path / "other")[1]["p50_ms"] == 0.4
 
 
+def test_the_floor_check_keeps_its_teacher_timing_for_the_prune_stage(tmp_path, monkeypatch, caplog):
+    from pipeline.cache import ArtifactStore
+
+    timings = iter([0.6, 0.4])  # the teacher timed before the student trains, and again after (this VM's drift)
+
+    def of_artifact(teacher_dir, dataset, prune):
+        p50_ms = next(timings)
+        return {"p50_ms": p50_ms, "runs_ms": [p50_ms], "settings": {}, "speedup": 6.0, "budget_ms": p50_ms / 6}
+
+    monkeypatch.setattr(teacher_budget, "of_artifact", of_artifact)
+    store, prune, key = ArtifactStore(tmp_path / "artifacts"), Params(target_speedup_vs_teacher=6.0), "a" * 64
+    checked = teacher_budget.kept_for_prune(store, key, tmp_path / "teacher", None, prune)
+    assert checked["p50_ms"] == 0.6 and checked["timed_by"] == teacher_budget.FLOOR_CHECK
+    # The prune stage of that key, after the student trained: the budget the floor check passed, not a new timing.
+    caplog.set_level("INFO")
+    with store.locked("prune", key):
+        resolved, teacher = teacher_budget.applied(prune, tmp_path / "teacher", None, store.temp_dir("prune", key))
+    assert teacher == checked and resolved.target_latency_ms == pytest.approx(0.1)
+    assert "prune.target_speedup_vs_teacher 6, as timed by the run's floor check before the student trained" in (
+        caplog.text
+    )
+    # While another process runs a prune stage (its lock held), the check times the teacher and keeps nothing.
+    other = "b" * 64
+    with store.locked("prune", other):
+        alone = teacher_budget.kept_for_prune(store, other, tmp_path / "teacher", None, prune)
+    assert alone["p50_ms"] == 0.4 and not (store.cache / "prune" / f".tmp-{other}").exists()
+
+
 def test_edgeforge_floor_times_the_untrained_teacher_for_a_speedup_budget(tmp_path, sized):
     def floor(*sets):
         args = [
@@ -144,3 +172,5 @@ def test_a_run_for_a_speedup_budget_checks_the_floor_once_the_teacher_is_trained
     assert sized[0].name.startswith("candidate-") and len({path.name for path in sized[:2]}) == 1
     assert [e for e in (store.cache / "teacher").iterdir() if not e.name.startswith(".")]
     assert not (store.cache / "distill").exists()
+    # The timing is kept for the prune stage of this config: a run that goes on (--skip-floor-check) searches for it.
+    assert len(list(store.cache.glob(f"prune/.tmp-*/checkpoints/{teacher_budget.SAVED}"))) == 1

@@ -75,11 +75,12 @@ def latency_value(model: dict, batch: int, percentile: str, provider: str, basis
     stats = model["latency"].get(provider_name(provider), {}).get(str(batch))
     if stats is None:
         return None, "not measured"
+    point = stats[f"{percentile}_ms"]
     if basis == "bound" and percentile == "p50" and stats.get("round_medians_ms"):
-        return max(stats["round_medians_ms"]), "bound: the slowest kept round's median"
+        return max(stats["round_medians_ms"]), f"bound: the slowest kept round's median (p50 {point:.4g})"
     if basis == "bound" and percentile == "p90" and stats.get("p90_ci_ms"):
-        return stats["p90_ci_ms"][1], "bound: the upper end of the p90's 95% interval"
-    return stats[f"{percentile}_ms"], f"{percentile} of the pooled runs"
+        return stats["p90_ci_ms"][1], f"bound: the upper end of the p90's 95% interval (p90 {point:.4g})"
+    return point, f"{percentile} of the pooled runs"
 
 
 def fastest_timing_ms(model: dict, batch: int, provider: str) -> float:
@@ -97,12 +98,15 @@ def fastest_timing_ms(model: dict, batch: int, provider: str) -> float:
 def speedup_vs_teacher(teacher: dict, edge: dict, batch: int, provider: str, basis: str) -> tuple[float, str]:
     """(teacher / edge, what it compares): p50 over p50, or on `bound` the teacher's fastest timing in the bench over
     the edge model's slowest kept round (the lowest speed-up the bench's timings allow)."""
+    point = p(teacher, batch, "p50_ms", provider) / p(edge, batch, "p50_ms", provider)
     if basis == "bound":
+        teacher_ms = fastest_timing_ms(teacher, batch, provider)
         edge_ms = latency_value(edge, batch, "p50", provider, basis)[0]
-        return fastest_timing_ms(teacher, batch, provider) / edge_ms, (
-            "bound: the teacher's fastest timing in the bench over the edge model's slowest kept round"
+        return teacher_ms / edge_ms, (
+            f"bound: the teacher's fastest timing in the bench ({teacher_ms:.4g} ms) over the edge model's slowest "
+            f"kept round ({edge_ms:.4g} ms); p50 over p50 {point:.4g}"
         )
-    return p(teacher, batch, "p50_ms", provider) / p(edge, batch, "p50_ms", provider), "p50 over p50 (pooled runs)"
+    return point, "p50 over p50 (pooled runs)"
 
 
 def gate(

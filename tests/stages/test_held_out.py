@@ -85,6 +85,11 @@ def test_permuting_the_test_labels_changes_no_choice_and_no_validation_accuracy(
 
     reports = [json.loads(run_["report"].file("report.json").read_text()) for run_ in (original, permuted)]
     assert reports[0]["edge_model"] == reports[1]["edge_model"]
+    # The budget is gated (config.signoff, which `edgeforge signoff` re-checks); the reproduce command sets the
+    # budget, not its gate: the run it starts adds its own (a relative budget's is its bench's teacher's).
+    assert reports[0]["config"]["signoff"]["latency_limits"] == ["cpu:1:p50<=1000.0"]
+    assert "--set prune.target_latency_ms=1000" in reports[0]["reproduce"]
+    assert "latency_limits" not in reports[0]["reproduce"]
     assert reports[0]["edge_choice"] == reports[1]["edge_choice"]
     for before, after in zip(reports[0]["models"], reports[1]["models"], strict=True):
         assert before["validation_accuracy"] == after["validation_accuracy"], before["name"]

@@ -91,7 +91,7 @@ no_wait_option = click.option(
 skip_floor_check_option = click.option(
     "--skip-floor-check",
     is_flag=True,
-    help="Train the student even when prune.target_latency_ms (or the teacher's p50 over "
+    help="Train the student even when prune.target_latency_ms (or the teacher's fastest timing over "
     "prune.target_speedup_vs_teacher) is under its floor of pruning (by default the run times the untrained student "
     "at its floor, and unpruned if that misses, before training it, and fails if every round is over the budget, "
     "unless one of prune.alternatives measures within it whole).",
@@ -248,8 +248,8 @@ def floor(store: ArtifactStore, config_file, overrides, models, as_json) -> None
     rounds. With prune.drop_blocks N, each student without its first N droppable residual blocks (auto with a
     budget: whole and without all of them). Exits 1 when prune.target_latency_ms is set and every round of the student,
     unpruned and at its floor, is over it (less prune.search_margin): that student meets the budget neither unpruned
-    nor at its floor. With prune.target_speedup_vs_teacher the budget is the teacher's p50 over it, the teacher timed
-    untrained in fp32 as the prune stage times it trained (an ONNX teacher: the teacher stage's file).
+    nor at its floor. With prune.target_speedup_vs_teacher the budget is the teacher's fastest timing over it, the
+    teacher timed untrained in fp32 as the prune stage times it trained (an ONNX teacher: the teacher stage's file).
     """
     result = runner.student_floors(load_config(config_file, overrides), store, models)
     click.echo(json.dumps(result, indent=2) if as_json else format_floors(result), nl=False)

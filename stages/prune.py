@@ -50,7 +50,8 @@ SECTION = "prune"
 # 19-20: auto times the stride-2 variant from twice the student's width to half ("widths"), trains the widest within it
 # 21: with distill.baseline, each trained alternative also on labels alone ("without_teacher"), kept when more accurate
 # 22: prune.target_speedup_vs_teacher: the budget from the teacher timed here ("budget_from_teacher")
-VERSION = 22
+# 23: that budget from the teacher's fastest of at least 5 timings, not the median of prune.search_repeats
+VERSION = 23
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
@@ -120,8 +121,9 @@ class Params:
     target_latency_ms: float | None = dataclasses.field(
         default=None, metadata={"replaces": "target_speedup_vs_teacher"}
     )
-    # Or the budget as the teacher's p50 there (fp32, as the speed-up gate times it) over this factor, measured by
-    # this stage on this machine (pipeline/search/teacher_budget.py): a budget in ms holds for one CPU only.
+    # Or the budget as the teacher's timing there (fp32, as the speed-up gate times it; the fastest of 5 p50s) over
+    # this factor, measured by this stage on this machine (pipeline/search/teacher_budget.py): a budget in ms holds
+    # for one CPU only.
     target_speedup_vs_teacher: float | None = dataclasses.field(
         default=None, metadata={"replaces": "target_latency_ms"}
     )

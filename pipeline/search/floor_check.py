@@ -21,8 +21,8 @@ def check_student_floor(config: Config, store: ArtifactStore, plan: dict, artifa
     """A run that will distill a student and prune it for prune.target_latency_ms first times the student's floor
     (pipeline/search/student_floor.py) and fails in one line, before any training, when no round of it is within
     the budget: the prune stage would find the same after the teacher and the student had trained. With
-    prune.target_speedup_vs_teacher the budget is the teacher's p50 over it, so the check waits for the teacher
-    (False: not checked yet) and times it as the prune stage will. When the student
+    prune.target_speedup_vs_teacher the budget is the teacher's fastest timing over it, so the check waits for the
+    teacher (False: not checked yet) and times it for the prune stage (teacher_budget.kept_for_prune). When the student
     meets the budget only pruned and its stride-2 variant unpruned, it warns (student_floor.variant_advice) unless
     prune.alternatives trains that variant; a student that cannot reach it passes with a warning when one of
     prune.alternatives measured within it whole (the prune stage trains that one)."""

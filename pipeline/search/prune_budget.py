@@ -59,7 +59,7 @@ def check_params(params: Any) -> None:
         params.target_speedup_vs_teacher is None or params.target_speedup_vs_teacher > 0,
         "prune.target_speedup_vs_teacher",
         params.target_speedup_vs_teacher,
-        "a factor > 0 (the budget is the teacher's p50 over it), or null",
+        "a factor > 0 (the budget is the teacher's fastest timing over it), or null",
     )
     require(
         params.target_latency_ms is None or params.target_speedup_vs_teacher is None,

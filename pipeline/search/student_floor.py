@@ -298,7 +298,7 @@ def format_floors(result: dict[str, Any]) -> str:
         source = (
             ""
             if from_teacher is None
-            else f", the teacher's p50 {from_teacher['p50_ms']:.4f} ms / {from_teacher['speedup']:g}"
+            else f", the teacher's fastest timing {from_teacher['fastest_ms']:.4f} ms / {from_teacher['speedup']:g}"
         )
         lines.append(
             f"budget {budget:.4g} ms ({said['limit_ms']:.4f} after prune.search_margin{source}): {verdict_text}"

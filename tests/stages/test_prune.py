@@ -169,20 +169,25 @@ def test_latency_budget_met_unpruned_keeps_every_channel_and_is_gated_in_the_rep
 
 
 @pytest.mark.slow
-def test_a_speedup_budget_is_the_teachers_p50_timed_by_the_stage_and_gated_in_the_report(store, caplog):
+def test_a_speedup_budget_is_the_teachers_timing_by_the_stage_and_gated_in_the_report(store, caplog):
     from pipeline.reporting.recheck import recheck_signoff
     from stages.report import Params as SignoffParams
 
     caplog.set_level(logging.INFO, logger="pipeline.search.teacher_budget")
-    # A thousandth of a speed-up: a budget a thousand times the teacher's p50, which the student meets unpruned.
+    # A thousandth of a speed-up: a budget a thousand times the teacher's timing, which the student meets unpruned.
     results = run_prune(store, "prune.target_speedup_vs_teacher=0.001", "prune.search_repeats=2", target="report")
     prune = results["prune"].artifact
     from_teacher, search = prune.metrics["budget_from_teacher"], prune.metrics["latency_search"]
-    assert len(from_teacher["runs_ms"]) == 2 and from_teacher["p50_ms"] == np.median(from_teacher["runs_ms"]) > 0
-    assert from_teacher["speedup"] == 0.001 and from_teacher["budget_ms"] == from_teacher["p50_ms"] / 0.001
+    # At least TEACHER_REPEATS sessions whatever prune.search_repeats; the budget reads the fastest.
+    assert len(from_teacher["runs_ms"]) == 5 and from_teacher["p50_ms"] == np.median(from_teacher["runs_ms"]) > 0
+    assert from_teacher["fastest_ms"] == min(from_teacher["runs_ms"])
+    assert from_teacher["speedup"] == 0.001 and from_teacher["budget_ms"] == from_teacher["fastest_ms"] / 0.001
     assert search["budget_ms"] == from_teacher["budget_ms"] and search["met"] and prune.metrics["ratio"] == 0.0
-    assert prune.metrics["summary"].startswith(f"budget {from_teacher['budget_ms']:.4g} ms: the teacher's p50 ")
-    assert f"prune: budget {from_teacher['budget_ms']:.4g} ms: the teacher's p50 " in caplog.text  # before the search
+    said = (
+        f"budget {from_teacher['budget_ms']:.4g} ms: the teacher's fastest timing {from_teacher['fastest_ms']:.4g} ms"
+    )
+    assert prune.metrics["summary"].startswith(said)
+    assert f"prune: {said}" in caplog.text  # before the search
     assert prune.manifest["params"]["target_latency_ms"] is None  # the config as asked; the budget is the metrics'
     report = json.loads(results["report"].artifact.file("report.json").read_text())
     # Gated against the teacher's p50 in the bench, over the same factor: a ratio taken in one run.
@@ -196,7 +201,9 @@ def test_a_speedup_budget_is_the_teachers_p50_timed_by_the_stage_and_gated_in_th
     gate = next(g for g in report["signoff"]["gates"] if g["name"] == "max_latency_ms_p50_cpu_batch_1")
     assert gate["limit"] == bench_p50_ms / 0.001 and gate["passed"]
     assert recheck_signoff(report, SignoffParams)["mismatches"] == []  # re-checkable from the report alone
-    said = f"The budget is the teacher's fp32 p50 here, {from_teacher['p50_ms']:.4f} ms (the median of "
+    said = (
+        f"The budget is the teacher's fastest fp32 timing here, {from_teacher['fastest_ms']:.4f} ms (the lowest p50 of "
+    )
     markdown = results["report"].artifact.file("report.md").read_text()
     assert "## Latency-budget search (prune.target_speedup_vs_teacher)" in markdown and said in markdown
     assert "over prune.target_speedup_vs_teacher 0.001." in markdown

@@ -1,4 +1,5 @@
-"""prune.target_speedup_vs_teacher: the budget as the teacher's p50 over a factor, measured where the search runs.
+"""prune.target_speedup_vs_teacher: the budget as the teacher's fastest timing over a factor, measured where the
+search runs.
 
 The models are built and exported for real; their "latency" is the ONNX file's size in MB (Candidates.p50 patched),
 so what is asserted is which file is timed, how often, and what budget follows, never this machine's timings.
@@ -33,7 +34,7 @@ def sized(monkeypatch):
     return timed
 
 
-def test_the_budget_is_the_teachers_fp32_p50_over_the_factor_from_a_model_or_its_onnx_file(tmp_path, sized):
+def test_the_budget_is_the_teachers_fp32_timing_over_the_factor_from_a_model_or_its_onnx_file(tmp_path, sized):
     from pipeline.models.factory import build_model
     from pipeline.runtime.onnx_export import export_onnx
     from pipeline.training.recipes import spec_for
@@ -44,9 +45,11 @@ def test_the_budget_is_the_teachers_fp32_p50_over_the_factor_from_a_model_or_its
     # target_format fastest would time an int8 form too (a smaller file here): the teacher is benched in fp32 only.
     prune = Params(target_speedup_vs_teacher=4.0, search_repeats=3, target_format="fastest")
     measured = teacher_budget.measured(teacher, spec, None, dataset, prune)
-    assert len(sized) == 3 and all(path.name.endswith(".onnx") and "int8" not in path.name for path in sized)
+    # Timed in teacher_budget.TEACHER_REPEATS sessions, more than prune.search_repeats 3.
+    assert len(sized) == 5 and all(path.name.endswith(".onnx") and "int8" not in path.name for path in sized)
     size_mb = measured["runs_ms"][0]
-    assert measured["runs_ms"] == [size_mb] * 3 and measured["p50_ms"] == size_mb and measured["speedup"] == 4.0
+    assert measured["runs_ms"] == [size_mb] * 5 and measured["fastest_ms"] == measured["p50_ms"] == size_mb
+    assert measured["speedup"] == 4.0
     assert measured["budget_ms"] == pytest.approx(size_mb / 4)
     # The same network as an ONNX file (a teacher from another framework) is timed as it is.
     path = tmp_path / "teacher.onnx"
@@ -60,7 +63,24 @@ def test_the_budget_is_the_teachers_fp32_p50_over_the_factor_from_a_model_or_its
         prune, target_latency_ms=measured["budget_ms"], target_speedup_vs_teacher=None
     )
     assert teacher_budget.resolved(prune, None) is prune
-    assert teacher_budget.summary(measured).startswith(f"budget {size_mb / 4:.4g} ms: the teacher's p50 {size_mb:.4g}")
+    assert teacher_budget.summary(measured).startswith(
+        f"budget {size_mb / 4:.4g} ms: the teacher's fastest timing {size_mb:.4g} ms (of 5) / "
+    )
+
+
+def test_the_budget_reads_the_teachers_fastest_timing_not_its_median(tmp_path, monkeypatch):
+    from pipeline.models.factory import build_model
+    from pipeline.training.recipes import spec_for
+
+    # The 2-thread teacher of BENCHMARKS.md, switching between a fast and a slow timing from one session to the next.
+    timings = iter([0.60, 0.42, 0.61, 0.59, 0.62, 0.60, 0.61])
+    monkeypatch.setattr(prune_candidates.Candidates, "p50", lambda self, path: (next(timings), "2 threads"))
+    dataset = digits(tmp_path)
+    spec = spec_for(dataset, "cnn", 8)
+    prune = Params(target_speedup_vs_teacher=6.0, search_repeats=7)  # more than TEACHER_REPEATS: all 7
+    measured = teacher_budget.measured(build_model(spec), spec, None, dataset, prune)
+    assert measured["runs_ms"] == [0.60, 0.42, 0.61, 0.59, 0.62, 0.60, 0.61] and measured["p50_ms"] == 0.60
+    assert measured["fastest_ms"] == 0.42 and measured["budget_ms"] == pytest.approx(0.07)
 
 
 def test_a_speedup_budget_is_one_of_two_ways_to_set_it_and_keys_the_decision_by_the_machine(tmp_path):
@@ -83,7 +103,13 @@ def test_a_resumed_prune_stage_keeps_the_teacher_timing_its_saved_searches_were_
 
     def of_artifact(teacher_dir, dataset, prune):
         p50_ms = next(timings)
-        return {"p50_ms": p50_ms, "runs_ms": [p50_ms], "settings": {}, "speedup": 6.0, "budget_ms": p50_ms / 6}
+        return {
+            **dict.fromkeys(("fastest_ms", "p50_ms"), p50_ms),
+            "runs_ms": [p50_ms],
+            "settings": {},
+            "speedup": 6.0,
+            "budget_ms": p50_ms / 6,
+        }
 
     monkeypatch.setattr(teacher_budget, "of_artifact", of_artifact)
     prune = Params(target_speedup_vs_teacher=6.0)
@@ -95,8 +121,9 @@ def test_a_resumed_prune_stage_keeps_the_teacher_timing_its_saved_searches_were_
     # Killed after its searches, the stage resumes with the budget they answered, not a new timing's.
     resumed, again = teacher_budget.applied(prune, tmp_path / "teacher", None, work)
     assert resumed == first and again == teacher
-    assert "the teacher's p50 0.6 ms / prune.target_speedup_vs_teacher 6, as timed before this run was stopped" in (
-        caplog.text
+    assert (
+        "the teacher's fastest timing 0.6 ms (of 1) / prune.target_speedup_vs_teacher 6, as timed before this run "
+        in (caplog.text)
     )
     # Another work directory (another key, or after the stage published) times the teacher again.
     assert teacher_budget.applied(prune, tmp_path / "teacher", None, tmp_path / "other")[1]["p50_ms"] == 0.4
@@ -109,7 +136,13 @@ def test_the_floor_check_keeps_its_teacher_timing_for_the_prune_stage(tmp_path, 
 
     def of_artifact(teacher_dir, dataset, prune):
         p50_ms = next(timings)
-        return {"p50_ms": p50_ms, "runs_ms": [p50_ms], "settings": {}, "speedup": 6.0, "budget_ms": p50_ms / 6}
+        return {
+            **dict.fromkeys(("fastest_ms", "p50_ms"), p50_ms),
+            "runs_ms": [p50_ms],
+            "settings": {},
+            "speedup": 6.0,
+            "budget_ms": p50_ms / 6,
+        }
 
     monkeypatch.setattr(teacher_budget, "of_artifact", of_artifact)
     store, prune, key = ArtifactStore(tmp_path / "artifacts"), Params(target_speedup_vs_teacher=6.0), "a" * 64
@@ -140,16 +173,17 @@ def test_edgeforge_floor_times_the_untrained_teacher_for_a_speedup_budget(tmp_pa
     out = floor("prune.target_speedup_vs_teacher=1000000")  # MB of ONNX file: no student is a millionth of a teacher
     assert out.exit_code == 1
     error = out.output.strip().splitlines()[-1]
-    assert error.startswith("error: budget ") and "ms: the teacher's p50 " in error
+    assert error.startswith("error: budget ") and "ms: the teacher's fastest timing " in error
     assert "/ prune.target_speedup_vs_teacher 1e+06; prune.target_latency_ms=" in error and "cannot reach" in error
     met = floor("prune.target_speedup_vs_teacher=0.5")  # twice the teacher's size: the student is smaller
     assert met.exit_code == 0, met.output
     budget_line = met.output.strip().splitlines()[-1]
-    assert budget_line.startswith("budget ") and ", the teacher's p50 " in budget_line and " / 0.5)" in budget_line
+    assert budget_line.startswith("budget ") and ", the teacher's fastest timing " in budget_line
+    assert " / 0.5)" in budget_line
     # The teacher timed for the budget is its fp32 file, the table's teacher row the same network: the same size.
     teacher_row = next(line for line in met.output.splitlines() if line.startswith("teacher "))
     teacher_mb = float(teacher_row.split()[3])
-    assert f"the teacher's p50 {teacher_mb:.4f} ms / 0.5" in budget_line
+    assert f"the teacher's fastest timing {teacher_mb:.4f} ms / 0.5" in budget_line
     assert np.isclose(float(budget_line.split()[1]), teacher_mb / 0.5, rtol=1e-3)
 
 

@@ -38,7 +38,7 @@ from pipeline.training.recipes import spec_for
 log = logging.getLogger(__name__)
 
 SAVED = "teacher-budget.json"  # the teacher's measurement, in the work directory's checkpoints
-TEACHER_REPEATS = 5  # sessions the teacher is timed in at least: its budget reads the fastest (a second or so each)
+TEACHER_REPEATS = 5  # sessions the teacher is timed in at least: its budget reads the fastest
 FLOOR_CHECK = "timed by the run's floor check before the student trained"  # "timed_by": the floor check's keeping
 
 

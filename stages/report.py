@@ -21,12 +21,11 @@ from pipeline.cache import Artifact
 from pipeline.config import params_to_dict, reproduce_command
 from pipeline.errors import StageError, require
 from pipeline.reporting import release
+from pipeline.reporting.budget_gate import in_this_bench, with_budget_gate
 from pipeline.reporting.gates import (
     choose_edge_model,
     edge_reason,
-    fastest_timing_ms,
     gates_each_model_fails,
-    p,
     pareto_front,
     parse_latency_limit,
     signoff_gates,
@@ -144,46 +143,6 @@ class Params:
             self.max_memory_mb,
             "a number of megabytes > 0 or null",
         )
-
-
-def with_budget_gate(params: Params, prune: dict[str, Any], from_teacher: dict[str, Any] | None) -> Params:
-    """The latency budget the prune stage searched for as one more latency gate on the edge model: in ms as set, or
-    for prune.target_speedup_vs_teacher the teacher's p50 in this bench over the factor (`from_teacher`, from
-    in_this_bench)."""
-    budget_ms = prune.get("target_latency_ms") if from_teacher is None else from_teacher["gate_ms"]
-    if budget_ms is None:
-        return params
-    limit = f"{prune['target_provider']}:{prune['target_batch']}:p50<={budget_ms!r}"
-    return (
-        params
-        if limit in params.latency_limits
-        else dataclasses.replace(params, latency_limits=(*params.latency_limits, limit))
-    )
-
-
-def in_this_bench(
-    from_teacher: dict[str, Any] | None, prune: dict[str, Any], models: list[dict], basis: str = "point"
-) -> dict | None:
-    """The prune stage's budget_from_teacher with the budget the sign-off gates: the teacher's p50 in this bench
-    (at the prune target's batch and provider) over the same factor ("bench_p50_ms", "gate_ms"), or with
-    signoff.latency_basis `bound` its fastest timing in this bench ("bench_fastest_ms", gates.fastest_timing_ms).
-    The gate is then a ratio taken in one run, as the speed-up gate's: the prune stage timed the teacher minutes to
-    an hour earlier, and on a 2-core VM one teacher measured 0.4094 ms there and 0.4511 ms in the bench of the same
-    run (BENCHMARKS.md). None without a speed-up budget."""
-    if from_teacher is None:
-        return None
-    teacher = next(m for m in models if m["name"] == "teacher")
-    batch, provider = prune["target_batch"], prune["target_provider"]
-    bench_p50_ms = p(teacher, batch, "p50_ms", provider)
-    if basis == "point":
-        return {**from_teacher, "bench_p50_ms": bench_p50_ms, "gate_ms": bench_p50_ms / from_teacher["speedup"]}
-    fastest_ms = fastest_timing_ms(teacher, batch, provider)
-    return {
-        **from_teacher,
-        "bench_p50_ms": bench_p50_ms,
-        "bench_fastest_ms": fastest_ms,
-        "gate_ms": fastest_ms / from_teacher["speedup"],
-    }
 
 
 def latency_target(params: Params, bench: dict) -> str:

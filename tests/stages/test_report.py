@@ -172,7 +172,7 @@ def test_latency_limits_gate_any_percentile_provider_and_batch():
 
 
 def test_edge_model_is_chosen_on_the_latency_provider():
-    from stages.report import with_budget_gate
+    from pipeline.reporting.budget_gate import with_budget_gate
 
     cuda = "CUDAExecutionProvider"
     models = [model("teacher", 0.99, 1.0), model("student", 0.985, 0.3), model("student_int8", 0.98, 0.2)]
@@ -191,7 +191,7 @@ def test_edge_model_is_chosen_on_the_latency_provider():
 
 
 def test_a_speedup_budget_is_gated_against_the_teacher_timed_in_the_same_bench():
-    from stages.report import in_this_bench, with_budget_gate
+    from pipeline.reporting.budget_gate import in_this_bench, with_budget_gate
 
     models = [model("teacher", 0.99, 0.5), model("student", 0.985, 0.3), model("student_int8", 0.98, 0.11)]
     prune = {"target_latency_ms": None, "target_speedup_vs_teacher": 5.0, "target_batch": 1, "target_provider": "cpu"}

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from pipeline.errors import ConfigError
+from pipeline.reporting.budget_gate import in_this_bench, with_budget_gate
 from pipeline.reporting.gates import choose_edge_model, fastest_timing_ms, latency_value, signoff_gates
 from pipeline.reporting.markdown import gates_section
-from stages.report import Params, in_this_bench, with_budget_gate
+from stages.report import Params
 from tests.stages.test_report import PROVIDER, model
 
 

@@ -97,9 +97,9 @@ def test_a_speedup_budget_is_one_of_two_ways_to_set_it_and_keys_the_decision_by_
         load_config(overrides=["prune.target_speedup_vs_teacher=5", "prune.target_batch=32"])
 
 
-def test_a_resumed_prune_stage_keeps_the_teacher_timing_its_saved_searches_were_made_for(tmp_path, monkeypatch, caplog):
-    # Each timing of the teacher comes out slower (this VM's drift between runs: 0.5996 then 0.4094 ms).
-    timings = iter([0.6, 0.4])
+def teacher_timed_in_turn(monkeypatch, *p50s: float) -> None:
+    """Each timing of the teacher (teacher_budget.of_artifact) gives the next of `p50s`, a factor-6 budget from it."""
+    timings = iter(p50s)
 
     def of_artifact(teacher_dir, dataset, prune):
         p50_ms = next(timings)
@@ -112,6 +112,11 @@ def test_a_resumed_prune_stage_keeps_the_teacher_timing_its_saved_searches_were_
         }
 
     monkeypatch.setattr(teacher_budget, "of_artifact", of_artifact)
+
+
+def test_a_resumed_prune_stage_keeps_the_teacher_timing_its_saved_searches_were_made_for(tmp_path, monkeypatch, caplog):
+    # Each timing of the teacher comes out faster (this VM's drift between runs: 0.5996 then 0.4094 ms).
+    teacher_timed_in_turn(monkeypatch, 0.6, 0.4)
     prune = Params(target_speedup_vs_teacher=6.0)
     work = tmp_path / "work"
     caplog.set_level("INFO")
@@ -132,19 +137,7 @@ def test_a_resumed_prune_stage_keeps_the_teacher_timing_its_saved_searches_were_
 def test_the_floor_check_keeps_its_teacher_timing_for_the_prune_stage(tmp_path, monkeypatch, caplog):
     from pipeline.cache import ArtifactStore
 
-    timings = iter([0.6, 0.4])  # the teacher timed before the student trains, and again after (this VM's drift)
-
-    def of_artifact(teacher_dir, dataset, prune):
-        p50_ms = next(timings)
-        return {
-            **dict.fromkeys(("fastest_ms", "p50_ms"), p50_ms),
-            "runs_ms": [p50_ms],
-            "settings": {},
-            "speedup": 6.0,
-            "budget_ms": p50_ms / 6,
-        }
-
-    monkeypatch.setattr(teacher_budget, "of_artifact", of_artifact)
+    teacher_timed_in_turn(monkeypatch, 0.6, 0.4)  # before the student trains, and again after (this VM's drift)
     store, prune, key = ArtifactStore(tmp_path / "artifacts"), Params(target_speedup_vs_teacher=6.0), "a" * 64
     checked = teacher_budget.kept_for_prune(store, key, tmp_path / "teacher", None, prune)
     assert checked["p50_ms"] == 0.6 and checked["timed_by"] == teacher_budget.FLOOR_CHECK

@@ -1,0 +1,50 @@
+"""The prune stage's latency budget as a sign-off gate (the report stage's): a budget in ms as it was set, a budget
+relative to the teacher (prune.target_speedup_vs_teacher) at the teacher's timing in the same bench as the edge
+model's, so that the gate is a ratio taken in one run."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pipeline.reporting.gates import fastest_timing_ms, p
+
+
+def with_budget_gate(params: Any, prune: dict[str, Any], from_teacher: dict[str, Any] | None) -> Any:
+    """The signoff `params` (the report stage's Params) with the latency budget the prune stage searched for as one
+    more latency gate on the edge model: in ms as set, or for prune.target_speedup_vs_teacher the teacher's timing
+    in this bench over the factor (`from_teacher`, from in_this_bench)."""
+    budget_ms = prune.get("target_latency_ms") if from_teacher is None else from_teacher["gate_ms"]
+    if budget_ms is None:
+        return params
+    limit = f"{prune['target_provider']}:{prune['target_batch']}:p50<={budget_ms!r}"
+    return (
+        params
+        if limit in params.latency_limits
+        else dataclasses.replace(params, latency_limits=(*params.latency_limits, limit))
+    )
+
+
+def in_this_bench(
+    from_teacher: dict[str, Any] | None, prune: dict[str, Any], models: list[dict], basis: str = "point"
+) -> dict | None:
+    """The prune stage's budget_from_teacher with the budget the sign-off gates: the teacher's p50 in this bench
+    (at the prune target's batch and provider) over the same factor ("bench_p50_ms", "gate_ms"), or with
+    signoff.latency_basis `bound` its fastest timing in this bench ("bench_fastest_ms", gates.fastest_timing_ms).
+    The gate is then a ratio taken in one run, as the speed-up gate's: the prune stage timed the teacher minutes to
+    an hour earlier, and on a 2-core VM one teacher measured 0.4094 ms there and 0.4511 ms in the bench of the same
+    run (BENCHMARKS.md). None without a speed-up budget."""
+    if from_teacher is None:
+        return None
+    teacher = next(m for m in models if m["name"] == "teacher")
+    batch, provider = prune["target_batch"], prune["target_provider"]
+    bench_p50_ms = p(teacher, batch, "p50_ms", provider)
+    if basis == "point":
+        return {**from_teacher, "bench_p50_ms": bench_p50_ms, "gate_ms": bench_p50_ms / from_teacher["speedup"]}
+    fastest_ms = fastest_timing_ms(teacher, batch, provider)
+    return {
+        **from_teacher,
+        "bench_p50_ms": bench_p50_ms,
+        "bench_fastest_ms": fastest_ms,
+        "gate_ms": fastest_ms / from_teacher["speedup"],
+    }

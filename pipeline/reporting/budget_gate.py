@@ -1,6 +1,6 @@
 """The prune stage's latency budget as a sign-off gate (the report stage's): a budget in ms as it was set, a budget
 relative to the teacher (prune.target_speedup_vs_teacher) at the teacher's timing in the same bench as the edge
-model's, so that the gate is a ratio taken in one run."""
+model's, so that the gate is a ratio taken in one run; and the sentence the reports say it in (budget_source)."""
 
 from __future__ import annotations
 
@@ -38,13 +38,42 @@ def in_this_bench(
         return None
     teacher = next(m for m in models if m["name"] == "teacher")
     batch, provider = prune["target_batch"], prune["target_provider"]
-    bench_p50_ms = p(teacher, batch, "p50_ms", provider)
-    if basis == "point":
-        return {**from_teacher, "bench_p50_ms": bench_p50_ms, "gate_ms": bench_p50_ms / from_teacher["speedup"]}
-    fastest_ms = fastest_timing_ms(teacher, batch, provider)
-    return {
-        **from_teacher,
-        "bench_p50_ms": bench_p50_ms,
-        "bench_fastest_ms": fastest_ms,
-        "gate_ms": fastest_ms / from_teacher["speedup"],
-    }
+    record = {**from_teacher, "bench_p50_ms": p(teacher, batch, "p50_ms", provider)}
+    if basis == "bound":
+        record["bench_fastest_ms"] = fastest_timing_ms(teacher, batch, provider)
+    return {**record, "gate_ms": record.get("bench_fastest_ms", record["bench_p50_ms"]) / from_teacher["speedup"]}
+
+
+def budget_source(from_teacher: dict[str, Any] | None) -> str:
+    """How the prune stage set its budget from the teacher (prune.target_speedup_vs_teacher) and how the sign-off
+    gates it, '' without it. `from_teacher`: in_this_bench's record, or the prune stage's alone (reports before
+    VERSION 30); its "fastest_ms" from prune VERSION 23 on (before: the median, "p50_ms")."""
+    if from_teacher is None:
+        return ""
+    runs = ", ".join(f"{run:.4f}" for run in from_teacher["runs_ms"])
+    statistic, value, which = (
+        ("fastest fp32 timing", from_teacher["fastest_ms"], "the lowest p50")
+        if "fastest_ms" in from_teacher
+        else ("fp32 p50", from_teacher["p50_ms"], "the median")
+    )
+    searched = (
+        f" The budget is the teacher's {statistic} here, {value:.4f} ms ({which} of {runs} ms at "
+        f"{from_teacher['settings']}), over prune.target_speedup_vs_teacher {from_teacher['speedup']:g}."
+    )
+    if "gate_ms" not in from_teacher:
+        return searched
+    bound = "bench_fastest_ms" in from_teacher  # signoff.latency_basis: bound
+    gated = (
+        f" The sign-off gates the edge model's slowest kept round against the teacher's fastest timing in the bench, "
+        f"{from_teacher['bench_fastest_ms']:.4f} ms (p50 {from_teacher['bench_p50_ms']:.4f} ms)"
+        if bound
+        else f" The sign-off gates the edge model against the teacher's p50 in the bench, "
+        f"{from_teacher['bench_p50_ms']:.4f} ms"
+    )
+    return f"{searched}{gated}, over the same factor: {from_teacher['gate_ms']:.4g} ms, a ratio taken in one run" + (
+        " at its end worst for the edge model." if bound else "."
+    )
+
+
+def budget_key(from_teacher: dict[str, Any] | None) -> str:
+    return "prune.target_latency_ms" if from_teacher is None else "prune.target_speedup_vs_teacher"

@@ -83,15 +83,23 @@ def latency_value(model: dict, batch: int, percentile: str, provider: str, basis
     return point, f"{percentile} of the pooled runs"
 
 
+def settings_search_ms(model: dict) -> float | None:
+    """The settings search's p50 of the settings the model kept (refined, or screened only), None when its settings
+    were not searched (bench.tune false). The search runs on the CPU at the batch models are compared at."""
+    chosen = next((entry for entry in model.get("settings_search") or [] if entry["chosen"]), None)
+    if chosen is None:
+        return None
+    return chosen["refine_ms"] if chosen["refine_ms"] is not None else chosen["screen_ms"]
+
+
 def fastest_timing_ms(model: dict, batch: int, provider: str) -> float:
     """The fastest `model` was timed at its settings in the bench, at `batch` on `provider`: its p50, every round's
     median (kept, or dropped as disturbed) and, on the CPU, its settings search's timing of the settings it kept
     (tuned at the batch models are compared at, which the config checks)."""
     stats = model["latency"][provider_name(provider)][str(batch)]
     timings = [stats["p50_ms"], *stats.get("round_medians_ms", []), *stats.get("dropped_rounds_ms", [])]
-    chosen = next((entry for entry in model.get("settings_search") or [] if entry["chosen"]), None)
-    if chosen is not None and provider_name(provider) == provider_name("cpu"):
-        timings.append(chosen["refine_ms"] if chosen["refine_ms"] is not None else chosen["screen_ms"])
+    if (search_ms := settings_search_ms(model)) is not None and provider_name(provider) == provider_name("cpu"):
+        timings.append(search_ms)
     return min(timings)
 
 

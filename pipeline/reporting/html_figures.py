@@ -12,8 +12,8 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from pipeline.reporting import plots
+from pipeline.reporting.budget_gate import budget_source
 from pipeline.reporting.gates import pareto_front
-from pipeline.reporting.latency_search_sections import budget_source
 from pipeline.reporting.plots import latency_at
 
 

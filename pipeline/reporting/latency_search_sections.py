@@ -7,6 +7,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from pipeline.reporting.budget_gate import budget_key, budget_source
 from pipeline.search.prune_plateau import setting
 
 
@@ -92,39 +93,6 @@ def confirmed_parts(search: dict[str, Any]) -> Parts | None:
 
 def confirmed_lines(search: dict[str, Any]) -> list[str]:
     return as_lines(confirmed_parts(search))
-
-
-def budget_source(from_teacher: dict[str, Any] | None) -> str:
-    """How the prune stage set its budget from the teacher (prune.target_speedup_vs_teacher), '' without it."""
-    if from_teacher is None:
-        return ""
-    runs = ", ".join(f"{run:.4f}" for run in from_teacher["runs_ms"])
-    searched = (
-        f" The budget is the teacher's fastest fp32 timing here, {from_teacher['fastest_ms']:.4f} ms (the lowest p50 "
-        f"of {runs} ms at {from_teacher['settings']}), over prune.target_speedup_vs_teacher "
-        f"{from_teacher['speedup']:g}."
-        if "fastest_ms" in from_teacher
-        else f" The budget is the teacher's fp32 p50 here, {from_teacher['p50_ms']:.4f} ms (the median of {runs} ms "
-        f"at {from_teacher['settings']}), over prune.target_speedup_vs_teacher {from_teacher['speedup']:g}."
-    )
-    if "gate_ms" not in from_teacher:  # the prune stage's record alone (reports before VERSION 30)
-        return searched
-    if "bench_fastest_ms" in from_teacher:  # signoff.latency_basis: bound
-        return searched + (
-            f" The sign-off gates the edge model's slowest kept round against the teacher's fastest timing in the "
-            f"bench, {from_teacher['bench_fastest_ms']:.4f} ms (p50 {from_teacher['bench_p50_ms']:.4f} ms), over "
-            f"the same factor: {from_teacher['gate_ms']:.4g} ms, a ratio taken in one run at its end worst for the "
-            "edge model."
-        )
-    return searched + (
-        f" The sign-off gates the edge model against the teacher's p50 in the bench, "
-        f"{from_teacher['bench_p50_ms']:.4f} ms, over the same factor: {from_teacher['gate_ms']:.4g} ms, a ratio "
-        "taken in one run."
-    )
-
-
-def budget_key(from_teacher: dict[str, Any] | None) -> str:
-    return "prune.target_latency_ms" if from_teacher is None else "prune.target_speedup_vs_teacher"
 
 
 def latency_search_section(search: dict[str, Any] | None, from_teacher: dict[str, Any] | None = None) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.reporting.gates import settings_search_ms
 from pipeline.runtime.timing import provider_name
 
 MOVED = 0.25  # |rounds / search - 1| beyond this is said; the models that held here moved under 4%
@@ -26,11 +27,10 @@ def moved_timings(models: list[dict], batch: int, provider: str) -> list[dict[st
         return []
     moved = []
     for model in models:
-        chosen = next((entry for entry in model.get("settings_search") or [] if entry["chosen"]), None)
+        search_ms = settings_search_ms(model)
         latency = (model.get("latency") or {}).get(name, {}).get(str(batch))
-        if chosen is None or latency is None:
+        if search_ms is None or latency is None:
             continue  # settings not searched (fixed), or not measured at this batch
-        search_ms = chosen["refine_ms"] if chosen["refine_ms"] is not None else chosen["screen_ms"]
         change = latency["p50_ms"] / search_ms - 1
         if abs(change) > MOVED:
             moved.append(

@@ -32,6 +32,7 @@ from pipeline.reporting.signoff_section import HEADER as FAILING_HEADER
 from pipeline.reporting.signoff_section import INTRO as FAILING_INTRO
 from pipeline.reporting.signoff_section import budget_hint, failing_rows, gate_number
 from pipeline.reporting.targets_section import target_descriptions, target_rows
+from pipeline.reporting.timed_again import timed_again_section
 from pipeline.reporting.timing_moved import moved_text
 
 CSS = """
@@ -78,6 +79,7 @@ def render_html(report: dict[str, Any]) -> str:
         uniform_baseline_section(report),
         depth_section(report),
         alternatives_section(report),
+        timed_again_section(report),
         _quantization_aware(report),
         training_section(report),
         per_class_section(report),

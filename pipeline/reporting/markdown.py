@@ -10,6 +10,7 @@ from pipeline.reporting.intervals import accuracy_text, both_splits_text
 from pipeline.reporting.search_sections import search_sections
 from pipeline.reporting.signoff_section import failing_lines
 from pipeline.reporting.targets_section import target_descriptions, target_rows
+from pipeline.reporting.timed_again import timed_again_lines
 from pipeline.reporting.timing_moved import moved_text
 from pipeline.training.recipes import DISTILLED, LABELS_ALONE
 
@@ -253,6 +254,7 @@ def steps_section(report: dict[str, Any]) -> list[str]:
             )
         ),
         *alternatives_lines(prune.get("alternatives")),
+        *timed_again_lines(report),
         "- Quantization arguments (onnxruntime quantize_static): "
         + ", ".join(f"{k}={v}" for k, v in report["quantization"].items())
         + ".",

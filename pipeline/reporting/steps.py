@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.cache import Artifact
+from pipeline.reporting import timed_again
 from pipeline.reporting.intervals import accuracies_with_intervals
 from pipeline.training.recipes import DISTILLED
 
@@ -153,6 +154,8 @@ def what_each_step_did(inputs: dict[str, Artifact]) -> dict[str, Any]:
             },
             # prune.alternatives; None without a budget or in entries from before it
             "alternatives": _alternatives(prune_metrics.get("alternatives"), sizes),
+            # timings over the budget taken again (prune VERSION 24): pipeline/search/retime.py
+            "timed_again": timed_again.gathered(prune_metrics),
         },
         "quantization": quantize_metrics["arguments"],
         "quantization_search": {name: m["search"] for name, m in quantize_metrics["models"].items() if m["search"]},

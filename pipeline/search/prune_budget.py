@@ -95,6 +95,8 @@ def check_params(params: Any) -> None:
     require(0 <= params.search_margin < 1, "prune.search_margin", params.search_margin, "a fraction in [0, 1)")
     require(params.search_repeats >= 1, "prune.search_repeats", params.search_repeats, "an integer >= 1")
     require(params.search_budget_s > 0, "prune.search_budget_s", params.search_budget_s, "a number of seconds > 0")
+    require(params.retime_rounds >= 0, "prune.retime_rounds", params.retime_rounds, "an integer >= 0 (0: none)")
+    require(params.retime_gap_s >= 0, "prune.retime_gap_s", params.retime_gap_s, "a number of seconds >= 0")
 
 
 def pruning(spec, params: Any):
@@ -219,13 +221,13 @@ def both_unpruned(search: dict, uniform: dict) -> bool:
 
 
 def achieved(model: torch.nn.Module, spec, dataset: Dataset, params: Any) -> dict[str, Any]:
-    """The fine-tuned model measured as its candidate was (weights do not change the graph; noise does); under
-    torchrun by the leader, for every rank."""
+    """The fine-tuned model measured as its candidate was (weights do not change the graph; noise does), taken
+    again while over the budget (pipeline/search/retime.py); under torchrun by the leader, for every rank."""
     if not distributed.is_leader():
         return distributed.broadcast_json(None)
     measure = candidates(model, spec, dataset, params)
     try:
-        return distributed.broadcast_json(measure.measure(model))
+        return distributed.broadcast_json(measure.measure(model, params.target_latency_ms))
     finally:
         measure.close()
 

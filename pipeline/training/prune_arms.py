@@ -65,6 +65,7 @@ class Arm:
             # the fine-tuned model measured again; before the fine-tune, the search's measurement of its candidate
             "achieved_ms": achieved.get("latency_ms", search.get("predicted_ms")),
             "format": achieved.get("format"),
+            "timed_again": achieved.get("timed_again"),  # over the budget at first (pipeline/search/retime.py)
             "validation_accuracy": scores.get("validation_accuracy"),
             "test_accuracy": scores.get("test_accuracy"),
             "macs": self.steps[-1]["macs"] if self.steps else None,

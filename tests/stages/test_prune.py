@@ -225,6 +225,8 @@ def test_a_speedup_budget_is_the_teachers_timing_by_the_stage_and_gated_in_the_r
         ("search_latency_model", "mac", r"prune.search_latency_model='mac' is not allowed: expected additive or mult"),
         ("search_repeats", 0, r"prune.search_repeats=0 is not allowed: expected an integer >= 1"),
         ("search_score", "l1", r"prune.search_score='l1' is not allowed: expected magnitude or validation$"),
+        ("retime_rounds", -1, r"prune.retime_rounds=-1 is not allowed: expected an integer >= 0 \(0: none\)"),
+        ("retime_gap_s", -5, r"prune.retime_gap_s=-5 is not allowed: expected a number of seconds >= 0"),
     ],
 )
 def test_bad_budget_settings_are_one_line_errors(key, value, message):

@@ -5,20 +5,21 @@ EPYC and 3.73x on a Xeon (BENCHMARKS.md), and its 5x sign-off gate failed on the
 
 The teacher is timed as the bench stage times it for signoff.min_speedup_vs_teacher: its fp32 ONNX at its own
 fastest session settings (or prune.target_threads), at prune.target_batch on prune.target_provider and
-prune.target_device, in at least TEACHER_REPEATS sessions (prune.search_repeats if more), each giving a p50. The
-budget is the fastest of those p50s / target_speedup_vs_teacher, and everything downstream (the search, its margin,
-the report's budget gate) reads it as if prune.target_latency_ms had been set to it. The fastest, not the median:
-on a 2-core VM the 2-thread teacher's timing switched between about 0.42 and 0.60 ms from one session to the next,
-and the prune stage once took 0.5996 ms (a budget 1.46x too loose) where the bench's fastest timings of the same
-teacher stayed at 0.41-0.44 ms; a process beside it can slow a timing, not speed it up, and the sign-off on
-signoff.latency_basis bound reads the teacher's fastest timing in the bench too (BENCHMARKS.md). Weights do not
-change latency: `edgeforge floor` times an untrained teacher, before anything trains.
+prune.target_device, in at least TEACHER_REPEATS sessions (prune.search_repeats if more), prune.retime_gap_s apart,
+each giving a p50. The budget is the fastest of those p50s / target_speedup_vs_teacher, and everything downstream
+(the search, its margin, the report's budget gate) reads it as if prune.target_latency_ms had been set to it. The
+fastest, not the median: on a 2-core VM the 2-thread teacher's timing switched between about 0.42 and 0.60 ms from
+one session to the next, and the prune stage once took 0.5996 ms (a budget 1.46x too loose) where the bench's
+fastest timings of the same teacher stayed at 0.41-0.44 ms; a process beside it can slow a timing, not speed it up,
+and the sign-off on signoff.latency_basis bound reads the teacher's fastest timing in the bench too (BENCHMARKS.md).
+Weights do not change latency: `edgeforge floor` times an untrained teacher, before anything trains.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,14 @@ def measured(model: nn.Module | None, spec: ModelSpec | None, onnx_path: Path | 
     measure = prune_budget.candidates(model, spec, dataset, fp32)
     try:
         exported = measure.export(model) if onnx_path is None else {"paths": {"fp32": onnx_path}}
-        # The first measurement searches the session settings; the others re-time the file at those.
-        repeats = max(prune.search_repeats, TEACHER_REPEATS)
-        runs = [measure.time({"macs": None, "params": None, **exported}) for _ in range(repeats)]
+        # The first measurement searches the session settings; the others re-time the file at those, each after a
+        # wait of prune.retime_gap_s: five sessions back to back once all fell in one slow episode (0.54-0.56 ms,
+        # where the same teacher timed 0.42 a minute before), and the budget was 1.3x too loose.
+        runs = []
+        for _ in range(max(prune.search_repeats, TEACHER_REPEATS)):
+            if runs:
+                time.sleep(prune.retime_gap_s)
+            runs.append(measure.time({"macs": None, "params": None, **exported}))
     finally:
         measure.close()
     runs_ms = [run["fp32_ms"] for run in runs]

@@ -43,7 +43,7 @@ def test_the_budget_is_the_teachers_fp32_timing_over_the_factor_from_a_model_or_
     spec = spec_for(dataset, "cnn", 8)
     teacher = build_model(spec)
     # target_format fastest would time an int8 form too (a smaller file here): the teacher is benched in fp32 only.
-    prune = Params(target_speedup_vs_teacher=4.0, search_repeats=3, target_format="fastest")
+    prune = Params(target_speedup_vs_teacher=4.0, search_repeats=3, target_format="fastest", retime_gap_s=0)
     measured = teacher_budget.measured(teacher, spec, None, dataset, prune)
     # Timed in teacher_budget.TEACHER_REPEATS sessions, more than prune.search_repeats 3.
     assert len(sized) == 5 and all(path.name.endswith(".onnx") and "int8" not in path.name for path in sized)
@@ -77,9 +77,13 @@ def test_the_budget_reads_the_teachers_fastest_timing_not_its_median(tmp_path, m
     monkeypatch.setattr(prune_candidates.Candidates, "p50", lambda self, path: (next(timings), "2 threads"))
     dataset = digits(tmp_path)
     spec = spec_for(dataset, "cnn", 8)
+    waits = []
+    monkeypatch.setattr(teacher_budget.time, "sleep", waits.append)
     prune = Params(target_speedup_vs_teacher=6.0, search_repeats=7)  # more than TEACHER_REPEATS: all 7
     measured = teacher_budget.measured(build_model(spec), spec, None, dataset, prune)
     assert measured["runs_ms"] == [0.60, 0.42, 0.61, 0.59, 0.62, 0.60, 0.61] and measured["p50_ms"] == 0.60
+    # The sessions are prune.retime_gap_s apart: five back to back once all fell in one slow episode of the host.
+    assert waits == [prune.retime_gap_s] * 6 and prune.retime_gap_s == 10
     assert measured["fastest_ms"] == 0.42 and measured["budget_ms"] == pytest.approx(0.07)
 
 
@@ -159,7 +163,9 @@ def test_the_floor_check_keeps_its_teacher_timing_for_the_prune_stage(tmp_path, 
 def test_edgeforge_floor_times_the_untrained_teacher_for_a_speedup_budget(tmp_path, sized):
     def floor(*sets):
         args = [
-            arg for item in ("prune.target_format=fp32", "prune.search_repeats=1", *sets) for arg in ("--set", item)
+            arg
+            for item in ("prune.target_format=fp32", "prune.search_repeats=1", "prune.retime_gap_s=0", *sets)
+            for arg in ("--set", item)
         ]
         return CliRunner().invoke(cli, ["--artifacts", str(tmp_path), "floor", *args])
 

@@ -51,7 +51,8 @@ SECTION = "prune"
 # 21: with distill.baseline, each trained alternative also on labels alone ("without_teacher"), kept when more accurate
 # 22: prune.target_speedup_vs_teacher: the budget from the teacher timed here ("budget_from_teacher")
 # 23: that budget from the teacher's fastest of at least 5 timings, not the median of prune.search_repeats
-# 24: a timing over the budget taken again (prune.retime_rounds, retime_gap_s apart), the fastest deciding
+# 24: a timing over the budget (a search's: near its limit) taken again (prune.retime_rounds, retime_gap_s apart),
+#     the fastest deciding; the teacher's sessions for a relative budget retime_gap_s apart
 VERSION = 24
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel

@@ -13,8 +13,9 @@ HOW = "prune.retime_rounds, prune.retime_gap_s apart: a slow episode of the host
 
 
 def gathered(prune: dict[str, Any]) -> list[dict[str, Any]]:
-    """[{"what", "rounds_ms", "gap_s", "decided_ms"}] of every timing taken again, in the order the stage took them:
-    the depth arms (or the one pruned model), the uniform baseline, then each alternative untrained and trained."""
+    """[{"what", "rounds_ms", "gap_s", "decided_ms"}] of every timing taken again: the searches' configurations (the
+    chosen arm's search, the uniform one's), the depth arms after their fine-tune (or the one pruned model), the
+    uniform baseline's model, then each alternative untrained and trained."""
     found: list[dict[str, Any]] = []
 
     def add(what: str, again: dict[str, Any] | None, decided_ms: float) -> None:
@@ -22,6 +23,11 @@ def gathered(prune: dict[str, Any]) -> list[dict[str, Any]]:
             found.append({"what": what, **again, "decided_ms": decided_ms})
 
     search = prune.get("latency_search") or {}
+    uniform = search.get("uniform_baseline")
+    for name, decided in ((search.get("search", "uniform"), search), ("uniform", uniform or {})):
+        for entry in decided.get("trace") or ():  # the searches' configurations near their limit (`reaching`)
+            what = f"the {name.replace('_', '-')} search's configuration with {entry['ratio']:.1%} of channels removed"
+            add(what, entry.get("timed_again"), entry["latency_ms"])
     arms = (prune.get("depth") or {}).get("arms")
     for arm in arms or ():
         add(
@@ -35,7 +41,6 @@ def gathered(prune: dict[str, Any]) -> list[dict[str, Any]]:
             search["achieved"].get("timed_again"),
             search["achieved"]["latency_ms"],
         )
-    uniform = search.get("uniform_baseline")
     if uniform and not uniform.get("same_model"):
         achieved = uniform["achieved"]
         add("the uniform search's model after its fine-tune", achieved.get("timed_again"), achieved["latency_ms"])

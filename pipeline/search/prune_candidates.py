@@ -37,7 +37,7 @@ from pipeline.runtime.quantization import QuantSettings, arguments, quantize
 from pipeline.runtime.sessions import INPUT_NAME, SessionSettings
 from pipeline.runtime.timing import ProviderUnavailable, provider_name
 from pipeline.search import retime
-from pipeline.search.prune_ratio import search_ratio
+from pipeline.search.prune_ratio import search_limit, search_ratio
 from pipeline.training.augment import normalize
 
 # Screen and refine presets of each candidate's settings search: shorter than the bench stage's, which measures
@@ -51,6 +51,11 @@ FORMATS = {"fp32": ("fp32",), "int8": ("int8",), "fastest": ("fp32", "int8")}  #
 # Exported files kept per setting: `repeated` re-times one setting back to back and `edgeforge floor` each model's
 # two forms in turn, so a few suffice; older ones are deleted (a full-size model's file can be 100 MB).
 KEPT_SETTINGS = 8
+
+# A search's configuration over its limit by at most this factor is measured again while over it (`reaching`); one
+# further over is not: the slow episodes measured on this VM were 1.6-1.8x (once 4x, BENCHMARKS.md), and a search
+# measures several configurations over its limit on its way, each of which would wait out the rounds.
+SLOW_EPISODE = 2.0
 
 
 class Candidates:
@@ -193,6 +198,24 @@ def repeated(measure: Callable[[Any], dict[str, Any]], repeats: int) -> Callable
     return measured
 
 
+def reaching(measure: Callable[[Any], dict[str, Any]], params: Any) -> Callable[[Any], dict[str, Any]]:
+    """`measure` for a search: a configuration over the search's limit (the budget under prune.search_margin) by at
+    most SLOW_EPISODE times is measured again while over it (pipeline/search/retime.py: prune.retime_rounds,
+    retime_gap_s apart), the fastest deciding. In one CIFAR-10 run the per-layer search measured 0.0830 ms against
+    a 0.0725 ms limit, called the budget out of reach and removed 69% of the channels, where the same configuration
+    timed 0.0515 ms in the interleaved rounds that followed (BENCHMARKS.md, "A host at two speeds")."""
+    limit_ms = search_limit(params.target_latency_ms, params.search_margin)
+
+    def measured(setting: Any) -> dict[str, Any]:
+        first = measure(setting)
+        if first["latency_ms"] > SLOW_EPISODE * limit_ms:  # no slow episode puts it over: the search goes on
+            return first
+        again = params.retime_rounds, params.retime_gap_s
+        return retime.until_within(first, lambda: measure(setting), limit_ms, *again)
+
+    return measured
+
+
 def settings_tried(params: Any) -> list[SessionSettings]:
     """Every candidate is timed at its own fastest session settings, as its model would ship (or at
     prune.target_threads, spinning off, when set; a GPU provider takes no thread settings)."""
@@ -219,7 +242,7 @@ def method(params: Any) -> dict[str, Any]:
 def search(candidates: Candidates, params: Any) -> dict[str, Any]:
     """The decision for `params.target_latency_ms` (see pipeline.latency_search), with the method recorded."""
     decision = search_ratio(
-        repeated(candidates, params.search_repeats),
+        reaching(repeated(candidates, params.search_repeats), params),
         budget_ms=params.target_latency_ms,
         margin=params.search_margin,
         max_ratio=params.max_ratio,

@@ -13,6 +13,11 @@ PRUNE = {
     "latency_search": {
         "budget_ms": 0.063,
         # the chosen arm's measurement, listed once: as its arm
+        "search": "per_layer",
+        "trace": [
+            {"ratio": 0.3571, "latency_ms": 0.1691},  # over twice the limit: measured once
+            {"ratio": 0.5771, "latency_ms": 0.0554, "timed_again": again(0.0830, 0.0554)},
+        ],
         "achieved": {"latency_ms": 0.0551, "timed_again": again(0.0822, 0.0551)},
         "uniform_baseline": {"same_model": False, "achieved": {"latency_ms": 0.0790, "timed_again": again(0.1, 0.079)}},
     },
@@ -50,17 +55,18 @@ PRUNE = {
 def test_every_timing_taken_again_is_listed_once_in_the_order_the_stage_took_it():
     listed = gathered(PRUNE)
     assert [(entry["what"], entry["decided_ms"]) for entry in listed] == [
+        ("the per-layer search's configuration with 57.7% of channels removed", 0.0554),
         ("the arm without 1 block(s) after its fine-tune", 0.0551),
         ("the uniform search's model after its fine-tune", 0.0790),
         ("resnet8_s2 x32 untrained", 0.2),
         ("resnet8_s2 x16 untrained", 0.0529),
         ("mobilenet untrained", 0.09),
     ]
-    assert listed[3]["rounds_ms"] == [0.1062, 0.0987, 0.0529] and listed[3]["gap_s"] == 10.0
+    assert listed[4]["rounds_ms"] == [0.1062, 0.0987, 0.0529] and listed[4]["gap_s"] == 10.0
     # Without depth arms the search's own model is the one listed; a uniform arm that is the same model is not.
     alone = {**PRUNE, "depth": None}
     alone["latency_search"] = {**PRUNE["latency_search"], "uniform_baseline": {"same_model": True, "achieved": {}}}
-    assert [entry["what"] for entry in gathered(alone)][:2] == [
+    assert [entry["what"] for entry in gathered(alone)][1:3] == [
         "the pruned model after its fine-tune",
         "resnet8_s2 x32 untrained",
     ]

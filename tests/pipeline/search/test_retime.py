@@ -73,3 +73,15 @@ def test_a_model_measured_against_a_budget_is_timed_again_from_its_one_export(mo
     assert measured["timed_again"] == {"rounds_ms": [0.2, 0.15, 0.05], "gap_s": 7.0}
     assert not any(Path(candidates.work.name).iterdir())  # and its file is gone after
     candidates.close()
+
+
+def test_a_searchs_configuration_near_its_limit_is_measured_again_and_one_far_over_it_is_not(monkeypatch):
+    """prune_candidates.reaching: the limit is the budget under prune.search_margin (0.1 -> 0.09 ms); a configuration
+    over twice that (SLOW_EPISODE) is over whatever the host did, and the search goes on without waiting."""
+    monkeypatch.setattr(retime.time, "sleep", lambda s: None)
+    params = Params(target_latency_ms=0.1, search_margin=0.1, retime_rounds=4, retime_gap_s=0)
+    timings = {"near": iter([0.15, 0.12, 0.085]), "far": iter([0.19, 0.05])}
+    measure = prune_candidates.reaching(lambda setting: {"latency_ms": next(timings[setting])}, params)
+    near = measure("near")
+    assert near == {"latency_ms": 0.085, "timed_again": {"rounds_ms": [0.15, 0.12, 0.085], "gap_s": 0}}
+    assert measure("far") == {"latency_ms": 0.19}  # 0.19 > 2 x 0.09: measured once

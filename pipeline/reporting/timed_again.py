@@ -9,7 +9,10 @@ from typing import Any
 from pipeline.reporting.html_figures import escape as _e
 from pipeline.training.recipes import model_label
 
-HOW = "prune.retime_rounds, prune.retime_gap_s apart: a slow episode of the host only slows, so the fastest decides"
+HOW = (
+    "a search's configurations: over its limit, the budget less prune.search_margin; prune.retime_rounds, "
+    "prune.retime_gap_s apart: a slow episode of the host only slows, so the fastest decides"
+)
 
 
 def gathered(prune: dict[str, Any]) -> list[dict[str, Any]]:
@@ -56,12 +59,14 @@ def gathered(prune: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def timed_again_text(found: list[dict[str, Any]], budget_ms: float) -> str:
-    """ "WHAT X, then Y, Z ms, G s apart (Z decided[, over the budget]); ..." of `gathered`'s list."""
+    """ "WHAT X, then Y, Z ms, G s apart (Z decided[, over LIMIT]); ..." of `gathered`'s list: LIMIT is what the
+    rounds were held against, the budget or a search's limit."""
     said = []
     for entry in found:
         first, *later = entry["rounds_ms"]
         rounds = ", ".join(f"{ms:.4f}" for ms in later)
-        over = ", over the budget" if entry["decided_ms"] > budget_ms else ""
+        limit_ms = entry.get("limit_ms", budget_ms)
+        over = f", over {limit_ms:.4g}" if entry["decided_ms"] > limit_ms else ""
         said.append(
             f"{entry['what']} {first:.4f}, then {rounds} ms, {entry['gap_s']:g} s apart "
             f"({entry['decided_ms']:.4f} decided{over})"
@@ -75,7 +80,7 @@ def timed_again_lines(report: dict[str, Any]) -> list[str]:
     if not found:
         return []
     budget_ms = report["latency_search"]["budget_ms"]
-    return [f"- Timed again over the budget of {budget_ms:g} ms ({HOW}): {timed_again_text(found, budget_ms)}."]
+    return [f"- Timed again while over the budget of {budget_ms:g} ms ({HOW}): {timed_again_text(found, budget_ms)}."]
 
 
 def timed_again_section(report: dict[str, Any]) -> str:
@@ -83,4 +88,4 @@ def timed_again_section(report: dict[str, Any]) -> str:
     lines = timed_again_lines(report)
     if not lines:
         return ""
-    return f"<h2>Timed again over the budget</h2><p>{_e(lines[0].removeprefix('- '))}</p>"
+    return f"<h2>Timed again while over the budget</h2><p>{_e(lines[0].removeprefix('- '))}</p>"

@@ -208,7 +208,7 @@ def reaching(measure: Callable[[Any], dict[str, Any]], params: Any) -> Callable[
 
     def measured(setting: Any) -> dict[str, Any]:
         first = measure(setting)
-        if first["latency_ms"] > SLOW_EPISODE * limit_ms:  # no slow episode puts it over: the search goes on
+        if first["latency_ms"] > SLOW_EPISODE * limit_ms:  # further over than an episode explains: measured once
             return first
         again = params.retime_rounds, params.retime_gap_s
         return retime.until_within(first, lambda: measure(setting), limit_ms, *again)

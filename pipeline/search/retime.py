@@ -37,7 +37,7 @@ def until_within(
 ) -> dict[str, Any]:
     """`first` ({"latency_ms", ...}) when within `budget_ms` or `rounds` is 0; else `time_again()` after each
     `gap_s` wait, up to `rounds` times or until within: the fastest result, with "timed_again": {"rounds_ms" (every
-    timing in order, the first among them), "gap_s"}."""
+    timing in order, the first among them), "gap_s", "limit_ms": `budget_ms`}."""
     if first["latency_ms"] <= budget_ms or rounds == 0:
         return first
     results = [first]
@@ -56,4 +56,4 @@ def until_within(
         gap_s,
         fastest["latency_ms"],
     )
-    return {**fastest, "timed_again": {"rounds_ms": rounds_ms, "gap_s": gap_s}}
+    return {**fastest, "timed_again": {"rounds_ms": rounds_ms, "gap_s": gap_s, "limit_ms": budget_ms}}

@@ -239,7 +239,11 @@ def test_a_timing_over_the_budget_is_taken_again_and_the_report_lists_every_roun
     results = run_prune(store, *RESNET, "prune.target_latency_ms=996", "prune.drop_blocks=0", target="report")
     metrics = results["prune"].artifact.metrics
     (record,) = metrics["alternatives"]
-    again = {"rounds_ms": [5000.0, 1.0], "gap_s": 0.0}  # run_prune: prune.retime_gap_s=0, the default 4 rounds
+    again = {
+        "rounds_ms": [5000.0, 1.0],
+        "gap_s": 0.0,
+        "limit_ms": 996,
+    }  # run_prune: prune.retime_gap_s=0, the default 4 rounds
     assert record["widths"] == [{"width": 8, "latency_ms": 1.0, "timed_again": again}] and record["trained"]
     assert record["achieved"]["latency_ms"] == 1.0 and record["achieved"]["timed_again"] == again
     assert metrics["latency_search"]["achieved"]["timed_again"] == again  # the pruned student after its fine-tune
@@ -252,9 +256,9 @@ def test_a_timing_over_the_budget_is_taken_again_and_the_report_lists_every_roun
         "resnet8_s2 x8 trained",
     ]
     said = "resnet8_s2 x8 untrained 5000.0000, then 1.0000 ms, 0 s apart (1.0000 decided)"
-    assert "- Timed again over the budget of 996 ms (prune.retime_rounds" in report.file("report.md").read_text()
+    assert "- Timed again while over the budget of 996 ms (a search's" in report.file("report.md").read_text()
     assert said in report.file("report.md").read_text()
     assert (
-        "<h2>Timed again over the budget</h2><p>Timed again over the budget of 996 ms"
+        "<h2>Timed again while over the budget</h2><p>Timed again while over the budget of 996 ms"
         in report.file("report.html").read_text()
     )

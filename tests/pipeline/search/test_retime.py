@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pipeline.search import prune_candidates, retime
 from stages.prune import Params
 from tests.pipeline.search.test_prune_candidates import candidates_for
@@ -36,7 +38,7 @@ def test_a_timing_over_the_budget_is_taken_again_until_one_round_is_within_and_t
     assert decided == {
         "latency_ms": 0.0531,
         "format": "round 2",
-        "timed_again": {"rounds_ms": [0.1062, 0.0987, 0.0531], "gap_s": 10.0},
+        "timed_again": {"rounds_ms": [0.1062, 0.0987, 0.0531], "gap_s": 10.0, "limit_ms": 0.06297},
     }
     assert waits == [10.0, 10.0]
 
@@ -46,7 +48,11 @@ def test_a_network_over_the_budget_in_every_round_stays_over_at_its_fastest_roun
     first = {"latency_ms": 0.0822, "format": "round 0"}
     decided = retime.until_within(first, timings(0.0801, 0.0835, 0.0790, 0.0812), 0.063, 4, 2.5, waits.append)
     assert decided["latency_ms"] == 0.0790 > 0.063 and decided["format"] == "round 3"
-    assert decided["timed_again"] == {"rounds_ms": [0.0822, 0.0801, 0.0835, 0.0790, 0.0812], "gap_s": 2.5}
+    assert decided["timed_again"] == {
+        "rounds_ms": [0.0822, 0.0801, 0.0835, 0.0790, 0.0812],
+        "gap_s": 2.5,
+        "limit_ms": 0.063,
+    }
     assert waits == [2.5] * 4
 
 
@@ -70,7 +76,7 @@ def test_a_model_measured_against_a_budget_is_timed_again_from_its_one_export(mo
     measured = candidates.measure(candidates.student, budget_ms=0.1)
     assert candidates.exports == 1 and len(timed) == 3 and len(set(timed)) == 1
     assert measured["latency_ms"] == measured["fp32_ms"] == 0.05
-    assert measured["timed_again"] == {"rounds_ms": [0.2, 0.15, 0.05], "gap_s": 7.0}
+    assert measured["timed_again"] == {"rounds_ms": [0.2, 0.15, 0.05], "gap_s": 7.0, "limit_ms": 0.1}
     assert not any(Path(candidates.work.name).iterdir())  # and its file is gone after
     candidates.close()
 
@@ -83,5 +89,6 @@ def test_a_searchs_configuration_near_its_limit_is_measured_again_and_one_far_ov
     timings = {"near": iter([0.15, 0.12, 0.085]), "far": iter([0.19, 0.05])}
     measure = prune_candidates.reaching(lambda setting: {"latency_ms": next(timings[setting])}, params)
     near = measure("near")
-    assert near == {"latency_ms": 0.085, "timed_again": {"rounds_ms": [0.15, 0.12, 0.085], "gap_s": 0}}
+    assert near["latency_ms"] == 0.085 and near["timed_again"]["rounds_ms"] == [0.15, 0.12, 0.085]
+    assert near["timed_again"]["limit_ms"] == pytest.approx(0.09)
     assert measure("far") == {"latency_ms": 0.19}  # 0.19 > 2 x 0.09: measured once

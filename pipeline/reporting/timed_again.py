@@ -16,7 +16,8 @@ HOW = (
 
 
 def gathered(prune: dict[str, Any]) -> list[dict[str, Any]]:
-    """[{"what", "rounds_ms", "gap_s", "decided_ms"}] of every timing taken again: the searches' configurations (the
+    """[{"what", "rounds_ms", "gap_s", "limit_ms", "decided_ms"}] of every timing taken again ("limit_ms" absent in
+    prune entries from before it: the budget): the searches' configurations (the
     chosen arm's search, the uniform one's), the depth arms after their fine-tune (or the one pruned model), the
     uniform baseline's model, then each alternative untrained and trained."""
     found: list[dict[str, Any]] = []

@@ -53,7 +53,8 @@ SECTION = "prune"
 # 23: that budget from the teacher's fastest of at least 5 timings, not the median of prune.search_repeats
 # 24: a timing over the budget (a search's: near its limit) taken again (prune.retime_rounds, retime_gap_s apart),
 #     the fastest deciding; the teacher's sessions for a relative budget retime_gap_s apart
-VERSION = 24
+# 25: an alternative over the budget once trained falls back to its narrower widths (prune_alternatives)
+VERSION = 25
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")

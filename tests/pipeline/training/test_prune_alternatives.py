@@ -10,6 +10,7 @@ import pytest
 from pipeline.errors import ConfigError
 from pipeline.runner import load_config
 from pipeline.search import prune_budget
+from pipeline.training import prune_alternatives
 from pipeline.training.prune_alternatives import (
     Alternative,
     auto_widths,
@@ -17,6 +18,7 @@ from pipeline.training.prune_alternatives import (
     parse,
     resolve,
     summary,
+    trained_within_budget,
     widest_within,
 )
 
@@ -127,3 +129,38 @@ def test_the_summary_says_what_each_alternative_measured_and_which_ships():
         "(0.0912 ms untrained, over the budget); "
     )
     assert summary(None) == "" and summary([]) == ""
+
+
+def test_an_alternative_over_the_budget_trained_falls_back_to_its_narrower_widths(monkeypatch):
+    """auto's widest within the budget untrained (24) measures over it trained: the narrower widths are timed next,
+    and the widest of those within it (16) is trained too, with checkpoints of its own; both are recorded."""
+    untrained_ms, trained_ms = {32: 0.0854, 24: 0.0689, 16: 0.0529, 8: 0.04}, {24: 0.0739, 16: 0.0540}
+    timed = []
+
+    def achieved(model, spec, dataset, params):
+        first = spec.width not in timed
+        timed.append(spec.width)
+        return {"latency_ms": (untrained_ms if first else trained_ms)[spec.width]}
+
+    runs = []
+
+    def train(model, spec, teacher, dataset, params, distill_params, out_dir, name):
+        runs.append(name)
+        return {"epochs": 1, "validation_accuracy": spec.width / 100, "test_accuracy": 0.5, "history": []}
+
+    monkeypatch.setattr(prune_budget, "achieved", achieved)
+    monkeypatch.setattr(prune_alternatives, "train_from_scratch", train)
+    dataset = SimpleNamespace(train_images=np.zeros((1, 3, 8, 8), np.float32), class_names=["a", "b"])
+    params = SimpleNamespace(target_latency_ms=0.0720)
+    models = [("resnet8_s2", (32, 24, 16, 8))]
+    found = trained_within_budget(models, None, dataset, params, {"seed": 0, "baseline": False}, None)
+    assert [a.record["model"] for a in found] == ["resnet8_s2 x24", "resnet8_s2 x16"]
+    assert timed == [32, 24, 24, 16, 16] and runs == ["alternative-0", "alternative-0-x16"]
+    assert [entry["width"] for entry in found[1].record["widths"]] == [16]  # 8 not timed: 16 was within
+    assert found[1].record["achieved"]["latency_ms"] == 0.0540 and found[1].model is not None
+    # Within the budget trained, or no narrower width left: no fallback.
+    timed.clear()
+    runs.clear()
+    trained_ms[24] = 0.0700
+    assert len(trained_within_budget(models, None, dataset, params, {"seed": 0, "baseline": False}, None)) == 1
+    assert runs == ["alternative-0"]

@@ -163,10 +163,12 @@ class Params:
     # Each configuration a search decides on is measured this many times and the median counts (the per-layer
     # table's entries once): one measurement on a shared 2-core VM was 50% off and sent the search astray.
     search_repeats: int = 3
-    # A timing over the budget that decides what is trained or ships (an alternative untrained, an arm after its
-    # fine-tune) is taken again up to this many times, retime_gap_s apart, until within it; the fastest decides
-    # (pipeline/search/retime.py). This VM has run small models at two speeds 1.6-1.8x apart for seconds to minutes
-    # at a time, and one slow timing left the CIFAR-10 profile with no network within its budget (BENCHMARKS.md).
+    # A timing over the budget that decides what is trained or ships (an alternative untrained or trained, an arm
+    # after its fine-tune; a search's configuration over its limit by at most 2x) is taken again up to this many
+    # times, retime_gap_s apart, until within it; the fastest decides (pipeline/search/retime.py). The teacher's
+    # sessions for target_speedup_vs_teacher are retime_gap_s apart too. This VM has run small models at two speeds
+    # 1.6-1.8x apart for seconds to minutes at a time, and one slow timing left the CIFAR-10 profile with no network
+    # within its budget (BENCHMARKS.md).
     retime_rounds: int = 4
     retime_gap_s: float = 10.0
     # per_layer and sampled: also prune to the uniform search's ratio at the same budget and fine-tune it the same

@@ -30,30 +30,30 @@ log = logging.getLogger(__name__)
 def until_within(
     first: dict[str, Any],
     time_again: Callable[[], dict[str, Any]],
-    budget_ms: float,
+    limit_ms: float,
     rounds: int,
     gap_s: float,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
-    """`first` ({"latency_ms", ...}) when within `budget_ms` or `rounds` is 0; else `time_again()` after each
-    `gap_s` wait, up to `rounds` times or until within: the fastest result, with "timed_again": {"rounds_ms" (every
-    timing in order, the first among them), "gap_s", "limit_ms": `budget_ms`}."""
-    if first["latency_ms"] <= budget_ms or rounds == 0:
+    """`first` ({"latency_ms", ...}) when within `limit_ms` (the budget, or a search's limit under its margin) or
+    `rounds` is 0; else `time_again()` after each `gap_s` wait, up to `rounds` times or until within: the fastest
+    result, with "timed_again": {"rounds_ms" (every timing in order, the first among them), "gap_s", "limit_ms"}."""
+    if first["latency_ms"] <= limit_ms or rounds == 0:
         return first
     results = [first]
     for _ in range(rounds):
         sleep(gap_s)
         results.append(time_again())
-        if results[-1]["latency_ms"] <= budget_ms:
+        if results[-1]["latency_ms"] <= limit_ms:
             break
     rounds_ms = [result["latency_ms"] for result in results]
     fastest = min(results, key=lambda result: result["latency_ms"])
     log.info(
         "prune: %.4f ms over %.4g: timed again %s, %g s apart; the fastest, %.4f ms, decides",
         first["latency_ms"],
-        budget_ms,
+        limit_ms,
         ", ".join(f"{ms:.4f}" for ms in rounds_ms[1:]),
         gap_s,
         fastest["latency_ms"],
     )
-    return {**fastest, "timed_again": {"rounds_ms": rounds_ms, "gap_s": gap_s, "limit_ms": budget_ms}}
+    return {**fastest, "timed_again": {"rounds_ms": rounds_ms, "gap_s": gap_s, "limit_ms": limit_ms}}

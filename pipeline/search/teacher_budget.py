@@ -53,7 +53,8 @@ def measured(model: nn.Module | None, spec: ModelSpec | None, onnx_path: Path | 
         exported = measure.export(model) if onnx_path is None else {"paths": {"fp32": onnx_path}}
         # The first measurement searches the session settings; the others re-time the file at those, each after a
         # wait of prune.retime_gap_s: five sessions back to back once all fell in one slow episode (0.54-0.56 ms,
-        # where the same teacher timed 0.42 a minute before), and the budget was 1.3x too loose.
+        # where a probe 12 minutes before had timed the same teacher at 0.42): a budget of 0.0901 ms, where the two
+        # runs after it, their sessions 10 s apart, had 0.0806 and 0.0720 (BENCHMARKS.md, "A host at two speeds").
         runs = []
         for _ in range(max(prune.search_repeats, TEACHER_REPEATS)):
             if runs:

@@ -136,8 +136,9 @@ def trained_within_budget(
     for index, (name, widths) in enumerate(models):
         left, run = widths, f"alternative-{index}"
         while left:
-            alternative, timed = trained_at_widest(name, left, len(widths) > 1, teacher, dataset, params,
-                                                   distill_params, out_dir, run)  # fmt: skip
+            alternative, timed = trained_at_widest(
+                name, left, len(widths) > 1, teacher, dataset, params, distill_params, out_dir, run
+            )
             found.append(alternative)
             left = left[len(timed) :]  # the narrower widths, not timed yet
             record = alternative.record

@@ -42,7 +42,7 @@ from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, parse_provider_
 
 NAME = "bench"
 SECTION = "bench"
-VERSION = 8
+VERSION = 9  # 9: every latency records the 95% intervals of its p95 and p99 (latency_basis: bound reads them)
 INPUTS = ("data", "export", "quantize")
 TRAINS = False
 OUTPUTS = ("bench.json",)

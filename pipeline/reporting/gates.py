@@ -21,12 +21,14 @@ what it compared.
 
 A latency gate compares the percentile of the pooled runs of the bench's kept rounds, or with `latency_basis:
 bound` the end of what the bench measured that is worst for the model (`latency_value`): for a p50 its slowest kept
-round's median, for a p90 the upper end of the p90's 95% interval; a p95 or p99 has no interval and compares its
-pooled value on either basis. The speed-up gate with `bound` divides the teacher's fastest timing in the bench
-(`fastest_timing_ms`: every round's median, the rounds dropped as disturbed among them, and its settings search's
-timing of the settings it kept) by the edge model's slowest kept round. Why: on 2-core VMs the teacher's 2-thread
-timing moved 1.5x within one bench (0.4200 ms in its settings search, 0.6015-0.6726 ms in the rounds) while the
-1-thread edge model held; the point estimate read 11.27x, the bound about 7x (BENCHMARKS.md).
+round's median, for a p90, p95 or p99 the upper end of that percentile's 95% interval (the slowest run where the
+runs are too few for one: under 36 for a p90, 72 for a p95, 368 for a p99). A bench before bench VERSION 9 measured
+no interval for a p95 or p99, and its gates compare the pooled value on either basis. The speed-up gate with
+`bound` divides the teacher's fastest timing in the bench (`fastest_timing_ms`: every round's median, the rounds
+dropped as disturbed among them, and its settings search's timing of the settings it kept) by the edge model's
+slowest kept round. Why: on 2-core VMs the teacher's 2-thread timing moved 1.5x within one bench (0.4200 ms in its
+settings search, 0.6015-0.6726 ms in the rounds) while the 1-thread edge model held; the point estimate read 11.27x,
+the bound about 7x (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 from pipeline.reporting.intervals import paired_difference, unpack
+from pipeline.runtime.latency import has_upper_bound
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, provider_name
 
 SPLITS = {
@@ -78,8 +81,14 @@ def latency_value(model: dict, batch: int, percentile: str, provider: str, basis
     point = stats[f"{percentile}_ms"]
     if basis == "bound" and percentile == "p50" and stats.get("round_medians_ms"):
         return max(stats["round_medians_ms"]), f"bound: the slowest kept round's median (p50 {point:.4g})"
-    if basis == "bound" and percentile == "p90" and stats.get("p90_ci_ms"):
-        return stats["p90_ci_ms"][1], f"bound: the upper end of the p90's 95% interval (p90 {point:.4g})"
+    interval = stats.get(f"{percentile}_ci_ms")
+    if basis == "bound" and percentile != "p50" and interval:
+        if has_upper_bound(stats["runs"], int(percentile[1:]) / 100):
+            return interval[1], f"bound: the upper end of the {percentile}'s 95% interval ({percentile} {point:.4g})"
+        return interval[1], (
+            f"bound: the slowest run, {stats['runs']} runs being too few for a 95% upper bound on the {percentile} "
+            f"({percentile} {point:.4g})"
+        )
     return point, f"{percentile} of the pooled runs"
 
 

@@ -133,24 +133,29 @@ def _batches(report: dict) -> list[str]:
     return sorted(seen, key=lambda b: int(b) if b.isdigit() else math.inf)
 
 
-def _latency_cells(model: dict, batch: str, with_ci: bool) -> str:
+CI_KEYS = ("p90_ci_ms", "p99_ci_ms")  # the intervals shown; a bench before bench VERSION 9 has the p90's only
+
+
+def _latency_cells(model: dict, batch: str, ci_keys: list[str]) -> str:
     lat = latency_at(model, batch)
     if lat is None:
-        return "<td>–</td><td>–</td>" if with_ci else "<td>–</td>"
+        return "<td>–</td>" * (1 + len(ci_keys))
     cells = f"<td>{' / '.join(f'{lat[s]:.3f}' for s in STATS)}</td>"
-    if with_ci:
-        ci = lat.get("p90_ci_ms")
+    for key in ci_keys:
+        ci = lat.get(key)
         cells += f"<td>{ci[0]:.3f} – {ci[1]:.3f}</td>" if ci else "<td>–</td>"
     return cells
 
 
 def _models_table(report: dict) -> str:
     batches = _batches(report)
-    has_ci = {b: any((latency_at(m, b) or {}).get("p90_ci_ms") for m in report["models"]) for b in batches}
+    ci_keys = {
+        b: [key for key in CI_KEYS if any((latency_at(m, b) or {}).get(key) for m in report["models"])] for b in batches
+    }
     header = ["model", "validation accuracy [95%]", "test accuracy [95%]", "agrees with teacher", "params", "MACs"]
     header += ["size (bytes)"]
     for b in batches:
-        header += [f"bs{b} p50 / p90 / p99 (ms)"] + ([f"bs{b} p90 CI (ms)"] if has_ci[b] else [])
+        header += [f"bs{b} p50 / p90 / p99 (ms)"] + [f"bs{b} {key[:3]} 95% CI (ms)" for key in ci_keys[b]]
     rows = []
     for m in report["models"]:
         edge = m["name"] == report["edge_model"]
@@ -159,7 +164,7 @@ def _models_table(report: dict) -> str:
             f"<td>{_accuracy(m.get('validation_accuracy'), m.get('validation_interval'))}</td>"
             f"<td>{_accuracy(m['accuracy'], m.get('accuracy_interval'))}</td>"
             f"<td>{_fmt(m.get('agreement_with_teacher'), '.4f')}</td><td>{m['params']:,}</td><td>{m['macs']:,}</td>"
-            f"<td>{m['size_bytes']:,}</td>" + "".join(_latency_cells(m, b, has_ci[b]) for b in batches)
+            f"<td>{m['size_bytes']:,}</td>" + "".join(_latency_cells(m, b, ci_keys[b]) for b in batches)
         )
         rows.append(f'<tr class="{"edge" if edge else ""}">{cells}</tr>')
     settings = "; ".join(f"{m['name']}: {m['settings_label']}" for m in report["models"] if "settings_label" in m)

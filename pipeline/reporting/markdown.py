@@ -20,23 +20,26 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def _latency_table(models: list[dict], provider: str) -> list[str]:
+def latency_table(models: list[dict], provider: str) -> list[str]:
     batches = list(models[0]["latency"][provider])
     rows = []
     for m in models:
         row = [m["name"], m.get("settings_label", "")]
         for b in batches:
             stats = m["latency"][provider][b]
-            ci = stats.get("p90_ci_ms")
-            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
             spread = (
                 ""
                 if "spread" not in stats
                 else f", spread {stats['spread']:.0%}" + ("" if stats["stable"] else " **unstable**")
             )
-            row.append(f"{stats['p50_ms']:.4f} / {stats['p90_ms']:.4f}{interval} / {stats['p99_ms']:.4f}{spread}")
+            p90, p99 = (f"{stats[f'{p}_ms']:.4f}{_interval(stats.get(f'{p}_ci_ms'))}" for p in ("p90", "p99"))
+            row.append(f"{stats['p50_ms']:.4f} / {p90} / {p99}{spread}")
         rows.append(row)
     return _table(["model", "session settings", *[f"batch {b}" for b in batches]], rows)
+
+
+def _interval(ci: list[float] | None) -> str:
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""  # a bench before bench VERSION 9 has no p99 interval
 
 
 def method_text(method: dict[str, Any]) -> str:
@@ -105,8 +108,12 @@ def models_section(report: dict[str, Any]) -> list[str]:
     lines += teacher_lines(report)
     lines += ["", sentence] if (sentence := pruned_is_alternative(report)) else []
     for provider in report["models"][0]["latency"]:  # one latency table per provider measured
-        lines += ["", f"Latency on {provider} (p50 / p90 / p99 ms; p90's 95% interval where measured):", ""]
-        lines += _latency_table(report["models"], provider)
+        lines += [
+            "",
+            f"Latency on {provider} (p50 / p90 / p99 ms; the p90's and p99's 95% intervals where measured):",
+            "",
+        ]
+        lines += latency_table(report["models"], provider)
     lines += ["", f"**{moved}**"] if (moved := moved_text(report)) else []
     skipped = report.get("skipped_providers") or {}
     return lines + ([""] if skipped else []) + [f"- {name}: skipped ({why})" for name, why in skipped.items()]

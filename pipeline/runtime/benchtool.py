@@ -19,7 +19,7 @@ import onnx
 from pipeline.errors import ConfigError
 from pipeline.runtime import environment, targets, tuning
 from pipeline.runtime.feeds import Signature, check_shapes, input_dtypes, make_feed, resolve_batches
-from pipeline.runtime.latency import summarize
+from pipeline.runtime.latency import summarize, tail_intervals
 from pipeline.runtime.onnx_files import input_signature, load_checked, output_signature
 from pipeline.runtime.rounds import measure
 from pipeline.runtime.rounds import method as rounds_method
@@ -184,6 +184,7 @@ def measure_combinations(
             "batch": batch,
             "session_seconds": seconds[name],
             **summarize(measured[name]["times"], batch),
+            **tail_intervals(measured[name]["times"]),
             "round_medians_ms": measured[name]["round_medians"],
             "spread": measured[name]["spread"],
             "stable": measured[name]["stable"],

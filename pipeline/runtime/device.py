@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.runtime import environment, memory, rounds, tuning
-from pipeline.runtime.latency import summarize
+from pipeline.runtime.latency import summarize, tail_intervals
 from pipeline.runtime.predict import Normalized
 from pipeline.runtime.sessions import INPUT_NAME, SessionSettings, run_batches, session
 from pipeline.runtime.timing import ProviderUnavailable, provider_name, time_session
@@ -100,6 +100,7 @@ def measure_latency(
             name, batch = key.rsplit("@", 1)
             stats = {
                 **summarize(result["times"], int(batch)),
+                **tail_intervals(result["times"]),  # what signoff.latency_basis: bound reads for a p95 or p99
                 "round_medians_ms": result["round_medians"],
                 "dropped_rounds_ms": result["dropped_medians"],
                 "spread": result["spread"],

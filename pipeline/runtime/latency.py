@@ -15,7 +15,10 @@ Method, recorded so a number can be signed off:
   smallest with P(B <= s - 1) >= 97.5% (equal tails, coverage >= 95%). The binomial CDF is computed exactly in
   log space (math.lgamma) over nq +- 12 standard deviations, outside of which the mass is below 1e-30, so this is
   exact and costs O(sqrt(n)) even for millions of runs. When n is too small for a side to exist (the upper side
-  needs n >= 35 for p90), that side is the sample min or max and the interval covers less than 95%.
+  needs n >= 36 for p90), that side is the sample min or max and the interval covers less than 95%.
+- `tail_intervals` gives the same interval for the p95 and the p99, which the bench records for the sign-off's
+  `latency_basis: bound`. Their upper sides need more runs: n >= 72 for the p95 and n >= 368 for the p99; below
+  that the upper end is the slowest run.
 - `histogram` has 30 equal bins between the 0.5th and 99.5th percentiles; runs outside that range are counted in
   the first or last bin, so the counts sum to `runs`.
 
@@ -53,6 +56,7 @@ def per_round(total: dict, rounds: int) -> dict:
 PERCENTILES = (50, 90, 95, 99)
 CI_QUANTILE = 0.9
 CI_CONFIDENCE = 0.95
+TAIL_QUANTILES = (0.95, 0.99)
 HISTOGRAM_BINS = 30
 HISTOGRAM_RANGE = (0.5, 99.5)  # percentiles bounding the bins; the rest goes into the end bins
 _WINDOW_SDS = 12  # binomial mass beyond nq +- 12 sd is < 1e-30: negligible next to the 2.5% tails we look for
@@ -126,6 +130,18 @@ def summarize(times_ms: Sequence[float] | np.ndarray, batch: int = 1) -> dict[st
         "p90_ci_ms": [low, high],
         "histogram": histogram(times),
     }
+
+
+def tail_intervals(times_ms: Sequence[float] | np.ndarray) -> dict[str, list[float]]:
+    """{"p95_ci_ms", "p99_ci_ms"}: the 95% intervals of the tail percentiles, as `p90_ci_ms` is for the p90."""
+    times = np.sort(np.asarray(times_ms, dtype=np.float64))
+    return {f"p{round(q * 100)}_ci_ms": list(percentile_ci(times, q, CI_CONFIDENCE)) for q in TAIL_QUANTILES}
+
+
+def has_upper_bound(runs: int, quantile: float) -> bool:
+    """Whether `runs` runs are enough for the upper end of `quantile`'s 95% interval to be an order statistic below
+    the slowest run (otherwise that end is the slowest run and covers less)."""
+    return order_statistic_ranks(runs, quantile, CI_CONFIDENCE)[1] <= runs
 
 
 def percentile_ci(sorted_times: np.ndarray, quantile: float, confidence: float) -> tuple[float, float]:

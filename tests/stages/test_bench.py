@@ -22,6 +22,9 @@ def test_bench_measures_every_model_at_every_batch(tiny_run):
             stats = model["latency"][PROVIDER][batch]
             assert stats["runs"] >= 2 * 20 and 0 < stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
             assert len(stats["round_medians_ms"]) == 2 and stats["spread"] >= 0  # two interleaved rounds
+            for percentile in ("p95", "p99"):  # what a bound p95 or p99 gate reads
+                low, high = stats[f"{percentile}_ci_ms"]
+                assert low <= stats[f"{percentile}_ms"] <= high <= stats["max_ms"]
         assert 0.5 < model["accuracy"] <= 1.0
         chosen = [entry for entry in model["settings_search"] if entry["chosen"]]
         assert len(model["settings_search"]) == metrics["machine"]["cores"] and len(chosen) == 1  # 1 thread, 2, ...

@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.reporting.gates import choose_edge_model, gates_each_model_fails, pareto_front, signoff_gates
 from pipeline.reporting.html import render_html
+from pipeline.reporting.markdown import latency_table
 from stages.bench import PROVIDER
 from stages.report import Params
 from tests.stages.test_report import scores
@@ -35,6 +36,8 @@ def latency(p50: float, optional: bool) -> dict:
                 "p90_ci_ms": [p * 1.25, p * 1.35],
                 "histogram": {"edges_ms": edges, "counts": [5, 60, 70, 30, 15, 12, 8]},
             }
+            if batch == "1":  # bench VERSION 9 measures the p99's interval; a table from an older one has none
+                stats["p99_ci_ms"] = [p * 1.9, p * 2.1]
         out[batch] = stats
     return {PROVIDER: out}
 
@@ -142,7 +145,8 @@ def test_page_holds_verdict_models_plots_gates_and_is_self_contained(optional):
     assert all(f">{m['name']}" in page for m in report["models"])
     assert page.count("<svg") >= 5  # accuracy/latency, distributions, size/MACs, training, per-class
     assert all(g["name"] in page for g in report["signoff"]["gates"])
-    assert ("p90 CI" in page) is optional
+    assert ("bs1 p90 95% CI" in page) is optional and ("bs8 p90 95% CI" in page) is optional
+    assert ("bs1 p99 95% CI" in page) is optional and "bs8 p99 95% CI" not in page
     # Every string from the report is escaped; nothing can run or load.
     assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "dog &amp; co" in page
     assert not re.search(r"<(link|img|iframe|object|embed)\b", page)
@@ -150,6 +154,13 @@ def test_page_holds_verdict_models_plots_gates_and_is_self_contained(optional):
     assert not re.search(r"url\(\s*['\"]?(https?:)?//", page) and "@import" not in page
     # The only URL is the one the report itself carries, escaped as text.
     assert re.findall(r"https?://[^\s<\"')]*", page) == ["https://example.invalid/docs"]
+
+
+def test_report_md_gives_the_p90s_and_p99s_intervals_where_the_bench_measured_them():
+    text = "\n".join(latency_table(synthetic_report()["models"], PROVIDER))
+    # the student at batch 1 (p50 0.3), then at batch 8 (an older bench's table: the p90's interval only)
+    batch_1 = "0.3000 / 0.3900 [0.375, 0.405] / 0.6000 [0.570, 0.630]"
+    assert f"| student |  | {batch_1} | 1.5000 / 1.9500 [1.875, 2.025] / 3.0000 |" in text
 
 
 def test_failed_signoff_shows_red_banner_and_failing_gate():

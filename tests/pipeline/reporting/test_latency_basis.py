@@ -41,9 +41,38 @@ def test_bound_reads_the_slowest_kept_round_and_the_p90_intervals_upper_end():
         "bound: the slowest kept round's median (p50 0.0569)",
     )
     assert latency_value(edge, 1, "p90", "cpu", "bound")[0] == 1.1  # the upper end of p90_ci_ms
+    # a bench before bench VERSION 9 has no interval for the p99: its pooled value on either basis
     assert latency_value(edge, 1, "p99", "cpu", "bound") == (pytest.approx(0.0569 * 1.5), "p99 of the pooled runs")
     assert latency_value(edge, 64, "p50", "cpu", "bound") == (None, "not measured")
     assert latency_value(edge, 1, "p50", "cuda", "bound") == (None, "not measured")
+
+
+def test_bound_reads_the_upper_end_of_a_p95_or_p99_interval_or_the_slowest_run_where_the_runs_are_too_few():
+    models = the_bench_of_benchmarks_md()
+    edge = models[2]
+    stats = edge["latency"][PROVIDER]["1"]
+    stats |= {"p95_ms": 0.075, "p95_ci_ms": [0.07, 0.08], "p99_ci_ms": [0.08, 0.12], "runs": 100, "max_ms": 0.12}
+    assert latency_value(edge, 1, "p95", "cpu", "point") == (0.075, "p95 of the pooled runs")
+    assert latency_value(edge, 1, "p95", "cpu", "bound") == (
+        0.08,
+        "bound: the upper end of the p95's 95% interval (p95 0.075)",
+    )
+    assert latency_value(edge, 1, "p99", "cpu", "bound") == (  # 100 runs: the p99's upper bound needs 368
+        0.12,
+        "bound: the slowest run, 100 runs being too few for a 95% upper bound on the p99 (p99 0.08535)",
+    )
+    stats["runs"] = 400
+    assert latency_value(edge, 1, "p99", "cpu", "bound")[1].startswith("bound: the upper end of the p99's 95%")
+    stats["runs"] = 30  # too few for the p90's upper bound too
+    assert latency_value(edge, 1, "p90", "cpu", "bound")[1].startswith("bound: the slowest run, 30 runs being")
+    gates = signoff_gates(edge, models, Params(latency_limits=("cpu:1:p95<=0.078",), latency_basis="bound"))
+    assert [(g["value"], g["passed"]) for g in gates if g["name"] == "max_latency_ms_p95_cpu_batch_1"] == [
+        (0.08, False)
+    ]
+    gates = signoff_gates(edge, models, Params(latency_limits=("cpu:1:p95<=0.078",)))
+    assert [(g["value"], g["passed"]) for g in gates if g["name"] == "max_latency_ms_p95_cpu_batch_1"] == [
+        (0.075, True)
+    ]
 
 
 def test_the_teachers_fastest_timing_counts_dropped_rounds_and_its_settings_search():

@@ -8,7 +8,15 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.runtime.latency import QUICK, SIGN_OFF, order_statistic_ranks, summarize, time_runs
+from pipeline.runtime.latency import (
+    QUICK,
+    SIGN_OFF,
+    has_upper_bound,
+    order_statistic_ranks,
+    summarize,
+    tail_intervals,
+    time_runs,
+)
 
 KEYS = {
     "p50_ms",
@@ -107,10 +115,31 @@ def test_ranks_for_1000_runs_and_for_millions():
 
 
 def test_small_samples_fall_back_to_min_and_max():
-    assert order_statistic_ranks(10, 0.9, 0.95) == (7, 11)  # a lower bound exists, an upper one needs n >= 35
+    assert order_statistic_ranks(10, 0.9, 0.95) == (7, 11)  # a lower bound exists, an upper one needs n >= 36
     times = np.arange(1.0, 11.0)
     assert summarize(times)["p90_ci_ms"] == [7.0, 10.0]
     assert order_statistic_ranks(1, 0.9, 0.95) == (0, 2)  # neither side exists
+
+
+@pytest.mark.parametrize("quantile,fewest", [(0.9, 36), (0.95, 72), (0.99, 368)])
+def test_an_upper_bound_needs_enough_runs(quantile, fewest):
+    # 1 - q**n >= 97.5%: the slowest run is above the quantile with that probability only from `fewest` runs on
+    assert not has_upper_bound(fewest - 1, quantile) and has_upper_bound(fewest, quantile)
+    assert exact_ranks(fewest, quantile, 0.95)[1] == fewest  # the slowest of `fewest` runs
+    assert exact_ranks(fewest - 1, quantile, 0.95)[1] == fewest  # rank n + 1: no upper bound among n runs
+
+
+def test_tail_intervals_cover_the_true_p95_and_p99_about_95_percent_of_the_time():
+    rng = np.random.default_rng(3)
+    n, trials = 1000, 1000
+    samples = rng.exponential(1.0, size=(trials, n))
+    for quantile in (0.95, 0.99):
+        true = -math.log(1 - quantile)
+        key = f"p{round(quantile * 100)}_ci_ms"
+        covered = [low <= true <= high for low, high in (tail_intervals(sample)[key] for sample in samples)]
+        assert 0.93 <= np.mean(covered) <= 0.99, (quantile, np.mean(covered))
+    few = tail_intervals(np.arange(1.0, 301.0))  # 300 runs: a p95 upper bound below the slowest, no p99 one
+    assert few["p95_ci_ms"][1] < 300.0 and few["p99_ci_ms"][1] == 300.0
 
 
 def test_p90_interval_covers_the_true_p90_about_95_percent_of_the_time():

@@ -192,7 +192,7 @@ def bench_command(
     tune: bool,
     as_json: bool,
 ) -> None:
-    """Measure the latency of any ONNX file in onnxruntime: p50/p90/p95/p99, p90 confidence interval,
+    """Measure the latency of any ONNX file in onnxruntime: p50/p90/p95/p99, their 95% confidence intervals,
     mean, std, throughput and the spread between rounds per provider, session settings and batch size.
 
     Inputs are fixed random tensors of the model's input signature (seeded).

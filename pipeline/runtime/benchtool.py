@@ -222,7 +222,17 @@ def describe_file(path: Path, model: onnx.ModelProto, signature: Signature) -> d
 def format_table(result: dict) -> str:
     """The results as a fixed-width table, a line about the model before it and one about the environment after."""
     model = result["model"]
-    header = ["provider", "threads", "batch", "p50 ms", "p90 ms [95% CI]", "p99 ms", "mean±std ms", "img/s", "runs"]
+    header = [
+        "provider",
+        "threads",
+        "batch",
+        "p50 ms",
+        "p90 ms [95% CI]",
+        "p99 ms [95% CI]",
+        "mean±std ms",
+        "img/s",
+        "runs",
+    ]
     header += ["spread"]
     rows, skipped = [header], []
     for entry in result["results"]:
@@ -230,6 +240,7 @@ def format_table(result: dict) -> str:
             skipped.append(f"{entry['provider']}: skipped: {entry['skipped']}")
             continue
         low, high = entry["p90_ci_ms"]
+        p99_low, p99_high = entry["p99_ci_ms"]
         rows.append(
             [
                 entry["provider"],
@@ -237,7 +248,7 @@ def format_table(result: dict) -> str:
                 str(entry["batch"]),
                 _ms(entry["p50_ms"]),
                 f"{_ms(entry['p90_ms'])} [{_ms(low)}, {_ms(high)}]",
-                _ms(entry["p99_ms"]),
+                f"{_ms(entry['p99_ms'])} [{_ms(p99_low)}, {_ms(p99_high)}]",
                 f"{_ms(entry['mean_ms'])}±{_ms(entry['std_ms'])}",
                 f"{entry['throughput_ips']:.1f}",
                 str(entry["runs"]),

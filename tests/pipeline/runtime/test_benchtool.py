@@ -157,6 +157,8 @@ def test_format_table_has_a_row_per_result_and_the_environment(conv_file, monkey
     lines = format_table(result).splitlines()
     assert lines[0].startswith(f"model: {conv_file}")
     assert lines[1].split()[:4] == ["provider", "threads", "batch", "p50"]
+    assert "p90 ms [95% CI]" in lines[1] and "p99 ms [95% CI]" in lines[1]
+    assert all(row.count("[") == 2 for row in lines[2:4])  # each row gives both intervals
     assert [line.split()[:3] for line in lines[2:4]] == [["cpu", "1", "1"], ["cpu", "1", "2"]]
     assert lines[4] == "cuda: skipped: onnxruntime has no CUDAExecutionProvider (install the gpu extra)"
     assert lines[5].startswith("environment: ") and "onnxruntime" in lines[5]

@@ -192,8 +192,9 @@ def bench_command(
     tune: bool,
     as_json: bool,
 ) -> None:
-    """Measure the latency of any ONNX file in onnxruntime: p50/p90/p95/p99, their 95% confidence intervals,
-    mean, std, throughput and the spread between rounds per provider, session settings and batch size.
+    """Measure the latency of any ONNX file in onnxruntime: p50/p90/p95/p99, the 95% confidence intervals of the
+    p90, p95 and p99, mean, std, throughput and the spread between rounds per provider, session settings and batch
+    size.
 
     Inputs are fixed random tensors of the model's input signature (seeded).
     """

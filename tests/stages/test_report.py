@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.reporting.gates import choose_edge_model, edge_reason, signoff_gates
 from pipeline.reporting.intervals import accuracy_with_interval
-from pipeline.reporting.markdown import scratch_epochs_text
+from pipeline.reporting.steps_section import scratch_epochs_text
 from stages.bench import PROVIDER
 from stages.report import Params
 

@@ -54,7 +54,9 @@ SECTION = "prune"
 # 24: a timing over the budget (a search's: near its limit) taken again (prune.retime_rounds, retime_gap_s apart),
 #     the fastest deciding; the teacher's sessions for a relative budget retime_gap_s apart
 # 25: an alternative over the budget once trained falls back to its narrower widths (prune_alternatives)
-VERSION = 25
+# 26: alternatives held to the search's limit (the budget less search_margin), not the budget: auto's width, the
+#     fallback, and the arm that ships (within the limit first); each alternative records its "limit_ms"
+VERSION = 26
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
@@ -163,12 +165,12 @@ class Params:
     # Each configuration a search decides on is measured this many times and the median counts (the per-layer
     # table's entries once): one measurement on a shared 2-core VM was 50% off and sent the search astray.
     search_repeats: int = 3
-    # A timing over the budget that decides what is trained or ships (an alternative untrained or trained, an arm
-    # after its fine-tune; a search's configuration over its limit by at most 2x) is taken again up to this many
-    # times, retime_gap_s apart, until within it; the fastest decides (pipeline/search/retime.py). The teacher's
-    # sessions for target_speedup_vs_teacher are retime_gap_s apart too. This VM has run small models at two speeds
-    # 1.6-1.8x apart for seconds to minutes at a time, and one slow timing left the CIFAR-10 profile with no network
-    # within its budget (BENCHMARKS.md).
+    # A timing over the budget that decides what is trained or ships (an arm after its fine-tune; an alternative
+    # untrained or trained, and a search's configuration by at most 2x, over the search's limit) is taken again up
+    # to this many times, retime_gap_s apart, until within it; the fastest decides (pipeline/search/retime.py). The
+    # teacher's sessions for target_speedup_vs_teacher are retime_gap_s apart too. This VM has run small models at
+    # two speeds 1.6-1.8x apart for seconds to minutes at a time, and one slow timing left the CIFAR-10 profile with
+    # no network within its budget (BENCHMARKS.md).
     retime_rounds: int = 4
     retime_gap_s: float = 10.0
     # per_layer and sampled: also prune to the uniform search's ratio at the same budget and fine-tune it the same

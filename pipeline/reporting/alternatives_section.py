@@ -36,7 +36,8 @@ def pruned_is_alternative(report: dict[str, Any]) -> str:
     how = "on labels alone (more accurate on validation than distilled)" if labels else "with distillation"
     return (
         f"Pruned: {shipped['model']} trained whole from fresh weights {how} (prune.alternatives), not the "
-        f"student pruned: more accurate on validation within the budget ({kept['validation_accuracy']:.4f} against "
+        f"student pruned: more accurate on validation within {shipped_within(shipped)} "
+        f"({kept['validation_accuracy']:.4f} against "
         f"{best:.4f} for the student pruned to it)."
     )
 
@@ -46,7 +47,21 @@ def widths_text(row: dict[str, Any]) -> str:
     if not row.get("widths"):
         return ""
     timed = ", ".join(f"x{entry['width']} {entry['latency_ms']:.4f} ms" for entry in row["widths"])
-    return f" (auto, the widest within the budget, timed untrained: {timed})"
+    return f" (auto, the widest within {held_to(row)}, timed untrained: {timed})"
+
+
+def shipped_within(row: dict[str, Any]) -> str:
+    """What the alternative that ships (`row`) was within: the limit, or the budget when nothing was within that."""
+    if row.get("limit_ms") is not None and row["achieved_ms"] > row["limit_ms"]:
+        return "the budget (none measured within the limit)"
+    return held_to(row)
+
+
+def held_to(row: dict[str, Any]) -> str:
+    """What an alternative was held to: the search's limit (prune VERSION 26), or the budget before."""
+    if row.get("limit_ms") is None:
+        return "the budget"
+    return f"the limit ({row['limit_ms']:.4g} ms, the budget less prune.search_margin)"
 
 
 def alternatives_lines(alternatives: list[dict[str, Any]] | None) -> list[str]:
@@ -61,7 +76,7 @@ def alternatives_lines(alternatives: list[dict[str, Any]] | None) -> list[str]:
                 "not trained"
             )
             continue
-        ships = ", the most accurate on validation within the budget, so it is the pruned model that ships"
+        ships = f", the most accurate on validation within {shipped_within(row)}, so it is the pruned model that ships"
         labels = row.get("without_teacher")  # distill.baseline: what the teacher bought it
         kept = ", more accurate on validation, so this one is kept" if row.get("kept") == LABELS_ALONE else ""
         said.append(
@@ -127,10 +142,22 @@ def alternatives_section(report: dict[str, Any]) -> str:
     if not (report.get("pruning") or {}).get("alternatives"):
         return ""
     budget_ms = report["latency_search"]["budget_ms"]
+    limits = [row["limit_ms"] for row in report["pruning"]["alternatives"] if row.get("limit_ms") is not None]
+    if not limits:  # prune VERSION 25 and before: held to the budget
+        rule = (
+            "trained from fresh weights by the distill stage's recipe where it meets the budget, and timed again; the "
+            "most accurate on validation within the budget ships, the pruned student on a tie."
+        )
+    else:
+        rule = (
+            f"auto's widest within the limit of {limits[0]:.4g} ms (the budget less prune.search_margin, headroom for "
+            "the bench) trained from fresh weights by the distill stage's recipe where it meets the budget, and timed "
+            "again; the most accurate on validation within the limit ships, else within the budget, the pruned "
+            "student on a tie."
+        )
     return (
         "<h2>The pruned student against other networks trained whole</h2>"
         f"<p>{_e(f'At the budget of {budget_ms:g} ms')}: each network of prune.alternatives is timed untrained "
-        "(weights do not change latency), trained from fresh weights by the distill stage's recipe where it meets "
-        "the budget, and timed again; the most accurate on validation within the budget ships, the pruned student "
-        "on a tie.</p>" + table(ALTERNATIVES_HEADER, table_rows(alternatives_rows(report)))
+        f"(weights do not change latency), {_e(rule)}</p>"
+        + table(ALTERNATIVES_HEADER, table_rows(alternatives_rows(report)))
     )

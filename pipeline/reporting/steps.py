@@ -54,7 +54,7 @@ CHOICES = [
     {
         "choice": "the pruned model or another network trained whole (prune.alternatives)",
         "split": "validation",
-        "by": "within the budget, the most accurate; the pruned model on a tie",
+        "by": "within the search's limit (else the budget), the most accurate; the pruned model on a tie",
     },
     {"choice": "accuracy gates of the edge choice", "split": "validation", "by": "signoff.accuracy_basis"},
     {"choice": "sign-off gates", "split": "test", "by": "the report's verdict, after every choice was made"},
@@ -83,6 +83,7 @@ def _alternatives(records: list[dict[str, Any]] | None, sizes: dict[str, Any]) -
         row = {key: record[key] for key in ("model", "macs", "params", "trained", "shipped")}
         row["untrained_ms"] = record["untrained"]["latency_ms"]
         row["widths"] = record.get("widths")  # auto's widths timed untrained (prune VERSION 19)
+        row["limit_ms"] = record.get("limit_ms")  # held to the search's limit (prune VERSION 26), before: the budget
         if record["trained"]:
             row.update(epochs=record["epochs"], achieved_ms=record["achieved"]["latency_ms"])
             row["format"] = record["achieved"]["format"]

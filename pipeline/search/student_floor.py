@@ -191,11 +191,16 @@ def verdict(rows: list[dict[str, Any]], budget_ms: float, margin: float) -> dict
         )
     reachable = student["fastest_ms"] <= limit
     # As the prune stage decides (prune_alternatives.widest_within): of each alternative's widths, timed widest first,
-    # the first within the budget itself, not the search's limit, is trained.
-    trains: dict[str, str] = {}
+    # the first within the search's limit is trained, or with none there the narrowest when within the budget.
+    widths: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        if row["role"] == ALTERNATIVE and row["unpruned_ms"] <= budget_ms:
-            trains.setdefault(row["name"], row["model"])
+        if row["role"] == ALTERNATIVE:
+            widths.setdefault(row["name"], []).append(row)
+    trains: dict[str, str] = {}
+    for name, timed in widths.items():
+        chosen = next((row for row in timed if row["unpruned_ms"] <= limit), timed[-1])
+        if chosen["unpruned_ms"] <= budget_ms:
+            trains[name] = chosen["model"]
     faster = [row["model"] for row in can]
     return {
         "reachable": reachable,
@@ -305,7 +310,8 @@ def format_floors(result: dict[str, Any]) -> str:
         )
         if any(row["role"] == ALTERNATIVE for row in result["rows"]):
             trains = ", ".join(said["trains"]) or "none (none of them measured within the budget unpruned)"
-            lines.append(f"prune.alternatives the prune stage would train (the widest within the budget): {trains}")
+            rule = "the widest within the search's limit, else the narrowest within the budget"
+            lines.append(f"prune.alternatives the prune stage would train ({rule}): {trains}")
     else:
         lines.append("no prune.target_latency_ms or target_speedup_vs_teacher set: nothing to check against")
     return "\n".join(lines) + "\n"

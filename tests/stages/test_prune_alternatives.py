@@ -1,5 +1,6 @@
 """prune.alternatives in the prune stage: the student's stride-2 variant trained whole beside the pruned student, and
-the more accurate on validation within the budget shipped (pipeline/training/prune_alternatives.py)."""
+the more accurate on validation within the search's limit (then the budget) shipped
+(pipeline/training/prune_alternatives.py)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def test_the_stride_2_variant_is_trained_whole_by_distills_recipe_and_the_more_a
     assert (metrics["macs"], metrics["params"]) == count_macs_and_params(model, spec)
     assert "alternatives: resnet8_s2 x8 whole" in metrics["summary"]
     markdown = results["report"].artifact.file("report.md").read_text()
-    auto = "(auto, the widest within the budget, timed untrained: x8 "
+    auto = "(auto, the widest within the limit (900 ms, the budget less prune.search_margin), timed untrained: x8 "
     assert f"(prune.alternatives): resnet8_s2 x8 {auto}" in markdown
     assert "| the pruned model or another network trained whole (prune.alternatives) | validation |" in markdown
 
@@ -70,13 +71,15 @@ def test_a_more_accurate_alternative_ships_in_place_of_the_pruned_model_down_to_
     assert metrics["macs"] == metrics["alternatives"][0]["macs"] != metrics["macs_before"]
     assert "resnet8_s2 x8 whole" in metrics["summary"] and metrics["summary"].count(", ships") == 1
     markdown = results["report"].artifact.file("report.md").read_text()
-    assert "the most accurate on validation within the budget, so it is the pruned model that ships" in markdown
+    limit = "the limit (899.1 ms, the budget less prune.search_margin)"
+    assert f"the most accurate on validation within {limit}, so it is the pruned model that ships" in markdown
     pruned_is = "Pruned: resnet8_s2 x8 trained whole from fresh weights with distillation (prune.alternatives), not"
-    assert f"{pruned_is} the student pruned: more accurate on validation within the budget (1.0000 against" in markdown
+    assert f"{pruned_is} the student pruned: more accurate on validation within {limit} (1.0000 against" in markdown
     html = results["report"].artifact.file("report.html").read_text()
     assert f"<p>{pruned_is}" in html
     assert "<h2>The pruned student against other networks trained whole</h2><p>At the budget of 999 ms" in html
-    assert "<tr><td>resnet8_s2 x8 (auto, the widest within the budget, timed" in html and "<td>1.0000" in html
+    assert f"<tr><td>resnet8_s2 x8 (auto, the widest within {limit}, timed" in html and "<td>1.0000" in html
+    assert "auto&#x27;s widest within the limit of 899.1 ms (the budget less prune.search_margin" in html
     assert html.count("<td><strong>yes</strong></td>") == 1 and "<td>the student pruned (fine-tuned)</td>" in html
 
 
@@ -134,8 +137,8 @@ def test_with_distill_baseline_each_alternative_is_also_trained_on_labels_alone_
 def test_an_alternative_over_the_budget_whole_is_measured_not_trained(store, monkeypatch):
     real, trained = prune_budget.achieved, []
 
-    def slow_variant(model, spec, dataset, params):
-        measured = real(model, spec, dataset, params)
+    def slow_variant(model, spec, dataset, params, limit_ms=None):
+        measured = real(model, spec, dataset, params, limit_ms)
         return {**measured, "latency_ms": 2 * params.target_latency_ms} if spec.name.endswith("_s2") else measured
 
     monkeypatch.setattr(prune_budget, "achieved", slow_variant)
@@ -244,8 +247,9 @@ def test_a_timing_over_the_budget_is_taken_again_and_the_report_lists_every_roun
         "gap_s": 0.0,
         "limit_ms": 996,
     }  # run_prune: prune.retime_gap_s=0, the default 4 rounds
-    assert record["widths"] == [{"width": 8, "latency_ms": 1.0, "timed_again": again}] and record["trained"]
-    assert record["achieved"]["latency_ms"] == 1.0 and record["achieved"]["timed_again"] == again
+    held_to_limit = {**again, "limit_ms": pytest.approx(996 * 0.9)}  # an alternative: the search's limit
+    assert record["widths"] == [{"width": 8, "latency_ms": 1.0, "timed_again": held_to_limit}] and record["trained"]
+    assert record["achieved"]["latency_ms"] == 1.0 and record["achieved"]["timed_again"] == held_to_limit
     assert metrics["latency_search"]["achieved"]["timed_again"] == again  # the pruned student after its fine-tune
     assert metrics["shipped"] == "alternative"
     report = results["report"].artifact

@@ -128,7 +128,7 @@ def test_the_verdict_applies_the_search_margin_and_names_the_students_that_reach
     assert none["faster"] == [] and "these reach it" not in none["message"]
 
 
-def test_the_verdict_names_the_widest_alternative_within_the_budget_as_the_prune_stage_trains_it():
+def test_the_verdict_names_the_widest_alternative_within_the_limit_as_the_prune_stage_trains_it():
     student, variant, teacher = rows(0.2, 0.15, 0.03)
 
     def alternative(width, ms):
@@ -137,13 +137,20 @@ def test_the_verdict_names_the_widest_alternative_within_the_budget_as_the_prune
 
     widths = [alternative(32, 0.12), alternative(24, 0.095), alternative(16, 0.06)]
     said = student_floor.verdict([student, *widths, teacher], budget_ms=0.1, margin=0.1)
-    assert said["trains"] == ["resnet8_s2 x24"]  # within the budget (0.1 ms), though over the search's limit (0.09)
+    assert said["trains"] == ["resnet8_s2 x16"]  # x24 is within the budget (0.1 ms), over the search's limit (0.09)
     assert student_floor.verdict([student, widths[0], teacher], budget_ms=0.1, margin=0.1)["trains"] == []
+    # None within the limit: the narrowest, when within the budget
+    assert student_floor.verdict([student, *widths[:2], teacher], budget_ms=0.1, margin=0.1)["trains"] == [
+        "resnet8_s2 x24"
+    ]
     formats = {"unpruned_format": "int8", "floor_format": "int8", "runs": {"unpruned": [0.2], "floor": [0.1]}}
     method = {"device": "local", "provider": "cpu", "batch": 1, "settings": "tuned", "rounds": 1}
     table = {"rows": [{**row, **formats} for row in (student, *widths)], "budget_ms": 0.1, "verdict": said}
     table["method"] = method
-    assert "would train (the widest within the budget): resnet8_s2 x24\n" in student_floor.format_floors(table)
+    assert (
+        "would train (the widest within the search's limit, else the narrowest within the budget): resnet8_s2 x16\n"
+        in student_floor.format_floors(table)
+    )
 
 
 def test_under_auto_the_verdict_speaks_of_the_shallowest_depth_that_reaches_the_budget():

@@ -10,16 +10,16 @@ every layer after it on a quarter of the pixels. At half resnet8's latency on an
   settings), untrained: weights do not change latency. One over the budget whole is not trained (pruning it is a run
   of its own: distill.model), and the record says what it measured;
 - auto, the student's stride-2 variant, is timed at widths from twice the student's down to half of it (multiples of
-  prune.round_to), and the widest within the budget is the one trained: at equal training a wider network keeps more
-  accuracy (on CIFAR-10, resnet8_s2 distilled 10 epochs: 0.8168 validation at width 32, 0.7974 at 16), and a
-  narrower one reaches tighter budgets. Within the search's limit (the budget less prune.search_margin), as the
-  searches' candidates: the stage keeps a network's fastest timing (pipeline/search/retime.py) and the bench's bound
-  gate reads its slowest round, so one at the budget fails there. On CIFAR-10 resnet8_s2 x24 was trained at 0.0689
-  and then 0.0715 ms untrained against budgets of 0.0720 and 0.0771: the first time it measured 0.0739 trained and
-  did not ship, the second it shipped at 0.0732 and its slowest bench round, 0.0778 ms, failed the 0.0679 ms gate
-  (BENCHMARKS.md, "A host at two speeds"). None within the limit: the narrowest, trained when within the budget.
-  One that measures over the limit once trained falls back to the narrower widths, and the widest of those within
-  the limit is trained in turn;
+  prune.round_to), and the widest within the search's limit is the one trained: at equal training a wider network
+  keeps more accuracy (on CIFAR-10, resnet8_s2 distilled 10 epochs: 0.8168 validation at width 32, 0.7974 at 16),
+  and a narrower one reaches tighter budgets. Within the search's limit (the budget less prune.search_margin), as
+  the searches' candidates: the stage keeps a network's fastest timing (pipeline/search/retime.py) and the bench's
+  bound gate reads its slowest round, so one at the budget fails there. On CIFAR-10 resnet8_s2 x24 was trained at
+  0.0689 and then 0.0715 ms untrained against budgets of 0.0720 and 0.0771: the first time it measured 0.0739
+  trained and did not ship, the second it shipped at 0.0732 and its slowest bench round, 0.0778 ms, failed the
+  0.0679 ms gate (BENCHMARKS.md, "A host at two speeds" and "The profile at prune VERSION 25"). None within the
+  limit: the narrowest, trained when within the budget. One that measures over the limit once trained falls back
+  to the narrower widths, and the widest of those within the limit is trained in turn;
 - one within it is trained from fresh weights by the distill stage's recipe, feature loss included, for as many
   epochs as the student had in distill and the fine-tune (prune.scratch_epochs when set), then timed again; with
   distill.baseline, also from the same weights on labels alone, so the report says what the teacher bought it, and

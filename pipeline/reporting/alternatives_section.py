@@ -142,15 +142,15 @@ def alternatives_section(report: dict[str, Any]) -> str:
     if not (report.get("pruning") or {}).get("alternatives"):
         return ""
     budget_ms = report["latency_search"]["budget_ms"]
-    limits = [row["limit_ms"] for row in report["pruning"]["alternatives"] if row.get("limit_ms") is not None]
-    if not limits:  # prune VERSION 25 and before: held to the budget
+    limit_ms = report["pruning"]["alternatives"][0].get("limit_ms")  # one limit for all of them
+    if limit_ms is None:  # prune VERSION 25 and before: held to the budget
         rule = (
             "trained from fresh weights by the distill stage's recipe where it meets the budget, and timed again; the "
             "most accurate on validation within the budget ships, the pruned student on a tie."
         )
     else:
         rule = (
-            f"auto's widest within the limit of {limits[0]:.4g} ms (the budget less prune.search_margin, headroom for "
+            f"auto's widest within the limit of {limit_ms:.4g} ms (the budget less prune.search_margin, headroom for "
             "the bench) trained from fresh weights by the distill stage's recipe where it meets the budget, and timed "
             "again; the most accurate on validation within the limit ships, else within the budget, the pruned "
             "student on a tie."

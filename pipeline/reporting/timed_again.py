@@ -17,9 +17,9 @@ HOW = (
 
 def gathered(prune: dict[str, Any]) -> list[dict[str, Any]]:
     """[{"what", "rounds_ms", "gap_s", "limit_ms", "decided_ms"}] of every timing taken again ("limit_ms" absent in
-    prune entries from before it: the budget): the searches' configurations (the
-    chosen arm's search, the uniform one's), the depth arms after their fine-tune (or the one pruned model), the
-    uniform baseline's model, then each alternative untrained and trained."""
+    prune entries from before it: the budget): the searches' configurations (the chosen arm's search, the uniform
+    one's), the depth arms after their fine-tune (or the one pruned model), the uniform baseline's model, then each
+    alternative untrained and trained."""
     found: list[dict[str, Any]] = []
 
     def add(what: str, again: dict[str, Any] | None, decided_ms: float) -> None:

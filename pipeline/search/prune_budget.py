@@ -230,7 +230,8 @@ def achieved(
         return distributed.broadcast_json(None)
     measure = candidates(model, spec, dataset, params)
     try:
-        return distributed.broadcast_json(measure.measure(model, limit_ms or params.target_latency_ms))
+        held_to = params.target_latency_ms if limit_ms is None else limit_ms
+        return distributed.broadcast_json(measure.measure(model, held_to))
     finally:
         measure.close()
 

@@ -169,16 +169,16 @@ def trained_at_widest(
     """`name` at the widest of `widths` within the search's limit (`widest_within`), trained when within the budget
     as `run` (its checkpoints' name) and timed again; and every width timed. `auto`: the record lists the widths
     timed."""
-    budget_ms = params.target_latency_ms
+    budget_ms, limit_ms = params.target_latency_ms, limit(params)
     model, spec, untrained, timed = widest_within(name, widths, dataset, params, distill_params["seed"])
     macs, n_params = count_macs_and_params(model, spec)
-    record = {"model": model_label(name, spec.width), "name": name, "width": spec.width, "limit_ms": limit(params)}
+    record = {"model": model_label(name, spec.width), "name": name, "width": spec.width, "limit_ms": limit_ms}
     record.update(macs=macs, params=n_params, untrained=untrained, trained=untrained["latency_ms"] <= budget_ms)
     record.update(widths=timed if auto else None, shipped=False)
     if not record["trained"]:
         return Alternative(record), timed
     record.update(train_from_scratch(model, spec, teacher, dataset, params, distill_params, out_dir, run))
-    record["achieved"] = prune_budget.achieved(model, spec, dataset, params, limit(params))
+    record["achieved"] = prune_budget.achieved(model, spec, dataset, params, limit_ms)
     record["kept"] = DISTILLED
     if distill_params["baseline"]:  # what the teacher bought the network that may ship, as for the student
         labels_model, record["without_teacher"] = without_teacher(

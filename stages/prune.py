@@ -56,7 +56,9 @@ SECTION = "prune"
 # 25: an alternative over the budget once trained falls back to its narrower widths (prune_alternatives)
 # 26: alternatives held to the search's limit (the budget less search_margin), not the budget: auto's width, the
 #     fallback, and the arm that ships (within the limit first); each alternative records its "limit_ms"
-VERSION = 26
+# 27: with prune.target_speedup_vs_teacher the teacher timed again before the alternatives; they and the shipping
+#     decision meet the fastest of all its timings (budget_from_teacher.before_alternatives)
+VERSION = 27
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
@@ -253,7 +255,13 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         student, shipped_scores, spec, dropped, history, teacher, dataset, params, distill_params, out_dir
     )  # prune.scratch_baseline
     shipped = FROM_SCRATCH if from_scratch else FINETUNED
-    # With a budget, networks fast by construction, trained whole, against the pruned model: the best ships.
+    # With a budget, networks fast by construction, trained whole, against the pruned model: the best ships. With
+    # prune.target_speedup_vs_teacher, against the teacher timed again first: the decisions that ship meet the
+    # fastest of all its timings, nearer the one the bench gates with.
+    if prune_alternatives.to_decide(search, spec, params):
+        params, from_teacher = teacher_budget.before_alternatives(
+            params, from_teacher, inputs["teacher"].path, dataset, out_dir
+        )
     alternatives, best = prune_alternatives.against_pruned(
         search, spec, shipped_scores["validation_accuracy"], teacher, dataset, params, distill_params, out_dir
     )

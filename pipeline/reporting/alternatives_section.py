@@ -57,6 +57,12 @@ def shipped_within(row: dict[str, Any]) -> str:
     return held_to(row)
 
 
+def the_budget(row: dict[str, Any]) -> str:
+    """The budget an alternative was decided against, in ms where recorded (prune VERSION 27: with the teacher
+    timed again before the alternatives, it can be tighter than the one searched for)."""
+    return "the budget" if row.get("budget_ms") is None else f"the budget ({row['budget_ms']:.4g} ms)"
+
+
 def held_to(row: dict[str, Any]) -> str:
     """What an alternative was held to: the search's limit (prune VERSION 26), or the budget before."""
     if row.get("limit_ms") is None:
@@ -72,7 +78,8 @@ def alternatives_lines(alternatives: list[dict[str, Any]] | None) -> list[str]:
     for row in alternatives:
         if not row["trained"]:
             said.append(
-                f"{row['model']}{widths_text(row)} measured {row['untrained_ms']:.4f} ms untrained, over the budget: "
+                f"{row['model']}{widths_text(row)} measured {row['untrained_ms']:.4f} ms untrained, over "
+                f"{the_budget(row)}: "
                 "not trained"
             )
             continue
@@ -118,7 +125,7 @@ def alternatives_rows(report: dict[str, Any]) -> list[list[str]]:
                 f"{row['params']:,}",
                 f"{row['macs']:,}",
                 f"{row['untrained_ms']:.4f}",
-                f"{row['achieved_ms']:.4f}" if trained else "over the budget: not trained",
+                f"{row['achieved_ms']:.4f}" if trained else f"over {the_budget(row)}: not trained",
                 accuracy_text(row["validation_accuracy"], row["validation_interval"]) if trained else "",
                 accuracy_text(row["test_accuracy"], row["test_interval"]) if trained else "",
                 "**yes**" if row["shipped"] and row.get("kept") != LABELS_ALONE else "no",

@@ -60,6 +60,7 @@ def budget_source(from_teacher: dict[str, Any] | None) -> str:
         f" The budget is the teacher's {statistic} here, {value:.4f} ms ({which} of {runs} ms at "
         f"{from_teacher['settings']}), over prune.target_speedup_vs_teacher {from_teacher['speedup']:g}."
     )
+    searched += timed_again(from_teacher.get("before_alternatives"))
     if "gate_ms" not in from_teacher:
         return searched
     bound = "bench_fastest_ms" in from_teacher  # signoff.latency_basis: bound
@@ -72,6 +73,18 @@ def budget_source(from_teacher: dict[str, Any] | None) -> str:
     )
     return f"{searched}{gated}, over the same factor: {from_teacher['gate_ms']:.4g} ms, a ratio taken in one run" + (
         " at its end worst for the edge model." if bound else "."
+    )
+
+
+def timed_again(again: dict[str, Any] | None) -> str:
+    """The teacher's timing before the alternatives were decided (prune VERSION 27), '' without one."""
+    if again is None:
+        return ""
+    runs = ", ".join(f"{run:.4f}" for run in again["runs_ms"])
+    return (
+        f" Timed again before the alternatives were decided ({runs} ms at {again['settings']}): the fastest of all "
+        f"its timings, {again['fastest_ms']:.4f} ms, gave the budget they and the shipping decision met, "
+        f"{again['budget_ms']:.4g} ms."
     )
 
 

@@ -84,6 +84,7 @@ def _alternatives(records: list[dict[str, Any]] | None, sizes: dict[str, Any]) -
         row["untrained_ms"] = record["untrained"]["latency_ms"]
         row["widths"] = record.get("widths")  # auto's widths timed untrained (prune VERSION 19)
         row["limit_ms"] = record.get("limit_ms")  # held to the search's limit (prune VERSION 26), before: the budget
+        row["budget_ms"] = record.get("budget_ms")  # the budget it was decided against (prune VERSION 27)
         if record["trained"]:
             row.update(epochs=record["epochs"], achieved_ms=record["achieved"]["latency_ms"])
             row["format"] = record["achieved"]["format"]

@@ -12,7 +12,9 @@ fastest, not the median: on a 2-core VM the 2-thread teacher's timing switched b
 one session to the next, and the prune stage once took 0.5996 ms (a budget 1.46x too loose) where the bench's
 fastest timings of the same teacher stayed at 0.41-0.44 ms; a process beside it can slow a timing, not speed it up,
 and the sign-off on signoff.latency_basis bound reads the teacher's fastest timing in the bench too (BENCHMARKS.md).
-Weights do not change latency: `edgeforge floor` times an untrained teacher, before anything trains.
+Weights do not change latency: `edgeforge floor` times an untrained teacher, before anything trains. Before the
+alternatives are decided, the stage times the teacher again (before_alternatives): they and the choice of what
+ships meet the fastest of all its timings.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from pipeline.training.recipes import spec_for
 log = logging.getLogger(__name__)
 
 SAVED = "teacher-budget.json"  # the teacher's measurement, in the work directory's checkpoints
+SAVED_AGAIN = "teacher-budget-again.json"  # its timing before the alternatives are decided (before_alternatives)
 TEACHER_REPEATS = 5  # sessions the teacher is timed in at least: its budget reads the fastest
 FLOOR_CHECK = "timed by the run's floor check before the student trained"  # "timed_by": the floor check's keeping
 
@@ -123,6 +126,55 @@ def applied(prune: Any, teacher_dir: Path, dataset: Dataset, out_dir: Path) -> t
     return resolved(prune, teacher), teacher
 
 
+def before_alternatives(
+    prune: Any, teacher: dict[str, Any] | None, teacher_dir: Path, dataset: Dataset, out_dir: Path
+) -> tuple[Any, dict[str, Any] | None]:
+    """The teacher timed again (of_artifact, in as many sessions) before the alternatives and the shipping decision,
+    and the budget those decisions meet: the fastest of every timing of it in this stage over the factor
+    (`pooled`). `prune`: the params resolved by applied(), `teacher` its measurement; (prune, None) unchanged without
+    a speed-up target.
+
+    The budget is the fastest the teacher runs here, and the bench gates the edge model against its own fastest
+    timing of it. Five sessions at the start of the stage can all miss the host's fast episodes: on the CIFAR-10
+    profile they timed 0.4626 ms at their fastest where the bench's fastest, an hour later, was 0.4074 ms, 12% apart;
+    resnet8_s2 x24 shipped at 0.0732 ms against the stage's 0.0771 ms budget and failed the bench's 0.0679 ms gate
+    (BENCHMARKS.md, "The profile at prune VERSION 25"). The more often the teacher is timed the nearer its fastest
+    timing comes to the bench's, and the decisions that ship are the ones that must hold there. Kept in the work
+    directory's checkpoints, as applied()'s: a resumed run decides against the budget it trained for."""
+    if teacher is None:
+        return prune, None
+    asked = dataclasses.replace(prune, target_latency_ms=None, target_speedup_vs_teacher=teacher["speedup"])
+    saved = out_dir / CHECKPOINTS / SAVED_AGAIN
+    leader = distributed.is_leader()
+    timed = prune_budget.kept_json(saved, lambda: of_artifact(teacher_dir, dataset, asked)) if leader else None
+    teacher = pooled(teacher, distributed.broadcast_json(timed))
+    again = teacher["before_alternatives"]
+    log.info(
+        "prune: the teacher timed again before the alternatives: %s ms; budget %.4g ms (was %.4g)",
+        ", ".join(f"{ms:.4f}" for ms in again["runs_ms"]),
+        again["budget_ms"],
+        teacher["budget_ms"],
+    )
+    return dataclasses.replace(prune, target_latency_ms=again["budget_ms"]), teacher
+
+
+def pooled(teacher: dict[str, Any], again: dict[str, Any]) -> dict[str, Any]:
+    """`teacher` (measured(): the budget the searches aimed at) with "before_alternatives": the sessions of `again`
+    (measured() later in the stage), and the fastest of both measurements' timings and its budget, which the
+    alternatives and the shipping decision meet. A slower timing later leaves the budget as it was: a process beside
+    the teacher can slow it, not speed it up."""
+    fastest_ms = min(teacher["fastest_ms"], again["fastest_ms"])
+    return {
+        **teacher,
+        "before_alternatives": {
+            "runs_ms": again["runs_ms"],
+            "settings": again["settings"],
+            "fastest_ms": fastest_ms,
+            "budget_ms": fastest_ms / teacher["speedup"],
+        },
+    }
+
+
 def resolved(prune: Any, teacher: dict[str, Any] | None) -> Any:
     """The prune params with the budget in milliseconds that `teacher` (measured()) gave, as if the user had set it;
     unchanged without a speed-up target (teacher None)."""
@@ -134,8 +186,9 @@ def resolved(prune: Any, teacher: dict[str, Any] | None) -> Any:
 def summary(teacher: dict[str, Any] | None) -> str:
     if teacher is None:
         return ""
+    again = teacher.get("before_alternatives")
     return (
         f"budget {teacher['budget_ms']:.4g} ms: the teacher's fastest timing {teacher['fastest_ms']:.4g} ms (of "
         f"{len(teacher['runs_ms'])}) / "
         f"prune.target_speedup_vs_teacher {teacher['speedup']:g}; "
-    )
+    ) + ("" if again is None else f"{again['budget_ms']:.4g} ms before the alternatives (the teacher timed again); ")

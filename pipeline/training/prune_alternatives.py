@@ -117,12 +117,21 @@ def against_pruned(
     """With a budget (`search`, the searches' decision) and prune.alternatives: each alternative of the student
     (`spec`) timed, trained when within the budget, and the one that ships over the pruned model (validation accuracy
     `pruned_validation`), or None. Without either: (None, None)."""
-    models = resolve(params.alternatives, spec.name, spec.width, params.round_to)
-    if search is None or not models:
+    if not to_decide(search, spec, params):
         return None, None
+    models = resolve(params.alternatives, spec.name, spec.width, params.round_to)
     alternatives = trained_within_budget(models, teacher, dataset, params, distill_params, out_dir)
     pruned_ms = prune_budget.shipped_latency_ms(search)
-    return alternatives, more_accurate(alternatives, pruned_ms, pruned_validation, search["budget_ms"], limit(params))
+    # params' budget, not the search's: with prune.target_speedup_vs_teacher the teacher is timed again before this
+    # decision (teacher_budget.before_alternatives), and its budget can be tighter than the one searched for.
+    budget_ms = params.target_latency_ms
+    return alternatives, more_accurate(alternatives, pruned_ms, pruned_validation, budget_ms, limit(params))
+
+
+def to_decide(search: dict[str, Any] | None, spec, params: Any) -> bool:
+    """Whether against_pruned has alternatives to time and train: a budget searched for (`search`) and at least one
+    network in prune.alternatives that is not the student (`spec`) itself."""
+    return search is not None and bool(resolve(params.alternatives, spec.name, spec.width, params.round_to))
 
 
 def trained_within_budget(
@@ -172,7 +181,8 @@ def trained_at_widest(
     budget_ms, limit_ms = params.target_latency_ms, limit(params)
     model, spec, untrained, timed = widest_within(name, widths, dataset, params, distill_params["seed"])
     macs, n_params = count_macs_and_params(model, spec)
-    record = {"model": model_label(name, spec.width), "name": name, "width": spec.width, "limit_ms": limit_ms}
+    record = {"model": model_label(name, spec.width), "name": name, "width": spec.width}
+    record.update(budget_ms=budget_ms, limit_ms=limit_ms)
     record.update(macs=macs, params=n_params, untrained=untrained, trained=untrained["latency_ms"] <= budget_ms)
     record.update(widths=timed if auto else None, shipped=False)
     if not record["trained"]:

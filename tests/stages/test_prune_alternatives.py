@@ -266,3 +266,38 @@ def test_a_timing_over_the_budget_is_taken_again_and_the_report_lists_every_roun
         "<h2>Timed again while over the budget</h2><p>Timed again while over the budget of 996 ms"
         in report.file("report.html").read_text()
     )
+
+
+def test_with_a_speedup_budget_the_alternatives_meet_the_teacher_timed_again_before_them(store, monkeypatch):
+    from pipeline.search import teacher_budget
+
+    # The teacher's first timing gives the search a budget the student meets unpruned (500 ms); timed again before
+    # the alternatives it gives one nothing meets (a microsecond), so the stride-2 variant is timed, not trained.
+    timings = iter([0.5, 1e-6])
+
+    def of_artifact(teacher_dir, dataset, prune):
+        fastest_ms = next(timings)
+        runs = {"fastest_ms": fastest_ms, "p50_ms": fastest_ms, "runs_ms": [fastest_ms], "settings": "1 thread"}
+        return {**runs, "speedup": prune.target_speedup_vs_teacher, "budget_ms": fastest_ms / 0.001}
+
+    monkeypatch.setattr(teacher_budget, "of_artifact", of_artifact)
+    sets = [*RESNET, "prune.target_speedup_vs_teacher=0.001", "prune.drop_blocks=0"]
+    results = run_prune(store, *sets, target="report")
+    metrics = results["prune"].artifact.metrics
+    from_teacher, (record,) = metrics["budget_from_teacher"], metrics["alternatives"]
+    assert metrics["latency_search"]["budget_ms"] == from_teacher["budget_ms"] == 500 and metrics["ratio"] == 0.0
+    assert from_teacher["before_alternatives"] == {
+        "runs_ms": [1e-6],
+        "settings": "1 thread",
+        "fastest_ms": 1e-6,
+        "budget_ms": pytest.approx(1e-3),
+    }
+    assert record["budget_ms"] == pytest.approx(1e-3) and record["limit_ms"] == pytest.approx(0.9e-3)
+    assert record["trained"] is False and metrics["shipped"] == "fine-tuned"
+    assert "0.001 ms before the alternatives (the teacher timed again); " in metrics["summary"]
+    markdown = results["report"].artifact.file("report.md").read_text()
+    assert "Timed again before the alternatives were decided (0.0000 ms at 1 thread): the fastest of all its " in (
+        markdown
+    )
+    assert "gave the budget they and the shipping decision met, 0.001 ms." in markdown
+    assert "untrained, over the budget (0.001 ms): not trained" in markdown

@@ -20,8 +20,9 @@ def depth_lines(depth: dict[str, Any] | None) -> list[str]:
     auto = ""
     if depth.get("arms") is not None:
         auto = (
-            f" With auto, the depth that kept the most validation accuracy within the budget after its own search and "
-            f"fine-tune, of {len(depth['arms'])} tried ({depth['stopped']}; the table under the latency search)."
+            f" With auto, the depth that kept the most validation accuracy within the search's limit (else the "
+            f"budget) after its own search and fine-tune, of {len(depth['arms'])} tried ({depth['stopped']}; the "
+            "table under the latency search)."
         )
     return [
         f"- Depth (prune.drop_blocks): of {len(depth['droppable'])} residual blocks with an identity shortcut, removed "
@@ -50,7 +51,8 @@ def depth_arms_text(depth: dict[str, Any], budget_ms: float) -> str:
         f"The student was searched against the same {budget_ms:g} ms budget without 0, 1, ... of its residual blocks "
         "(in the order above), each depth pruned and fine-tuned alike; one whose search measured over the budget is "
         "fine-tuned only if no depth meets it. Kept for the comparison with the uniform search: the most accurate on "
-        "validation of those within the budget (the shallower on a tie; the fastest when none is). Stopped: "
+        "validation of those within the search's limit, the budget less prune.search_margin (with none there, within "
+        "the budget; the shallower on a tie; the fastest when none is). Stopped: "
         f"{depth['stopped']}. Test accuracy is reported, never chosen on."
     )
 

@@ -238,8 +238,8 @@ def uniform_baseline_section(search: dict[str, Any]) -> list[str]:
         + ("the least whose measured p50 met the same limit" if baseline["met"] else "the fastest measured (none met)")
         + f" ({len(baseline['trace'])} ratios measured in {baseline['seconds']:.1f} s, ratio: ms: {candidates}), "
         "and fine-tuned the same way. The model that ships is the more accurate on validation of those that measured "
-        "within the budget after their fine-tune (else the faster); test accuracy is reported, never chosen on."
-        + same_model_sentence(baseline),
+        "within the search's limit after their fine-tune (with neither there, within the budget; else the faster); "
+        "test accuracy is reported, never chosen on." + same_model_sentence(baseline),
         "",
     ]
     remeasured = plateau_lines(baseline) + confirmed_lines(baseline)

@@ -23,7 +23,7 @@ CHOICES = [
     {
         "choice": "how many of them (prune.drop_blocks: auto)",
         "split": "validation",
-        "by": "within the budget after each depth's search and fine-tune, the most accurate",
+        "by": "after each depth's search and fine-tune, the most accurate within the search's limit, then the budget",
     },
     {"choice": "pruning ratio (prune.target_latency_ms, uniform search)", "split": "none", "by": "measured latency"},
     {
@@ -34,7 +34,7 @@ CHOICES = [
     {
         "choice": "per-layer or uniform pruning (prune.uniform_baseline)",
         "split": "validation",
-        "by": "within the budget after the fine-tune, the more accurate",
+        "by": "after the fine-tune, the more accurate within the search's limit, then the budget",
     },
     {
         "choice": "pruned model fine-tuned or trained from scratch (prune.scratch_baseline)",

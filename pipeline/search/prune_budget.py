@@ -28,7 +28,7 @@ from pipeline.runtime import targets
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider
 from pipeline.search import prune_candidates, prune_confirm, prune_layer_table, prune_plateau
 from pipeline.search.prune_layers import LATENCY_MODELS, least_pruned
-from pipeline.search.prune_ratio import least_ratio
+from pipeline.search.prune_ratio import least_ratio, search_limit
 from pipeline.search.prune_sampled import best_scored
 from pipeline.search.prune_scores import ValidationScores
 from pipeline.training import distributed
@@ -256,9 +256,15 @@ def versus_uniform(search: dict, steps: list[dict], uniform: dict, uniform_steps
         # timed again in interleaved rounds: pipeline/search/prune_plateau.py (missed), prune_confirm.py (met)
         **{key: uniform[key] for key in ("plateau", "confirmed") if key in uniform},
     }
-    shipped = shipped_arm(arms, search["budget_ms"])
+    shipped = shipped_arm(arms, search["budget_ms"], search.get("limit_ms"))  # within the limit first
     baseline["same_model"] = both_unpruned(search, uniform)  # one model, fine-tuned once for both arms
     return {**search, "finetuned": mine, "uniform_baseline": baseline, "shipped": shipped}
+
+
+def limit_ms(params: Any) -> float:
+    """The search's limit, the budget less prune.search_margin: what the searches' candidates meet, and what every
+    network that may ship (the arms, the alternatives) is held to first (shipped_arm)."""
+    return search_limit(params.target_latency_ms, params.search_margin)
 
 
 def shipped_arm(arms: dict[str, tuple[float, float]], budget_ms: float, limit_ms: float | None = None) -> str:

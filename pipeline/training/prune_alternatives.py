@@ -45,7 +45,6 @@ from pipeline.models.cifar import STRIDED_STEM
 from pipeline.models.depth import AUTO
 from pipeline.models.factory import MODELS, build_model, count_macs_and_params, published_width
 from pipeline.search import prune_budget
-from pipeline.search.prune_ratio import search_limit
 from pipeline.training.prune_finetune import train_from_scratch
 from pipeline.training.recipes import DISTILLED, LABELS_ALONE, kept_run_name, model_label, spec_for
 
@@ -125,7 +124,9 @@ def against_pruned(
     # params' budget, not the search's: with prune.target_speedup_vs_teacher the teacher is timed again before this
     # decision (teacher_budget.before_alternatives), and its budget can be tighter than the one searched for.
     budget_ms = params.target_latency_ms
-    return alternatives, more_accurate(alternatives, pruned_ms, pruned_validation, budget_ms, limit(params))
+    return alternatives, more_accurate(
+        alternatives, pruned_ms, pruned_validation, budget_ms, prune_budget.limit_ms(params)
+    )
 
 
 def to_decide(search: dict[str, Any] | None, spec, params: Any) -> bool:
@@ -147,7 +148,7 @@ def trained_within_budget(
     trained falls back to its narrower widths, timed and trained the same way: on CIFAR-10 auto's resnet8_s2 x24
     measured 0.0689 ms untrained and 0.0739 at its fastest of five rounds trained, against a budget of 0.0720, and
     nothing narrower was trained (BENCHMARKS.md, "A host at two speeds")."""
-    limit_ms, found = limit(params), []
+    limit_ms, found = prune_budget.limit_ms(params), []
     for index, (name, widths) in enumerate(models):
         left, run = widths, f"alternative-{index}"
         while left:
@@ -178,7 +179,7 @@ def trained_at_widest(
     """`name` at the widest of `widths` within the search's limit (`widest_within`), trained when within the budget
     as `run` (its checkpoints' name) and timed again; and every width timed. `auto`: the record lists the widths
     timed."""
-    budget_ms, limit_ms = params.target_latency_ms, limit(params)
+    budget_ms, limit_ms = params.target_latency_ms, prune_budget.limit_ms(params)
     model, spec, untrained, timed = widest_within(name, widths, dataset, params, distill_params["seed"])
     macs, n_params = count_macs_and_params(model, spec)
     record = {"model": model_label(name, spec.width), "name": name, "width": spec.width}
@@ -236,7 +237,7 @@ def widest_within(name: str, widths: tuple[int | None, ...], dataset: Dataset, p
     """`name` built (fresh weights, `seed`) and timed untrained at each of `widths` (widest first) until one
     measures within the search's limit (`limit`); none within it: the narrowest. (Model, spec, its measurement,
     [{width, latency_ms}] of every width timed.)"""
-    limit_ms, timed = limit(params), []
+    limit_ms, timed = prune_budget.limit_ms(params), []
     for width in widths:
         spec = spec_for(dataset, name, width)
         torch.manual_seed(seed)
@@ -255,11 +256,6 @@ def widest_within(name: str, widths: tuple[int | None, ...], dataset: Dataset, p
         if untrained["latency_ms"] <= limit_ms:
             break
     return model, spec, untrained, timed
-
-
-def limit(params: Any) -> float:
-    """The search's limit, the budget less prune.search_margin: what an alternative is held to (the docstring)."""
-    return search_limit(params.target_latency_ms, params.search_margin)
 
 
 def more_accurate(

@@ -80,6 +80,18 @@ def test_the_report_section_puts_both_models_side_by_side_and_says_which_ships()
     assert uniform_baseline_section(search) == []  # without the baseline, no section
 
 
+def test_an_arm_within_the_searchs_limit_ships_over_a_more_accurate_one_only_within_the_budget():
+    # The per-layer model at 0.19 ms is within the 0.2 budget and over its 0.18 limit; the uniform one at 0.17 is
+    # within both: it ships, though less accurate on validation. Records without a limit: the budget alone.
+    search, uniform = {**decision("per_layer", 0.4, 0.19), "limit_ms": 0.18}, decision("uniform", 0.45, 0.17)
+    both = versus_uniform(search, schedule(0.75, 0.74, 4000), uniform, schedule(0.72, 0.71, 3000))
+    assert both["shipped"] == "uniform"
+    without = {key: value for key, value in search.items() if key != "limit_ms"}
+    assert versus_uniform(without, schedule(0.75, 0.74, 4000), uniform, schedule(0.72, 0.71, 3000))["shipped"] == (
+        "per_layer"
+    )
+
+
 def test_both_searches_keeping_every_channel_are_one_model_and_say_so():
     search, uniform = decision("sampled", 0.0, 0.14), decision("uniform", 0.0, 0.14)
     assert both_unpruned(search, uniform) and not both_unpruned(decision("sampled", 0.1, 0.13), uniform)

@@ -178,7 +178,7 @@ DEPTHS_SCRIPT = textwrap.dedent(
         arm.search = {**arm.search, "achieved": {"latency_ms": depths[count][2], "format": "fp32"}}
         return arm
 
-    _, chosen, stopped = deeper_while_it_pays(3, 0.05, search, finetune)
+    _, chosen, stopped = deeper_while_it_pays(3, 0.05, 0.045, search, finetune)
     with open(f"{sys.argv[1]}/rank{rank}.json", "w") as out:
         json.dump({"searched": searched, "finetuned": finetuned, "chosen": chosen, "stopped": stopped}, out)
     distributed.finish()

@@ -170,8 +170,8 @@ class Params:
     # Each configuration a search decides on is measured this many times and the median counts (the per-layer
     # table's entries once): one measurement on a shared 2-core VM was 50% off and sent the search astray.
     search_repeats: int = 3
-    # A timing over the budget that decides what is trained or ships (an arm after its fine-tune; an alternative
-    # untrained or trained, and a search's configuration by at most 2x, over the search's limit) is taken again up
+    # A timing over the search's limit that decides what is trained or ships (an arm after its fine-tune; an
+    # alternative untrained or trained; and a search's configuration by at most 2x) is taken again up
     # to this many times, retime_gap_s apart, until within it; the fastest decides (pipeline/search/retime.py). The
     # teacher's sessions for target_speedup_vs_teacher are retime_gap_s apart too. This VM has run small models at
     # two speeds 1.6-1.8x apart for seconds to minutes at a time, and one slow timing left the CIFAR-10 profile with

@@ -61,7 +61,8 @@ SECTION = "prune"
 #     decision meet the fastest of all its timings (budget_from_teacher.before_alternatives)
 # 28: the arms too (depths, per-layer against uniform) ship within the search's limit first, as the alternatives,
 #     their timings after the fine-tune taken again while over the limit
-VERSION = 28
+# 29: prune.search_budget_s counts a search's measuring, not the waits between timings taken again (SearchClock)
+VERSION = 29
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
@@ -166,7 +167,9 @@ class Params:
     # between the last configuration that missed and the first that met)
     search_refine: int = 3
     search_margin: float = 0.1  # a candidate must measure <= budget * (1 - margin): headroom for noise
-    search_budget_s: float = 300.0  # wall-time bound of the search; it then decides on what it measured
+    # Seconds a search spends measuring (the waits between timings taken again are not counted); it then decides on
+    # what it measured
+    search_budget_s: float = 300.0
     # Each configuration a search decides on is measured this many times and the median counts (the per-layer
     # table's entries once): one measurement on a shared 2-core VM was 50% off and sent the search astray.
     search_repeats: int = 3

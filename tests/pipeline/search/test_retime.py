@@ -84,11 +84,42 @@ def test_a_model_measured_against_a_budget_is_timed_again_from_its_one_export(mo
 def test_a_searchs_configuration_near_its_limit_is_measured_again_and_one_far_over_it_is_not(monkeypatch):
     """prune_candidates.reaching: the limit is the budget under prune.search_margin (0.1 -> 0.09 ms); a configuration
     over twice that (SLOW_EPISODE) is over whatever the host did, and the search goes on without waiting."""
-    monkeypatch.setattr(retime.time, "sleep", lambda s: None)
     params = Params(target_latency_ms=0.1, search_margin=0.1, retime_rounds=4, retime_gap_s=0)
     timings = {"near": iter([0.15, 0.12, 0.085]), "far": iter([0.19, 0.05])}
-    measure = prune_candidates.reaching(lambda setting: {"latency_ms": next(timings[setting])}, params)
+    clock = prune_candidates.SearchClock(sleep=lambda s: None)
+    measure = prune_candidates.reaching(lambda setting: {"latency_ms": next(timings[setting])}, params, clock)
     near = measure("near")
     assert near["latency_ms"] == 0.085 and near["timed_again"]["rounds_ms"] == [0.15, 0.12, 0.085]
     assert near["timed_again"]["limit_ms"] == pytest.approx(0.09)
     assert measure("far") == {"latency_ms": 0.19}  # 0.19 > 2 x 0.09: measured once
+
+
+def test_the_waits_between_timings_taken_again_do_not_count_against_the_searchs_time_budget():
+    """prune.search_budget_s bounds measuring. Each timing here takes 1 s and each ratio under 0.5 measures over the
+    0.05 ms limit (within SLOW_EPISODE of it), so it is taken again four times, 10 s apart: counted, the waits spend
+    a 30 s budget on ratio 0 alone; on the search's clock the uniform search reaches ratio 0.5 and meets the limit."""
+    from pipeline.search.prune_ratio import search_ratio
+
+    def run(counts_waits: bool) -> dict:
+        now = [0.0]
+
+        def advance(seconds: float) -> None:
+            now[0] += seconds
+
+        clock = prune_candidates.SearchClock(monotonic=lambda: now[0], sleep=advance)
+
+        def measure(ratio: float) -> dict:
+            advance(1.0)
+            return {"latency_ms": 0.1 * (1 - ratio)}
+
+        params = Params(target_latency_ms=0.05 / 0.9, search_margin=0.1, retime_rounds=4, retime_gap_s=10.0)
+        searched = prune_candidates.reaching(measure, params, clock)
+        limits = dict(budget_ms=0.05 / 0.9, margin=0.1, max_ratio=0.9, step=0.1, refine=0, time_budget_s=30.0)
+        decision = search_ratio(searched, **limits, clock=(lambda: now[0]) if counts_waits else clock)
+        return {**decision, "waited_s": clock.waited}
+
+    counted = run(counts_waits=True)
+    assert counted["out_of_time"] and not counted["met"] and [e["ratio"] for e in counted["trace"]] == [0.0]
+    searched = run(counts_waits=False)
+    assert not searched["out_of_time"] and searched["met"] and searched["ratio"] == 0.5
+    assert searched["waited_s"] == 5 * 4 * 10.0  # ratios 0 to 0.4, four waits each: not counted

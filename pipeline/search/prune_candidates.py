@@ -203,8 +203,9 @@ class SearchClock:
     """The clock a search reads prune.search_budget_s on: `monotonic` less the waits between timings taken again
     (`sleep`, prune.retime_gap_s each). The budget bounds the search's measuring; a wait is there to let a slow
     episode of the host pass, and counted it cut searches short: on digits (resnet8 x8, a budget of half the
-    teacher, 2026-12-07) every ratio of the uniform search measured over its limit was taken again four times 10 s
-    apart, and its 300 s ran out at ratio 0, the unpruned student, before any more pruned ratio was measured."""
+    teacher, 2026-12-07) each ratio of the uniform search measured over its limit and was taken again four times
+    10 s apart; its 300 s ran out after ratios 0 to 0.4 (0.019-0.023 ms), ratios 0.5 to 0.9 were never measured,
+    and the fastest of those measured, the unpruned student, was used."""
 
     def __init__(self, monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.monotonic, self.wait, self.waited = monotonic, sleep, 0.0

@@ -116,9 +116,9 @@ def against_pruned(
     """With a budget (`search`, the searches' decision) and prune.alternatives: each alternative of the student
     (`spec`) timed, trained when within the budget, and the one that ships over the pruned model (validation accuracy
     `pruned_validation`), or None. Without either: (None, None)."""
-    if not to_decide(search, spec, params):
-        return None, None
     models = resolve(params.alternatives, spec.name, spec.width, params.round_to)
+    if search is None or not models:  # to_decide's test, on the list resolved once
+        return None, None
     alternatives = trained_within_budget(models, teacher, dataset, params, distill_params, out_dir)
     pruned_ms = prune_budget.shipped_latency_ms(search)
     # params' budget, not the search's: with prune.target_speedup_vs_teacher the teacher is timed again before this

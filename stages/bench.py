@@ -42,7 +42,8 @@ from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, parse_provider_
 
 NAME = "bench"
 SECTION = "bench"
-VERSION = 9  # 9: every latency records the 95% intervals of its p95 and p99 (latency_basis: bound reads them)
+VERSION = 10  # 10: a model searched at more than one thread is timed at one thread beside it in the rounds
+# 9: every latency records the 95% intervals of its p95 and p99 (latency_basis: bound reads them)
 INPUTS = ("data", "export", "quantize")
 TRAINS = False
 OUTPUTS = ("bench.json",)
@@ -268,7 +269,7 @@ def results(paths, inputs, dataset, predicted, measured: dict[str, dict], params
                 **test_and_validation(test == dataset.test_labels, validation == dataset.val_labels),
                 "agreement_with_teacher": float((test == teacher).mean()),
                 **class_breakdown(dataset.test_labels, test, len(dataset.class_names)),
-                **{key: first[key] for key in ("settings", "settings_label", "settings_search", "latency", "memory")},
+                **{key: first[key] for key in device.MEASURED},
                 "targets": per_target,
             }
         )
@@ -276,7 +277,7 @@ def results(paths, inputs, dataset, predicted, measured: dict[str, dict], params
 
 
 def target_record(measured: dict[str, Any], dataset) -> dict[str, Any]:
-    record = {key: measured[key] for key in ("settings", "settings_label", "settings_search", "latency", "memory")}
+    record = {key: measured[key] for key in device.MEASURED}
     predictions = (measured.get("predictions") or {}).get("test")
     record["test_accuracy"] = (
         None if predictions is None else float((np.array(predictions) == dataset.test_labels).mean())

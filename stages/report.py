@@ -34,6 +34,7 @@ from pipeline.reporting.markdown import render_markdown
 from pipeline.reporting.signoff_section import budget_hint, nearest_text
 from pipeline.reporting.steps import CHOICES, what_each_step_did
 from pipeline.reporting.timing_moved import moved_timings
+from pipeline.runtime.device import MEASURED
 from pipeline.runtime.timing import PROVIDER_NAMES, is_provider, provider_name
 
 NAME = "report"
@@ -68,7 +69,8 @@ SECTION = "signoff"
 # 37: the teacher timed again before the alternatives (prune VERSION 27) said with the budget; each alternative's
 #     budget in ms
 # 38: the arms' choice said as within the search's limit first (prune VERSION 28)
-VERSION = 38
+# 39: the bench's check of a several-thread setting against one thread (bench VERSION 10) said under the latencies
+VERSION = 39
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")
@@ -169,7 +171,7 @@ def on_target(model: dict[str, Any], target: str) -> dict[str, Any]:
     measured = model["targets"][target]
     return {
         **model,
-        **{key: measured[key] for key in ("settings", "settings_label", "settings_search", "latency", "memory")},
+        **{key: measured[key] for key in MEASURED},
         "target_test_accuracy": measured.get("test_accuracy"),
     }
 

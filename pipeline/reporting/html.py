@@ -33,7 +33,7 @@ from pipeline.reporting.signoff_section import INTRO as FAILING_INTRO
 from pipeline.reporting.signoff_section import budget_hint, failing_rows, gate_number
 from pipeline.reporting.targets_section import target_descriptions, target_rows
 from pipeline.reporting.timed_again import timed_again_section
-from pipeline.reporting.timing_moved import moved_text
+from pipeline.reporting.timing_moved import held_text, moved_text
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
@@ -178,6 +178,7 @@ def _models_table(report: dict) -> str:
         + _onnx_teacher(report.get("teacher_onnx"))
         + (f"\n<p>{_e(sentence)}</p>" if (sentence := pruned_is_alternative(report)) else "")
         + (f"\n<p><strong>{_e(moved)}</strong></p>" if (moved := moved_text(report)) else "")
+        + (f"\n<p>{_e(held)}</p>" if (held := held_text(report)) else "")
     )
 
 

@@ -10,7 +10,7 @@ from pipeline.reporting.search_sections import search_sections
 from pipeline.reporting.signoff_section import failing_lines
 from pipeline.reporting.steps_section import steps_section
 from pipeline.reporting.targets_section import target_descriptions, target_rows
-from pipeline.reporting.timing_moved import moved_text
+from pipeline.reporting.timing_moved import held_text, moved_text
 from pipeline.training.recipes import DISTILLED, LABELS_ALONE
 
 
@@ -114,6 +114,7 @@ def models_section(report: dict[str, Any]) -> list[str]:
         ]
         lines += latency_table(report["models"], provider)
     lines += ["", f"**{moved}**"] if (moved := moved_text(report)) else []
+    lines += ["", held] if (held := held_text(report)) else []
     skipped = report.get("skipped_providers") or {}
     return lines + ([""] if skipped else []) + [f"- {name}: skipped ({why})" for name, why in skipped.items()]
 

@@ -60,3 +60,21 @@ def moved_text(report: dict[str, Any]) -> str:
         "ratio against such a model (the speed-up gate, a budget relative to the teacher) is as uncertain as the move "
         "(signoff.latency_basis: bound gates it at the move's end worst for the edge model)."
     )
+
+
+def held_text(report: dict[str, Any]) -> str:
+    """One sentence for report.md and report.html on the models whose settings search chose more than one thread
+    and were timed at one thread beside it in the rounds (pipeline/runtime/one_thread_rival.py); '' when none was."""
+    checked = [(m["name"], m["settings_check"]) for m in report["models"] if m.get("settings_check")]
+    if not checked:
+        return ""
+    each = "; ".join(
+        f"{name}: {check['searched']} {check['searched_ms']:.4f} ms, {check['one_thread']} {check['one_thread_ms']:.4f}"
+        f" ms, {'one thread kept' if check['kept'] == 'one_thread' else 'searched setting kept'}"
+        for name, check in checked
+    )
+    return (
+        "Settings held to the rounds: a model whose settings search chose more than one thread was also timed at its "
+        "fastest one-thread setting in every round, and keeps the one that ran faster (the median of every round's "
+        f"median, dropped rounds included), since sessions of several threads can run at two speeds: {each}."
+    )

@@ -25,6 +25,7 @@ MODULES = (
             "environment",
             "latency",
             "memory",
+            "one_thread_rival",
             "predict",
             "rounds",
             "sessions",

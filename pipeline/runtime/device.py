@@ -25,13 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.runtime import environment, memory, rounds, tuning
+from pipeline.runtime import environment, memory, one_thread_rival, rounds, tuning
 from pipeline.runtime.latency import summarize, tail_intervals
 from pipeline.runtime.predict import Normalized
 from pipeline.runtime.sessions import INPUT_NAME, SessionSettings, run_batches, session
 from pipeline.runtime.timing import ProviderUnavailable, provider_name, time_session
 
 Locate = Callable[[str], Path]
+# What a bench answer says of each model besides its predictions: its settings (the search, and the check against
+# one thread), latency and memory
+MEASURED = ("settings", "settings_label", "settings_search", "settings_check", "latency", "memory")
 IDLE_S = 120.0  # a runner nobody asked anything for this long ends (the host reuses one idle for at most 60 s)
 
 
@@ -48,12 +51,20 @@ def bench(request: dict[str, Any], locate: Locate) -> dict[str, Any]:
             settings[name], searches[name] = tried[0], None
         else:
             settings[name], _, searches[name] = tuning.tune(path, "cpu", feeds[batch], batch, tried, *presets)
-    latency, skipped = measure_latency(paths, settings, feeds, request)
+    # Held to the rounds (one_thread_rival.py): a search of more than one thread timed beside one thread
+    rivals = {name: r for name in paths if (r := one_thread_rival.rival(searches[name], tried, settings[name]))}
+    latency, skipped, checks = measure_latency(paths, settings, feeds, request, rivals)
+    switched = {name: rivals[name] for name, check in checks.items() if check["kept"] == "one_thread"}
+    for name, kept in switched.items():
+        settings[name], searches[name] = kept, one_thread_rival.chosen_in_trace(searches[name], kept)
+    if switched:  # measured again at the settings they keep, at every batch and provider
+        latency.update(measure_latency({name: paths[name] for name in switched}, settings, feeds, request, {})[0])
     models = {
         name: {
             "settings": settings[name].record(),
             "settings_label": settings[name].label(),
             "settings_search": searches[name],
+            "settings_check": checks.get(name),
             "latency": latency[name],
             "memory": peak_memory(path, settings[name], feeds[batch]) if request["memory"] else None,
             "predictions": predictions(path, settings[name], request.get("accuracy"), locate),
@@ -78,12 +89,17 @@ def candidates(request: dict[str, Any]) -> list[SessionSettings]:
 
 
 def measure_latency(
-    paths: dict[str, Path], settings: dict[str, SessionSettings], feeds: dict[int, dict], request: dict[str, Any]
-) -> tuple[dict[str, dict], dict[str, str]]:
-    """{model: {provider: {batch: stats}}} from interleaved rounds, and the providers skipped (and why)."""
+    paths: dict[str, Path],
+    settings: dict[str, SessionSettings],
+    feeds: dict[int, dict],
+    request: dict[str, Any],
+    rivals: dict[str, SessionSettings],
+) -> tuple[dict[str, dict], dict[str, str], dict[str, dict]]:
+    """{model: {provider: {batch: stats}}} from interleaved rounds, the providers skipped (and why), and each of
+    `rivals`' checks (one_thread_rival.held): on the CPU its one-thread setting is a job of the same rounds."""
     latency: dict[str, dict] = {name: {} for name in paths}
-    skipped = {}
-    preset = request["preset"]
+    skipped, checks = {}, {}
+    preset, batch_of_settings = request["preset"], request["settings_batch"]
     for provider in request["providers"]:
         options = request["provider_options"].get(provider_name(provider), {})
         jobs = {
@@ -91,11 +107,20 @@ def measure_latency(
             for name in paths
             for batch in request["batch_sizes"]
         }
+        on_cpu = provider_name(provider) == provider_name("cpu")
+        for name, one_thread in rivals.items() if on_cpu else ():
+            feed = feeds[batch_of_settings]
+            job = _job(paths[name], provider, one_thread, feed, preset, batch_of_settings, options)
+            jobs[f"{name}@{batch_of_settings}{one_thread_rival.SUFFIX}"] = job
         try:
             measured = rounds.measure(jobs, request["rounds"], request["tolerance"], request["retries"])
         except ProviderUnavailable as reason:
             skipped[provider] = str(reason)  # reported, never replaced by CPU
             continue
+        for name, one_thread in rivals.items() if on_cpu else ():
+            ours = measured.pop(f"{name}@{batch_of_settings}{one_thread_rival.SUFFIX}")
+            theirs = measured[f"{name}@{batch_of_settings}"]
+            checks[name] = one_thread_rival.held(settings[name], one_thread, theirs, ours)
         for key, result in measured.items():
             name, batch = key.rsplit("@", 1)
             stats = {
@@ -107,7 +132,7 @@ def measure_latency(
                 "stable": result["stable"],
             }
             latency[name].setdefault(provider_name(provider), {})[batch] = stats
-    return latency, skipped
+    return latency, skipped, checks
 
 
 def peak_memory(path: Path, settings: SessionSettings, feed: dict[str, np.ndarray]) -> dict[str, Any]:

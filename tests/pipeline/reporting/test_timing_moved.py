@@ -59,3 +59,33 @@ def test_the_report_says_what_moved_in_markdown_and_html(tiny_run):
     assert f"<p><strong>{said}" in render_html(report)
     report["timing_moved"] = []
     assert "Timing moved" not in render_markdown(report) and "Timing moved" not in render_html(report)
+
+
+def test_the_check_of_a_several_thread_setting_against_one_thread_is_said_in_markdown_and_html(tiny_run):
+    import json
+
+    from pipeline.reporting.html import render_html
+    from pipeline.reporting.markdown import render_markdown
+    from pipeline.reporting.timing_moved import held_text
+
+    _, results = tiny_run
+    report = json.loads(results["report"].artifact.file("report.json").read_text())
+    assert all("settings_check" in m for m in report["models"])  # recorded for every model (None: not checked)
+    for model in report["models"]:
+        model["settings_check"] = None
+    assert held_text(report) == ""
+    assert "Settings held to the rounds" not in render_markdown(report) + render_html(report)
+    report["models"][2]["settings_check"] = {  # the profile's pruned model on the Zen 4 EPYC: search 0.054 ms
+        "searched": "2 threads, spinning on, all",
+        "one_thread": "1 thread, spinning on, all",
+        "searched_ms": 0.0900,
+        "one_thread_ms": 0.0601,
+        "kept": "one_thread",
+    }
+    name = report["models"][2]["name"]
+    text = held_text(report)
+    assert text.startswith("Settings held to the rounds: a model whose settings search chose more than one thread")
+    assert text.endswith(
+        f": {name}: 2 threads, spinning on, all 0.0900 ms, 1 thread, spinning on, all 0.0601 ms, one thread kept."
+    )
+    assert text in render_markdown(report) and f"<p>{text}</p>" in render_html(report).replace("&#x27;", "'")

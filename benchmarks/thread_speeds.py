@@ -1,0 +1,58 @@
+"""Do sessions of one and of two threads hold their speed over minutes? Each round times every model at 1 thread
+(spinning on), 2 threads spinning on and 2 threads spinning off, each in a fresh session as the prune search times a
+candidate at fixed settings (tuning.tune with the search's presets, its 3 refine rounds), then waits a second.
+
+    python benchmarks/thread_speeds.py SECONDS OUT.jsonl MODEL.onnx [MODEL.onnx ...]
+
+One JSON line per round ({"t": seconds since the start, "NAME@1T": p50 ms, ...}), then the fastest, median and
+slowest of each column on stdout. Models take one float32 input named `input` (the pipeline's), fed at batch 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from pipeline.runtime import tuning
+from pipeline.runtime.sessions import INPUT_NAME, SessionSettings
+from pipeline.search.prune_candidates import SEARCH_TIMING
+
+SETTINGS = {"1T": SessionSettings(1, True), "2T": SessionSettings(2, True), "2Toff": SessionSettings(2, False)}
+
+
+def feed_of(path: Path) -> dict[str, np.ndarray]:
+    dims = onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    shape = [1, *(dim.dim_value for dim in dims[1:])]
+    return {INPUT_NAME: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+
+
+def main() -> None:
+    seconds, out, paths = float(sys.argv[1]), Path(sys.argv[2]), [Path(arg) for arg in sys.argv[3:]]
+    feeds = {path: feed_of(path) for path in paths}
+    rows = []
+    started = time.monotonic()
+    with out.open("w") as lines:
+        while time.monotonic() - started < seconds:
+            row = {"t": round(time.monotonic() - started, 1)}
+            for path in paths:
+                for label, settings in SETTINGS.items():
+                    timed = tuning.tune(path, "cpu", feeds[path], 1, [settings], *SEARCH_TIMING)[1]
+                    row[f"{path.parent.name}/{path.stem}@{label}"] = round(timed, 5)
+            rows.append(row)
+            lines.write(json.dumps(row) + "\n")
+            lines.flush()
+            time.sleep(1.0)
+    for column in (key for key in rows[0] if key != "t"):
+        ms = sorted(row[column] for row in rows)
+        print(
+            f"{column}: fastest {ms[0]:.4f}, median {ms[len(ms) // 2]:.4f}, slowest {ms[-1]:.4f} ms ({len(ms)} rounds)"
+        )
+
+
+if __name__ == "__main__":
+    main()

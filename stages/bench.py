@@ -4,8 +4,9 @@ this machine and on every device named in `bench.targets` (over SSH: pipeline/ru
 Everywhere the same code measures (pipeline/runtime/device.py):
 
 1. Settings: with `bench.tune`, each model's session settings (intra-op threads, spinning, graph optimization) are
-   searched at `bench.settings_batch` on this machine (pipeline/runtime/tuning.py); the winner is what the model is
-   measured, gated and shipped with.
+   searched at `bench.settings_batch` on this machine (pipeline/runtime/tuning.py). A winner of more than one thread
+   is timed beside the model's fastest one-thread setting in the rounds of step 3, and the faster over the rounds is
+   what the model is measured, gated and shipped with (pipeline/runtime/one_thread_rival.py).
 2. Accuracy, computed by onnxruntime itself with those settings (what ships is what is measured) on the validation
    split, which the report chooses on, and on the test split, which it only reports; each with its 95% Wilson
    interval and the per-image correctness that paired comparisons between models need. Inputs are preprocessed by

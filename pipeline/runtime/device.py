@@ -1,10 +1,11 @@
 """The measuring, wherever it runs: this machine or a device over SSH (pipeline/runtime/remote.py) run this code.
 
 `bench(request, locate)` measures models as the bench stage describes: each model's session settings searched
-(tuning.py), every model and batch in interleaved rounds (rounds.py) on every provider asked for (a provider this
-onnxruntime lacks is skipped, never replaced), the peak memory of a fresh process (memory.py), and, when asked, the
-predictions of every model on given images (preprocessed by predict.normalize, as the release does). Files are
-named by their sha256 and found with `locate`: on this machine the files themselves, on a device its cache.
+(tuning.py) and, where more than one thread won, held to the rounds against one thread (one_thread_rival.py), every
+model and batch in interleaved rounds (rounds.py) on every provider asked for (a provider this onnxruntime lacks is
+skipped, never replaced), the peak memory of a fresh process (memory.py), and, when asked, the predictions of every
+model on given images (preprocessed by predict.normalize, as the release does). Files are named by their sha256 and
+found with `locate`: on this machine the files themselves, on a device its cache.
 
 On a device this module runs from the runner bundle (bundle.py): only the standard library, numpy and onnxruntime
 are needed there. `main` is the device's entry point: requests in, one JSON line out for each.

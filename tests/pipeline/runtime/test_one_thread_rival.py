@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from pipeline.runtime import device, one_thread_rival, tuning
-from pipeline.runtime.sessions import SessionSettings
 
 TRIED = tuning.candidates((1, 2), (False, True), ("all",))  # 1 off, 1 on, 2 off, 2 on
 
@@ -23,7 +22,8 @@ def test_the_rival_is_the_searchs_fastest_one_thread_setting_and_only_when_it_ch
     assert one_thread_rival.rival(searched, TRIED, TRIED[1]) is None  # it chose one thread
     assert one_thread_rival.rival(None, TRIED[:1], TRIED[0]) is None  # nothing was searched
     two_only = [s for s in TRIED if s.threads == 2]
-    assert one_thread_rival.rival(trace([0.09, 0.05], 1, two_only), two_only, two_only[1]) is None  # no one-thread tried
+    none_of_one = trace([0.09, 0.05], 1, two_only)  # no one-thread setting tried
+    assert one_thread_rival.rival(none_of_one, two_only, two_only[1]) is None
 
 
 def test_the_check_reads_every_rounds_median_dropped_ones_included():

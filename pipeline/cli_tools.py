@@ -175,7 +175,8 @@ def predict(store: ArtifactStore, targets, top: int, release: Path | None, as_js
     "--tune",
     is_flag=True,
     help="On the CPU, search the fastest session settings (threads 1..cores, spinning, graph optimization) at the "
-    "first batch size instead of taking --threads.",
+    "first batch size instead of taking --threads. A winner of more than one thread is timed beside the fastest "
+    "one-thread setting in the same rounds, and the one that ran faster over them is kept.",
 )
 @json_option
 def bench_command(

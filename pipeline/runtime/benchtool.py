@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from pipeline.errors import ConfigError
-from pipeline.runtime import environment, targets, tuning
+from pipeline.runtime import environment, one_thread_rival, targets, tuning
 from pipeline.runtime.feeds import Signature, check_shapes, input_dtypes, make_feed, resolve_batches
 from pipeline.runtime.latency import summarize, tail_intervals
 from pipeline.runtime.onnx_files import input_signature, load_checked, output_signature
@@ -68,12 +68,15 @@ def bench_file(
     if target != targets.LOCAL:
         remote = on_target(target, path, feeds, threads, providers, preset, rounds, tune, provider_options, timeout)
         return {"model": describe_file(path, model, signature), "seed": seed, **remote}
-    results, settings, tuned = here(path, feeds, threads, providers, preset, rounds, tune, provider_options or {})
+    results, settings, tuned, check = here(
+        path, feeds, threads, providers, preset, rounds, tune, provider_options or {}
+    )
     return {
         "model": describe_file(path, model, signature),
         "environment": environment.describe(),
         "session_options": [s.record() for s in settings] if not tuned else tuned[0].record(),
         "settings_search": tuned[2] if tuned else None,
+        "settings_check": check,
         "preset": dict(preset),
         "method": rounds_method(rounds, 0.1, 2, preset),
         "seed": seed,
@@ -83,22 +86,40 @@ def bench_file(
 
 
 def here(path: Path, feeds: dict, threads, providers, preset: dict, rounds: int, tune: bool, options: dict):
-    """bench_file's measurements on this machine: (rows, the settings measured, the settings search or None)."""
+    """bench_file's measurements on this machine: (rows, the settings measured, the settings search or None, the
+    check of a several-thread winner against one thread or None). Tuned settings of more than one thread are held to
+    the rounds as the bench stage holds them (pipeline/runtime/one_thread_rival.py): the model's fastest one-thread
+    setting is timed in the same rounds, and the rows are those of the setting that ran faster."""
     batches = list(feeds)
     results: list[dict[str, Any]] = []
-    tuned = None
+    tuned, check = None, None
     for provider in providers:
         settings = [SessionSettings(count) for count in threads]
         try:
+            rival = None
             if tune and provider == "cpu":
                 every = tuning.candidates(tuple(range(1, environment.cores() + 1)), (False, True), tuning.all_levels())
                 tuned = tuning.tune(path, provider, feeds[batches[0]], batches[0], every)
-                settings = [tuned[0]]
+                settings, rival = [tuned[0]], one_thread_rival.rival(tuned[2], every, tuned[0])
             chosen = options.get(provider_name(provider))
-            results += measure_combinations(path, provider, settings, batches, feeds, preset, rounds, chosen)
+            timed = settings + ([rival] if rival else [])
+            rows = measure_combinations(path, provider, timed, batches, feeds, preset, rounds, chosen)
+            if rival:
+                first = {row["settings"]: row for row in rows if row["batch"] == batches[0]}
+                theirs, ours = (first[s.label()] for s in (tuned[0], rival))
+                check = one_thread_rival.held(tuned[0], rival, *(as_rounds(row) for row in (theirs, ours)))
+                kept = rival if check["kept"] == "one_thread" else tuned[0]
+                tuned = (kept, tuned[1], one_thread_rival.chosen_in_trace(tuned[2], kept))
+                settings, rows = [kept], [row for row in rows if row["settings"] == kept.label()]
+            results += rows
         except ProviderUnavailable as reason:
             results.append({"provider": provider, "skipped": str(reason)})
-    return results, settings, tuned
+    return results, settings, tuned, check
+
+
+def as_rounds(row: dict[str, Any]) -> dict[str, list[float]]:
+    """A row's rounds as one_thread_rival.held reads them (rounds.measure's names)."""
+    return {"round_medians": row["round_medians_ms"], "dropped_medians": row["dropped_rounds_ms"]}
 
 
 def on_target(
@@ -131,6 +152,7 @@ def on_target(
         "environment": answers[0]["environment"],
         "session_options": measured["settings"] if tune else [SessionSettings(count).record() for count in threads],
         "settings_search": measured["settings_search"] if tune else None,
+        "settings_check": measured["settings_check"] if tune else None,
         "preset": dict(preset),
         "method": rounds_method(rounds, 0.1, 2, preset),
         "results": target_rows(answers, providers),
@@ -186,6 +208,7 @@ def measure_combinations(
             **summarize(measured[name]["times"], batch),
             **tail_intervals(measured[name]["times"]),
             "round_medians_ms": measured[name]["round_medians"],
+            "dropped_rounds_ms": measured[name]["dropped_medians"],
             "spread": measured[name]["spread"],
             "stable": measured[name]["stable"],
         }
@@ -258,7 +281,19 @@ def format_table(result: dict) -> str:
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     lines = [f"model: {model['path']} (sha256 {model['sha256'][:12]}, {model['size_bytes']} bytes)"]
     lines += [_format_row(row, widths) for row in rows]
-    return "\n".join(lines + skipped + [_environment_line(result)])
+    return "\n".join(lines + skipped + _check_lines(result.get("settings_check")) + [_environment_line(result)])
+
+
+def _check_lines(check: dict | None) -> list[str]:
+    """The tuned settings' check against one thread (one_thread_rival.held), when there was one."""
+    if check is None:
+        return []
+    kept = check["one_thread"] if check["kept"] == "one_thread" else check["searched"]
+    return [
+        f"settings: the search chose {check['searched']}; over the rounds it ran at {_ms(check['searched_ms'])} ms "
+        f"and {check['one_thread']} at {_ms(check['one_thread_ms'])} ms (medians of every round's median): "
+        f"{kept} kept"
+    ]
 
 
 def _format_row(row: list[str], widths: list[int]) -> str:

@@ -132,6 +132,7 @@ def test_one_session_per_provider_threads_and_batch(conv_file, monkeypatch):
         "environment",
         "session_options",
         "settings_search",
+        "settings_check",
         "preset",
         "method",
         "seed",
@@ -336,3 +337,32 @@ def test_old_onnx_is_refused(conv_file, monkeypatch):
     monkeypatch.setattr(onnx_files.metadata, "version", lambda name: "1.20.1")
     with pytest.raises(ConfigError, match=r"onnx 1\.20\.1 is installed, but loading ONNX files needs onnx >= 1\.21"):
         load_checked(conv_file)
+
+
+def test_tuned_settings_of_two_threads_are_held_to_the_rounds_against_one_thread(conv_file, monkeypatch):
+    """Two threads fast in the settings search's burst and slow in the rounds (as on a 2-core VM, BENCHMARKS.md
+    "Two threads at two speeds"): the rows, the session options and the search's choice are one thread's."""
+    from pipeline.runtime import environment, tuning
+
+    def timings(ms_by_threads):
+        def time_session(path, provider, settings, feed, preset, batch, options=None):
+            return np.full(10, ms_by_threads[settings.threads] * batch), 0.001
+
+        return time_session
+
+    monkeypatch.setattr(environment, "cores", lambda: 2)
+    monkeypatch.setattr(tuning, "time_session", timings({1: 0.06, 2: 0.05}))
+    monkeypatch.setattr(benchtool, "time_session", timings({1: 0.06, 2: 0.10}))
+    result = bench_file(conv_file, {}, (1, 4), (1,), ("cpu",), TINY, rounds=3, tune=True)
+    check = result["settings_check"]
+    assert check["kept"] == "one_thread" and check["searched"].startswith("2 threads")
+    assert (check["searched_ms"], check["one_thread_ms"]) == (pytest.approx(0.10), pytest.approx(0.06))
+    assert result["session_options"]["intra_op_num_threads"] == 1
+    assert [(row["threads"], row["batch"]) for row in result["results"]] == [(1, 1), (1, 4)]
+    assert [e["label"] for e in result["settings_search"] if e["chosen"]] == [check["one_thread"]]
+    assert f"{check['one_thread']} kept" in format_table(result)
+    # Two threads as fast in the rounds as in the search keep their place
+    monkeypatch.setattr(benchtool, "time_session", timings({1: 0.06, 2: 0.05}))
+    result = bench_file(conv_file, {}, (1,), (1,), ("cpu",), TINY, rounds=3, tune=True)
+    assert result["settings_check"]["kept"] == "searched" and result["session_options"]["intra_op_num_threads"] == 2
+    assert [row["threads"] for row in result["results"]] == [2]

@@ -29,8 +29,12 @@ def test_bench_measures_every_model_at_every_batch(tiny_run):
         chosen = [entry for entry in model["settings_search"] if entry["chosen"]]
         assert len(model["settings_search"]) == metrics["machine"]["cores"] and len(chosen) == 1  # 1 thread, 2, ...
         assert chosen[0]["settings"] == model["settings"]  # measured and shipped with the fastest found
+        check = model["settings_check"]  # a search of more than one thread held to the rounds against one thread
+        if check is not None:
+            assert model["settings_label"] == check[check["kept"]] and check["one_thread"].startswith("1 thread")
         assert model["memory"]["peak_rss_mb"] > model["memory"]["baseline_rss_mb"] > 10
     assert metrics["environment"]["cores"] >= 1 and metrics["machine"]["cores"] == metrics["environment"]["cores"]
+    assert metrics["method"]["settings"].startswith("tuned per model at batch 1; a winner of more than one thread")
 
 
 def test_class_breakdown_counts_true_against_predicted():

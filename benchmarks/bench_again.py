@@ -3,8 +3,8 @@ fresh measurement. For comparing what a change to the measuring does on real mod
 
     python benchmarks/bench_again.py ARTIFACTS CONFIG OUT [--set section.key=value ...]
 
-ARTIFACTS is an artifact store holding one run's data, export and quantize entries (the newest of each is used), CONFIG
-the config that run used. bench.json and a summary go to OUT; the store is not written to.
+ARTIFACTS is an artifact store holding the data, export and quantize entries of CONFIG (with the overrides), as
+`edgeforge status` keys them. bench.json and a summary go to OUT; the store is not written to.
 """
 
 from __future__ import annotations
@@ -15,17 +15,16 @@ import time
 from pathlib import Path
 
 from pipeline.cache import ArtifactStore
-from pipeline.runner import load_config
+from pipeline.runner import load_config, needed_stages, plan_keys
 from stages import bench
 
 
-def newest(store: ArtifactStore, stage: str):
-    entries = sorted((store.cache / stage).glob("[0-9a-f]*"), key=lambda path: path.stat().st_mtime)
-    if not entries:
-        raise SystemExit(f"bench_again: no {stage} entry in {store.cache}: run the pipeline up to quantize first")
-    artifact = store.lookup(stage, entries[-1].name)
+def cached_input(store: ArtifactStore, stage: str, key: str):
+    """The bench's input `stage` of this config, verified (runner.plan_keys computed its key)."""
+    artifact = store.lookup(stage, key)
     if artifact is None:
-        raise SystemExit(f"bench_again: the {stage} entry {entries[-1].name[:12]} does not verify")
+        raise SystemExit(f"bench_again: {stage} {key[:12]} is not cached in {store.cache}: run `edgeforge run --until "
+                         "quantize` with this config first")  # fmt: skip
     return artifact
 
 
@@ -37,8 +36,10 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     store = ArtifactStore(args.artifacts)
-    params = load_config(args.config, args.overrides).section("bench")
-    inputs = {stage: newest(store, stage) for stage in bench.INPUTS}
+    config = load_config(args.config, args.overrides)
+    keys = plan_keys(config, needed_stages("bench"), store)
+    params = config.section("bench")
+    inputs = {stage: cached_input(store, stage, keys[stage]) for stage in bench.INPUTS}
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     result = bench.run(params, inputs, args.out)

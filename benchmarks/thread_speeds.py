@@ -5,7 +5,7 @@ candidate at fixed settings (tuning.tune with the search's presets, its 3 refine
     python benchmarks/thread_speeds.py SECONDS OUT.jsonl MODEL.onnx [MODEL.onnx ...]
 
 One JSON line per round ({"t": seconds since the start, "NAME@1T": p50 ms, ...}), then the fastest, median and
-slowest of each column on stdout. Models take one float32 input named `input` (the pipeline's), fed at batch 1.
+slowest of each column on stdout. Inputs are seeded random tensors of each model's signature at batch 1.
 """
 
 from __future__ import annotations
@@ -16,24 +16,30 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 
+from pipeline.errors import ConfigError
 from pipeline.runtime import tuning
-from pipeline.runtime.sessions import INPUT_NAME, SessionSettings
+from pipeline.runtime.feeds import input_dtypes, make_feed
+from pipeline.runtime.onnx_files import input_signature, load_checked
+from pipeline.runtime.sessions import SessionSettings
 from pipeline.search.prune_candidates import SEARCH_TIMING
 
 SETTINGS = {"1T": SessionSettings(1, True), "2T": SessionSettings(2, True), "2Toff": SessionSettings(2, False)}
 
 
 def feed_of(path: Path) -> dict[str, np.ndarray]:
-    dims = onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    shape = [1, *(dim.dim_value for dim in dims[1:])]
-    return {INPUT_NAME: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    """Seeded random inputs at batch 1, as `edgeforge bench` makes them."""
+    model = load_checked(path)
+    signature = input_signature(model)
+    return make_feed(signature, input_dtypes(model, signature), {}, 1, seed=0)
 
 
 def main() -> None:
     seconds, out, paths = float(sys.argv[1]), Path(sys.argv[2]), [Path(arg) for arg in sys.argv[3:]]
-    feeds = {path: feed_of(path) for path in paths}
+    try:
+        feeds = {path: feed_of(path) for path in paths}
+    except ConfigError as error:
+        raise SystemExit(f"thread_speeds: {error}") from None
     rows = []
     started = time.monotonic()
     with out.open("w") as lines:

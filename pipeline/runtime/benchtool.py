@@ -105,9 +105,9 @@ def here(path: Path, feeds: dict, threads, providers, preset: dict, rounds: int,
             timed = settings + ([rival] if rival else [])
             rows = measure_combinations(path, provider, timed, batches, feeds, preset, rounds, chosen)
             if rival:
-                first = {row["settings"]: row for row in rows if row["batch"] == batches[0]}
-                theirs, ours = (first[s.label()] for s in (tuned[0], rival))
-                check = one_thread_rival.held(tuned[0], rival, *(as_rounds(row) for row in (theirs, ours)))
+                at_first = [row for row in rows if row["batch"] == batches[0]]  # every round's median, kept or dropped
+                rounds_ms = {row["settings"]: row["round_medians_ms"] + row["dropped_rounds_ms"] for row in at_first}
+                check = one_thread_rival.held(tuned[0], rival, rounds_ms[tuned[0].label()], rounds_ms[rival.label()])
                 kept = rival if check["kept"] == "one_thread" else tuned[0]
                 tuned = (kept, tuned[1], one_thread_rival.chosen_in_trace(tuned[2], kept))
                 settings, rows = [kept], [row for row in rows if row["settings"] == kept.label()]
@@ -115,11 +115,6 @@ def here(path: Path, feeds: dict, threads, providers, preset: dict, rounds: int,
         except ProviderUnavailable as reason:
             results.append({"provider": provider, "skipped": str(reason)})
     return results, settings, tuned, check
-
-
-def as_rounds(row: dict[str, Any]) -> dict[str, list[float]]:
-    """A row's rounds as one_thread_rival.held reads them (rounds.measure's names)."""
-    return {"round_medians": row["round_medians_ms"], "dropped_medians": row["dropped_rounds_ms"]}
 
 
 def on_target(

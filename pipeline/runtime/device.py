@@ -119,8 +119,8 @@ def measure_latency(
             skipped[provider] = str(reason)  # reported, never replaced by CPU
             continue
         for name, one_thread in rivals.items() if on_cpu else ():
-            ours = measured.pop(f"{name}@{batch_of_settings}{one_thread_rival.SUFFIX}")
-            theirs = measured[f"{name}@{batch_of_settings}"]
+            ours = one_thread_rival.every_round(measured.pop(f"{name}@{batch_of_settings}{one_thread_rival.SUFFIX}"))
+            theirs = one_thread_rival.every_round(measured[f"{name}@{batch_of_settings}"])
             checks[name] = one_thread_rival.held(settings[name], one_thread, theirs, ours)
         for key, result in measured.items():
             name, batch = key.rsplit("@", 1)

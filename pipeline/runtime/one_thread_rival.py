@@ -31,25 +31,26 @@ def rival(trace: list[dict[str, Any]] | None, tried: list[SessionSettings], chos
     one thread, tried none, or did not run (`trace` None: a single setting, nothing chosen)."""
     if trace is None or chosen.threads == 1:
         return None
-    screened = [(entry["screen_ms"], i) for i, entry in enumerate(trace) if tried[i].threads == 1]
-    screened = [(ms, i) for ms, i in screened if ms is not None]
+    screened = [
+        (e["screen_ms"], i) for i, e in enumerate(trace) if tried[i].threads == 1 and e["screen_ms"] is not None
+    ]
     return tried[min(screened)[1]] if screened else None
 
 
-def typical_ms(result: dict[str, Any]) -> float:
-    """The median of every round's median of a job (rounds.measure's result), dropped ones included."""
-    return float(np.median(result["round_medians"] + result["dropped_medians"]))
+def every_round(result: dict[str, Any]) -> list[float]:
+    """Every round's median of a job (rounds.measure's result), the dropped ones after the kept."""
+    return result["round_medians"] + result["dropped_medians"]
 
 
-def held(searched: SessionSettings, one_thread: SessionSettings, theirs: dict, ours: dict) -> dict[str, Any]:
-    """The record of one model's check: `theirs` is the searched setting's job result in the rounds, `ours` the
-    one-thread rival's, both at the settings batch."""
-    searched_ms, one_thread_ms = typical_ms(theirs), typical_ms(ours)
+def held(searched: SessionSettings, one_thread: SessionSettings, theirs: list[float], ours: list[float]) -> dict:
+    """The record of one model's check: `theirs` is every round's median of the searched setting in the rounds,
+    `ours` the one-thread rival's (every_round), both at the settings batch."""
+    searched_ms, one_thread_ms = float(np.median(theirs)), float(np.median(ours))
     return {
         "searched": searched.label(),
         "one_thread": one_thread.label(),
-        "searched_rounds_ms": theirs["round_medians"] + theirs["dropped_medians"],
-        "one_thread_rounds_ms": ours["round_medians"] + ours["dropped_medians"],
+        "searched_rounds_ms": theirs,
+        "one_thread_rounds_ms": ours,
         "searched_ms": searched_ms,
         "one_thread_ms": one_thread_ms,
         "kept": "one_thread" if one_thread_ms < searched_ms else "searched",

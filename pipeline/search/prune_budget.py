@@ -220,18 +220,15 @@ def both_unpruned(search: dict, uniform: dict) -> bool:
     return search["ratio"] == 0 and uniform["ratio"] == 0 and not search.get("dropped_blocks")
 
 
-def achieved(
-    model: torch.nn.Module, spec, dataset: Dataset, params: Any, limit_ms: float | None = None
-) -> dict[str, Any]:
-    """The fine-tuned model measured as its candidate was (weights do not change the graph; noise does), taken
-    again while over the budget, or over `limit_ms` when given (pipeline/search/retime.py); under torchrun by the
-    leader, for every rank."""
+def achieved(model: torch.nn.Module, spec, dataset: Dataset, params: Any, limit_ms: float) -> dict[str, Any]:
+    """A model that may ship (an arm after its fine-tune, an alternative) measured as its candidate was (weights do
+    not change the graph; noise does), taken again while over `limit_ms`, the search's limit (limit_ms(params): what
+    every such network is held to first; pipeline/search/retime.py); under torchrun by the leader, for every rank."""
     if not distributed.is_leader():
         return distributed.broadcast_json(None)
     measure = candidates(model, spec, dataset, params)
     try:
-        held_to = params.target_latency_ms if limit_ms is None else limit_ms
-        return distributed.broadcast_json(measure.measure(model, held_to))
+        return distributed.broadcast_json(measure.measure(model, limit_ms))
     finally:
         measure.close()
 

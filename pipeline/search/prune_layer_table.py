@@ -107,8 +107,12 @@ def search(
     # The table's entries are measured once each; a configuration near the limit, again while over it
     clock = SearchClock()  # prune.search_budget_s counts measuring, not the waits between timings taken again
     measure = reaching(repeated(candidates, params.search_repeats), params, clock)
-    limits = dict(budget_ms=params.target_latency_ms, margin=params.search_margin, time_budget_s=params.search_budget_s)
-    limits["clock"] = clock
+    limits = dict(
+        budget_ms=params.target_latency_ms,
+        margin=params.search_margin,
+        time_budget_s=params.search_budget_s,
+        clock=clock,
+    )
     model = LATENCY_MODELS[params.search_latency_model]
     if params.search == "sampled":
         if scores is None:

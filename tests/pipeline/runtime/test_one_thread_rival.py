@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline.runtime import device, one_thread_rival, tuning
+from pipeline.runtime.one_thread_rival import every_round
 
 TRIED = tuning.candidates((1, 2), (False, True), ("all",))  # 1 off, 1 on, 2 off, 2 on
 
@@ -30,12 +31,12 @@ def test_the_check_reads_every_rounds_median_dropped_ones_included():
     # Two threads at two speeds: three rounds slow kept, two fast dropped as disturbed; one thread steady between
     theirs = {"round_medians": [0.099, 0.098, 0.100], "dropped_medians": [0.048, 0.049]}
     ours = {"round_medians": [0.060, 0.061, 0.060, 0.060, 0.061], "dropped_medians": []}
-    check = one_thread_rival.held(TRIED[3], TRIED[1], theirs, ours)
+    check = one_thread_rival.held(TRIED[3], TRIED[1], every_round(theirs), every_round(ours))
     assert check["kept"] == "one_thread" and check["searched_ms"] == pytest.approx(0.098)
     assert check["searched_rounds_ms"] == [0.099, 0.098, 0.100, 0.048, 0.049] and check["one_thread_ms"] == 0.060
     # Most rounds fast: the median is the fast speed, and the search's setting stays
     theirs = {"round_medians": [0.048, 0.049, 0.050], "dropped_medians": [0.099, 0.098]}
-    assert one_thread_rival.held(TRIED[3], TRIED[1], theirs, ours)["kept"] == "searched"
+    assert one_thread_rival.held(TRIED[3], TRIED[1], every_round(theirs), every_round(ours))["kept"] == "searched"
 
 
 def fake_timings(monkeypatch, in_rounds_ms: dict[int, float]):

@@ -35,7 +35,7 @@ from pipeline.models.depth import AUTO
 from pipeline.models.factory import count_macs_and_params
 from pipeline.models.storage import load_model, save_model
 from pipeline.runtime import targets
-from pipeline.search import prune_budget, prune_depth, teacher_budget
+from pipeline.search import prune_budget, prune_depth, teacher_budget, thread_probe
 from pipeline.training import features, prune_alternatives, prune_arms
 from pipeline.training.features import with_distill_features
 from pipeline.training.onnx_teacher import load_teacher
@@ -62,7 +62,9 @@ SECTION = "prune"
 # 28: the arms too (depths, per-layer against uniform) ship within the search's limit first, as the alternatives,
 #     their timings after the fine-tune taken again while over the limit
 # 29: prune.search_budget_s counts a search's measuring, not the waits between timings taken again (SearchClock)
-VERSION = 29
+# 30: prune.thread_probe_s: the student timed at one and several threads first; where one holds and several move,
+#     candidates at one thread, no timing taken again ("thread_probe", pipeline/search/thread_probe.py)
+VERSION = 30
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
@@ -181,6 +183,11 @@ class Params:
     # no network within its budget (BENCHMARKS.md).
     retime_rounds: int = 4
     retime_gap_s: float = 10.0
+    # With a budget and target_threads null: seconds the student is timed for first, at one thread and at every core,
+    # in rounds (0: none). Where one thread holds its speed and several threads do not, every candidate is timed at
+    # one thread and no timing is taken again (pipeline/search/thread_probe.py). On the Zen 4 EPYC one thread held
+    # within 1% for minutes where two ran at two speeds up to 2x apart (BENCHMARKS.md, "Two threads at two speeds").
+    thread_probe_s: float = 60.0
     # per_layer and sampled: also prune to the uniform search's ratio at the same budget and fine-tune it the same
     # way; the one more accurate on validation within the limit, then the budget, ships; the report shows both (what the
     # per-layer search bought over the simple path, measured here). Costs a second search and fine-tune.
@@ -247,6 +254,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     teacher = load_teacher(inputs["teacher"].path)
     whole, spec = load_model(inputs["distill"].path)
     macs_before, params_before = count_macs_and_params(whole, spec)
+    # prune.thread_probe_s: where one thread holds its speed and several do not, candidates at one thread
+    params, threads = thread_probe.applied(params, whole, spec, dataset, out_dir)
     depth = prune_depth.chosen_blocks(whole, dataset, params, model_label(spec.name, spec.width))
     if depth is not None and params.drop_blocks == AUTO:  # a search and fine-tune per depth, the best kept
         arm, depth = prune_arms.best_depth(whole, depth, teacher, spec, dataset, params, out_dir)
@@ -265,9 +274,10 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
     # prune.target_speedup_vs_teacher, against the teacher timed again first: the decisions that ship meet the
     # fastest of all its timings, nearer the one the bench gates with.
     if prune_alternatives.to_decide(search, spec, params):
-        params, from_teacher = teacher_budget.before_alternatives(
-            params, from_teacher, inputs["teacher"].path, dataset, out_dir
-        )
+        asked, from_teacher = teacher_budget.before_alternatives(
+            thread_probe.as_asked(params, threads), from_teacher, inputs["teacher"].path, dataset, out_dir
+        )  # the teacher at its own settings, as the bench times it
+        params = thread_probe.resolved(asked, threads)
     alternatives, best = prune_alternatives.against_pruned(
         search, spec, shipped_scores["validation_accuracy"], teacher, dataset, params, distill_params, out_dir
     )
@@ -286,6 +296,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "steps": steps,
         "latency_search": search,
         "budget_from_teacher": from_teacher,
+        "thread_probe": threads,
         **shipped_scores,
         "validation_accuracy_before_finetune": before_finetune["validation_accuracy"],
         "test_accuracy_before_finetune": before_finetune["test_accuracy"],
@@ -299,6 +310,7 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "shipped": shipped,
         "finetune_features": features.described(params.feature_loss, params.feature_weight, params.feature_layers),
         "summary": teacher_budget.summary(from_teacher)
+        + thread_probe.summary(threads)
         + prune_budget.search_summary(search)
         + prune_arms.summary(depth)
         + prune_depth.summary(depth, dropped)

@@ -70,7 +70,8 @@ SECTION = "signoff"
 #     budget in ms
 # 38: the arms' choice said as within the search's limit first (prune VERSION 28)
 # 39: the bench's check of a several-thread setting against one thread (bench VERSION 10) said under the latencies
-VERSION = 39
+# 40: the prune stage's thread probe ("thread_probe"), said after the latency search's method
+VERSION = 40
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False
 OUTPUTS = ("report.json", "report.md", "report.html", "model.onnx", "deploy.json", "labels.txt", "predict.py")
@@ -206,6 +207,8 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         # prune.target_speedup_vs_teacher: the prune stage's timing of the teacher and this bench's (None: no such
         # budget)
         "budget_from_teacher": from_teacher,
+        # the prune stage's thread probe: the thread count its candidates were timed at, and why (None: none ran)
+        "thread_probe": inputs["prune"].metrics.get("thread_probe"),
         # models the settings search and the rounds timed far apart: ratios against them are as uncertain
         "timing_moved": moved_timings(models, params.latency_batch, params.latency_provider),
     }

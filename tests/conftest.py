@@ -32,6 +32,8 @@ TINY = (
     "prune.finetune_epochs=4",
     # A timing over a budget is taken again at once: the tests' budgets are set to be missed, not waited out.
     "prune.retime_gap_s=0",
+    # No thread probe before the searches (a minute of timing): tests/pipeline/search/test_thread_probe.py has its own.
+    "prune.thread_probe_s=0",
     "quantize.calibration_samples=256",
     # Post-training int8 as the tests of its arguments expect: on 143 validation images one image is more than
     # quantize.max_drop, so `auto` would fine-tune by chance. tests/stages/test_quantize.py runs QAT on this run.
@@ -64,6 +66,7 @@ FAST = (
     "prune.finetune_epochs=1",
     "prune.scratch_baseline=false",
     "prune.retime_gap_s=0",
+    "prune.thread_probe_s=0",
     "quantize.calibration_samples=64",
     "quantize.qat=never",
     "bench.batch_sizes=[1]",

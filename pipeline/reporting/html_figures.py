@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from pipeline.reporting import plots
 from pipeline.reporting.budget_gate import budget_source
 from pipeline.reporting.gates import pareto_front
+from pipeline.reporting.latency_search_sections import probe_source
 from pipeline.reporting.plots import latency_at
 
 
@@ -57,7 +58,7 @@ def search_trace_section(report: dict) -> str:
         f"Latency-budget search: every candidate measured before fine-tuning ({len(search['trace'])} in "
         f"{search['seconds']:.1f} s). Budget {search['budget_ms']:g} ms {verdict}; predicted "
         f"{search['predicted_ms']:.4f} ms, achieved after the fine-tune {search['achieved']['latency_ms']:.4f} ms."
-        f"{budget_source(report.get('budget_from_teacher'))}"
+        f"{budget_source(report.get('budget_from_teacher'))}{probe_source(report.get('thread_probe'))}"
     )
     if "uniform_baseline" in search:
         baseline = search["uniform_baseline"]

@@ -9,6 +9,7 @@ from typing import Any
 
 from pipeline.reporting.budget_gate import budget_key, budget_source
 from pipeline.search.prune_plateau import setting
+from pipeline.search.thread_probe import text as probe_text
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -95,12 +96,20 @@ def confirmed_lines(search: dict[str, Any]) -> list[str]:
     return as_lines(confirmed_parts(search))
 
 
-def latency_search_section(search: dict[str, Any] | None, from_teacher: dict[str, Any] | None = None) -> list[str]:
-    """`from_teacher`: the prune stage's budget_from_teacher (None: the budget was set in ms)."""
+def probe_source(probe: dict[str, Any] | None) -> str:
+    """The prune stage's thread probe in a sentence after the search's method ('' where none ran)."""
+    return f" {probe_text(probe)}" if probe else ""
+
+
+def latency_search_section(
+    search: dict[str, Any] | None, from_teacher: dict[str, Any] | None = None, probe: dict[str, Any] | None = None
+) -> list[str]:
+    """`from_teacher`: the prune stage's budget_from_teacher (None: the budget was set in ms); `probe`: its
+    thread_probe (None: none ran)."""
     if search is None:
         return []
     if search.get("search") in ("per_layer", "sampled"):
-        return per_layer_search_section(search, from_teacher)
+        return per_layer_search_section(search, from_teacher, probe)
     method, achieved = search["method"], search["achieved"]
     lines = [
         "",
@@ -111,7 +120,8 @@ def latency_search_section(search: dict[str, Any] | None, from_teacher: dict[str
         f"{' or '.join(method['formats'])}; a candidate must "
         f"measure ≤ {search['limit_ms']:.4g} ms (margin {search['margin']:g}). Candidates were pruned copies of the "
         f"student, exported and timed before any fine-tuning, each {method.get('repeats', 1)} time(s), the median "
-        f"counting ({len(search['trace'])} in {search['seconds']:.1f} s).{budget_source(from_teacher)}",
+        f"counting ({len(search['trace'])} in {search['seconds']:.1f} s).{budget_source(from_teacher)}"
+        f"{probe_source(probe)}",
         "",
         f"Chosen ratio **{search['ratio']:g}**: predicted {search['predicted_ms']:.4f} ms, achieved after the "
         f"fine-tune {achieved['latency_ms']:.4f} ms ({achieved['format']}).",
@@ -134,7 +144,9 @@ def latency_search_section(search: dict[str, Any] | None, from_teacher: dict[str
     return lines + table(["ratio", "fp32 p50 ms", "int8 p50 ms", "deployed ms", "MACs", "meets limit"], rows)
 
 
-def per_layer_search_section(search: dict[str, Any], from_teacher: dict[str, Any] | None = None) -> list[str]:
+def per_layer_search_section(
+    search: dict[str, Any], from_teacher: dict[str, Any] | None = None, probe: dict[str, Any] | None = None
+) -> list[str]:
     """A per-layer search (pipeline/search/prune_layers.py, prune_sampled.py): each group's chosen count, predicted
     vs achieved, the configurations measured and (sampled) those scored."""
     method, achieved, latencies = search["method"], search["achieved"], search["table"]
@@ -150,7 +162,7 @@ def per_layer_search_section(search: dict[str, Any], from_teacher: dict[str, Any
         f"of the student, each with one group reduced ({method['table']} for this machine and architecture in "
         f"{method.get('table_seconds', 0):.1f} s); "
         f"configurations {how_chosen(search)}, then measured "
-        f"({len(search['trace'])} in {search['seconds']:.1f} s).{budget_source(from_teacher)}",
+        f"({len(search['trace'])} in {search['seconds']:.1f} s).{budget_source(from_teacher)}{probe_source(probe)}",
         "",
         f"Chosen: **{search['ratio']:.1%}** of the groups' channels removed; {method['latency_model']} prediction "
         f"{search['model_ms']:.4f} ms, measured before the fine-tune {search['predicted_ms']:.4f} ms, achieved "

@@ -143,7 +143,7 @@ def search_sections(report: dict[str, Any]) -> list[str]:
     search = report.get("latency_search")
     return (
         edge_choice_section(report)
-        + latency_search_section(search, report.get("budget_from_teacher"))
+        + latency_search_section(search, report.get("budget_from_teacher"), report.get("thread_probe"))
         + depth_arms_section((report.get("pruning") or {}).get("depth"), (search or {}).get("budget_ms"))
         + quantization_search_section(report.get("quantization_search") or {})
         + quantization_aware_section(report.get("quantization_aware") or {})

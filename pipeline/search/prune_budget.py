@@ -97,6 +97,9 @@ def check_params(params: Any) -> None:
     require(params.search_budget_s > 0, "prune.search_budget_s", params.search_budget_s, "a number of seconds > 0")
     require(params.retime_rounds >= 0, "prune.retime_rounds", params.retime_rounds, "an integer >= 0 (0: none)")
     require(params.retime_gap_s >= 0, "prune.retime_gap_s", params.retime_gap_s, "a number of seconds >= 0")
+    require(
+        params.thread_probe_s >= 0, "prune.thread_probe_s", params.thread_probe_s, "a number of seconds >= 0 (0: none)"
+    )
 
 
 def pruning(spec, params: Any):

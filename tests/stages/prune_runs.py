@@ -12,6 +12,7 @@ def run_prune(store, *sets, target="prune"):
     # The uniform search unless a test names another (the default per-layer one measures a latency table first).
     basics = [*fast, "prune.finetune_epochs=1", "quantize.calibration_samples=64", "prune.search=uniform"]
     basics.append("prune.retime_gap_s=0")  # a timing over a budget taken again at once: these budgets are missed
+    basics.append("prune.thread_probe_s=0")  # no minute of timing first (tests/pipeline/search/test_thread_probe.py)
     config = load_config(overrides=[*basics, *bench, *sets])
     # These tests exercise the prune stage's own handling of budgets, unreachable ones included; the run's floor
     # check before training (tests/pipeline/search/test_student_floor.py) would stop those first.

@@ -9,6 +9,7 @@ from pipeline.models.factory import build_model, count_macs_and_params
 from pipeline.models.pruning import prune_channels
 from pipeline.models.spec import ModelSpec
 from pipeline.models.storage import load_model, save_model
+from pipeline.runtime import environment
 from stages.prune import Params
 from tests.stages.prune_runs import run_prune
 
@@ -524,3 +525,59 @@ def test_prune_feature_loss_distill_takes_the_distill_stages_kind_weight_and_lay
     assert with_distill_features(inherit, {"feature_loss": "none"}).feature_loss == "none"
     for named in (Params(feature_loss="attention"), Params()):  # named here, or none (the default): distill's unread
         assert with_distill_features(named, distill) == named
+
+
+# A search of two candidates (ratios 0 and 0.5), and no model trained beside the fine-tune: what these tests read
+ONE_STEP = ("prune.search_repeats=1", "prune.search_step=0.5", "prune.max_ratio=0.5", "prune.search_refine=0")
+ONE_STEP += ("prune.scratch_baseline=false",)
+
+
+def probe_timing(monkeypatch, two_threads_ms: list[float]) -> None:
+    """The thread probe's rounds faked: one thread at 0.05 ms in each, two threads at `two_threads_ms` in turn."""
+    from pipeline.search import thread_probe
+
+    real = thread_probe.probe
+
+    def probe(time_one, settings, seconds, **_):
+        speeds = {True: iter(two_threads_ms), False: iter(two_threads_ms)}
+
+        def timed(setting):
+            return 0.05 if setting.threads == 1 else next(speeds[setting.spinning])
+
+        return real(timed, settings, 0.0, gap_s=0.0)  # two rounds, none waited for
+
+    monkeypatch.setattr(thread_probe, "probe", probe)
+
+
+@pytest.mark.skipif(environment.cores() < 2, reason="one core: no thread count to choose")
+def test_where_one_thread_holds_and_two_do_not_every_candidate_is_timed_at_one_thread_and_none_again(
+    store, monkeypatch
+):
+    probe_timing(monkeypatch, [0.04, 0.08])  # two threads at two speeds, 2x apart
+    # A nanosecond: every candidate and the fine-tuned model are over it, which would have them timed again.
+    sets = ["prune.target_latency_ms=0.000001", "prune.thread_probe_s=1", "prune.target_format=fp32"]
+    results = run_prune(store, *sets, *ONE_STEP, target="report")
+    metrics = results["prune"].artifact.metrics
+    probe, search = metrics["thread_probe"], metrics["latency_search"]
+    assert probe["one_thread"] and probe["asked"] == {"target_threads": None, "retime_rounds": 4}
+    assert search["method"]["settings"] == "1 threads"
+    assert {entry["fp32_settings"] for entry in search["trace"]} == {"1 thread, spinning off, all"}
+    assert "timed_again" not in search["achieved"]  # prune.retime_rounds 0: one thread did not change speed
+    assert metrics["summary"].startswith("thread probe: 1 thread 0.0500–0.0500 ms, several 0.0400–0.0800 ms")
+    assert results["prune"].artifact.manifest["params"]["target_threads"] is None  # the config as asked
+    report = json.loads(results["report"].artifact.file("report.json").read_text())
+    assert report["thread_probe"] == probe
+    said = "so candidates were timed at one thread, and no timing was taken again."
+    assert said in results["report"].artifact.file("report.md").read_text()
+    assert said in results["report"].artifact.file("report.html").read_text()
+
+
+@pytest.mark.skipif(environment.cores() < 2, reason="one core: no thread count to choose")
+def test_where_two_threads_hold_too_candidates_keep_their_tuned_settings_and_are_timed_again(store, monkeypatch):
+    probe_timing(monkeypatch, [0.04, 0.041])
+    # prune.thread_probe_s 2, not 1: another entry than the test above's in the store they share
+    sets = ["prune.target_latency_ms=0.000001", "prune.thread_probe_s=2", "prune.target_format=fp32"]
+    metrics = run_prune(store, *sets, *ONE_STEP).artifact.metrics
+    assert metrics["thread_probe"]["one_thread"] is False
+    assert metrics["latency_search"]["method"]["settings"] == "tuned per candidate"
+    assert len(metrics["latency_search"]["achieved"]["timed_again"]["rounds_ms"]) == 5  # 4 more, as configured

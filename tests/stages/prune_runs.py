@@ -18,3 +18,20 @@ def run_prune(store, *sets, target="prune"):
     # check before training (tests/pipeline/search/test_student_floor.py) would stop those first.
     results = run_pipeline(config, store, target=target, check_floor=False)
     return results[-1] if target == "prune" else {r.name: r for r in results}
+
+
+def probe_timing(monkeypatch, two_threads_ms: list[float]) -> None:
+    """The thread probe's rounds faked: one thread at 0.05 ms in each, two threads at `two_threads_ms` in turn."""
+    from pipeline.search import thread_probe
+
+    real = thread_probe.probe
+
+    def probe(time_one, settings, seconds, **_):
+        speeds = {True: iter(two_threads_ms), False: iter(two_threads_ms)}
+
+        def timed(setting):
+            return 0.05 if setting.threads == 1 else next(speeds[setting.spinning])
+
+        return real(timed, settings, 0.0, gap_s=0.0)  # two rounds, none waited for
+
+    monkeypatch.setattr(thread_probe, "probe", probe)

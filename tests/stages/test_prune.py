@@ -11,7 +11,7 @@ from pipeline.models.spec import ModelSpec
 from pipeline.models.storage import load_model, save_model
 from pipeline.runtime import environment
 from stages.prune import Params
-from tests.stages.prune_runs import run_prune
+from tests.stages.prune_runs import probe_timing, run_prune
 
 pytestmark = pytest.mark.usefixtures("short_search_timing")
 
@@ -530,23 +530,6 @@ def test_prune_feature_loss_distill_takes_the_distill_stages_kind_weight_and_lay
 # A search of two candidates (ratios 0 and 0.5), and no model trained beside the fine-tune: what these tests read
 ONE_STEP = ("prune.search_repeats=1", "prune.search_step=0.5", "prune.max_ratio=0.5", "prune.search_refine=0")
 ONE_STEP += ("prune.scratch_baseline=false",)
-
-
-def probe_timing(monkeypatch, two_threads_ms: list[float]) -> None:
-    """The thread probe's rounds faked: one thread at 0.05 ms in each, two threads at `two_threads_ms` in turn."""
-    from pipeline.search import thread_probe
-
-    real = thread_probe.probe
-
-    def probe(time_one, settings, seconds, **_):
-        speeds = {True: iter(two_threads_ms), False: iter(two_threads_ms)}
-
-        def timed(setting):
-            return 0.05 if setting.threads == 1 else next(speeds[setting.spinning])
-
-        return real(timed, settings, 0.0, gap_s=0.0)  # two rounds, none waited for
-
-    monkeypatch.setattr(thread_probe, "probe", probe)
 
 
 @pytest.mark.skipif(environment.cores() < 2, reason="one core: no thread count to choose")

@@ -11,9 +11,10 @@ import pytest
 
 from pipeline.models.factory import count_macs_and_params
 from pipeline.models.storage import load_model
+from pipeline.runtime import environment
 from pipeline.search import prune_budget
 from pipeline.training import prune_alternatives
-from tests.stages.prune_runs import run_prune
+from tests.stages.prune_runs import probe_timing, run_prune
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("short_search_timing")]
 
@@ -270,17 +271,22 @@ def test_with_a_speedup_budget_the_alternatives_meet_the_teacher_timed_again_bef
 
     # The teacher's first timing gives the search a budget the student meets unpruned (500 ms); timed again before
     # the alternatives it gives one nothing meets (a microsecond), so the stride-2 variant is timed, not trained.
-    timings = iter([0.5, 1e-6])
+    timings, asked = iter([0.5, 1e-6]), []
 
     def of_artifact(teacher_dir, dataset, prune):
+        asked.append((prune.target_threads, prune.retime_rounds))
         fastest_ms = next(timings)
         runs = {"fastest_ms": fastest_ms, "p50_ms": fastest_ms, "runs_ms": [fastest_ms], "settings": "1 thread"}
         return {**runs, "speedup": prune.target_speedup_vs_teacher, "budget_ms": fastest_ms / 0.001}
 
     monkeypatch.setattr(teacher_budget, "of_artifact", of_artifact)
-    sets = [*RESNET, "prune.target_speedup_vs_teacher=0.001", "prune.drop_blocks=0"]
+    probe_timing(monkeypatch, [0.04, 0.08])  # candidates at one thread, but not the teacher
+    sets = [*RESNET, "prune.target_speedup_vs_teacher=0.001", "prune.drop_blocks=0", "prune.thread_probe_s=1"]
     results = run_prune(store, *sets, target="report")
     metrics = results["prune"].artifact.metrics
+    # The teacher both times at its own settings, as the bench times it; the candidates at one thread.
+    assert asked == [(None, 4), (None, 4)] or environment.cores() < 2
+    assert metrics["latency_search"]["method"]["settings"] == "1 threads" or environment.cores() < 2
     from_teacher, (record,) = metrics["budget_from_teacher"], metrics["alternatives"]
     assert metrics["latency_search"]["budget_ms"] == from_teacher["budget_ms"] == 500 and metrics["ratio"] == 0.0
     assert from_teacher["before_alternatives"] == {

@@ -185,8 +185,9 @@ class Params:
     retime_gap_s: float = 10.0
     # With a budget and target_threads null: seconds the student is timed for first, at one thread and at every core,
     # in rounds (0: none). Where one thread holds its speed and several threads do not, every candidate is timed at
-    # one thread and no timing is taken again (pipeline/search/thread_probe.py). On the Zen 4 EPYC one thread held
-    # within 1% for minutes where two ran at two speeds up to 2x apart (BENCHMARKS.md, "Two threads at two speeds").
+    # one thread and no timing is taken again (pipeline/search/thread_probe.py). On a Zen 4 EPYC one thread held
+    # within 1% for minutes where two ran at two speeds up to 2x apart (BENCHMARKS.md, "Two threads at two speeds");
+    # on another VM of that model, another day, one thread moved too, and the probe left the settings tuned.
     thread_probe_s: float = 60.0
     # per_layer and sampled: also prune to the uniform search's ratio at the same budget and fine-tune it the same
     # way; the one more accurate on validation within the limit, then the budget, ships; the report shows both (what the

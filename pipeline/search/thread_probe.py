@@ -4,9 +4,9 @@ On the Zen 4 EPYC of BENCHMARKS.md ("Two threads at two speeds") sessions of one
 for minutes, while sessions of two threads ran at two speeds up to 2x apart, in stretches of a second to a minute,
 every model switching together. A candidate's settings are searched in a burst of a second or two, so a two-thread
 timing is one of the two speeds: the search could call a network within the budget at the fast one that the bench,
-timing it over its rounds, then keeps at one thread and over the budget; and a timing at the one-thread setting the
-burst chose came back the same after every wait (13 of 13 configurations timed again stayed over the limit, 520 s of
-waits in a 2,355-s stage).
+timing it over its rounds, then keeps at one thread and over the budget; and the timings taken again waited for a
+speed to come back (13 of 13 configurations stayed over the limit, 520 s of waits in a 2,355-s stage, some at the
+slow two-thread speed through all four rounds), which a one-thread timing that holds would not need.
 
 So, with a budget and prune.target_threads null on this machine's CPU, the stage first times the student in its
 deployed form in rounds spread over prune.thread_probe_s: at one thread, and at every core with spinning on and

@@ -1,6 +1,6 @@
 """Do sessions of one and of two threads hold their speed over minutes? Each round times every model at 1 thread
 (spinning on), 2 threads spinning on and 2 threads spinning off, each in a fresh session as the prune search times a
-candidate at fixed settings (tuning.tune with the search's presets, its 3 refine rounds), then waits a second.
+candidate at fixed settings (thread_probe.p50_at: the search's presets, 3 refine rounds), then waits a second.
 
     python benchmarks/thread_speeds.py SECONDS OUT.jsonl MODEL.onnx [MODEL.onnx ...]
 
@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.runtime import tuning
 from pipeline.runtime.feeds import input_dtypes, make_feed
 from pipeline.runtime.onnx_files import input_signature, load_checked
 from pipeline.runtime.sessions import SessionSettings
-from pipeline.search.prune_candidates import SEARCH_TIMING
+from pipeline.search.thread_probe import p50_at
 
+USAGE = "python benchmarks/thread_speeds.py SECONDS OUT.jsonl MODEL.onnx [MODEL.onnx ...]"
 SETTINGS = {"1T": SessionSettings(1, True), "2T": SessionSettings(2, True), "2Toff": SessionSettings(2, False)}
 
 
@@ -35,7 +35,12 @@ def feed_of(path: Path) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    seconds, out, paths = float(sys.argv[1]), Path(sys.argv[2]), [Path(arg) for arg in sys.argv[3:]]
+    try:
+        seconds, out, paths = float(sys.argv[1]), Path(sys.argv[2]), [Path(arg) for arg in sys.argv[3:]]
+    except (IndexError, ValueError):
+        raise SystemExit(f"thread_speeds: usage: {USAGE}") from None
+    if not paths:
+        raise SystemExit(f"thread_speeds: no model given; usage: {USAGE}")
     try:
         feeds = {path: feed_of(path) for path in paths}
     except ConfigError as error:
@@ -47,7 +52,7 @@ def main() -> None:
             row = {"t": round(time.monotonic() - started, 1)}
             for path in paths:
                 for label, settings in SETTINGS.items():
-                    timed = tuning.tune(path, "cpu", feeds[path], 1, [settings], *SEARCH_TIMING)[1]
+                    timed = p50_at(path, feeds[path], 1, settings)
                     row[f"{path.parent.name}/{path.stem}@{label}"] = round(timed, 5)
             rows.append(row)
             lines.write(json.dumps(row) + "\n")

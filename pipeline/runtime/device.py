@@ -109,19 +109,19 @@ def measure_latency(
             for batch in request["batch_sizes"]
         }
         on_cpu = provider_name(provider) == provider_name("cpu")
-        for name, one_thread in rivals.items() if on_cpu else ():
+        rival_jobs = {name: f"{name}@{batch_of_settings}{one_thread_rival.SUFFIX}" for name in rivals if on_cpu}
+        for name, job_name in rival_jobs.items():
             feed = feeds[batch_of_settings]
-            job = _job(paths[name], provider, one_thread, feed, preset, batch_of_settings, options)
-            jobs[f"{name}@{batch_of_settings}{one_thread_rival.SUFFIX}"] = job
+            jobs[job_name] = _job(paths[name], provider, rivals[name], feed, preset, batch_of_settings, options)
         try:
             measured = rounds.measure(jobs, request["rounds"], request["tolerance"], request["retries"])
         except ProviderUnavailable as reason:
             skipped[provider] = str(reason)  # reported, never replaced by CPU
             continue
-        for name, one_thread in rivals.items() if on_cpu else ():
-            ours = one_thread_rival.every_round(measured.pop(f"{name}@{batch_of_settings}{one_thread_rival.SUFFIX}"))
+        for name, job_name in rival_jobs.items():
+            ours = one_thread_rival.every_round(measured.pop(job_name))
             theirs = one_thread_rival.every_round(measured[f"{name}@{batch_of_settings}"])
-            checks[name] = one_thread_rival.held(settings[name], one_thread, theirs, ours)
+            checks[name] = one_thread_rival.held(settings[name], rivals[name], theirs, ours)
         for key, result in measured.items():
             name, batch = key.rsplit("@", 1)
             stats = {

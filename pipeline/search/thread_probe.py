@@ -103,12 +103,17 @@ def measured(measure: prune_candidates.Candidates, params: Any) -> dict[str, Any
     path = measure.export(measure.student)["paths"][form]
 
     def time_one(settings: SessionSettings) -> float:
-        timing = prune_candidates.SEARCH_TIMING  # read here: tests/stages shortens the search's presets
-        _, p50, _ = tuning.tune(path, "cpu", measure.feed, params.target_batch, [settings], *timing)
-        return p50
+        return p50_at(path, measure.feed, params.target_batch, settings)
 
     found = probe(time_one, settings_probed(environment.cores()), params.thread_probe_s)
     return {**found, "form": form, "asked": asked(params)}
+
+
+def p50_at(path: Path, feed: dict, batch: int, settings: SessionSettings) -> float:
+    """The file's p50 in a fresh session at `settings`, as the prune search times a candidate at fixed settings."""
+    timing = prune_candidates.SEARCH_TIMING  # read here: the tests shorten the search's presets
+    _, p50, _ = tuning.tune(path, "cpu", feed, batch, [settings], *timing)
+    return p50
 
 
 def asked(params: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 from pipeline.cache import CHECKPOINTS
 from pipeline.runtime import environment
 from pipeline.runtime.sessions import SessionSettings
-from pipeline.search import thread_probe
+from pipeline.search import prune_candidates, thread_probe
 from stages.prune import Params
 from tests.pipeline.search.test_prune_candidates import candidates_for
 
@@ -106,7 +106,9 @@ def test_the_probe_applies_with_a_budget_on_this_machines_cpu_with_threads_to_ch
         assert not thread_probe.applies(dataclasses.replace(budget, **unprobed), cores=2), unprobed
 
 
-def test_the_probe_times_the_student_in_fresh_sessions_at_one_thread_and_at_every_core():
+def test_the_probe_times_the_student_in_fresh_sessions_at_one_thread_and_at_every_core(monkeypatch):
+    short = dict(warmup_runs=2, warmup_seconds=0, min_runs=20, min_seconds=0)  # this test is about what is timed
+    monkeypatch.setattr(prune_candidates, "SEARCH_TIMING", (short, short))
     params = Params(target_latency_ms=1.0, target_format="fastest", thread_probe_s=0.0)
     measure = candidates_for(params)
     try:

@@ -211,12 +211,12 @@ def verdict(rows: list[dict[str, Any]], budget_ms: float, margin: float) -> dict
     }
 
 
-def floor_check(dataset: Dataset, distill: Any, prune: Any) -> str | None:
-    """Before a student is trained for prune.target_latency_ms: None when it measured within the limit, at its floor
-    or unpruned, in at least one of prune.search_repeats rounds, else the one line that says it cannot reach the
-    budget. The floor is timed first, and the unpruned student only when the floor misses (a small model can run
-    faster unpruned): a best-of question, so the two need not be interleaved. A few seconds a round: the check costs
-    little next to the training it may save."""
+def floor_check(dataset: Dataset, distill: Any, prune: Any, distilled: bool = False) -> str | None:
+    """Before a student is trained (or, `distilled`, pruned) for prune.target_latency_ms: None when it measured
+    within the limit, at its floor or unpruned, in at least one of prune.search_repeats rounds, else the one line that
+    says it cannot reach the budget. The floor is timed first, and the unpruned student only when the floor misses (a
+    small model can run faster unpruned): a best-of question, so the two need not be interleaved. A few seconds a
+    round: the check costs little next to the training it may save."""
 
     def timed(form: str) -> dict[str, Any]:
         student = measured_student("student", distill.model, distill.width, dataset, prune)
@@ -235,8 +235,7 @@ def floor_check(dataset: Dataset, distill: Any, prune: Any) -> str | None:
         f"{floor['fastest_ms']:.4f} in its fastest of {prune.search_repeats} rounds (unpruned "
         f"{unpruned['unpruned_ms']:.4f} ms), against {limit:.4f} ms after prune.search_margin; "
         f"{prune_budget.lower_floor(floor['name'], floor['droppable'])} (`edgeforge floor --model NAME` measures "
-        "others), or pass "
-        "--skip-floor-check to train it anyway"
+        f"others), or pass --skip-floor-check to {'prune' if distilled else 'train'} it anyway"
     )
 
 

@@ -216,10 +216,17 @@ def test_a_run_for_a_budget_under_the_students_floor_fails_before_training_unles
     # Told to go on, the run trains and the prune stage handles the budget (it misses it, and says so).
     results = run_pipeline(config, store, target="prune", check_floor=False)
     assert results[-1].artifact.metrics["latency_search"]["met"] is False
-    # With the student distilled there is nothing left to save: no check, and the cached run is reused.
+    # With the student pruned there is nothing left to save: no check, and the cached run is reused.
     sized.clear()
     assert all(result.cached for result in run_pipeline(config, store, target="prune"))
     assert sized == []
+    # Another budget for the distilled student: checked before the prune stage, which publishes nothing.
+    pruned = sorted(entry.name for entry in (store.cache / "prune").iterdir() if not entry.name.startswith("."))
+    other = load_config(overrides=(*FAST, *FP32, *uniform, "prune.target_latency_ms=0.000002"))
+    with pytest.raises(StageError, match=r"cnn x8 cannot reach it: .* pass --skip-floor-check to prune it anyway$"):
+        run_pipeline(other, store, target="prune")
+    assert [name for name, _ in sized] == ["cnn"] * 4
+    assert sorted(entry.name for entry in (store.cache / "prune").iterdir() if not entry.name.startswith(".")) == pruned
 
 
 def test_with_drop_blocks_each_model_is_measured_without_its_first_droppable_blocks(tmp_path, sized):

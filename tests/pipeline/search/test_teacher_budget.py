@@ -99,6 +99,14 @@ def test_a_speedup_budget_is_one_of_two_ways_to_set_it_and_keys_the_decision_by_
     # Where it is measured must be where the edge model is gated, as for a budget in ms.
     with pytest.raises(ConfigError, match=r"prune.target_batch=32 and prune.target_provider='cpu' must be where"):
         load_config(overrides=["prune.target_speedup_vs_teacher=5", "prune.target_batch=32"])
+    # And at the threads the bench times it at: the sign-off's gate reads the bench's timing of the teacher.
+    one_thread = ["prune.target_speedup_vs_teacher=5", "prune.target_threads=1"]
+    with pytest.raises(ConfigError, match=r"prune.target_threads=1 times the teacher at 1 thread\(s\) for the budget "):
+        load_config(overrides=one_thread)
+    with pytest.raises(ConfigError, match=r"tuned over bench.threads \(now \[1, 2\]\): set bench.threads=\[1\] as"):
+        load_config(overrides=[*one_thread, "bench.threads=[1,2]"])
+    assert load_config(overrides=[*one_thread, "bench.threads=[1]"]).section("prune").target_threads == 1
+    assert load_config(overrides=["prune.target_latency_ms=0.1", "prune.target_threads=1"])  # a budget in ms: no gap
 
 
 def teacher_timed_in_turn(monkeypatch, *p50s: float) -> None:

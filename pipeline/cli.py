@@ -91,10 +91,10 @@ no_wait_option = click.option(
 skip_floor_check_option = click.option(
     "--skip-floor-check",
     is_flag=True,
-    help="Train the student even when prune.target_latency_ms (or the teacher's fastest timing over "
-    "prune.target_speedup_vs_teacher) is under its floor of pruning (by default the run times the untrained student "
-    "at its floor, and unpruned if that misses, before training it, and fails if every round is over the budget, "
-    "unless one of prune.alternatives measures within it whole).",
+    help="Train (or, distilled already, prune) the student even when prune.target_latency_ms (or the teacher's "
+    "fastest timing over prune.target_speedup_vs_teacher) is under its floor of pruning (by default the run times "
+    "the untrained student at its floor, and unpruned if that misses, before training or pruning it, and fails if "
+    "every round is over the budget, unless one of prune.alternatives measures within it whole).",
 )
 
 
@@ -107,7 +107,12 @@ skip_floor_check_option = click.option(
     envvar="EDGEFORGE_ARTIFACTS",
     help="Artifacts directory (cache/ and release/), relative to the working directory.",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Also log each training epoch.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Also log each training epoch on a terminal (a log file or a pipe always gets them).",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks for expected errors too.")
 @click.pass_context
 def cli(ctx: click.Context, artifacts: Path, verbose: bool, debug: bool) -> None:

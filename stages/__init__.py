@@ -83,12 +83,21 @@ def _check_search(sections: dict[str, Any]) -> None:
             f"prune.target_provider={prune_params.target_provider!r} is not measured: add it to bench.providers "
             f"(now {list(bench_params.providers)})"
         )
-    threads = prune_params.target_threads
+    threads, bench_threads = prune_params.target_threads, bench_params.threads
     speedup = prune_params.target_speedup_vs_teacher
+    cpu = prune_params.target_provider == "cpu"
+    # A device that runs one thread is said in bench.threads: searched at more, a candidate measures faster than the
+    # bench will time it, and the budget fails at the sign-off after the prune stage has run.
+    if cpu and bench_threads is not None and threads not in bench_threads:
+        searched = "its own tuned settings, 1 thread up to every core" if threads is None else f"{threads} thread(s)"
+        raise ConfigError(
+            f"prune.target_threads={'null' if threads is None else threads} times the search's candidates at "
+            f"{searched}, but the bench, which the sign-off gates on, times only bench.threads="
+            f"{list(bench_threads)}: set prune.target_threads to one of them"
+        )
     # Else the budget and its gate come from two timings of the teacher: with prune.target_threads=1 on a 2-core AMD
     # EPYC the prune stage timed it at 0.7807 ms, a budget of 0.1301 ms for a speed-up of 6, where the bench, tuning
     # over 1 and 2 threads, had timed it at 0.4260 ms: a gate of 0.0710 (BENCHMARKS.md).
-    cpu = prune_params.target_provider == "cpu"
     if cpu and speedup is not None and threads is not None and bench_params.threads != (threads,):
         now = "null: 1 up to each target's cores" if bench_params.threads is None else list(bench_params.threads)
         raise ConfigError(

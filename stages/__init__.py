@@ -98,8 +98,8 @@ def _check_search(sections: dict[str, Any]) -> None:
     # Else the budget and its gate come from two timings of the teacher: with prune.target_threads=1 on a 2-core AMD
     # EPYC the prune stage timed it at 0.7807 ms, a budget of 0.1301 ms for a speed-up of 6, where the bench, tuning
     # over 1 and 2 threads, had timed it at 0.4260 ms: a gate of 0.0710 (BENCHMARKS.md).
-    if cpu and speedup is not None and threads is not None and bench_params.threads != (threads,):
-        now = "null: 1 up to each target's cores" if bench_params.threads is None else list(bench_params.threads)
+    if cpu and speedup is not None and threads is not None and bench_threads != (threads,):
+        now = "null: 1 up to each target's cores" if bench_threads is None else list(bench_threads)
         raise ConfigError(
             f"prune.target_threads={threads} times the teacher at {threads} thread(s) for the budget of "
             f"prune.target_speedup_vs_teacher={speedup:g}, but the sign-off gates on the bench's timing of it, "

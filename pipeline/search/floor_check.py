@@ -23,12 +23,12 @@ def check_student_floor(config: Config, store: ArtifactStore, plan: dict, artifa
     the budget: the prune stage would find the same after the teacher and the student had trained. A student
     distilled already is checked too, before the prune stage: with a budget it cannot reach, that stage would spend
     its searches and fine-tunes (2,740 s for CIFAR-10's shortened profile on a 2-core AMD EPYC) to publish a model
-    over it. With
-    prune.target_speedup_vs_teacher the budget is the teacher's fastest timing over it, so the check waits for the
-    teacher (False: not checked yet) and times it for the prune stage (teacher_budget.kept_for_prune). When the student
-    meets the budget only pruned and its stride-2 variant unpruned, it warns (student_floor.variant_advice) unless
-    prune.alternatives trains that variant; a student that cannot reach it passes with a warning when one of
-    prune.alternatives measured within it whole (the prune stage trains that one)."""
+    over it. With prune.target_speedup_vs_teacher the budget is the teacher's fastest timing over it, so the check
+    waits for the teacher (False: not checked yet) and times it for the prune stage (teacher_budget.kept_for_prune).
+    When the student meets the budget only pruned and its stride-2 variant unpruned, it warns
+    (student_floor.variant_advice) unless prune.alternatives trains that variant; a student that cannot reach it
+    passes with a warning when one of prune.alternatives measured within it whole (the prune stage trains that
+    one)."""
     prune = config.section("prune")
     if not has_budget(prune) or not {"data", "distill", "prune"} <= plan.keys():
         return True

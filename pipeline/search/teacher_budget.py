@@ -6,12 +6,12 @@ EPYC and 3.73x on a Xeon (BENCHMARKS.md), and its 5x sign-off gate failed on the
 The teacher is timed as the bench stage times it for signoff.min_speedup_vs_teacher: its fp32 ONNX at its own
 fastest session settings (or prune.target_threads, which bench.threads must then be: stages/__init__.py), at
 prune.target_batch on prune.target_provider and prune.target_device, in at least TEACHER_REPEATS sessions
-(prune.search_repeats if more), prune.retime_gap_s apart,
-each giving a p50. The budget is the fastest of those p50s / target_speedup_vs_teacher, and everything downstream
-(the search, its margin, the report's budget gate) reads it as if prune.target_latency_ms had been set to it. The
-fastest, not the median: on a 2-core VM the 2-thread teacher's timing switched between about 0.42 and 0.60 ms from
-one session to the next, and the prune stage once took 0.5996 ms (a budget 1.46x too loose) where the bench's
-fastest timings of the same teacher stayed at 0.41-0.44 ms; a process beside it can slow a timing, not speed it up,
+(prune.search_repeats if more), prune.retime_gap_s apart, each giving a p50. The budget is the fastest of those p50s
+/ target_speedup_vs_teacher, and everything downstream (the search, its margin, the report's budget gate) reads it
+as if prune.target_latency_ms had been set to it. The fastest, not the median: on a 2-core VM the 2-thread
+teacher's timing switched between about 0.42 and 0.60 ms from one session to the next, and the prune stage once
+took 0.5996 ms (a budget 1.46x too loose) where the bench's fastest timings of the same teacher stayed at
+0.41-0.44 ms; a process beside it can slow a timing, not speed it up,
 and the sign-off on signoff.latency_basis bound reads the teacher's fastest timing in the bench too (BENCHMARKS.md).
 Weights do not change latency: `edgeforge floor` times an untrained teacher, before anything trains. Before the
 alternatives are decided, the stage times the teacher again (before_alternatives): they and the choice of what

@@ -291,10 +291,26 @@ def test_a_failed_signoff_shows_what_each_model_lacks_and_names_the_closest():
         "| pruned | 0.9700 | 0.9700 | max_drop_vs_student 0.01 against 0.005 |",
         "| int8 | 0.9000 | 0.9000 | max_drop_vs_teacher 0.09 against 0.03; max_drop_vs_student 0.08 against 0.005 |",
     ]
-    assert nearest_text(report).startswith(
-        "teacher (max_latency_ms_p50_cpu_batch_1 1 against 0.25); student "
-        "(max_latency_ms_p50_cpu_batch_1 0.3 against 0.25); pruned (max_drop_vs_student 0.01 against 0.005)"
+    # The error line: of those failing one gate, the nearest to its limit first (0.3 against 0.25 is 1.2x past it,
+    # 0.01 against 0.005 2x, 1 against 0.25 4x); int8 fails two.
+    assert nearest_text(report) == (
+        "student (max_latency_ms_p50_cpu_batch_1 0.3 against 0.25); pruned (max_drop_vs_student 0.01 against 0.005); "
+        "teacher (max_latency_ms_p50_cpu_batch_1 1 against 0.25)"
     )
+    # At most three named; a model whose timing moved within the bench says by how much.
+    one_gate = {name: failing["student"] for name in ("teacher", "student", "pruned", "int8")}
+    moved = [{"name": "int8", "search_ms": 0.2, "rounds_ms": 0.28, "change": 0.4}]
+    crowded = {**report, "signoff": {**report["signoff"], "failed_by_model": one_gate}, "timing_moved": moved}
+    assert nearest_text(crowded) == (
+        "teacher (max_latency_ms_p50_cpu_batch_1 0.3 against 0.25); student (max_latency_ms_p50_cpu_batch_1 0.3 "
+        "against 0.25); pruned (max_latency_ms_p50_cpu_batch_1 0.3 against 0.25); 1 more"
+    )
+    moved[0]["name"] = "teacher"
+    assert nearest_text(crowded).startswith(
+        "teacher (max_latency_ms_p50_cpu_batch_1 0.3 against 0.25; its rounds timed +40% against its settings search)"
+    )
+    moved[0]["name"] = "pruned"  # its gate is not a latency gate: the move is not said
+    assert "+40%" not in nearest_text({**report, "timing_moved": moved})
     passed = {**report, "signoff": {**report["signoff"], "passed": True}}
     assert failing_lines(passed) == [] and nearest_text(passed) == ""
 

@@ -71,7 +71,8 @@ SECTION = "signoff"
 # 38: the arms' choice said as within the search's limit first (prune VERSION 28)
 # 39: the bench's check of a several-thread setting against one thread (bench VERSION 10) said under the latencies
 # 40: the prune stage's thread probe ("thread_probe"), said after the latency search's method
-# 41: "closest_to_passing" names at most three models, nearest to their limits first, and says a moved timing
+# 41: "closest_to_passing" names at most three models, nearest to their limits first, and says a moved timing;
+#     "Every model against the gates" orders models failing as many gates the same way
 VERSION = 41
 INPUTS = ("data", "teacher", "distill", "prune", "export", "quantize", "bench")
 TRAINS = False

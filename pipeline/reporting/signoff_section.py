@@ -39,11 +39,12 @@ def _failing(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
 
 def failing_rows(report: dict[str, Any]) -> list[list[str]]:
-    """A row per model, fewest failed gates first ([] when the sign-off passed or the report predates the record)."""
+    """A row per model, fewest failed gates first, then nearest to passing (as nearest_text orders them; [] when the
+    sign-off passed or the report predates the record)."""
     failing = _failing(report)
     if not failing:
         return []
-    models = sorted(report["models"], key=lambda m: len(failing[m["name"]]))
+    models = sorted(report["models"], key=lambda m: (len(failing[m["name"]]), worst_shortfall(failing[m["name"]])))
     return [
         [
             m["name"],
@@ -64,6 +65,11 @@ def shortfall(gate: dict[str, Any]) -> float:
     return value / limit if gate["name"].startswith("max_") else limit / value
 
 
+def worst_shortfall(gates: list[dict[str, Any]]) -> float:
+    """The shortfall of the gate a model misses by most (0 when it misses none)."""
+    return max((shortfall(gate) for gate in gates), default=0.0)
+
+
 def nearest_text(report: dict[str, Any]) -> str:
     """The models that fail the fewest gates, nearest to passing first (by the shortfall of the gate each misses
     most), at most NEAREST_SHOWN, each with those gates and, where it misses a latency gate and its timing moved
@@ -74,7 +80,7 @@ def nearest_text(report: dict[str, Any]) -> str:
         return ""
     fewest = min(len(gates) for gates in failing.values())
     group = [name for name, gates in failing.items() if len(gates) == fewest]
-    group.sort(key=lambda name: max((shortfall(gate) for gate in failing[name]), default=0.0))
+    group.sort(key=lambda name: worst_shortfall(failing[name]))
     moved = {m["name"]: m["change"] for m in report.get("timing_moved") or []}
 
     def text(name: str) -> str:

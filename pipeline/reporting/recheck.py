@@ -16,6 +16,7 @@ from pipeline.errors import ConfigError
 from pipeline.reporting.compare import is_number, lookup, validate_report
 from pipeline.reporting.gates import choose_edge_model, gates_each_model_fails, signoff_gates
 from pipeline.reporting.signoff_section import nearest_text
+from pipeline.reporting.timing_moved import moved_timings
 from pipeline.runtime.timing import provider_name
 
 BEFORE_THEIR_TIME = {"accurate_within_limits": False}  # reports before VERSION 16 chose by speed alone
@@ -53,7 +54,9 @@ def recheck_signoff(report: dict[str, Any], params_class: type, source: str = "r
             {"name": "edge_model", "fields": ["name"], "stored": report["edge_model"], "recomputed": edge["name"]}
         )
     signoff = {"passed": passed, "failed_by_model": gates_each_model_fails(models, params)}
-    closest = nearest_text({"models": models, "signoff": signoff})
+    # The run's error line says beside a model how far its timing moved within the bench: recomputed the same way.
+    moved = moved_timings(models, params.latency_batch, params.latency_provider)
+    closest = nearest_text({"models": models, "signoff": signoff, "timing_moved": moved})
     return {"passed": passed, "edge_model": edge["name"], "gates": gates, "closest": closest, "mismatches": mismatches}
 
 

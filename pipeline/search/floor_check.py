@@ -34,9 +34,9 @@ def check_student_floor(config: Config, store: ArtifactStore, plan: dict, artifa
         return True
     if "prune" not in forced and store.lookup("prune", plan["prune"][0]) is not None:
         return True  # pruned already: nothing left to save
-    distilled = "distill" not in forced and store.lookup("distill", plan["distill"][0]) is not None
     if prune.target_speedup_vs_teacher is not None and "teacher" not in artifacts:
         return False
+    distilled = "distill" not in forced and store.lookup("distill", plan["distill"][0]) is not None
     dataset, distill = load_dataset(artifacts["data"]), config.section("distill")
     teacher = None
     if prune.target_speedup_vs_teacher is not None:

@@ -104,6 +104,17 @@ def test_recheck_agrees_with_an_untouched_report():
     assert len(result["gates"]) == 5
 
 
+def test_recheck_names_the_closest_models_as_the_run_does_a_moved_timing_included():
+    report = synthetic_report(max_latency_ms=0.05)  # every model over it; int8 also loses too much accuracy
+    pruned = next(m for m in report["models"] if m["name"] == "pruned")
+    pruned["settings_search"] = [{"chosen": True, "refine_ms": 0.1, "screen_ms": 0.1}]  # its rounds: +100%
+    assert recheck_signoff(report, SignoffParams)["closest"] == (
+        "pruned (max_latency_ms_p90_batch_1 0.26 against 0.05; its rounds timed +100% against its settings search); "
+        "student_int8 (max_latency_ms_p90_batch_1 0.325 against 0.05); student (max_latency_ms_p90_batch_1 0.39 "
+        "against 0.05); 1 more"
+    )
+
+
 def test_recheck_reports_a_tampered_verdict_and_the_recomputed_one_wins():
     report = synthetic_report(max_size_bytes=1000)  # pruned is 20,000 bytes: fails
     report["signoff"]["passed"] = True

@@ -48,12 +48,13 @@ def load_config(
     sections: dict[str, type],
     path: Path | None = None,
     overrides: typing.Sequence[str] = (),
-    check: typing.Callable[[dict[str, Any]], None] | None = None,
+    resolve: typing.Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> Config:
     """Build the config from defaults, an optional YAML file and `section.key=value` overrides.
 
-    `sections` maps each section name to its params dataclass (the runner passes the stages'); `check` raises a
-    ConfigError for combinations across sections that no single dataclass can see.
+    `sections` maps each section name to its params dataclass (the runner passes the stages'); `resolve` fills in
+    values one section takes from another and raises a ConfigError for combinations across sections that no single
+    dataclass can see.
 
     A field with `metadata={"follows": OTHER}` (a model's width follows the model) is reset to None, which its
     dataclass resolves, when a config sets OTHER but not the field itself: choosing another architecture must not
@@ -86,8 +87,8 @@ def load_config(
         expects = {field.name: field.metadata.get("expects") for field in dataclasses.fields(cls)}
         checked = {key: coerce(f"{name}.{key}", value, hints[key], expects[key]) for key, value in values[name].items()}
         built[name] = cls(**checked)
-    if check is not None:
-        check(built)
+    if resolve is not None:
+        built = resolve(built)
     return Config(built)
 
 

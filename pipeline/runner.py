@@ -23,7 +23,7 @@ from pipeline.errors import ConfigError, SignoffFailed, StageError
 from pipeline.search import student_floor, teacher_budget
 from pipeline.search.floor_check import check_student_floor
 from pipeline.training import distributed
-from stages import SECTIONS, STAGE_NAMES, STAGES, check_sections
+from stages import SECTIONS, STAGE_NAMES, STAGES, resolve_sections
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ class StageResult:
 
 def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """The stages' config: their dataclass defaults, then the YAML file at `path`, then `section.key=value`
-    overrides, checked within each section and across them."""
-    return configuration.load_config(SECTIONS, path, overrides, check_sections)
+    overrides, checked within each section and across them, with the values one section follows from another."""
+    return configuration.load_config(SECTIONS, path, overrides, resolve_sections)
 
 
 def section_classes() -> dict[str, type]:

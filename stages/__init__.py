@@ -8,6 +8,7 @@ the pipeline also defines `fingerprint(params, state_dir) -> dict`, content hash
 (the teacher: a PyTorch model or an ONNX file) defines `outputs(params) -> tuple`, used instead of OUTPUTS.
 """
 
+import dataclasses
 from typing import Any
 
 from pipeline.errors import ConfigError
@@ -20,6 +21,36 @@ from stages import bench, data, distill, export, prune, quantize, report, teache
 STAGES = (data, teacher, distill, prune, export, quantize, bench, report)
 STAGE_NAMES = tuple(stage.NAME for stage in STAGES)
 SECTIONS = {stage.SECTION: stage.Params for stage in STAGES}  # config section -> params dataclass
+
+
+def resolve_sections(sections: dict[str, Any]) -> dict[str, Any]:
+    """The sections with the values one takes from another filled in, checked across each other."""
+    resolved = follow_device_threads(sections)
+    check_sections(resolved)
+    return resolved
+
+
+def follow_device_threads(sections: dict[str, Any]) -> dict[str, Any]:
+    """`bench.threads: [N]` says the device gives the model N threads: a latency budget's search on the CPU
+    (`prune.target_threads`) and the int8 variant search (`quantize.search_threads`), left null, time at N as well.
+
+    Only where that search runs, so that no other stage's cache key changes. Several counts in bench.threads say
+    no one count: the searches keep their own settings and the config check decides."""
+    bench_threads = sections["bench"].threads
+    if bench_threads is None or len(bench_threads) != 1:
+        return sections
+    (threads,) = bench_threads
+    prune_params, quantize_params = sections["prune"], sections["quantize"]
+    followed = dict(sections)
+    if (
+        prune_budget.has_budget(prune_params)
+        and prune_params.target_provider == "cpu"
+        and prune_params.target_threads is None
+    ):
+        followed["prune"] = dataclasses.replace(prune_params, target_threads=threads)
+    if quantize_params.search and quantize_params.search_threads is None:
+        followed["quantize"] = dataclasses.replace(quantize_params, search_threads=threads)
+    return followed
 
 
 def check_sections(sections: dict[str, Any]) -> None:

@@ -70,7 +70,9 @@ class Params:
     target_accuracy: bool = False  # devices also recompute the test accuracy with their own onnxruntime
     tune: bool = True  # search each model's fastest session settings; false: the first of each list below
     settings_batch: int = 1  # the batch the settings are tuned at: where models are compared (signoff.latency_batch)
-    threads: tuple[int, ...] | None = None  # intra-op thread counts tried; null: 1 up to each target's cores
+    # intra-op thread counts tried; null: 1 up to each target's cores. One count: the device gives the model that many,
+    # and the prune and quantize searches follow it (stages/__init__.py)
+    threads: tuple[int, ...] | None = None
     spinning: tuple[bool, ...] = (False, True)  # whether idle intra-op threads spin
     optimization: tuple[str, ...] = ("all", "extended", "basic")  # graph optimization levels tried
     rounds: int = 5  # every model and batch is timed once per round, in a fresh session

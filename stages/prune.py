@@ -142,7 +142,8 @@ class Params:
     )
     target_batch: int = 1
     target_provider: str = "cpu"  # onnxruntime execution provider: cpu, cuda, tensorrt, openvino, ...
-    target_threads: int | None = None  # null: each candidate at its own fastest session settings; else fixed threads
+    # null: bench.threads when that is one count, else each candidate at its own fastest session settings; or fixed
+    target_threads: int | None = None
     target_device: str = "local"  # where candidates are timed: local or a device, ssh://... (one of bench.targets)
     target_format: str = "fastest"  # deployed form measured: fp32, int8, or fastest (the faster of the two)
     # How a budget is searched (nothing to search without one: `ratio` applies). uniform: one ratio for every layer.

@@ -69,7 +69,8 @@ class Params:
     search_methods: tuple[str, ...] = ("minmax", "entropy", "percentile")  # calibration methods tried
     search_tolerance: float = 0.005  # validation accuracy a variant may lose against the best one
     search_batch: int = 1  # batch size of the variants' latency (p50)...
-    search_threads: int | None = None  # ...and intra-op threads (null: the settings tuned for the first variant)
+    # ...and intra-op threads (null: bench.threads when that is one count, else the first variant's tuned settings)
+    search_threads: int | None = None
     search_device: str = "local"  # where variants are timed and scored: local or a device, ssh://... (bench.targets)
     # Quantization-aware fine-tune: auto (when post-training int8 loses more than max_drop of validation accuracy
     # against its fp32 source), always, or never

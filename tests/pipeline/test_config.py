@@ -218,3 +218,32 @@ def test_a_list_that_is_not_yaml_says_to_quote_its_items():
     quoted = load_config(overrides=['bench.targets=[local, "ssh://pi@board?python=/usr/bin/python3"]'])
     assert quoted.section("bench").targets == ("local", "ssh://pi@board?python=/usr/bin/python3")
     assert load_config(overrides=["data.root=[odd]: name"]).section("data").root.endswith("[odd]: name")  # text
+
+
+def test_one_thread_count_for_the_device_is_followed_by_the_searches_that_time_for_it(tmp_path):
+    from pipeline.cache import ArtifactStore
+    from pipeline.runner import needed_stages, plan_keys
+
+    budget, device = "prune.target_latency_ms=0.05", "bench.threads=[1]"
+    config = load_config(overrides=[budget, "quantize.search=true", device])
+    assert config.section("prune").target_threads == 1 and config.section("quantize").search_threads == 1
+    # What a config sets is kept, and the config check still holds it to the device's count.
+    assert load_config(overrides=[budget, device, "bench.threads=[2]", "prune.target_threads=2"])
+    with pytest.raises(ConfigError, match=r"^prune.target_threads=2 times the search's candidates at 2 thread"):
+        load_config(overrides=[budget, device, "prune.target_threads=2"])
+    kept = load_config(overrides=["quantize.search=true", "quantize.search_threads=2", device]).section("quantize")
+    assert kept.search_threads == 2
+    # Several counts are no one count; no search, nothing to follow, so no other stage's cache key moves.
+    assert (
+        load_config(overrides=["quantize.search=true", "bench.threads=[1,2]"]).section("quantize").search_threads
+        is None
+    )
+    store = ArtifactStore(tmp_path / "artifacts")
+    stages = needed_stages("quantize")
+    assert plan_keys(load_config(overrides=[device]), stages, store) == plan_keys(load_config(), stages, store)
+    assert load_config(overrides=[device]).section("prune").target_threads is None
+    on_cuda = [budget, device, "prune.target_provider=cuda", "signoff.latency_provider=cuda"]
+    assert load_config(overrides=on_cuda).section("prune").target_threads is None  # CPU threads: CPU budgets only
+    # The searches then key on the count they time at, as if the config had said it.
+    said = [budget, "quantize.search=true", "prune.target_threads=1", "quantize.search_threads=1", device]
+    assert plan_keys(config, stages, store) == plan_keys(load_config(overrides=said), stages, store)

@@ -94,6 +94,12 @@ def _check_search(sections: dict[str, Any]) -> None:
             f"quantize.search_device={quantize_params.search_device!r} is not benchmarked: add it to bench.targets "
             f"(now {list(bench_params.targets)})"
         )
+    compared_at, bench_threads = quantize_params.search_threads, bench_params.threads
+    if quantize_params.search and None not in (compared_at, bench_threads) and compared_at not in bench_threads:
+        raise ConfigError(
+            f"quantize.search_threads={compared_at} compares the int8 variants at {compared_at} thread(s), which the "
+            f"bench never times (bench.threads={list(bench_threads)}): set it to one of them, or null"
+        )
     if not prune_budget.has_budget(prune_params):
         return
     target = signoff.latency_target or bench_params.targets[0]
@@ -114,7 +120,7 @@ def _check_search(sections: dict[str, Any]) -> None:
             f"prune.target_provider={prune_params.target_provider!r} is not measured: add it to bench.providers "
             f"(now {list(bench_params.providers)})"
         )
-    threads, bench_threads = prune_params.target_threads, bench_params.threads
+    threads = prune_params.target_threads
     speedup = prune_params.target_speedup_vs_teacher
     cpu = prune_params.target_provider == "cpu"
     # A device that runs one thread is said in bench.threads: searched at more, a candidate measures faster than the

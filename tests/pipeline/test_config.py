@@ -231,8 +231,13 @@ def test_one_thread_count_for_the_device_is_followed_by_the_searches_that_time_f
     assert load_config(overrides=[budget, device, "bench.threads=[2]", "prune.target_threads=2"])
     with pytest.raises(ConfigError, match=r"^prune.target_threads=2 times the search's candidates at 2 thread"):
         load_config(overrides=[budget, device, "prune.target_threads=2"])
-    kept = load_config(overrides=["quantize.search=true", "quantize.search_threads=2", device]).section("quantize")
-    assert kept.search_threads == 2
+    kept = ["quantize.search=true", "quantize.search_threads=2", "bench.threads=[1,2]"]
+    assert load_config(overrides=kept).section("quantize").search_threads == 2
+    with pytest.raises(
+        ConfigError, match=r"^quantize.search_threads=2 compares the int8 variants at 2 thread\(s\), wh"
+    ):
+        load_config(overrides=[*kept, device])
+    assert load_config(overrides=[*kept[1:], device])  # no variant search: nothing compared
     # Several counts are no one count; no search, nothing to follow, so no other stage's cache key moves.
     assert (
         load_config(overrides=["quantize.search=true", "bench.threads=[1,2]"]).section("quantize").search_threads

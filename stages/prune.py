@@ -64,7 +64,9 @@ SECTION = "prune"
 # 29: prune.search_budget_s counts a search's measuring, not the waits between timings taken again (SearchClock)
 # 30: prune.thread_probe_s: the student timed at one and several threads first; where one holds and several move,
 #     candidates at one thread, no timing taken again ("thread_probe", pipeline/search/thread_probe.py)
-VERSION = 30
+# 31: where an alternative ships, the stage line says the search and the channels removed are the pruned student's,
+#     not shipped, and ends with the alternative that ships
+VERSION = 31
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel
 OUTPUTS = ("model.pt", "model.json")
@@ -313,9 +315,11 @@ def run(params: Params, inputs: dict[str, Artifact], out_dir: Path) -> dict[str,
         "finetune_features": features.described(params.feature_loss, params.feature_weight, params.feature_layers),
         "summary": teacher_budget.summary(from_teacher)
         + thread_probe.summary(threads)
-        + prune_budget.search_summary(search)
-        + prune_arms.summary(depth)
-        + prune_depth.summary(depth, dropped)
-        + prune_alternatives.summary(alternatives)
-        + prune_arms.channels_summary(ratio, steps, macs_before, params_before, scratch, shipped == FROM_SCRATCH),
+        + prune_alternatives.summary(
+            alternatives,
+            pruned=prune_budget.search_summary(search)
+            + prune_arms.summary(depth)
+            + prune_depth.summary(depth, dropped)
+            + prune_arms.channels_summary(ratio, steps, macs_before, params_before, scratch, shipped == FROM_SCRATCH),
+        ),
     }

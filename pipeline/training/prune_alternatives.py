@@ -277,8 +277,11 @@ def more_accurate(
     return trained[shipped]
 
 
-def summary(alternatives: list[Alternative] | None) -> str:
-    """What the stage line says of the alternatives, "" without any."""
+def summary(alternatives: list[Alternative] | None, pruned: str) -> str:
+    """The stage line's words on the alternatives and on the pruned student (`pruned`), the one that ships last.
+
+    Where an alternative ships, the pruned student's words are said to be its: "budget 0.06731 ms NOT met ... 50.0%
+    of channels removed" first read as the stage's result, beside a network that met the budget and shipped."""
     said = []
     for a in alternatives or ():
         r = a.record
@@ -292,4 +295,8 @@ def summary(alternatives: list[Alternative] | None) -> str:
                 kept = ", kept" if r["kept"] == LABELS_ALONE else ""
                 labels = f" ({r['without_teacher']['validation_accuracy']:.4f} on labels alone{kept})"
             said.append(f"{r['model']} whole {achieved_ms:.4f} ms, {validation:.4f} validation{labels}{ships}")
-    return f"alternatives: {'; '.join(said)}; " if said else ""
+    if not said:
+        return pruned
+    if any(a.record["shipped"] for a in alternatives):
+        return f"the pruned student, not shipped: {pruned}; alternatives: {'; '.join(said)}"
+    return f"alternatives: {'; '.join(said)}; {pruned}"

@@ -71,6 +71,9 @@ def test_a_more_accurate_alternative_ships_in_place_of_the_pruned_model_down_to_
     # Twice the student's width on a quarter of its pixels after the stem: the variant's MACs, not the student's
     assert metrics["macs"] == metrics["alternatives"][0]["macs"] != metrics["macs_before"]
     assert "resnet8_s2 x8 whole" in metrics["summary"] and metrics["summary"].count(", ships") == 1
+    # The search and the channels removed are said to be the pruned student's, and what ships comes last.
+    assert metrics["summary"].startswith("the pruned student, not shipped: budget 999 ms met")
+    assert metrics["summary"].endswith(", ships")
     markdown = results["report"].artifact.file("report.md").read_text()
     limit = "the limit (899.1 ms, the budget less prune.search_margin)"
     assert f"the most accurate on validation within {limit}, so it is the pruned model that ships" in markdown

@@ -135,12 +135,16 @@ def test_the_most_accurate_on_validation_within_the_limit_then_the_budget_ships_
 def test_the_summary_says_what_each_alternative_measured_and_which_ships():
     shipped = trained("resnet8_s2 x16", 0.0481, 0.7712)
     shipped.record["shipped"] = True
-    said = summary([shipped, untrained("resnet14_s2 x16", 0.0912)])
+    pruned = "budget 0.05 ms NOT met (...); 50.0% of channels removed: ..."
+    said = summary([shipped, untrained("resnet14_s2 x16", 0.0912)], pruned)
+    # What the student's search and pruning did is said to be the pruned student's, and what ships comes last.
     assert said == (
-        "alternatives: resnet8_s2 x16 whole 0.0481 ms, 0.7712 validation, ships; resnet14_s2 x16 not trained "
-        "(0.0912 ms untrained, over the budget); "
+        f"the pruned student, not shipped: {pruned}; alternatives: resnet8_s2 x16 whole 0.0481 ms, 0.7712 "
+        "validation, ships; resnet14_s2 x16 not trained (0.0912 ms untrained, over the budget)"
     )
-    assert summary(None) == "" and summary([]) == ""
+    shipped.record["shipped"] = False  # the pruned student ships: its words last, as before
+    assert summary([shipped], pruned) == (f"alternatives: resnet8_s2 x16 whole 0.0481 ms, 0.7712 validation; {pruned}")
+    assert summary(None, pruned) == pruned and summary([], pruned) == pruned
 
 
 def test_an_alternative_over_the_limit_trained_falls_back_to_its_narrower_widths(monkeypatch):

@@ -65,7 +65,7 @@ SECTION = "prune"
 # 30: prune.thread_probe_s: the student timed at one and several threads first; where one holds and several move,
 #     candidates at one thread, no timing taken again ("thread_probe", pipeline/search/thread_probe.py)
 # 31: where an alternative ships, the stage line says the search and the channels removed are the pruned student's,
-#     not shipped, and ends with the alternative that ships
+#     not shipped, and ends with the alternative that ships; fixed threads said "1 thread", not "1 threads"
 VERSION = 31
 INPUTS = ("data", "teacher", "distill")
 TRAINS = True  # every rank of a torchrun launch trains it, data-parallel

@@ -253,7 +253,11 @@ def method(params: Any) -> dict[str, Any]:
         "provider": params.target_provider,
         "device": params.target_device,
         "batch": params.target_batch,
-        "settings": "tuned per candidate" if params.target_threads is None else f"{params.target_threads} threads",
+        "settings": (
+            "tuned per candidate"
+            if (threads := params.target_threads) is None
+            else f"{threads} thread{'s' * (threads > 1)}"
+        ),
         "formats": list(FORMATS[params.target_format]),
         "statistic": "p50",
         "timing": SEARCH_TIMING,

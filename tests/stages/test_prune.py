@@ -543,7 +543,7 @@ def test_where_one_thread_holds_and_two_do_not_every_candidate_is_timed_at_one_t
     metrics = results["prune"].artifact.metrics
     probe, search = metrics["thread_probe"], metrics["latency_search"]
     assert probe["one_thread"] and probe["asked"] == {"target_threads": None, "retime_rounds": 4}
-    assert search["method"]["settings"] == "1 threads"
+    assert search["method"]["settings"] == "1 thread"
     assert {entry["fp32_settings"] for entry in search["trace"]} == {"1 thread, spinning off, all"}
     assert "timed_again" not in search["achieved"]  # prune.retime_rounds 0: one thread did not change speed
     assert metrics["summary"].startswith("thread probe: 1 thread 0.0500–0.0500 ms, several 0.0400–0.0800 ms")

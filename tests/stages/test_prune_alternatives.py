@@ -289,7 +289,7 @@ def test_with_a_speedup_budget_the_alternatives_meet_the_teacher_timed_again_bef
     metrics = results["prune"].artifact.metrics
     # The teacher both times at its own settings, as the bench times it; the candidates at one thread.
     assert asked == [(None, 4), (None, 4)] or environment.cores() < 2
-    assert metrics["latency_search"]["method"]["settings"] == "1 threads" or environment.cores() < 2
+    assert metrics["latency_search"]["method"]["settings"] == "1 thread" or environment.cores() < 2
     from_teacher, (record,) = metrics["budget_from_teacher"], metrics["alternatives"]
     assert metrics["latency_search"]["budget_ms"] == from_teacher["budget_ms"] == 500 and metrics["ratio"] == 0.0
     assert from_teacher["before_alternatives"] == {

@@ -7,7 +7,7 @@ TABLE = {"conv1": {16: 1.0, 8: 0.6}, "conv2": {32: 1.0, 24: 0.9, 16: 0.8, 8: 0.7
 
 def recorded(decision, table, **method):
     """A decision as the prune stage records it: its method (additive model, one thread) and achieved latency."""
-    timing = {"batch": 1, "provider": "cpu", "settings": "1 threads", "formats": ["fp32"], "latency_model": "additive"}
+    timing = {"batch": 1, "provider": "cpu", "settings": "1 thread", "formats": ["fp32"], "latency_model": "additive"}
     return {
         **decision,
         "method": {**timing, "table": table, **method},

@@ -280,8 +280,9 @@ def more_accurate(
 def summary(alternatives: list[Alternative] | None, pruned: str) -> str:
     """The stage line's words on the alternatives and on the pruned student (`pruned`), the one that ships last.
 
-    Where an alternative ships, the pruned student's words are said to be its: "budget 0.06731 ms NOT met ... 50.0%
-    of channels removed" first read as the stage's result, beside a network that met the budget and shipped."""
+    Where an alternative ships, the pruned student's words are marked as the pruned student's: unmarked, "budget
+    0.06731 ms NOT met ... 50.0% of channels removed" read as the stage's result beside a network that met the budget
+    and shipped."""
     said = []
     for a in alternatives or ():
         r = a.record

@@ -44,7 +44,7 @@ def failing_rows(report: dict[str, Any]) -> list[list[str]]:
     failing = _failing(report)
     if not failing:
         return []
-    models = sorted(report["models"], key=lambda m: (len(failing[m["name"]]), worst_shortfall(failing[m["name"]])))
+    models = sorted(report["models"], key=lambda m: nearest_first(failing[m["name"]]))
     return [
         [
             m["name"],
@@ -65,9 +65,10 @@ def shortfall(gate: dict[str, Any]) -> float:
     return value / limit if gate["name"].startswith("max_") else limit / value
 
 
-def worst_shortfall(gates: list[dict[str, Any]]) -> float:
-    """The shortfall of the gate a model misses by most (0 when it misses none)."""
-    return max((shortfall(gate) for gate in gates), default=0.0)
+def nearest_first(gates: list[dict[str, Any]]) -> tuple[int, float]:
+    """A model's place among those failing, from the gates it fails: fewest first, then by the shortfall of the gate
+    it misses by most (0 when it misses none)."""
+    return len(gates), max((shortfall(gate) for gate in gates), default=0.0)
 
 
 def nearest_text(report: dict[str, Any]) -> str:
@@ -79,8 +80,9 @@ def nearest_text(report: dict[str, Any]) -> str:
     if not failing:
         return ""
     fewest = min(len(gates) for gates in failing.values())
-    group = [name for name, gates in failing.items() if len(gates) == fewest]
-    group.sort(key=lambda name: worst_shortfall(failing[name]))
+    group = sorted(
+        (name for name, gates in failing.items() if len(gates) == fewest), key=lambda n: nearest_first(failing[n])
+    )
     moved = {m["name"]: m["change"] for m in report.get("timing_moved") or []}
 
     def text(name: str) -> str:

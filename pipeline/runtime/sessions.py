@@ -56,10 +56,12 @@ class SessionSettings:
         return cls(record["intra_op_num_threads"], spinning, optimization)
 
     def label(self) -> str:
-        return (
-            f"{self.threads} thread{'s' * (self.threads > 1)}, spinning {'on' if self.spinning else 'off'}, "
-            f"{self.optimization}"
-        )
+        return f"{thread_count(self.threads)}, spinning {'on' if self.spinning else 'off'}, {self.optimization}"
+
+
+def thread_count(threads: int) -> str:
+    """'1 thread', '2 threads'."""
+    return f"{threads} thread{'s' * (threads > 1)}"
 
 
 def session(path: Path, settings: SessionSettings | None = None) -> ort.InferenceSession:

@@ -35,7 +35,7 @@ from pipeline.models.spec import ModelSpec
 from pipeline.runtime import environment, latency, targets, tuning
 from pipeline.runtime.onnx_export import DEFAULT_OPSET, export_onnx
 from pipeline.runtime.quantization import QuantSettings, arguments, quantize
-from pipeline.runtime.sessions import INPUT_NAME, SessionSettings
+from pipeline.runtime.sessions import INPUT_NAME, SessionSettings, thread_count
 from pipeline.runtime.timing import ProviderUnavailable, provider_name
 from pipeline.search import retime
 from pipeline.search.prune_ratio import search_limit, search_ratio
@@ -253,11 +253,7 @@ def method(params: Any) -> dict[str, Any]:
         "provider": params.target_provider,
         "device": params.target_device,
         "batch": params.target_batch,
-        "settings": (
-            "tuned per candidate"
-            if (threads := params.target_threads) is None
-            else f"{threads} thread{'s' * (threads > 1)}"
-        ),
+        "settings": "tuned per candidate" if params.target_threads is None else thread_count(params.target_threads),
         "formats": list(FORMATS[params.target_format]),
         "statistic": "p50",
         "timing": SEARCH_TIMING,

@@ -11,8 +11,8 @@ prune.target_batch on prune.target_provider and prune.target_device, in at least
 as if prune.target_latency_ms had been set to it. The fastest, not the median: on a 2-core VM the 2-thread
 teacher's timing switched between about 0.42 and 0.60 ms from one session to the next, and the prune stage once
 took 0.5996 ms (a budget 1.46x too loose) where the bench's fastest timings of the same teacher stayed at
-0.41-0.44 ms; a process beside it can slow a timing, not speed it up,
-and the sign-off on signoff.latency_basis bound reads the teacher's fastest timing in the bench too (BENCHMARKS.md).
+0.41-0.44 ms; a process beside it can slow a timing, not speed it up, and the sign-off on signoff.latency_basis
+bound reads the teacher's fastest timing in the bench too (BENCHMARKS.md).
 Weights do not change latency: `edgeforge floor` times an untrained teacher, before anything trains. Before the
 alternatives are decided, the stage times the teacher again (before_alternatives): they and the choice of what
 ships meet the fastest of all its timings.
